@@ -1,0 +1,44 @@
+//! The `K8sUpgrade` custom resource (`upchain.dev/v1alpha1`).
+//!
+//! Doc comments on fields are what `kubectl explain` shows, so they are written for the
+//! person operating a cluster. Validation that the API server can enforce lives in the
+//! schema (OpenAPI bounds and CEL rules) so a bad object is refused at `kubectl apply`.
+#![forbid(unsafe_code)]
+
+mod spec;
+mod status;
+
+pub use spec::*;
+pub use status::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// API group of every upchain resource.
+pub const GROUP: &str = "upchain.dev";
+/// Field manager used for every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "upchain";
+/// Finalizer that keeps a K8sUpgrade until the nodes it cordoned are released.
+pub const FINALIZER: &str = "upchain.dev/cleanup";
+/// Annotation whose new value retries a Failed run.
+pub const RETRY_ANNOTATION: &str = "upchain.dev/retry";
+/// Label naming the K8sUpgrade that owns a Job.
+pub const UPGRADE_LABEL: &str = "upchain.dev/upgrade";
+/// Label carrying the (possibly shortened) name of the node a Job upgrades.
+pub const NODE_LABEL: &str = "upchain.dev/node";
+/// Annotation carrying the full name of the node a Job upgrades.
+pub const NODE_ANNOTATION: &str = "upchain.dev/node";
+/// Label carrying the attempt number of a node Job.
+pub const ATTEMPT_LABEL: &str = "upchain.dev/attempt";
+/// Label carrying the Kubernetes version a node Job installs.
+pub const TARGET_LABEL: &str = "upchain.dev/target-version";
+
+/// The CustomResourceDefinition for `K8sUpgrade`, as the operator generates it.
+pub fn crd() -> CustomResourceDefinition {
+    K8sUpgrade::crd()
+}
+
+/// The CRD as YAML, exactly as `upchain crd` prints it and `crds/` holds it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&crd())
+}

@@ -1,0 +1,353 @@
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::K8sUpgradeStatus;
+
+/// Label kubeadm puts on control-plane nodes.
+pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+
+/// The regular expression a target version must match (a leading `v` is optional).
+pub const VERSION_PATTERN: &str = r"^v?[0-9]+\.[0-9]+\.[0-9]+$";
+
+/// Upgrade a kubeadm cluster's Kubernetes version (kubeadm, kubelet, kubectl on every
+/// node) to `targetVersion`, node by node: preflight checks, the control-plane nodes one
+/// at a time, then the workers, then a postflight check.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "upchain.dev",
+    version = "v1alpha1",
+    kind = "K8sUpgrade",
+    plural = "k8supgrades",
+    shortname = "k8su",
+    status = "K8sUpgradeStatus",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetVersion"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.currentNode"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    derive = "PartialEq",
+    doc = "K8sUpgrade upgrades a kubeadm cluster's Kubernetes version node by node."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct K8sUpgradeSpec {
+    /// Kubernetes version to upgrade every node to, such as `1.35.2` or `v1.35.2`. The
+    /// control plane moves at most one minor version per run, and nodes are never
+    /// downgraded. Changing it during a run takes effect at the next node boundary.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^v?[0-9]+\\\\.[0-9]+\\\\.[0-9]+$')").message("targetVersion must be MAJOR.MINOR.PATCH, such as 1.35.2 or v1.35.2"))]
+    pub target_version: String,
+
+    /// Finish the node in progress, then start nothing new until set back to false.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Which nodes are upgraded, in what order, and how many workers at once.
+    #[serde(default)]
+    pub nodes: NodesSpec,
+
+    /// How the per-node upgrade Job runs (it SSHes into the node and runs a script).
+    #[serde(default)]
+    pub runner: RunnerSpec,
+
+    /// How a node is drained before its upgrade.
+    #[serde(default)]
+    pub drain: DrainSpec,
+
+    /// How long a node must stay Ready at the target version before the next node starts.
+    #[serde(default = "default_soak")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub soak: Duration,
+
+    /// How long a node may take, after its upgrade Job succeeded, to come back Ready with
+    /// its kubelet at the target version before the node is marked Failed.
+    #[serde(default = "default_rejoin_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("rejoinTimeout must be at least 1m"))]
+    pub rejoin_timeout: Duration,
+
+    /// With no progress for this long, the upgrade reports Stalled (condition, Event and
+    /// the `k8s_upgrade_stalled` gauge) so that an alert fires.
+    #[serde(default = "default_stall_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("stallTimeout must be at least 1m"))]
+    pub stall_timeout: Duration,
+}
+
+fn default_soak() -> Duration {
+    Duration::from(std::time::Duration::from_secs(5 * 60))
+}
+
+fn default_rejoin_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(30 * 60))
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(90 * 60))
+}
+
+/// Which nodes are upgraded, in what order, and how many workers at once.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.skip.all(n, !(n in self.order))").message("a node cannot be both in skip and in order"))]
+pub struct NodesSpec {
+    /// Selects the control-plane nodes. Default: nodes with the
+    /// `node-role.kubernetes.io/control-plane` label.
+    #[serde(default = "default_control_plane_selector")]
+    pub control_plane_selector: LabelSelector,
+
+    /// Selects the worker nodes among the nodes that are not control-plane nodes.
+    /// Default: every node that is not a control-plane node. Nodes selected by neither
+    /// selector are left alone and listed in the plan as not selected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_selector: Option<LabelSelector>,
+
+    /// Node names to upgrade first within their role, in this order. The remaining nodes
+    /// follow in name order.
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub order: Vec<String>,
+
+    /// How many worker nodes may be cordoned and upgraded at the same time.
+    #[serde(default = "default_max_unavailable")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_unavailable: i32,
+
+    /// Node names left alone: never cordoned, drained or upgraded.
+    #[serde(default)]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub skip: Vec<String>,
+}
+
+impl Default for NodesSpec {
+    fn default() -> Self {
+        Self {
+            control_plane_selector: default_control_plane_selector(),
+            worker_selector: None,
+            order: Vec::new(),
+            max_unavailable: default_max_unavailable(),
+            skip: Vec::new(),
+        }
+    }
+}
+
+fn default_control_plane_selector() -> LabelSelector {
+    LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: CONTROL_PLANE_LABEL.to_owned(),
+            operator: "Exists".to_owned(),
+            values: None,
+        }]),
+        match_labels: None,
+    }
+}
+
+fn default_max_unavailable() -> i32 {
+    1
+}
+
+/// How the per-node upgrade Job runs. The Job SSHes into the node's InternalIP and runs
+/// the script from `scriptConfigMap` with TARGET_VERSION, UPGRADE_KIND, NODE_NAME,
+/// NODE_IP, NODE_ROLE and FIRST_CONTROL_PLANE in its environment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerSpec {
+    /// Namespace the upgrade Jobs are created in. It must hold the script ConfigMap and
+    /// the SSH Secret.
+    #[serde(default = "default_runner_namespace")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+
+    /// Container image of the Job: it needs bash and an OpenSSH client.
+    #[serde(default = "default_runner_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// ConfigMap (in `namespace`) and key holding the node upgrade script.
+    #[serde(default = "default_script")]
+    pub script_config_map: KeyRef,
+
+    /// Secret (in `namespace`) and key holding the SSH private key.
+    #[serde(default = "default_ssh_secret")]
+    pub ssh_secret: KeyRef,
+
+    /// User the Job logs in as over SSH. The script runs with sudo when it is not root.
+    #[serde(default = "default_ssh_user")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z_][a-z0-9_-]*$')").message("sshUser must be a plain login name such as root or ubuntu"))]
+    pub ssh_user: String,
+
+    /// Compute resources of the Job's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// A node's Job is stopped and counted as failed after this many seconds.
+    #[serde(default = "default_active_deadline_seconds")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub active_deadline_seconds: i64,
+
+    /// How many Jobs a node gets before the upgrade stops as Failed (1 means no retry).
+    #[serde(default = "default_attempts")]
+    #[schemars(range(min = 1, max = 10))]
+    pub attempts: i32,
+
+    /// Finished Jobs are deleted after this many seconds (default 7 days), so their logs
+    /// stay readable for a week after a run.
+    #[serde(default = "default_ttl_seconds_after_finished")]
+    #[schemars(range(min = 0, max = 7776000))]
+    pub ttl_seconds_after_finished: i32,
+}
+
+impl Default for RunnerSpec {
+    fn default() -> Self {
+        Self {
+            namespace: default_runner_namespace(),
+            image: default_runner_image(),
+            script_config_map: default_script(),
+            ssh_secret: default_ssh_secret(),
+            ssh_user: default_ssh_user(),
+            resources: None,
+            active_deadline_seconds: default_active_deadline_seconds(),
+            attempts: default_attempts(),
+            ttl_seconds_after_finished: default_ttl_seconds_after_finished(),
+        }
+    }
+}
+
+fn default_runner_namespace() -> String {
+    "upchain-system".to_owned()
+}
+
+fn default_runner_image() -> String {
+    "ghcr.io/upchain-dev/upchain-runner:0.1.0".to_owned()
+}
+
+fn default_script() -> KeyRef {
+    KeyRef {
+        name: "upchain-node-upgrade".to_owned(),
+        key: "upgrade-node.sh".to_owned(),
+    }
+}
+
+fn default_ssh_secret() -> KeyRef {
+    KeyRef {
+        name: "upchain-ssh".to_owned(),
+        key: "ssh-privatekey".to_owned(),
+    }
+}
+
+fn default_ssh_user() -> String {
+    "root".to_owned()
+}
+
+fn default_active_deadline_seconds() -> i64 {
+    3600
+}
+
+fn default_attempts() -> i32 {
+    2
+}
+
+fn default_ttl_seconds_after_finished() -> i32 {
+    7 * 24 * 3600
+}
+
+/// A key in a ConfigMap or Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the object's data.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("key may contain only letters, digits, '-', '_' and '.'"))]
+    pub key: String,
+}
+
+/// How a node is drained before its upgrade. The operator evicts Pods through the
+/// Eviction API, so PodDisruptionBudgets are respected; DaemonSet and mirror Pods stay.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// How long a drain may take before `onTimeout` applies.
+    #[serde(default = "default_drain_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('10s')").message("drain.timeout must be at least 10s"))]
+    pub timeout: Duration,
+
+    /// Grace period given to each evicted Pod, in seconds. Default: the Pod's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub grace_period_seconds: Option<i64>,
+
+    /// Evict Pods that use emptyDir volumes (their emptyDir data is lost).
+    #[serde(default = "default_true")]
+    pub delete_empty_dir_data: bool,
+
+    /// What happens when the drain times out: `Fail` stops the upgrade with the names
+    /// of the Pods that would not leave; `Force` deletes them without the Eviction API.
+    #[serde(default)]
+    pub on_timeout: DrainTimeoutAction,
+
+    /// Delete (rather than evict) a single-replica Pod whose PodDisruptionBudget allows
+    /// no disruption, which would otherwise block the drain forever. Off by default.
+    #[serde(default)]
+    pub delete_pdb_blocked_single_replica_pods: bool,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        Self {
+            timeout: default_drain_timeout(),
+            grace_period_seconds: None,
+            delete_empty_dir_data: true,
+            on_timeout: DrainTimeoutAction::default(),
+            delete_pdb_blocked_single_replica_pods: false,
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(15 * 60))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What a drain does when it times out.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum DrainTimeoutAction {
+    /// Stop the upgrade as Failed, naming the Pods that would not leave.
+    #[default]
+    Fail,
+    /// Delete the remaining Pods without the Eviction API and carry on.
+    Force,
+}

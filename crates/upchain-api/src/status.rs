@@ -1,0 +1,331 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where an upgrade run is. The truth is the cluster's node versions, re-read at every
+/// reconcile; the status is a summary of it plus what the operator intends to do next.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct K8sUpgradeStatus {
+    /// Pending, Preflight, Snapshot, ControlPlane, Workers, Postflight, Succeeded,
+    /// Blocked (a check refused; nothing was changed; rechecked automatically) or Failed
+    /// (needs a person: see the Ready condition's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Ready, Progressing, Blocked, Stalled and SnapshotTaken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The lowest kubelet version among the selected nodes when the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+
+    /// The version this run installs (spec.targetVersion normalised, pinned at the start
+    /// of the run and re-pinned only at a node boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_version: Option<String>,
+
+    /// Patch (same minor) or Minor (the next minor), judged against the control plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_kind: Option<UpgradeKind>,
+
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+
+    /// When a node last moved to its next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_progress_at: Option<Time>,
+
+    /// When the run succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+
+    /// The node (or comma-separated worker batch) in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_node: Option<String>,
+
+    /// The step of the node in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step: Option<NodeStep>,
+
+    /// Nodes done out of nodes in this run, such as `3/7`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
+    /// One record per node this run has started, in the order they were started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRecord>,
+
+    /// Why the run is Blocked or waiting: every reason, each saying what to fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_reasons: Vec<String>,
+
+    /// The etcd snapshot taken before the first node was touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotRecord>,
+
+    /// The nodes still to upgrade, in order, as last computed from the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedNode>,
+
+    /// Hash of the plan (node names, order, versions and target), for approvals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<String>,
+
+    /// The last few runs, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RunRecord>,
+
+    /// The value of the `upchain.dev/retry` annotation that was last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_retry: Option<String>,
+}
+
+/// The phase of an upgrade run.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Not started: waiting for another upgrade, for a valid spec, or for the first check.
+    Pending,
+    /// Running the checks that must pass before anything is changed.
+    Preflight,
+    /// Taking the etcd snapshot.
+    Snapshot,
+    /// Upgrading control-plane nodes, one at a time.
+    ControlPlane,
+    /// Upgrading worker nodes.
+    Workers,
+    /// Checking the cluster after the last node.
+    Postflight,
+    /// Every selected node runs the target version.
+    Succeeded,
+    /// A check refused; nothing was changed. Rechecked and cleared automatically.
+    Blocked,
+    /// A step failed past its retries, or the spec is invalid. Needs a person.
+    Failed,
+}
+
+impl Phase {
+    /// Every phase, for metrics that emit one series per phase.
+    pub const ALL: [Phase; 9] = [
+        Phase::Pending,
+        Phase::Preflight,
+        Phase::Snapshot,
+        Phase::ControlPlane,
+        Phase::Workers,
+        Phase::Postflight,
+        Phase::Succeeded,
+        Phase::Blocked,
+        Phase::Failed,
+    ];
+
+    /// The phase's name as it appears in status and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Preflight => "Preflight",
+            Phase::Snapshot => "Snapshot",
+            Phase::ControlPlane => "ControlPlane",
+            Phase::Workers => "Workers",
+            Phase::Postflight => "Postflight",
+            Phase::Succeeded => "Succeeded",
+            Phase::Blocked => "Blocked",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// Patch (same minor version) or Minor (the next minor version).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum UpgradeKind {
+    /// Same minor version: only the patch number changes.
+    Patch,
+    /// The next minor version: the node's package repository is switched too.
+    Minor,
+}
+
+impl UpgradeKind {
+    /// The value passed to the node script as UPGRADE_KIND.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeKind::Patch => "patch",
+            UpgradeKind::Minor => "minor",
+        }
+    }
+}
+
+/// The role a node plays in the upgrade order.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodeRole {
+    /// A kubeadm control-plane node.
+    ControlPlane,
+    /// Any other selected node.
+    Worker,
+}
+
+impl NodeRole {
+    /// The value passed to the node script as NODE_ROLE.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::ControlPlane => "control-plane",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+/// The step a node is at.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodeStep {
+    /// Cordoned by the operator; its Pods are being evicted.
+    Draining,
+    /// Its upgrade Job is running.
+    Upgrading,
+    /// Uncordoned; waiting for it to be Ready with its kubelet at the target.
+    Rejoining,
+    /// Ready at the target; waiting out the soak time.
+    Soaking,
+    /// Upgraded and soaked.
+    Done,
+    /// Failed past its retries: see the record's message.
+    Failed,
+}
+
+impl NodeStep {
+    /// True for the steps in which the node is taken out of service by the operator.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            NodeStep::Draining | NodeStep::Upgrading | NodeStep::Rejoining | NodeStep::Soaking
+        )
+    }
+
+    /// The step's name as it appears in status and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStep::Draining => "Draining",
+            NodeStep::Upgrading => "Upgrading",
+            NodeStep::Rejoining => "Rejoining",
+            NodeStep::Soaking => "Soaking",
+            NodeStep::Done => "Done",
+            NodeStep::Failed => "Failed",
+        }
+    }
+}
+
+/// What happened to one node in this run.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// The node's name.
+    pub name: String,
+    /// ControlPlane or Worker.
+    pub role: NodeRole,
+    /// True for the control-plane node that runs `kubeadm upgrade apply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_control_plane: bool,
+    /// Patch or Minor, judged from this node's own kubelet version.
+    pub kind: UpgradeKind,
+    /// The version this node is being upgraded to.
+    pub target_version: String,
+    /// The kubelet version when the node was started.
+    pub version_before: String,
+    /// The kubelet version when the node was done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_after: Option<String>,
+    /// Where the node is.
+    pub step: NodeStep,
+    /// When the node entered its current step.
+    pub step_started_at: Time,
+    /// True while the node is cordoned by the operator (it is uncordoned by the operator
+    /// when done, or when the K8sUpgrade is deleted).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cordoned: bool,
+    /// Upgrade Jobs created for this node in this run.
+    #[serde(default)]
+    pub attempts: i32,
+    /// Upgrade Jobs that failed since the run started or was last retried.
+    #[serde(default)]
+    pub failures: i32,
+    /// The node's current (or last) upgrade Job, in runner.namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// When the node was started.
+    pub started_at: Time,
+    /// When the node was done or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// What is happening, or what went wrong and how to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// While draining: the Pods still to leave the node (namespace/name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_pods: Vec<String>,
+}
+
+/// A node still to be upgraded, as planned from the cluster's current state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedNode {
+    /// The node's name.
+    pub name: String,
+    /// ControlPlane or Worker.
+    pub role: NodeRole,
+    /// Its current kubelet version.
+    pub version: String,
+    /// Patch or Minor for this node.
+    pub kind: UpgradeKind,
+    /// True for the node that runs `kubeadm upgrade apply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first_control_plane: bool,
+    /// Nodes with the same batch number are upgraded together (workers only).
+    pub batch: i32,
+}
+
+/// The etcd snapshot taken before the first node was touched.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotRecord {
+    /// The snapshot Job (namespace/name).
+    pub job: String,
+    /// When it started.
+    pub started_at: Time,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// True once the snapshot Job succeeded.
+    #[serde(default)]
+    pub verified: bool,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A finished run.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The version the run started from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<String>,
+    /// The version the run installed.
+    pub target_version: String,
+    /// Succeeded or Failed.
+    pub result: Phase,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The node that failed, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_node: Option<String>,
+    /// Why it ended that way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,442 @@
+//! The batch/v1 Job that upgrades one node.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use sha2::{Digest, Sha256};
+use upchain_api::{
+    ATTEMPT_LABEL, CONTROL_PLANE_LABEL, NODE_ANNOTATION, NODE_LABEL, NodeRole, RunnerSpec,
+    TARGET_LABEL, UPGRADE_LABEL, UpgradeKind,
+};
+
+use crate::plan::hex_prefix;
+use crate::version::KubeVersion;
+
+/// Longest name a label value or a Job (whose name becomes a Pod label) may have.
+const MAX_NAME: usize = 63;
+/// Where the node script is mounted in the Job's container.
+const SCRIPT_PATH: &str = "/etc/upchain/script/upgrade-node.sh";
+/// Where the SSH key is mounted in the Job's container.
+const SSH_KEY_PATH: &str = "/etc/upchain/ssh/id";
+/// Unprivileged user of the runner image.
+const RUNNER_UID: i64 = 65532;
+
+/// The command the Job's container runs: copy the key where ssh accepts its mode, then
+/// stream the node script over SSH and run it as root with the upgrade's parameters.
+/// Every interpolated value is a version, a node name, an IP, an enum or a validated login
+/// name, none of which can carry shell syntax.
+const RUNNER_COMMAND: &str = r#"set -euo pipefail
+install -m 0600 /etc/upchain/ssh/id /tmp/id
+sudo="sudo -n"
+if [ "$SSH_USER" = root ]; then sudo=""; fi
+echo "upgrading $NODE_ROLE node $NODE_NAME ($NODE_IP) to $TARGET_VERSION ($UPGRADE_KIND)"
+exec ssh -i /tmp/id -o BatchMode=yes -o StrictHostKeyChecking=accept-new \
+  -o UserKnownHostsFile=/tmp/known_hosts -o ConnectTimeout=30 \
+  -o ServerAliveInterval=30 -o ServerAliveCountMax=6 "$SSH_USER@$NODE_IP" \
+  "$sudo env TARGET_VERSION=$TARGET_VERSION UPGRADE_KIND=$UPGRADE_KIND NODE_NAME=$NODE_NAME NODE_IP=$NODE_IP NODE_ROLE=$NODE_ROLE FIRST_CONTROL_PLANE=$FIRST_CONTROL_PLANE bash -s" \
+  < /etc/upchain/script/upgrade-node.sh
+"#;
+
+/// The K8sUpgrade that owns a Job.
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its uid.
+    pub uid: &'a str,
+}
+
+/// Everything that decides one node Job.
+#[derive(Clone, Debug)]
+pub struct NodeJob<'a> {
+    /// The K8sUpgrade the Job belongs to.
+    pub owner: Owner<'a>,
+    /// How Jobs run.
+    pub runner: &'a RunnerSpec,
+    /// The node to upgrade.
+    pub node: &'a str,
+    /// Its InternalIP.
+    pub node_ip: &'a str,
+    /// Its role.
+    pub role: NodeRole,
+    /// True for the node that runs `kubeadm upgrade apply`.
+    pub first_control_plane: bool,
+    /// Patch or Minor for this node.
+    pub kind: UpgradeKind,
+    /// The version to install.
+    pub target: KubeVersion,
+    /// 1 for the first Job of this node in this run.
+    pub attempt: i32,
+    /// Every node being drained or upgraded at the same time: the Job runs on none of them.
+    pub batch: &'a [String],
+}
+
+/// A name of at most 63 characters made of lowercase letters, digits and '-': `parts`
+/// joined with '-', shortened with a hash of the whole when too long, so that distinct
+/// inputs keep distinct names.
+pub fn bounded_name(parts: &[&str]) -> String {
+    let full: String = parts
+        .join("-")
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .collect();
+    let trimmed = full.trim_matches('-');
+    if trimmed.len() <= MAX_NAME {
+        return trimmed.to_owned();
+    }
+    let hash = hex_prefix(&Sha256::digest(full.as_bytes()), 8);
+    let head = trimmed[..MAX_NAME - hash.len() - 1].trim_end_matches('-');
+    format!("{head}-{hash}")
+}
+
+/// The deterministic name of a node's upgrade Job for one attempt.
+pub fn job_name(upgrade: &str, node: &str, target: KubeVersion, attempt: i32) -> String {
+    bounded_name(&[upgrade, node, &target.to_string(), &attempt.to_string()])
+}
+
+impl NodeJob<'_> {
+    /// The Job's name.
+    pub fn name(&self) -> String {
+        job_name(self.owner.name, self.node, self.target, self.attempt)
+    }
+
+    /// Renders the Job.
+    pub fn render(&self) -> Job {
+        let labels: BTreeMap<String, String> = [
+            ("app.kubernetes.io/name", "upchain-node-upgrade".to_owned()),
+            ("app.kubernetes.io/managed-by", "upchain".to_owned()),
+            (UPGRADE_LABEL, bounded_name(&[self.owner.name])),
+            (NODE_LABEL, bounded_name(&[self.node])),
+            (TARGET_LABEL, self.target.to_string()),
+            (ATTEMPT_LABEL, self.attempt.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let annotations: BTreeMap<String, String> =
+            [(NODE_ANNOTATION.to_owned(), self.node.to_owned())].into();
+        let env = [
+            (
+                "TARGET_VERSION",
+                self.target.to_string().trim_start_matches('v').to_owned(),
+            ),
+            ("UPGRADE_KIND", self.kind.as_str().to_owned()),
+            ("NODE_NAME", self.node.to_owned()),
+            ("NODE_IP", self.node_ip.to_owned()),
+            ("NODE_ROLE", self.role.as_str().to_owned()),
+            ("FIRST_CONTROL_PLANE", self.first_control_plane.to_string()),
+            ("SSH_USER", self.runner.ssh_user.clone()),
+        ]
+        .into_iter()
+        .map(|(name, value)| EnvVar {
+            name: name.to_owned(),
+            value: Some(value),
+            value_from: None,
+        })
+        .collect();
+
+        let mut excluded: Vec<String> = self.batch.to_vec();
+        if !excluded.iter().any(|n| n == self.node) {
+            excluded.push(self.node.to_owned());
+        }
+        excluded.sort();
+        excluded.dedup();
+        let affinity = Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_fields: Some(vec![NodeSelectorRequirement {
+                            key: "metadata.name".to_owned(),
+                            operator: "NotIn".to_owned(),
+                            values: Some(excluded),
+                        }]),
+                        match_expressions: None,
+                    }],
+                }),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }),
+            ..Affinity::default()
+        };
+
+        let container = Container {
+            name: "upgrade".to_owned(),
+            image: Some(self.runner.image.clone()),
+            command: Some(vec![
+                "/bin/bash".to_owned(),
+                "-c".to_owned(),
+                RUNNER_COMMAND.to_owned(),
+            ]),
+            env: Some(env),
+            resources: self.runner.resources.clone(),
+            security_context: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                read_only_root_filesystem: Some(true),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".to_owned()]),
+                    add: None,
+                }),
+                ..SecurityContext::default()
+            }),
+            volume_mounts: Some(vec![
+                mount("script", SCRIPT_PATH),
+                mount("ssh-key", SSH_KEY_PATH),
+                VolumeMount {
+                    name: "tmp".to_owned(),
+                    mount_path: "/tmp".to_owned(),
+                    ..VolumeMount::default()
+                },
+            ]),
+            ..Container::default()
+        };
+
+        Job {
+            metadata: ObjectMeta {
+                name: Some(self.name()),
+                namespace: Some(self.runner.namespace.clone()),
+                labels: Some(labels.clone()),
+                annotations: Some(annotations.clone()),
+                owner_references: Some(vec![OwnerReference {
+                    api_version: "upchain.dev/v1alpha1".to_owned(),
+                    kind: "K8sUpgrade".to_owned(),
+                    name: self.owner.name.to_owned(),
+                    uid: self.owner.uid.to_owned(),
+                    controller: Some(true),
+                    // Foreground deletion of the K8sUpgrade must not wait on, nor be
+                    // blocked by, a Job that is upgrading a node; the finalizer handles it.
+                    block_owner_deletion: Some(false),
+                }]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(JobSpec {
+                backoff_limit: Some(0),
+                active_deadline_seconds: Some(self.runner.active_deadline_seconds),
+                ttl_seconds_after_finished: Some(self.runner.ttl_seconds_after_finished),
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        annotations: Some(annotations),
+                        ..ObjectMeta::default()
+                    }),
+                    spec: Some(PodSpec {
+                        restart_policy: Some("Never".to_owned()),
+                        // The Job only talks SSH to its node; it needs no API access.
+                        automount_service_account_token: Some(false),
+                        affinity: Some(affinity),
+                        tolerations: Some(vec![Toleration {
+                            key: Some(CONTROL_PLANE_LABEL.to_owned()),
+                            operator: Some("Exists".to_owned()),
+                            effect: Some("NoSchedule".to_owned()),
+                            ..Toleration::default()
+                        }]),
+                        security_context: Some(PodSecurityContext {
+                            run_as_non_root: Some(true),
+                            run_as_user: Some(RUNNER_UID),
+                            run_as_group: Some(RUNNER_UID),
+                            fs_group: Some(RUNNER_UID),
+                            seccomp_profile: Some(SeccompProfile {
+                                type_: "RuntimeDefault".to_owned(),
+                                localhost_profile: None,
+                            }),
+                            ..PodSecurityContext::default()
+                        }),
+                        containers: vec![container],
+                        volumes: Some(vec![
+                            Volume {
+                                name: "script".to_owned(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: self.runner.script_config_map.name.clone(),
+                                    items: Some(vec![key_to_path(
+                                        &self.runner.script_config_map.key,
+                                        "upgrade-node.sh",
+                                    )]),
+                                    default_mode: Some(0o555),
+                                    optional: Some(false),
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "ssh-key".to_owned(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(self.runner.ssh_secret.name.clone()),
+                                    items: Some(vec![key_to_path(
+                                        &self.runner.ssh_secret.key,
+                                        "id",
+                                    )]),
+                                    default_mode: Some(0o440),
+                                    optional: Some(false),
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "tmp".to_owned(),
+                                empty_dir: Some(EmptyDirVolumeSource::default()),
+                                ..Volume::default()
+                            },
+                        ]),
+                        ..PodSpec::default()
+                    }),
+                },
+                ..JobSpec::default()
+            }),
+            status: None,
+        }
+    }
+}
+
+/// A read-only mount of the single file `path` from `volume`.
+fn mount(volume: &str, path: &str) -> VolumeMount {
+    let (dir, _) = path.rsplit_once('/').unwrap_or((path, ""));
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: dir.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
+}
+
+fn key_to_path(key: &str, path: &str) -> KeyToPath {
+    KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        mode: None,
+    }
+}
+
+/// The nodes a rendered Job may not be scheduled on.
+pub fn excluded_nodes(job: &Job) -> Vec<String> {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.affinity.as_ref())
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|s| {
+            s.node_selector_terms
+                .iter()
+                .flat_map(|t| t.match_fields.iter().flatten())
+                .filter(|r| r.key == "metadata.name" && r.operator == "NotIn")
+                .flat_map(|r| r.values.iter().flatten().cloned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn job<'a>(runner: &'a RunnerSpec, node: &'a str, batch: &'a [String]) -> NodeJob<'a> {
+        NodeJob {
+            owner: Owner {
+                name: "to-1-35",
+                uid: "uid-1",
+            },
+            runner,
+            node,
+            node_ip: "10.0.0.7",
+            role: NodeRole::Worker,
+            first_control_plane: false,
+            kind: UpgradeKind::Minor,
+            target: KubeVersion::new(1, 35, 2),
+            attempt: 1,
+            batch,
+        }
+    }
+
+    #[test]
+    fn renders_a_locked_down_job() {
+        let runner = RunnerSpec::default();
+        let batch = vec!["w-1".to_owned(), "w-2".to_owned()];
+        let rendered = job(&runner, "w-1", &batch).render();
+        assert_eq!(
+            rendered.metadata.name.as_deref(),
+            Some("to-1-35-w-1-v1-35-2-1")
+        );
+        assert_eq!(
+            rendered.metadata.namespace.as_deref(),
+            Some("upchain-system")
+        );
+        let spec = rendered.spec.as_ref().expect("spec");
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.active_deadline_seconds, Some(3600));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(604800));
+        let pod = spec.template.spec.as_ref().expect("pod");
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let env: BTreeMap<_, _> = pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(env["TARGET_VERSION"], "1.35.2");
+        assert_eq!(env["UPGRADE_KIND"], "minor");
+        assert_eq!(env["NODE_NAME"], "w-1");
+        assert_eq!(env["NODE_IP"], "10.0.0.7");
+        assert_eq!(env["NODE_ROLE"], "worker");
+        assert_eq!(env["FIRST_CONTROL_PLANE"], "false");
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter(|m| m.name != "tmp")
+                .all(|m| m.read_only == Some(true))
+        );
+        assert_eq!(excluded_nodes(&rendered), ["w-1", "w-2"]);
+        let owner = &rendered.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str()),
+            ("K8sUpgrade", "uid-1")
+        );
+    }
+
+    #[test]
+    fn long_names_are_shortened_with_a_hash() {
+        let node = "a".repeat(200);
+        let a = job_name("upgrade", &node, KubeVersion::new(1, 35, 2), 1);
+        let b = job_name("upgrade", &node, KubeVersion::new(1, 35, 2), 2);
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+    }
+
+    proptest! {
+        /// Invariant 1: a Job never lands on a node of its batch, nor on its own node.
+        #[test]
+        fn job_excludes_its_batch(
+            batch in proptest::collection::btree_set("[a-z][a-z0-9.-]{0,40}[a-z0-9]", 1..8),
+            pick in 0usize..8,
+        ) {
+            let batch: Vec<String> = batch.into_iter().collect();
+            let node = batch[pick % batch.len()].clone();
+            let runner = RunnerSpec::default();
+            let excluded = excluded_nodes(&job(&runner, &node, &batch).render());
+            for member in &batch {
+                prop_assert!(excluded.contains(member));
+            }
+        }
+
+        #[test]
+        fn names_are_valid_dns_labels(parts in proptest::collection::vec("[A-Za-z0-9.-]{0,120}", 1..4)) {
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            let name = bounded_name(&parts);
+            prop_assert!(name.len() <= 63);
+            prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            prop_assert!(!name.starts_with('-') && !name.ends_with('-'));
+            prop_assert_eq!(bounded_name(&parts), name);
+        }
+    }
+}

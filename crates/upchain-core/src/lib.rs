@@ -1,0 +1,24 @@
+//! Pure upgrade logic for upchain: inputs in, decisions out.
+//!
+//! No I/O, no clock reads, no Kubernetes client: the operator observes the cluster,
+//! calls [`decide`], and carries out the returned [`Decision`].
+#![forbid(unsafe_code)]
+
+pub mod conditions;
+pub mod drain;
+pub mod gates;
+pub mod job;
+pub mod machine;
+pub mod observe;
+pub mod plan;
+pub mod version;
+
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use machine::{Action, Decision, Event, decide, finalize, holds_lock};
+pub use observe::{JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade};
+pub use plan::{Exclusion, Plan, PlanError, plan};
+pub use version::{KubeVersion, VersionError};

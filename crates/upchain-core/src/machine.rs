@@ -1,0 +1,1071 @@
+//! The phase machine: `decide(upgrade, observed, now) -> Decision`.
+//!
+//! Every step is level-based: it compares what the status intends with what the cluster
+//! shows and emits the actions that close the gap. The operator persists the decision's
+//! status before it carries out the actions, so the intent (the node in progress and its
+//! step) is on record before any cordon, eviction or Job. Repeating a decision against an
+//! unchanged cluster repeats only idempotent actions (same cordon, same Job name).
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{
+    DrainTimeoutAction, K8sUpgrade, K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole,
+    NodeStep, Phase, RETRY_ANNOTATION, RunRecord,
+};
+
+use crate::conditions::{self, Desired, types};
+use crate::drain::drain_progress;
+use crate::gates;
+use crate::job::{NodeJob, Owner, job_name};
+use crate::observe::{JobState, Observed, OtherUpgrade};
+use crate::plan::{Plan, plan};
+use crate::version::KubeVersion;
+
+/// How often a drain re-checks its Pods while they leave.
+pub const DRAIN_POLL: Duration = Duration::from_secs(5);
+/// How often a Blocked run re-checks its gates.
+pub const GATE_RECHECK: Duration = Duration::from_secs(60);
+/// How often a K8sUpgrade waiting for another one, or for postflight, looks again.
+pub const WAIT_POLL: Duration = Duration::from_secs(30);
+/// Runs kept in status.history.
+pub const HISTORY_LIMIT: usize = 5;
+/// Safety bound on transitions taken in one decision.
+const MAX_TRANSITIONS: usize = 64;
+
+/// Something the operator must do to the cluster, or record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Mark the node unschedulable.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Mark the node schedulable again.
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Evict these Pods (namespace/name) through the Eviction API, respecting PDBs.
+    Evict {
+        /// The node being drained.
+        node: String,
+        /// The Pods.
+        pods: Vec<String>,
+        /// Grace period override, from spec.drain.gracePeriodSeconds.
+        grace_period_seconds: Option<i64>,
+    },
+    /// Delete these Pods without the Eviction API (drain timed out with onTimeout: Force).
+    DeletePods {
+        /// The node being drained.
+        node: String,
+        /// The Pods.
+        pods: Vec<String>,
+    },
+    /// Create the Job, or adopt it if it already exists (its name is deterministic).
+    CreateJob(Box<Job>),
+    /// Record an Event on the K8sUpgrade.
+    Event(Event),
+}
+
+impl Action {
+    /// True for actions that change the cluster (everything but Events).
+    pub fn is_mutating(&self) -> bool {
+        !matches!(self, Action::Event(_))
+    }
+}
+
+/// An Event to record on the K8sUpgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason, a bounded set.
+    pub reason: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+/// What one reconcile decided: the next status, what to do, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to write (server-side apply on /status) before the actions.
+    pub status: K8sUpgradeStatus,
+    /// The actions to carry out, in order.
+    pub actions: Vec<Action>,
+    /// Reconcile again after this long even if nothing changes; None waits for a change.
+    pub requeue: Option<Duration>,
+}
+
+/// True when this status holds the one-upgrade-per-cluster lock: a run is under way,
+/// blocked, or failed with nodes touched.
+pub fn holds_lock(status: &K8sUpgradeStatus) -> bool {
+    match status.phase {
+        Some(
+            Phase::Preflight
+            | Phase::Snapshot
+            | Phase::ControlPlane
+            | Phase::Workers
+            | Phase::Postflight
+            | Phase::Blocked,
+        ) => true,
+        Some(Phase::Failed) => status
+            .nodes
+            .iter()
+            .any(|n| n.step == NodeStep::Failed || n.step.is_active()),
+        _ => false,
+    }
+}
+
+impl OtherUpgrade {
+    /// Reduces another K8sUpgrade to what the lock needs.
+    pub fn from_upgrade(upgrade: &K8sUpgrade) -> Self {
+        let status = upgrade.status.clone().unwrap_or_default();
+        Self {
+            name: upgrade.metadata.name.clone().unwrap_or_default(),
+            holds_lock: holds_lock(&status),
+            waiting: matches!(status.phase, None | Some(Phase::Pending)) && !upgrade.spec.paused,
+            created: upgrade
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second()),
+        }
+    }
+}
+
+/// Decides the next status and actions for `upgrade` given what was observed at `now`.
+pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Decision {
+    // Status times have second resolution; deciding at that resolution keeps a decision
+    // equal to its own round trip through the API server.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let previous = upgrade.status.clone().unwrap_or_default();
+    let mut machine = Machine {
+        upgrade,
+        spec: &upgrade.spec,
+        observed,
+        now,
+        status: previous.clone(),
+        actions: Vec::new(),
+        requeue: None,
+        state: State::default(),
+    };
+    for _ in 0..MAX_TRANSITIONS {
+        let before = machine.status.clone();
+        machine.actions.retain(|a| !a.is_mutating());
+        machine.requeue = None;
+        machine.step();
+        if machine.status == before {
+            break;
+        }
+    }
+    machine.finish(&previous)
+}
+
+/// Why the run is where it is, for the conditions.
+#[derive(Clone, Debug, Default)]
+struct State {
+    reason: &'static str,
+    message: String,
+}
+
+struct Machine<'a> {
+    upgrade: &'a K8sUpgrade,
+    spec: &'a K8sUpgradeSpec,
+    observed: &'a Observed,
+    now: Timestamp,
+    status: K8sUpgradeStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+    state: State,
+}
+
+impl Machine<'_> {
+    fn name(&self) -> &str {
+        self.upgrade.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        let event = Action::Event(Event {
+            warning,
+            reason,
+            message,
+        });
+        if !self.actions.contains(&event) {
+            self.actions.push(event);
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        if !self.actions.contains(&action) {
+            self.actions.push(action);
+        }
+    }
+
+    fn requeue_within(&mut self, after: Duration) {
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    fn note(&mut self, reason: &'static str, message: impl Into<String>) {
+        self.state = State {
+            reason,
+            message: message.into(),
+        };
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.status.phase != Some(phase) {
+            self.status.phase = Some(phase);
+        }
+    }
+
+    fn progressed(&mut self) {
+        self.status.last_progress_at = Some(Time(self.now));
+    }
+
+    fn elapsed(&self, since: &Time) -> Duration {
+        Duration::try_from(self.now.duration_since(since.0)).unwrap_or_default()
+    }
+
+    /// One transition (or none, at a fixpoint).
+    fn step(&mut self) {
+        self.handle_retry();
+
+        let active: Vec<usize> = (0..self.status.nodes.len())
+            .filter(|&i| self.status.nodes[i].step.is_active())
+            .collect();
+        if !active.is_empty() {
+            let batch: Vec<String> = active
+                .iter()
+                .map(|&i| self.status.nodes[i].name.clone())
+                .collect();
+            for &i in &active {
+                self.advance_node(i, &batch);
+            }
+            let role = self.status.nodes[active[0]].role;
+            if self.status.nodes.iter().any(|n| n.step == NodeStep::Failed) {
+                return self.fail_on_node();
+            }
+            self.set_phase(match role {
+                NodeRole::ControlPlane => Phase::ControlPlane,
+                NodeRole::Worker => Phase::Workers,
+            });
+            let step = self.status.nodes[active[0]].step;
+            return self.note(
+                "NodeInProgress",
+                format!("{} is {}", batch.join(", "), step.as_str()),
+            );
+        }
+
+        // At a node boundary from here on.
+        self.release_skipped_failures();
+        if self.failed_node().is_some() {
+            return self.fail_on_node();
+        }
+        if self.status.phase == Some(Phase::Succeeded) && self.spec_target_unchanged() {
+            return self.note("Succeeded", "every selected node runs the target version");
+        }
+        if let Some(holder) = self.lock_holder() {
+            self.set_phase(Phase::Pending);
+            self.requeue_within(WAIT_POLL);
+            return self.note(
+                "WaitingForUpgrade",
+                format!(
+                    "waiting for K8sUpgrade {holder}, which is upgrading this cluster; \
+                     one upgrade runs at a time"
+                ),
+            );
+        }
+
+        let target = match KubeVersion::parse_target(&self.spec.target_version) {
+            Ok(target) => target,
+            Err(error) => {
+                return self.refuse("InvalidSpec", format!("spec.targetVersion: {error}"));
+            }
+        };
+        let plan = match plan(target, &self.spec.nodes, &self.observed.nodes) {
+            Ok(plan) => plan,
+            Err(error) => return self.refuse("VersionPolicy", error.to_string()),
+        };
+        self.status.plan = plan.to_status();
+        self.status.plan_hash = Some(plan.hash());
+
+        if self.spec.paused {
+            self.requeue = None;
+            return self.note(
+                "Paused",
+                "spec.paused is true: no node is started until it is false",
+            );
+        }
+        if self.status.started_at.is_none() || !self.run_in_progress() {
+            self.start_run(&plan);
+        } else if self.status.target_version.as_deref() != Some(&target.to_string()) {
+            self.event(
+                false,
+                "TargetChanged",
+                format!(
+                    "target changed from {} to {target} at a node boundary; the plan was \
+                     recomputed from the nodes' versions",
+                    self.status.target_version.as_deref().unwrap_or("none")
+                ),
+            );
+            self.status.target_version = Some(target.to_string());
+            self.status.upgrade_kind = Some(plan.kind);
+        }
+
+        let reasons = gates::nodes_gate(
+            &self.observed.nodes,
+            &self.spec.nodes.skip,
+            &self.status.nodes,
+        );
+        if !reasons.is_empty() {
+            if self.status.phase != Some(Phase::Blocked) || self.status.blocked_reasons != reasons {
+                self.event(
+                    true,
+                    "Blocked",
+                    format!("nothing was changed: {}", reasons.join("; ")),
+                );
+            }
+            self.status.blocked_reasons = reasons;
+            self.set_phase(Phase::Blocked);
+            self.requeue_within(GATE_RECHECK);
+            return self.note("GatesFailed", self.status.blocked_reasons.join("; "));
+        }
+        if self.status.phase == Some(Phase::Blocked) {
+            self.event(false, "Unblocked", "every check passes again".to_owned());
+        }
+        self.status.blocked_reasons.clear();
+
+        if plan.is_complete() {
+            return self.postflight();
+        }
+        self.start_batch(&plan);
+    }
+
+    fn spec_target_unchanged(&self) -> bool {
+        KubeVersion::parse_target(&self.spec.target_version)
+            .is_ok_and(|t| self.status.target_version.as_deref() == Some(&t.to_string()))
+    }
+
+    fn run_in_progress(&self) -> bool {
+        !matches!(
+            self.status.phase,
+            None | Some(Phase::Pending | Phase::Succeeded | Phase::Failed)
+        ) || self.status.nodes.iter().any(|n| n.step == NodeStep::Failed)
+    }
+
+    /// The K8sUpgrade this one must wait for, if any.
+    fn lock_holder(&self) -> Option<String> {
+        if self.run_in_progress() {
+            return None;
+        }
+        let me = self.name();
+        let created = self
+            .upgrade
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        self.observed
+            .others
+            .iter()
+            .filter(|o| o.name != me)
+            .find(|o| o.holds_lock)
+            .or_else(|| {
+                // Two waiting at once: the older one (then the lower name) goes first.
+                self.observed
+                    .others
+                    .iter()
+                    .filter(|o| o.name != me)
+                    .find(|o| {
+                        !o.holds_lock
+                            && o.created != 0
+                            && (o.created, o.name.as_str()) < (created, me)
+                            && o.waiting
+                    })
+            })
+            .map(|o| o.name.clone())
+    }
+
+    fn handle_retry(&mut self) {
+        let Some(value) = self
+            .upgrade
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RETRY_ANNOTATION))
+        else {
+            return;
+        };
+        if self.status.handled_retry.as_ref() == Some(value) {
+            return;
+        }
+        self.status.handled_retry = Some(value.clone());
+        let now = Time(self.now);
+        let mut retried = Vec::new();
+        for record in &mut self.status.nodes {
+            if record.step == NodeStep::Failed {
+                record.step = NodeStep::Draining;
+                record.step_started_at = now.clone();
+                record.failures = 0;
+                record.finished_at = None;
+                record.message =
+                    Some("retrying after the upchain.dev/retry annotation changed".to_owned());
+                retried.push(record.name.clone());
+            }
+        }
+        if !retried.is_empty() {
+            self.progressed();
+            self.event(
+                false,
+                "Retrying",
+                format!("retrying {}", retried.join(", ")),
+            );
+        }
+    }
+
+    /// A Failed node that was since added to spec.nodes.skip no longer fails the run; it is
+    /// uncordoned, since upchain cordoned it.
+    fn release_skipped_failures(&mut self) {
+        let skip = &self.spec.nodes.skip;
+        let uncordon: Vec<String> = self
+            .status
+            .nodes
+            .iter()
+            .filter(|r| r.step == NodeStep::Failed && r.cordoned && skip.contains(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        for node in uncordon {
+            self.release_node(&node);
+        }
+    }
+
+    /// Uncordons a node upchain cordoned, and forgets the cordon once the cluster shows it.
+    fn release_node(&mut self, node: &str) {
+        match self.observed.node(node) {
+            Some(n) if n.unschedulable => self.act(Action::Uncordon {
+                node: node.to_owned(),
+            }),
+            _ => {
+                if let Some(record) = self.status.nodes.iter_mut().find(|r| r.name == node) {
+                    record.cordoned = false;
+                }
+            }
+        }
+    }
+
+    fn failed_node(&self) -> Option<&NodeRecord> {
+        self.status
+            .nodes
+            .iter()
+            .find(|r| r.step == NodeStep::Failed && !self.spec.nodes.skip.contains(&r.name))
+    }
+
+    fn fail_on_node(&mut self) {
+        let (name, message) = match self.failed_node() {
+            Some(record) => (
+                record.name.clone(),
+                record.message.clone().unwrap_or_default(),
+            ),
+            None => return,
+        };
+        self.set_phase(Phase::Failed);
+        self.note(
+            "NodeFailed",
+            format!(
+                "node {name} failed: {message}. No other node is started. Fix the cause, then \
+                 set a new value on the {RETRY_ANNOTATION} annotation to retry, or add the node \
+                 to spec.nodes.skip"
+            ),
+        );
+    }
+
+    /// Refuses the spec: nothing is mutated, and the run waits for a corrected spec.
+    fn refuse(&mut self, reason: &'static str, message: String) {
+        let already_said = conditions::get(&self.status.conditions, types::READY)
+            .is_some_and(|c| c.reason == reason && c.message == message);
+        if self.status.phase != Some(Phase::Failed) || !already_said {
+            self.event(true, reason, format!("{message}; nothing was changed"));
+        }
+        self.status.plan.clear();
+        self.status.plan_hash = None;
+        self.set_phase(Phase::Failed);
+        self.note(reason, message);
+    }
+
+    fn start_run(&mut self, plan: &Plan) {
+        if let Some(finished) = self.finished_run() {
+            self.status.history.insert(0, finished);
+            self.status.history.truncate(HISTORY_LIMIT);
+        }
+        let now = Time(self.now);
+        self.status.nodes.clear();
+        self.status.completed_at = None;
+        self.status.started_at = Some(now.clone());
+        self.status.last_progress_at = Some(now);
+        self.status.from_version = Some(plan.from_version.to_string());
+        self.status.target_version = Some(plan.target.to_string());
+        self.status.upgrade_kind = Some(plan.kind);
+        self.set_phase(Phase::Preflight);
+        self.event(
+            false,
+            "RunStarted",
+            format!(
+                "upgrading {} node(s) from {} to {} ({} upgrade)",
+                plan.steps.len(),
+                plan.from_version,
+                plan.target,
+                plan.kind.as_str()
+            ),
+        );
+    }
+
+    /// The record of the run that just ended, if the status holds one not yet recorded.
+    fn finished_run(&self) -> Option<RunRecord> {
+        self.status.started_at.as_ref()?;
+        let target = self.status.target_version.clone()?;
+        let result = self.status.phase?;
+        if result == Phase::Succeeded {
+            return None; // recorded when it succeeded
+        }
+        let failed = self
+            .status
+            .nodes
+            .iter()
+            .find(|n| n.step == NodeStep::Failed);
+        Some(RunRecord {
+            from_version: self.status.from_version.clone(),
+            target_version: target,
+            result,
+            started_at: self.status.started_at.clone(),
+            finished_at: Some(Time(self.now)),
+            failed_node: failed.map(|n| n.name.clone()),
+            reason: failed.and_then(|n| n.message.clone()),
+        })
+    }
+
+    fn start_batch(&mut self, plan: &Plan) {
+        let now = Time(self.now);
+        let mut started = Vec::new();
+        for step in plan.next_batch() {
+            let record = NodeRecord {
+                name: step.name.clone(),
+                role: step.role,
+                first_control_plane: step.first_control_plane,
+                kind: step.kind,
+                target_version: plan.target.to_string(),
+                version_before: step.version.to_string(),
+                version_after: None,
+                step: NodeStep::Draining,
+                step_started_at: now.clone(),
+                cordoned: true,
+                attempts: 0,
+                failures: 0,
+                job: None,
+                started_at: now.clone(),
+                finished_at: None,
+                message: None,
+                waiting_for_pods: Vec::new(),
+            };
+            self.status.nodes.retain(|r| r.name != step.name);
+            self.status.nodes.push(record);
+            started.push(step.name.clone());
+        }
+        self.progressed();
+        self.event(
+            false,
+            "NodeStarted",
+            format!(
+                "cordoning and draining {} (target {})",
+                started.join(", "),
+                plan.target
+            ),
+        );
+    }
+
+    fn postflight(&mut self) {
+        self.set_phase(Phase::Postflight);
+        let not_ready: Vec<&str> = self
+            .observed
+            .nodes
+            .iter()
+            .filter(|n| !n.ready && !self.spec.nodes.skip.contains(&n.name))
+            .map(|n| n.name.as_str())
+            .collect();
+        if !not_ready.is_empty() {
+            self.requeue_within(WAIT_POLL);
+            return self.note(
+                "Postflight",
+                format!(
+                    "every node is at the target; waiting for {} to be Ready",
+                    not_ready.join(", ")
+                ),
+            );
+        }
+        let now = Time(self.now);
+        self.set_phase(Phase::Succeeded);
+        self.status.completed_at = Some(now.clone());
+        self.progressed();
+        let target = self.status.target_version.clone().unwrap_or_default();
+        self.status.history.insert(
+            0,
+            RunRecord {
+                from_version: self.status.from_version.clone(),
+                target_version: target.clone(),
+                result: Phase::Succeeded,
+                started_at: self.status.started_at.clone(),
+                finished_at: Some(now),
+                failed_node: None,
+                reason: None,
+            },
+        );
+        self.status.history.truncate(HISTORY_LIMIT);
+        self.event(
+            false,
+            "Succeeded",
+            format!("every selected node runs {target}"),
+        );
+        self.note("Succeeded", "every selected node runs the target version");
+    }
+
+    fn advance_node(&mut self, index: usize, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        let Some(node) = self.observed.node(&record.name) else {
+            self.enter(
+                index,
+                NodeStep::Done,
+                Some("the node left the cluster during its upgrade".to_owned()),
+            );
+            let record = &mut self.status.nodes[index];
+            record.cordoned = false;
+            record.finished_at = Some(Time(self.now));
+            let name = record.name.clone();
+            return self.event(
+                true,
+                "NodeRemoved",
+                format!("node {name} left the cluster during its upgrade"),
+            );
+        };
+        let target = KubeVersion::parse_target(&record.target_version).ok();
+        let at_target =
+            target.is_some_and(|t| KubeVersion::parse_reported(&node.kubelet_version) == Ok(t));
+        match record.step {
+            NodeStep::Draining => self.drain(index, node.unschedulable, batch),
+            NodeStep::Upgrading => self.upgrade_node(index, batch),
+            NodeStep::Rejoining => {
+                if node.unschedulable {
+                    self.act(Action::Uncordon {
+                        node: record.name.clone(),
+                    });
+                } else {
+                    self.status.nodes[index].cordoned = false;
+                }
+                if node.ready && at_target && !node.unschedulable {
+                    self.enter(index, NodeStep::Soaking, None);
+                    self.event(
+                        false,
+                        "NodeRejoined",
+                        format!("{} is Ready at {}", record.name, record.target_version),
+                    );
+                    return;
+                }
+                let timeout = Duration::from(self.spec.rejoin_timeout.clone());
+                let waited = self.elapsed(&record.step_started_at);
+                if waited >= timeout {
+                    return self.fail_node(
+                        index,
+                        format!(
+                            "did not come back Ready with kubelet {} within {}s after its upgrade \
+                             Job succeeded (kubelet reports {}, Ready={}); check the kubelet on \
+                             the node (journalctl -u kubelet)",
+                            record.target_version,
+                            timeout.as_secs(),
+                            node.kubelet_version,
+                            node.ready
+                        ),
+                    );
+                }
+                self.requeue_within(timeout - waited);
+            }
+            NodeStep::Soaking => {
+                if !(node.ready && at_target) {
+                    self.enter(
+                        index,
+                        NodeStep::Rejoining,
+                        Some("left Ready while soaking".to_owned()),
+                    );
+                    return self.event(
+                        true,
+                        "NodeNotReady",
+                        format!("{} left Ready while soaking", record.name),
+                    );
+                }
+                let soak = Duration::from(self.spec.soak.clone());
+                let soaked = self.elapsed(&record.step_started_at);
+                if soaked >= soak {
+                    let record = &mut self.status.nodes[index];
+                    record.version_after = Some(node.kubelet_version.clone());
+                    record.finished_at = Some(Time(self.now));
+                    self.enter(index, NodeStep::Done, None);
+                    let name = self.status.nodes[index].name.clone();
+                    return self.event(
+                        false,
+                        "NodeUpgraded",
+                        format!("{name} runs {}", node.kubelet_version),
+                    );
+                }
+                self.requeue_within(soak - soaked);
+            }
+            NodeStep::Done | NodeStep::Failed => {}
+        }
+    }
+
+    fn enter(&mut self, index: usize, step: NodeStep, message: Option<String>) {
+        let record = &mut self.status.nodes[index];
+        record.step = step;
+        record.step_started_at = Time(self.now);
+        record.message = message;
+        record.waiting_for_pods.clear();
+        self.progressed();
+    }
+
+    fn fail_node(&mut self, index: usize, message: String) {
+        let name = self.status.nodes[index].name.clone();
+        self.enter(index, NodeStep::Failed, Some(message.clone()));
+        self.status.nodes[index].finished_at = Some(Time(self.now));
+        self.event(true, "NodeFailed", format!("{name} {message}"));
+    }
+
+    fn drain(&mut self, index: usize, cordoned: bool, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        if !cordoned {
+            self.act(Action::Cordon {
+                node: record.name.clone(),
+            });
+        }
+        let Some(pods) = self.observed.pods.get(&record.name) else {
+            // The operator lists the Pods of draining nodes; look again straight away.
+            return self.requeue_within(Duration::ZERO);
+        };
+        let progress = drain_progress(pods, self.observed.operator_pod.as_deref());
+        if cordoned && progress.is_done() {
+            self.status.nodes[index].attempts += 1;
+            self.enter(index, NodeStep::Upgrading, None);
+            return self.upgrade_node(index, batch);
+        }
+        let timeout = Duration::from(self.spec.drain.timeout.clone());
+        let waited = self.elapsed(&record.step_started_at);
+        if waited >= timeout {
+            match self.spec.drain.on_timeout {
+                DrainTimeoutAction::Fail => {
+                    return self.fail_node(
+                        index,
+                        format!(
+                            "drain timed out after {}s; these Pods did not leave: {}. A \
+                             PodDisruptionBudget that allows no disruption is the usual cause",
+                            timeout.as_secs(),
+                            progress.waiting.join(", ")
+                        ),
+                    );
+                }
+                DrainTimeoutAction::Force => self.act(Action::DeletePods {
+                    node: record.name.clone(),
+                    pods: progress.waiting.clone(),
+                }),
+            }
+        } else if !progress.evict.is_empty() {
+            self.act(Action::Evict {
+                node: record.name.clone(),
+                pods: progress.evict.clone(),
+                grace_period_seconds: self.spec.drain.grace_period_seconds,
+            });
+        }
+        self.status.nodes[index].waiting_for_pods = progress.waiting;
+        self.requeue_within(DRAIN_POLL);
+    }
+
+    fn upgrade_node(&mut self, index: usize, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        let Ok(target) = KubeVersion::parse_target(&record.target_version) else {
+            return self.fail_node(
+                index,
+                format!("has an unreadable target {}", record.target_version),
+            );
+        };
+        let name = job_name(self.name(), &record.name, target, record.attempts);
+        if record.job.as_deref() != Some(&name) {
+            self.status.nodes[index].job = Some(name.clone());
+            self.event(
+                false,
+                "JobCreated",
+                format!(
+                    "upgrade Job {name} for {} (attempt {})",
+                    record.name, record.attempts
+                ),
+            );
+        }
+        match self.observed.job(&name).map(|j| &j.state) {
+            None => {
+                let node_ip = self
+                    .observed
+                    .node(&record.name)
+                    .and_then(|n| n.internal_ip.clone())
+                    .unwrap_or_default();
+                let job = NodeJob {
+                    owner: Owner {
+                        name: self.name(),
+                        uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+                    },
+                    runner: &self.spec.runner,
+                    node: &record.name,
+                    node_ip: &node_ip,
+                    role: record.role,
+                    first_control_plane: record.first_control_plane,
+                    kind: record.kind,
+                    target,
+                    attempt: record.attempts,
+                    batch,
+                }
+                .render();
+                self.act(Action::CreateJob(Box::new(job)));
+            }
+            Some(JobState::Running) => {}
+            Some(JobState::Succeeded) => {
+                self.enter(index, NodeStep::Rejoining, None);
+                self.event(
+                    false,
+                    "JobSucceeded",
+                    format!("upgrade Job {name} succeeded; uncordoning {}", record.name),
+                );
+            }
+            Some(JobState::Failed { reason, message }) => {
+                let failures = record.failures + 1;
+                self.status.nodes[index].failures = failures;
+                let detail = format!("upgrade Job {name} failed ({reason}: {message})");
+                if failures < self.spec.runner.attempts {
+                    self.status.nodes[index].attempts += 1;
+                    self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
+                    self.event(
+                        true,
+                        "JobFailed",
+                        format!(
+                            "{detail}; retrying ({} of {} attempts used)",
+                            failures, self.spec.runner.attempts
+                        ),
+                    );
+                } else {
+                    self.fail_node(
+                        index,
+                        format!(
+                            "{detail} after {failures} attempt(s); the node is left cordoned. \
+                             See kubectl -n {} logs job/{name}",
+                            self.spec.runner.namespace
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Fills in what is derived from the rest: conditions, summary columns, requeue.
+    fn finish(mut self, previous: &K8sUpgradeStatus) -> Decision {
+        let generation = self.upgrade.metadata.generation;
+        self.status.observed_generation = generation;
+        let phase = self.status.phase.unwrap_or(Phase::Pending);
+        if self.status.phase.is_none() {
+            self.status.phase = Some(Phase::Pending);
+        }
+
+        let active: Vec<&NodeRecord> = self
+            .status
+            .nodes
+            .iter()
+            .filter(|n| n.step.is_active())
+            .collect();
+        self.status.current_node = (!active.is_empty()).then(|| {
+            active
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        self.status.current_step = active.first().map(|n| n.step);
+        let pinned = self.status.target_version.clone();
+        let done = self
+            .status
+            .nodes
+            .iter()
+            .filter(|n| n.step == NodeStep::Done && Some(&n.target_version) == pinned.as_ref())
+            .count();
+        let remaining = self
+            .status
+            .plan
+            .iter()
+            .filter(|p| !active.iter().any(|a| a.name == p.name))
+            .count()
+            + active.len();
+        self.status.progress = self
+            .status
+            .started_at
+            .is_some()
+            .then(|| format!("{done}/{}", done + remaining));
+
+        let running = matches!(
+            phase,
+            Phase::Preflight
+                | Phase::Snapshot
+                | Phase::ControlPlane
+                | Phase::Workers
+                | Phase::Postflight
+        );
+        let State { reason, message } = self.state.clone();
+        let (reason, message) = if reason.is_empty() {
+            ("Pending", "waiting for the first check".to_owned())
+        } else {
+            (reason, message)
+        };
+        let now = self.now;
+        let conditions = &mut self.status.conditions;
+        conditions::set(
+            conditions,
+            if phase == Phase::Succeeded {
+                Desired::yes(types::READY, "Succeeded", message.clone())
+            } else {
+                Desired::no(types::READY, reason, message.clone())
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            conditions,
+            if running && !self.spec.paused {
+                Desired::yes(types::PROGRESSING, reason, message.clone())
+            } else {
+                Desired::no(types::PROGRESSING, reason, message.clone())
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            conditions,
+            if phase == Phase::Blocked {
+                Desired::yes(types::BLOCKED, "GatesFailed", message.clone())
+            } else {
+                Desired::no(types::BLOCKED, "GatesPass", "no check refuses the run")
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            conditions,
+            Desired::no(
+                types::SNAPSHOT_TAKEN,
+                "NotConfigured",
+                "no etcd snapshot is configured for this run",
+            ),
+            generation,
+            now,
+        );
+
+        let stall_timeout = Duration::from(self.spec.stall_timeout.clone());
+        let quiet_for = self
+            .status
+            .last_progress_at
+            .as_ref()
+            .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
+        let stalled = running && !self.spec.paused && quiet_for.is_some_and(|q| q >= stall_timeout);
+        if stalled && !conditions::is_true(&previous.conditions, types::STALLED) {
+            let step = self.status.current_step.map_or("none", NodeStep::as_str);
+            self.event(
+                true,
+                "Stalled",
+                format!(
+                    "no progress for {}s (phase {}, node {} at step {step})",
+                    stall_timeout.as_secs(),
+                    phase.as_str(),
+                    self.status.current_node.as_deref().unwrap_or("none"),
+                ),
+            );
+        }
+        let conditions = &mut self.status.conditions;
+        conditions::set(
+            conditions,
+            if stalled {
+                Desired::yes(
+                    types::STALLED,
+                    "NoProgress",
+                    format!("no progress for at least {}s", stall_timeout.as_secs()),
+                )
+            } else {
+                Desired::no(
+                    types::STALLED,
+                    "Progressing",
+                    "progress within spec.stallTimeout",
+                )
+            },
+            generation,
+            now,
+        );
+        if running && !stalled {
+            if let Some(quiet) = quiet_for {
+                self.requeue_within(stall_timeout.saturating_sub(quiet));
+            }
+        }
+
+        let mut actions = self.actions;
+        // Events last: they describe what the mutating actions are doing.
+        actions.sort_by_key(|a| !a.is_mutating());
+        Decision {
+            status: self.status,
+            actions,
+            requeue: self.requeue,
+        }
+    }
+}
+
+/// What deleting a K8sUpgrade requires before its finalizer may be removed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Finalization {
+    /// Uncordons of nodes upchain cordoned.
+    pub actions: Vec<Action>,
+    /// Upgrade Jobs still running: a node's upgrade is never cut off half-way.
+    pub waiting_for_jobs: Vec<String>,
+}
+
+impl Finalization {
+    /// True when nothing is left to do and the finalizer can go.
+    pub fn is_done(&self) -> bool {
+        self.actions.is_empty() && self.waiting_for_jobs.is_empty()
+    }
+}
+
+/// On deletion: let running node Jobs finish, then uncordon every node upchain cordoned.
+/// A Job the operator cannot see is taken as not running, so a Job that was never
+/// created cannot hold the deletion forever.
+pub fn finalize(upgrade: &K8sUpgrade, observed: &Observed) -> Finalization {
+    let status = upgrade.status.clone().unwrap_or_default();
+    let mut finalization = Finalization::default();
+    for record in &status.nodes {
+        let job_running = record.step == NodeStep::Upgrading
+            && record
+                .job
+                .as_deref()
+                .and_then(|name| observed.job(name))
+                .is_some_and(|job| job.state == JobState::Running);
+        if job_running {
+            finalization
+                .waiting_for_jobs
+                .extend(record.job.iter().cloned());
+            continue;
+        }
+        let unschedulable = observed.node(&record.name).is_some_and(|n| n.unschedulable);
+        if record.cordoned && unschedulable {
+            finalization.actions.push(Action::Uncordon {
+                node: record.name.clone(),
+            });
+        }
+    }
+    finalization
+}

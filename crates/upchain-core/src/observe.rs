@@ -1,0 +1,180 @@
+//! What the operator observed in the cluster, reduced to what decisions need.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+/// A node as the plan and the phase machine see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedNode {
+    /// The node's name.
+    pub name: String,
+    /// Its labels (roles are read from these).
+    pub labels: BTreeMap<String, String>,
+    /// `status.nodeInfo.kubeletVersion` as reported, such as `v1.34.2`.
+    pub kubelet_version: String,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// Conditions among MemoryPressure, DiskPressure and PIDPressure that are True.
+    pub pressure: Vec<String>,
+    /// The node's InternalIP, which the upgrade Job connects to.
+    pub internal_ip: Option<String>,
+}
+
+impl ObservedNode {
+    /// Reduces a Node object to what upchain decides on.
+    pub fn from_node(node: &Node) -> Self {
+        let status = node.status.as_ref();
+        let conditions = status
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        let condition_true = |type_: &str| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == "True")
+        };
+        Self {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            labels: node.metadata.labels.clone().unwrap_or_default(),
+            kubelet_version: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|info| info.kubelet_version.clone())
+                .unwrap_or_default(),
+            ready: condition_true("Ready"),
+            unschedulable: node
+                .spec
+                .as_ref()
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            pressure: ["MemoryPressure", "DiskPressure", "PIDPressure"]
+                .into_iter()
+                .filter(|p| condition_true(p))
+                .map(str::to_owned)
+                .collect(),
+            internal_ip: status
+                .and_then(|s| s.addresses.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .find(|a| a.type_ == "InternalIP")
+                .map(|a| a.address.clone()),
+        }
+    }
+}
+
+/// How an upgrade Job ended, judged by its Complete and Failed conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Neither Complete nor Failed yet.
+    Running,
+    /// The Complete condition is True.
+    Succeeded,
+    /// The Failed condition is True, with its reason (such as BackoffLimitExceeded or
+    /// DeadlineExceeded) and message.
+    Failed {
+        /// The condition's reason.
+        reason: String,
+        /// The condition's message.
+        message: String,
+    },
+}
+
+/// An upgrade Job owned by this K8sUpgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedJob {
+    /// The Job's name.
+    pub name: String,
+    /// Its state.
+    pub state: JobState,
+}
+
+/// A Pod on a node being drained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedPod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Owned by a DaemonSet (it would come straight back, so it is not evicted).
+    pub daemonset: bool,
+    /// A static (mirror) Pod, which the Eviction API cannot remove.
+    pub mirror: bool,
+    /// Succeeded or Failed: holds no workload.
+    pub finished: bool,
+    /// Already being deleted.
+    pub terminating: bool,
+}
+
+impl ObservedPod {
+    /// Reduces a Pod object to what a drain decides on.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let metadata = &pod.metadata;
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        Self {
+            namespace: metadata.namespace.clone().unwrap_or_default(),
+            name: metadata.name.clone().unwrap_or_default(),
+            daemonset: metadata
+                .owner_references
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true)),
+            mirror: metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
+            finished: matches!(phase, Some("Succeeded" | "Failed")),
+            terminating: metadata.deletion_timestamp.is_some(),
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Another K8sUpgrade in the cluster, for the one-upgrade-at-a-time lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherUpgrade {
+    /// Its name.
+    pub name: String,
+    /// True when its status says a run is under way (or failed half-way), which holds
+    /// the cluster until it ends.
+    pub holds_lock: bool,
+    /// True when it waits to start (Pending and not paused): the older of two waiting
+    /// K8sUpgrades starts first.
+    pub waiting: bool,
+    /// Its creation time in seconds since the epoch; the older one goes first when two
+    /// start at once.
+    pub created: i64,
+}
+
+/// Everything one reconcile observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every node in the cluster.
+    pub nodes: Vec<ObservedNode>,
+    /// The upgrade Jobs this K8sUpgrade owns.
+    pub jobs: Vec<ObservedJob>,
+    /// The Pods on each node being drained, by node name. A node missing here has not
+    /// been looked at yet, which is not the same as a node with no Pods.
+    pub pods: BTreeMap<String, Vec<ObservedPod>>,
+    /// The other K8sUpgrade objects.
+    pub others: Vec<OtherUpgrade>,
+    /// The operator's own Pod (namespace/name), evicted last when its node is drained.
+    pub operator_pod: Option<String>,
+}
+
+impl Observed {
+    /// The node with this name.
+    pub fn node(&self, name: &str) -> Option<&ObservedNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The Job with this name.
+    pub fn job(&self, name: &str) -> Option<&ObservedJob> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}

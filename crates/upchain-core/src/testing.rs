@@ -1,0 +1,88 @@
+//! Builders that keep tests one line each.
+
+use std::collections::BTreeMap;
+
+use upchain_api::{CONTROL_PLANE_LABEL, K8sUpgrade, K8sUpgradeSpec, NodesSpec};
+
+use crate::observe::ObservedNode;
+
+/// The default node selection.
+pub fn nodes_spec() -> NodesSpec {
+    NodesSpec::default()
+}
+
+/// A K8sUpgrade named `test` with defaults and the given target.
+pub fn upgrade(target: &str) -> K8sUpgrade {
+    let spec: K8sUpgradeSpec =
+        serde_json::from_value(serde_json::json!({ "targetVersion": target })).expect("spec");
+    let mut upgrade = K8sUpgrade::new("test", spec);
+    upgrade.metadata.uid = Some("uid-1".to_owned());
+    upgrade.metadata.generation = Some(1);
+    upgrade
+}
+
+/// Builds an [`ObservedNode`].
+#[derive(Debug, Clone)]
+pub struct NodeFixture(ObservedNode);
+
+impl NodeFixture {
+    fn new(name: &str, labels: BTreeMap<String, String>) -> Self {
+        Self(ObservedNode {
+            name: name.to_owned(),
+            labels,
+            kubelet_version: "v1.34.2".to_owned(),
+            ready: true,
+            unschedulable: false,
+            pressure: Vec::new(),
+            internal_ip: Some(format!("10.0.0.{}", name.len())),
+        })
+    }
+
+    /// A Ready control-plane node.
+    pub fn control_plane(name: &str) -> Self {
+        Self::new(
+            name,
+            [(CONTROL_PLANE_LABEL.to_owned(), String::new())].into(),
+        )
+    }
+
+    /// A Ready worker node.
+    pub fn worker(name: &str) -> Self {
+        Self::new(name, BTreeMap::new())
+    }
+
+    /// Sets the kubelet version.
+    pub fn kubelet(mut self, version: &str) -> Self {
+        self.0.kubelet_version = version.to_owned();
+        self
+    }
+
+    /// Adds a label.
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.0.labels.insert(key.to_owned(), value.to_owned());
+        self
+    }
+
+    /// Removes the InternalIP.
+    pub fn no_ip(mut self) -> Self {
+        self.0.internal_ip = None;
+        self
+    }
+
+    /// Marks the node NotReady.
+    pub fn not_ready(mut self) -> Self {
+        self.0.ready = false;
+        self
+    }
+
+    /// Cordons the node.
+    pub fn cordoned(mut self) -> Self {
+        self.0.unschedulable = true;
+        self
+    }
+
+    /// The node.
+    pub fn build(self) -> ObservedNode {
+        self.0
+    }
+}

@@ -1,0 +1,801 @@
+//! Phase-machine tests: scenarios, and property tests of the design's invariants run
+//! against a small model cluster that carries out every decided action.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+use upchain_api::{K8sUpgrade, K8sUpgradeStatus, NodeStep, Phase, RETRY_ANNOTATION};
+
+use crate::conditions::{self, types};
+use crate::job::excluded_nodes;
+use crate::machine::{Action, Decision, decide, finalize, holds_lock};
+use crate::observe::{JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade};
+use crate::testing::{NodeFixture, upgrade};
+use crate::version::KubeVersion;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
+}
+
+fn pod(namespace: &str, name: &str) -> ObservedPod {
+    ObservedPod {
+        namespace: namespace.into(),
+        name: name.into(),
+        daemonset: false,
+        mirror: false,
+        finished: false,
+        terminating: false,
+    }
+}
+
+/// A model cluster: applies actions the way the API server and kubelets would.
+#[derive(Clone, Debug)]
+struct World {
+    nodes: Vec<ObservedNode>,
+    pods: BTreeMap<String, Vec<ObservedPod>>,
+    /// Job name -> (node, target, state).
+    jobs: BTreeMap<String, (String, String, JobState)>,
+    /// Nodes whose next Jobs fail, with how many failures are left.
+    failing: BTreeMap<String, u32>,
+    /// Nodes that never come back Ready after their Job.
+    never_return: BTreeSet<String>,
+    others: Vec<OtherUpgrade>,
+    clock: i64,
+}
+
+impl World {
+    fn new(nodes: Vec<ObservedNode>) -> Self {
+        let pods = nodes
+            .iter()
+            .map(|n| {
+                let mut ds = pod("kube-system", &format!("proxy-{}", n.name));
+                ds.daemonset = true;
+                (
+                    n.name.clone(),
+                    vec![pod("apps", &format!("web-{}", n.name)), ds],
+                )
+            })
+            .collect();
+        Self {
+            nodes,
+            pods,
+            jobs: BTreeMap::new(),
+            failing: BTreeMap::new(),
+            never_return: BTreeSet::new(),
+            others: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    /// What the operator would observe, given the status it is about to decide from.
+    fn observe(&self, status: Option<&K8sUpgradeStatus>) -> Observed {
+        let draining: Vec<&str> = status
+            .map(|s| {
+                s.nodes
+                    .iter()
+                    .filter(|n| n.step == NodeStep::Draining)
+                    .map(|n| n.name.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Observed {
+            nodes: self.nodes.clone(),
+            jobs: self
+                .jobs
+                .iter()
+                .map(|(name, (_, _, state))| ObservedJob {
+                    name: name.clone(),
+                    state: state.clone(),
+                })
+                .collect(),
+            pods: draining
+                .into_iter()
+                .map(|n| (n.to_owned(), self.pods.get(n).cloned().unwrap_or_default()))
+                .collect(),
+            others: self.others.clone(),
+            operator_pod: None,
+        }
+    }
+
+    fn node_mut(&mut self, name: &str) -> &mut ObservedNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node exists")
+    }
+
+    fn apply(&mut self, actions: &[Action]) {
+        for action in actions {
+            match action {
+                Action::Cordon { node } => self.node_mut(node).unschedulable = true,
+                Action::Uncordon { node } => self.node_mut(node).unschedulable = false,
+                Action::Evict { node, pods, .. } | Action::DeletePods { node, pods } => {
+                    if let Some(list) = self.pods.get_mut(node) {
+                        list.retain(|p| !pods.contains(&p.key()));
+                    }
+                }
+                Action::CreateJob(job) => {
+                    let name = job.metadata.name.clone().expect("named");
+                    let env = &job
+                        .spec
+                        .as_ref()
+                        .expect("spec")
+                        .template
+                        .spec
+                        .as_ref()
+                        .expect("pod")
+                        .containers[0]
+                        .env;
+                    let value = |key: &str| {
+                        env.iter()
+                            .flatten()
+                            .find(|e| e.name == key)
+                            .and_then(|e| e.value.clone())
+                            .expect("env set")
+                    };
+                    self.jobs.entry(name).or_insert((
+                        value("NODE_NAME"),
+                        value("TARGET_VERSION"),
+                        JobState::Running,
+                    ));
+                }
+                Action::Event(_) => {}
+            }
+        }
+    }
+
+    /// Time passes: running Jobs finish, upgrading their node (or failing).
+    fn tick(&mut self, seconds: i64) {
+        self.clock += seconds.max(1);
+        let running: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, (_, _, s))| *s == JobState::Running)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in running {
+            let (node, target, _) = self.jobs[&name].clone();
+            if let Some(left) = self.failing.get_mut(&node).filter(|l| **l > 0) {
+                *left -= 1;
+                self.jobs.get_mut(&name).expect("job").2 = JobState::Failed {
+                    reason: "BackoffLimitExceeded".into(),
+                    message: "exit code 1".into(),
+                };
+                continue;
+            }
+            self.jobs.get_mut(&name).expect("job").2 = JobState::Succeeded;
+            let never_return = self.never_return.contains(&node);
+            let n = self.node_mut(&node);
+            n.kubelet_version = format!("v{target}");
+            n.ready = !never_return;
+        }
+    }
+
+    fn version(&self, node: &str) -> KubeVersion {
+        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        KubeVersion::parse_reported(&n.kubelet_version).expect("version")
+    }
+}
+
+/// Drives decisions against the world, checking invariants at every step.
+struct Run {
+    upgrade: K8sUpgrade,
+    world: World,
+    decisions: usize,
+}
+
+impl Run {
+    fn new(upgrade: K8sUpgrade, world: World) -> Self {
+        Self {
+            upgrade,
+            world,
+            decisions: 0,
+        }
+    }
+
+    fn decide_once(&mut self) -> Decision {
+        let now = at(self.world.clock);
+        let observed = self.world.observe(self.upgrade.status.as_ref());
+        let decision = decide(&self.upgrade, &observed, now);
+        check_invariants(&self.upgrade, &self.world, &decision);
+        check_idempotent(&self.upgrade, &observed, now, &decision);
+        self.world.apply(&decision.actions);
+        self.upgrade.status = Some(decision.status.clone());
+        self.decisions += 1;
+        decision
+    }
+
+    /// Decides and lets time pass until the phase settles in `until` or `limit` decisions.
+    fn until(&mut self, limit: usize, until: &[Phase]) -> Phase {
+        for _ in 0..limit {
+            let decision = self.decide_once();
+            let phase = decision.status.phase.expect("phase set");
+            if until.contains(&phase) {
+                return phase;
+            }
+            let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+            self.world.tick(i64::try_from(wait).expect("small"));
+        }
+        self.upgrade
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .expect("phase")
+    }
+
+    fn status(&self) -> &K8sUpgradeStatus {
+        self.upgrade.status.as_ref().expect("status")
+    }
+}
+
+fn mutating(actions: &[Action]) -> Vec<&Action> {
+    actions.iter().filter(|a| a.is_mutating()).collect()
+}
+
+/// Idempotence: the same observation again yields the same status, no Event, and no
+/// mutating action that the first decision did not already ask for.
+fn check_idempotent(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp, first: &Decision) {
+    let mut again = upgrade.clone();
+    again.status = Some(first.status.clone());
+    let second = decide(&again, observed, now);
+    assert_eq!(
+        second.status, first.status,
+        "a second decision changed the status"
+    );
+    for action in &second.actions {
+        assert!(
+            action.is_mutating(),
+            "a second decision repeated an Event: {action:?}"
+        );
+        assert!(
+            first.actions.contains(action),
+            "new action on repeat: {action:?}"
+        );
+    }
+}
+
+fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &Decision) {
+    let status = &decision.status;
+    let before = upgrade.status.clone().unwrap_or_default();
+    let active: Vec<_> = status.nodes.iter().filter(|n| n.step.is_active()).collect();
+    let active_names: Vec<&str> = active.iter().map(|n| n.name.as_str()).collect();
+
+    for action in &decision.actions {
+        if let Action::CreateJob(job) = action {
+            // Invariant 1: the Job avoids every node being drained or upgraded.
+            let excluded = excluded_nodes(job);
+            for name in &active_names {
+                assert!(excluded.iter().any(|e| e == name), "Job may land on {name}");
+            }
+            // Invariant 10: a Job installs its node's pinned target.
+            let node = job.metadata.annotations.as_ref().expect("annotated")
+                [upchain_api::NODE_ANNOTATION]
+                .clone();
+            let record = status
+                .nodes
+                .iter()
+                .find(|n| n.name == node)
+                .expect("record");
+            let labels = job.metadata.labels.as_ref().expect("labels");
+            assert_eq!(labels[upchain_api::TARGET_LABEL], record.target_version);
+            // Invariant 5: only a supported move, never a downgrade.
+            let target = KubeVersion::parse_target(&record.target_version).expect("target");
+            assert!(
+                world.version(&node).upgrade_kind_to(target).is_some(),
+                "unsupported move for {node}"
+            );
+        }
+    }
+
+    // Invariant 10: a node's pinned target changes only once the node reached the old one
+    // (it finished, and a new target then took effect at the node boundary).
+    for record in &active {
+        if let Some(old) = before
+            .nodes
+            .iter()
+            .find(|n| n.name == record.name && n.step.is_active())
+        {
+            if old.target_version != record.target_version {
+                let old_target = KubeVersion::parse_target(&old.target_version).expect("target");
+                assert!(
+                    world.version(&record.name) >= old_target,
+                    "{} re-targeted mid-step",
+                    record.name
+                );
+            }
+        }
+    }
+
+    // Invariant 2: control-plane nodes one at a time and all before any worker; at most
+    // maxUnavailable workers at once.
+    let control_plane_active = active
+        .iter()
+        .filter(|n| n.role == upchain_api::NodeRole::ControlPlane)
+        .count();
+    let workers_active = active.len() - control_plane_active;
+    assert!(control_plane_active <= 1, "two control-plane nodes at once");
+    if workers_active > 0 {
+        assert_eq!(
+            control_plane_active, 0,
+            "a worker alongside a control-plane node"
+        );
+        let target = KubeVersion::parse_target(&active[0].target_version).expect("target");
+        for node in world
+            .nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL))
+        {
+            if !upgrade.spec.nodes.skip.contains(&node.name) {
+                assert!(
+                    world.version(&node.name) >= target,
+                    "worker started before {}",
+                    node.name
+                );
+            }
+        }
+    }
+    let max = usize::try_from(upgrade.spec.nodes.max_unavailable).expect("positive");
+    assert!(
+        workers_active <= max,
+        "{workers_active} workers at once, max {max}"
+    );
+
+    // Invariant 3: a node is started only when every node before it is Done, Ready and at
+    // its target.
+    let newly_started: Vec<&str> = status
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.step == NodeStep::Draining
+                && !before
+                    .nodes
+                    .iter()
+                    .any(|b| b.name == n.name && b.step.is_active())
+        })
+        .filter(|n| n.failures == 0 && n.attempts == 0)
+        .map(|n| n.name.as_str())
+        .collect();
+    if !newly_started.is_empty() {
+        for record in status
+            .nodes
+            .iter()
+            .filter(|n| !newly_started.contains(&n.name.as_str()))
+        {
+            assert!(
+                !record.step.is_active(),
+                "{} still in progress when a node started",
+                record.name
+            );
+            if record.step == NodeStep::Done && world.nodes.iter().any(|n| n.name == record.name) {
+                let node = world
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == record.name)
+                    .expect("node");
+                assert!(
+                    node.ready,
+                    "{} not Ready when the next node started",
+                    record.name
+                );
+                let target = KubeVersion::parse_target(&record.target_version).expect("target");
+                assert!(world.version(&record.name) >= target);
+            }
+        }
+    }
+
+    // Invariant 5 (refusal side): an invalid spec or policy refusal mutates nothing.
+    let refused = conditions::get(&status.conditions, types::READY)
+        .is_some_and(|c| c.reason == "InvalidSpec" || c.reason == "VersionPolicy");
+    if refused && active.is_empty() {
+        assert!(
+            mutating(&decision.actions).is_empty(),
+            "mutation despite a refusal"
+        );
+    }
+}
+
+fn small_cluster() -> Vec<ObservedNode> {
+    vec![
+        NodeFixture::control_plane("cp-0")
+            .kubelet("v1.34.2")
+            .build(),
+        NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
+        NodeFixture::worker("w-2").kubelet("v1.35.2").build(),
+        NodeFixture::worker("w-3").kubelet("v1.34.1").build(),
+    ]
+}
+
+fn quick(target: &str) -> K8sUpgrade {
+    let mut u = upgrade(target);
+    u.spec.soak = std::time::Duration::from_secs(60).into();
+    u
+}
+
+#[test]
+fn full_chain_upgrades_every_node_in_order() {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+    for node in &run.world.nodes {
+        assert_eq!(node.kubelet_version, "v1.35.2");
+        assert!(!node.unschedulable, "{} left cordoned", node.name);
+    }
+    let status = run.status();
+    let order: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(order, ["cp-0", "w-1", "w-3"]);
+    assert!(status.nodes[0].first_control_plane);
+    assert_eq!(status.progress.as_deref(), Some("3/3"));
+    assert_eq!(status.history.len(), 1);
+    assert!(conditions::is_true(&status.conditions, types::READY));
+    assert_eq!(status.observed_generation, Some(1));
+    // Settled: deciding again changes nothing and does nothing.
+    let settled = run.decide_once();
+    assert!(settled.actions.is_empty());
+    assert_eq!(settled.requeue, None);
+}
+
+#[test]
+fn nothing_is_mutated_before_the_gates_pass() {
+    let mut nodes = small_cluster();
+    nodes[1].ready = false;
+    let mut run = Run::new(quick("1.35.2"), World::new(nodes));
+    let decision = run.decide_once();
+    assert_eq!(decision.status.phase, Some(Phase::Blocked));
+    assert!(mutating(&decision.actions).is_empty());
+    assert!(decision.status.blocked_reasons[0].contains("w-1 is not Ready"));
+    assert!(conditions::is_true(
+        &decision.status.conditions,
+        types::BLOCKED
+    ));
+    assert_eq!(decision.requeue, Some(crate::machine::GATE_RECHECK));
+    // The cause goes away; the block clears by itself.
+    run.world.node_mut("w-1").ready = true;
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+}
+
+#[test]
+fn refusals_change_nothing_and_say_why() {
+    for (target, reason, words) in [
+        ("1.35", "InvalidSpec", "such as 1.35.2"),
+        ("1.34.0", "VersionPolicy", "never downgrades"),
+        ("1.36.0", "VersionPolicy", "upgrade to 1.35.x first"),
+    ] {
+        let mut run = Run::new(quick(target), World::new(small_cluster()));
+        let decision = run.decide_once();
+        assert_eq!(decision.status.phase, Some(Phase::Failed), "{target}");
+        assert!(mutating(&decision.actions).is_empty());
+        let ready = conditions::get(&decision.status.conditions, types::READY).expect("ready");
+        assert_eq!(ready.reason, reason);
+        assert!(ready.message.contains(words), "{}", ready.message);
+        assert!(
+            decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::Event(e) if e.warning))
+        );
+        // Said once: the next reconcile does not repeat the Event.
+        assert!(run.decide_once().actions.is_empty());
+        // A corrected spec proceeds.
+        run.upgrade.spec.target_version = "1.35.2".into();
+        run.upgrade.metadata.generation = Some(2);
+        assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+    }
+}
+
+#[test]
+fn a_failing_job_is_retried_then_fails_the_run_until_the_retry_annotation() {
+    let mut world = World::new(small_cluster());
+    world.failing.insert("w-1".into(), 2);
+    let mut run = Run::new(quick("1.35.2"), world);
+    assert_eq!(run.until(200, &[Phase::Failed]), Phase::Failed);
+    let record = run
+        .status()
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .expect("w-1");
+    assert_eq!(
+        (record.attempts, record.failures, record.step),
+        (2, 2, NodeStep::Failed)
+    );
+    assert!(
+        record
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("BackoffLimitExceeded")
+    );
+    assert!(
+        run.world.node_mut("w-1").unschedulable,
+        "a failed node stays cordoned"
+    );
+    assert!(holds_lock(run.status()));
+    // w-3 was never touched.
+    assert_eq!(run.world.version("w-3"), KubeVersion::new(1, 34, 1));
+    assert!(!run.world.node_mut("w-3").unschedulable);
+    let ready = conditions::get(&run.status().conditions, types::READY).expect("ready");
+    assert!(ready.message.contains(RETRY_ANNOTATION));
+
+    run.upgrade.metadata.annotations = Some([(RETRY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+    let record = run
+        .status()
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .expect("w-1");
+    assert_eq!(record.attempts, 3);
+}
+
+#[test]
+fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained() {
+    let mut world = World::new(small_cluster());
+    world.never_return.insert("w-1".into());
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.rejoin_timeout = std::time::Duration::from_secs(60 * 60).into();
+    upgrade.spec.stall_timeout = std::time::Duration::from_secs(30 * 60).into();
+    let mut run = Run::new(upgrade, world);
+    let mut saw_stalled = false;
+    for _ in 0..400 {
+        let decision = run.decide_once();
+        saw_stalled |= conditions::is_true(&decision.status.conditions, types::STALLED);
+        if decision.status.phase == Some(Phase::Failed) {
+            break;
+        }
+        let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+        run.world.tick(i64::try_from(wait).expect("small"));
+    }
+    assert!(saw_stalled, "Stalled was never reported");
+    assert_eq!(run.status().phase, Some(Phase::Failed));
+    assert!(!run.world.node_mut("w-3").unschedulable);
+    assert_eq!(run.world.version("w-3"), KubeVersion::new(1, 34, 1));
+}
+
+#[test]
+fn paused_finishes_the_node_in_progress_and_starts_nothing_new() {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    run.until(50, &[Phase::ControlPlane]);
+    run.upgrade.spec.paused = true;
+    for _ in 0..50 {
+        run.decide_once();
+        run.world.tick(60);
+    }
+    let status = run.status();
+    assert_eq!(status.nodes.len(), 1, "only cp-0 was started");
+    assert_eq!(status.nodes[0].step, NodeStep::Done);
+    assert!(!conditions::is_true(&status.conditions, types::PROGRESSING));
+    run.upgrade.spec.paused = false;
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}
+
+#[test]
+fn a_second_upgrade_waits_for_the_one_running() {
+    let mut world = World::new(small_cluster());
+    world.others.push(OtherUpgrade {
+        name: "first".into(),
+        holds_lock: true,
+        waiting: false,
+        created: 1,
+    });
+    let mut run = Run::new(quick("1.35.2"), world);
+    let decision = run.decide_once();
+    assert_eq!(decision.status.phase, Some(Phase::Pending));
+    assert!(mutating(&decision.actions).is_empty());
+    let progressing =
+        conditions::get(&decision.status.conditions, types::PROGRESSING).expect("set");
+    assert_eq!(progressing.reason, "WaitingForUpgrade");
+    assert!(progressing.message.contains("first"));
+    run.world.others.clear();
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}
+
+#[test]
+fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
+    let mut nodes = small_cluster();
+    nodes[2].kubelet_version = "v1.34.2".into();
+    let mut run = Run::new(quick("1.35.1"), World::new(nodes));
+    assert_eq!(run.until(50, &[Phase::ControlPlane]), Phase::ControlPlane);
+    run.upgrade.spec.target_version = "1.35.2".into();
+    assert_eq!(
+        run.until(300, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+    let status = run.status();
+    // cp-0 finished its run to 1.35.1, then went again to 1.35.2.
+    assert!(
+        run.world
+            .jobs
+            .values()
+            .any(|(n, t, _)| n == "cp-0" && t == "1.35.1"),
+        "{:?}",
+        run.world.jobs
+    );
+    assert!(
+        run.world
+            .nodes
+            .iter()
+            .all(|n| n.kubelet_version == "v1.35.2")
+    );
+    assert_eq!(status.target_version.as_deref(), Some("v1.35.2"));
+}
+
+#[test]
+fn drain_evicts_pods_and_waits_for_them() {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    let first = run.decide_once();
+    assert!(first.actions.contains(&Action::Cordon {
+        node: "cp-0".into()
+    }));
+    let second = run.decide_once();
+    let evicted = second.actions.iter().find_map(|a| match a {
+        Action::Evict { node, pods, .. } if node == "cp-0" => Some(pods.clone()),
+        _ => None,
+    });
+    // The model applied the eviction straight away, so the node is empty and the Job comes next.
+    assert!(
+        evicted.is_some()
+            || second
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::CreateJob(_)))
+    );
+}
+
+#[test]
+fn drain_timeout_fails_with_the_pods_named() {
+    let mut world = World::new(small_cluster());
+    let mut stuck = pod("db", "postgres-0");
+    stuck.terminating = true; // held by a PDB in effect: never leaves
+    world.pods.get_mut("cp-0").expect("cp-0").push(stuck);
+    let mut run = Run::new(quick("1.35.2"), world);
+    assert_eq!(run.until(400, &[Phase::Failed]), Phase::Failed);
+    let record = &run.status().nodes[0];
+    assert!(
+        record
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("db/postgres-0")
+    );
+}
+
+#[test]
+fn finalizer_waits_for_a_running_job_then_uncordons() {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    run.until(20, &[Phase::ControlPlane]);
+    while run.status().nodes[0].step != NodeStep::Upgrading {
+        run.decide_once();
+    }
+    let observed = run.world.observe(run.upgrade.status.as_ref());
+    let waiting = finalize(&run.upgrade, &observed);
+    assert_eq!(waiting.waiting_for_jobs.len(), 1);
+    assert!(waiting.actions.is_empty(), "no uncordon while the Job runs");
+    run.world.tick(10);
+    let observed = run.world.observe(run.upgrade.status.as_ref());
+    let release = finalize(&run.upgrade, &observed);
+    assert_eq!(
+        release.actions,
+        [Action::Uncordon {
+            node: "cp-0".into()
+        }]
+    );
+    run.world.apply(&release.actions);
+    let observed = run.world.observe(run.upgrade.status.as_ref());
+    assert!(finalize(&run.upgrade, &observed).is_done());
+}
+
+fn arb_cluster() -> impl Strategy<Value = (Vec<ObservedNode>, i32, bool)> {
+    (
+        1usize..=3,
+        0usize..=8,
+        1i32..=4,
+        any::<bool>(),
+        proptest::collection::vec(0u8..3, 11),
+    )
+        .prop_map(
+            |(control_planes, workers, max_unavailable, zero_soak, versions)| {
+                let version = |i: usize| match versions[i] {
+                    0 => "v1.34.2",
+                    1 => "v1.35.0",
+                    _ => "v1.35.1",
+                };
+                let mut nodes = Vec::new();
+                for i in 0..control_planes {
+                    nodes.push(
+                        NodeFixture::control_plane(&format!("cp-{i}"))
+                            .kubelet(version(i))
+                            .build(),
+                    );
+                }
+                for i in 0..workers {
+                    nodes.push(
+                        NodeFixture::worker(&format!("w-{i}"))
+                            .kubelet(version(control_planes + i))
+                            .build(),
+                    );
+                }
+                (nodes, max_unavailable, zero_soak)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Invariants 1, 2, 3, 5 and 10 and idempotence hold at every decision of a run, and
+    /// the run converges with every node at the target and none left cordoned.
+    #[test]
+    fn runs_keep_the_invariants_and_converge(
+        (nodes, max_unavailable, zero_soak) in arb_cluster(),
+        failures in proptest::collection::btree_map(0usize..11, 1u32..2, 0..3),
+        retarget_at in proptest::option::of(1usize..40),
+    ) {
+        let mut world = World::new(nodes.clone());
+        for (index, count) in failures {
+            if let Some(node) = nodes.get(index) {
+                world.failing.insert(node.name.clone(), count);
+            }
+        }
+        let mut upgrade = quick("1.35.1");
+        upgrade.spec.nodes.max_unavailable = max_unavailable;
+        if zero_soak {
+            upgrade.spec.soak = std::time::Duration::ZERO.into();
+        }
+        let refused = crate::plan::plan(
+            KubeVersion::new(1, 35, 1),
+            &upgrade.spec.nodes,
+            &nodes,
+        )
+        .is_err();
+        let mut run = Run::new(upgrade, world);
+        if refused {
+            let decision = run.decide_once();
+            prop_assert_eq!(decision.status.phase, Some(Phase::Failed));
+            prop_assert!(mutating(&decision.actions).is_empty());
+            return Ok(());
+        }
+        for step in 0..600 {
+            if Some(step) == retarget_at {
+                run.upgrade.spec.target_version = "1.35.2".into();
+            }
+            let decision = run.decide_once();
+            if decision.status.phase == Some(Phase::Succeeded)
+                && retarget_at.is_none_or(|r| step > r)
+            {
+                break;
+            }
+            let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+            run.world.tick(i64::try_from(wait).expect("small"));
+        }
+        let target = if retarget_at.is_some() { "v1.35.2" } else { "v1.35.1" };
+        let want = KubeVersion::parse_target(target).expect("target");
+        prop_assert_eq!(run.status().phase, Some(Phase::Succeeded));
+        for node in &run.world.nodes {
+            prop_assert!(run.world.version(&node.name) >= want, "{} not upgraded", node.name);
+            prop_assert!(!node.unschedulable, "{} left cordoned", node.name);
+        }
+    }
+
+    /// Invariant 5: any target the policy refuses is refused without a mutation.
+    #[test]
+    fn refused_targets_mutate_nothing(major in 0u32..3, minor in 30u32..40, patch in 0u32..5, garbage in "[0-9a-z.v]{0,8}") {
+        for target in [format!("{major}.{minor}.{patch}"), garbage.clone()] {
+            let world = World::new(small_cluster());
+            let refused = KubeVersion::parse_target(&target).map_or(true, |t| {
+                crate::plan::plan(t, &upchain_api::NodesSpec::default(), &world.nodes).is_err()
+            });
+            let mut run = Run::new(quick(&target), world);
+            let decision = run.decide_once();
+            if refused {
+                prop_assert_eq!(decision.status.phase, Some(Phase::Failed));
+                prop_assert!(mutating(&decision.actions).is_empty());
+            }
+        }
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", upchain_api::crd_yaml().unwrap());
+}
