@@ -23,15 +23,11 @@ pub const VERSION_PATTERN: &str = r"^v?[0-9]+\.[0-9]+\.[0-9]+$";
     plural = "k8supgrades",
     shortname = "k8su",
     status = "K8sUpgradeStatus",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetVersion"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Progress", type_ = "string", json_path = ".status.progress"),
-    printcolumn(name = "Node", type_ = "string", json_path = ".status.currentNode"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    ),
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetVersion"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Progress","type":"string","jsonPath":".status.progress"}"#,
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".status.currentNode"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     derive = "PartialEq",
     doc = "K8sUpgrade upgrades a kubeadm cluster's Kubernetes version node by node."
 )]

@@ -30,7 +30,7 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
 
-    /// Patch (same minor) or Minor (the next minor), judged against the control plane.
+    /// Minor when any node in the run crosses a minor line, else Patch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade_kind: Option<UpgradeKind>,
 

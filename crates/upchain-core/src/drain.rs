@@ -32,7 +32,7 @@ pub fn drain_progress(pods: &[ObservedPod], operator_pod: Option<&str>) -> Drain
         waiting: must_leave.iter().map(|p| p.key()).collect(),
         evict: must_leave
             .iter()
-            .filter(|p| !p.terminating && !(others_left && is_operator(p)))
+            .filter(|p| !(p.terminating || (others_left && is_operator(p))))
             .map(|p| p.key())
             .collect(),
     };

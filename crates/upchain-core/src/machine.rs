@@ -671,7 +671,7 @@ impl Machine<'_> {
                     );
                     return;
                 }
-                let timeout = Duration::from(self.spec.rejoin_timeout.clone());
+                let timeout = Duration::from(self.spec.rejoin_timeout);
                 let waited = self.elapsed(&record.step_started_at);
                 if waited >= timeout {
                     return self.fail_node(
@@ -702,7 +702,7 @@ impl Machine<'_> {
                         format!("{} left Ready while soaking", record.name),
                     );
                 }
-                let soak = Duration::from(self.spec.soak.clone());
+                let soak = Duration::from(self.spec.soak);
                 let soaked = self.elapsed(&record.step_started_at);
                 if soaked >= soak {
                     let record = &mut self.status.nodes[index];
@@ -755,7 +755,7 @@ impl Machine<'_> {
             self.enter(index, NodeStep::Upgrading, None);
             return self.upgrade_node(index, batch);
         }
-        let timeout = Duration::from(self.spec.drain.timeout.clone());
+        let timeout = Duration::from(self.spec.drain.timeout);
         let waited = self.elapsed(&record.step_started_at);
         if waited >= timeout {
             match self.spec.drain.on_timeout {
@@ -969,7 +969,7 @@ impl Machine<'_> {
             now,
         );
 
-        let stall_timeout = Duration::from(self.spec.stall_timeout.clone());
+        let stall_timeout = Duration::from(self.spec.stall_timeout);
         let quiet_for = self
             .status
             .last_progress_at
@@ -1008,10 +1008,11 @@ impl Machine<'_> {
             generation,
             now,
         );
-        if running && !stalled {
-            if let Some(quiet) = quiet_for {
-                self.requeue_within(stall_timeout.saturating_sub(quiet));
-            }
+        if running
+            && !stalled
+            && let Some(quiet) = quiet_for
+        {
+            self.requeue_within(stall_timeout.saturating_sub(quiet));
         }
 
         let mut actions = self.actions;

@@ -20,10 +20,10 @@ const MAX_KUBELET_MINOR_SKEW: u32 = 3;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     /// The target is not a version.
-    #[error("spec.targetVersion: {0}")]
+    #[error("target version: {0}")]
     InvalidTarget(#[from] VersionError),
     /// No nodes were given.
-    #[error("the cluster has no nodes: there is nothing to upgrade")]
+    #[error("the node list is empty: there is nothing to upgrade")]
     NoNodes,
     /// Two nodes share a name.
     #[error("node `{0}` appears more than once in the node list; node names must be unique")]
@@ -56,8 +56,8 @@ pub enum PlanError {
     /// A node is newer than the target.
     #[error(
         "node `{node}` runs {current}, newer than the target {target}: upchain never \
-         downgrades a node, and no kubelet may be newer than the API server; set \
-         spec.targetVersion to {current} or later"
+         downgrades a node, and no kubelet may be newer than the API server; choose a \
+         target of {current} or later"
     )]
     Downgrade {
         /// The node.
@@ -196,7 +196,7 @@ pub struct Excluded {
 pub struct Plan {
     /// The version every selected node ends at.
     pub target: KubeVersion,
-    /// Patch or Minor, judged against the control plane.
+    /// Minor when any node to upgrade crosses a minor line, else Patch.
     pub kind: UpgradeKind,
     /// The lowest control-plane kubelet version.
     pub control_plane_version: KubeVersion,
@@ -455,7 +455,8 @@ pub fn plan(
         .unwrap_or(control_plane_version);
     Ok(Plan {
         target,
-        kind: if target.minor > control_plane_version.minor {
+        // Minor when any node still crosses a minor line (its package repository moves).
+        kind: if target.minor > from_version.minor {
             UpgradeKind::Minor
         } else {
             UpgradeKind::Patch
@@ -570,6 +571,7 @@ mod tests {
         assert_eq!(names(&plan), ["cp-1", "w-1"]);
         assert!(plan.steps.iter().all(|s| !s.first_control_plane));
         assert_eq!(plan.control_plane_version, v("1.34.2"));
+        assert_eq!(plan.kind, UpgradeKind::Minor);
     }
 
     #[test]
@@ -598,7 +600,7 @@ mod tests {
     fn refusals_name_the_node_and_the_fix() {
         let spec = nodes_spec();
         let table: Vec<(Vec<ObservedNode>, &str, &str)> = vec![
-            (vec![], "1.35.2", "no nodes"),
+            (vec![], "1.35.2", "node list is empty"),
             (cluster(), "1.34.9", "never downgrades"),
             (cluster(), "1.36.0", "upgrade to 1.35.x first"),
             (cluster(), "2.0.0", "another major version"),

@@ -1,3 +1,38 @@
-fn main() {
-    print!("{}", upchain_api::crd_yaml().unwrap());
+//! `upchain`: the operator and its command-line tools.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod error;
+mod nodes_file;
+mod plan_cmd;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::Error;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli.init_logging();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Crd => {
+            let yaml = upchain_api::crd_yaml().map_err(Error::CrdRender)?;
+            stdout.write_all(yaml.as_bytes()).map_err(Error::Output)
+        }
+        Command::Plan(args) => plan_cmd::run(&args, &mut stdout),
+    }
 }

@@ -1,0 +1,93 @@
+//! Command-line interface: parsed once at the edge into typed arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// upchain upgrades a kubeadm cluster's Kubernetes version node by node, safely.
+#[derive(Debug, Parser)]
+#[command(name = "upchain", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "UPCHAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in tracing's EnvFilter syntax (such as `info` or `upchain=debug`).
+    #[arg(long, env = "UPCHAIN_LOG", default_value = "warn", global = true)]
+    pub log: String,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// upchain's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the K8sUpgrade CustomResourceDefinition as YAML.
+    Crd,
+    /// Show what an upgrade would do to a list of nodes, without touching any cluster.
+    Plan(PlanArgs),
+}
+
+/// Arguments of `upchain plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Target Kubernetes version, such as 1.35.2 or v1.35.2.
+    #[arg(long)]
+    pub target: String,
+
+    /// Nodes as `kubectl get nodes -o yaml` (or `-o json`) prints them; `-` reads stdin.
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+
+    /// A K8sUpgrade manifest whose spec.nodes (selectors, order, skip, maxUnavailable)
+    /// the plan follows. Its targetVersion is replaced by --target.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+
+    /// Workers upgraded at the same time (overrides the spec's nodes.maxUnavailable).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=100))]
+    pub max_unavailable: Option<i32>,
+
+    /// Node to leave alone; repeat for more (added to the spec's nodes.skip).
+    #[arg(long = "skip", value_name = "NODE")]
+    pub skip: Vec<String>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Output formats of `upchain plan`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+impl Cli {
+    /// Sends logs to stderr in the chosen format; a bad filter falls back to `warn`.
+    pub fn init_logging(&self) {
+        let filter = EnvFilter::try_new(&self.log).unwrap_or_else(|_| EnvFilter::new("warn"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+}

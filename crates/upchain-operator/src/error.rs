@@ -1,0 +1,51 @@
+//! Errors of the `upchain` binary, each saying what to do, with an exit code.
+
+use std::path::PathBuf;
+
+use upchain_core::PlanError;
+
+/// Everything that can stop an `upchain` command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The node list could not be read.
+    #[error(
+        "cannot read {path}: {source}; pass a file from `kubectl get nodes -o yaml`, or - for stdin"
+    )]
+    ReadInput {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file is not what it should be.
+    #[error("{path}: {message}")]
+    BadInput {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what was expected.
+        message: String,
+    },
+    /// The upgrade is refused by the version policy or the node list.
+    #[error("{0}")]
+    Refused(#[from] PlanError),
+    /// The CRD could not be rendered.
+    #[error("cannot render the CRD: {0}")]
+    CrdRender(serde_yaml::Error),
+    /// The plan could not be rendered as JSON.
+    #[error("cannot render the plan as JSON: {0}")]
+    JsonRender(serde_json::Error),
+    /// Writing to stdout failed.
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
+}
+
+impl Error {
+    /// 2 for bad input or a refused upgrade (the caller must change something), 1 for
+    /// anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::ReadInput { .. } | Error::BadInput { .. } | Error::Refused(_) => 2,
+            Error::CrdRender(_) | Error::JsonRender(_) | Error::Output(_) => 1,
+        }
+    }
+}
