@@ -111,19 +111,6 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Every phase, for metrics that emit one series per phase.
-    pub const ALL: [Phase; 9] = [
-        Phase::Pending,
-        Phase::Preflight,
-        Phase::Snapshot,
-        Phase::ControlPlane,
-        Phase::Workers,
-        Phase::Postflight,
-        Phase::Succeeded,
-        Phase::Blocked,
-        Phase::Failed,
-    ];
-
     /// The phase's name as it appears in status and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -216,9 +216,7 @@ impl Machine<'_> {
     }
 
     fn set_phase(&mut self, phase: Phase) {
-        if self.status.phase != Some(phase) {
-            self.status.phase = Some(phase);
-        }
+        self.status.phase = Some(phase);
     }
 
     fn progressed(&mut self) {

@@ -409,10 +409,10 @@ pub fn plan(
     let mut steps = Vec::with_capacity(candidates.len());
     let mut batch: i32 = 0;
     let mut in_worker_batch = 0;
+    if let (Some((node, _)), 1) = (candidates.first(), nodes.len()) {
+        return Err(PlanError::NoOtherNode(node.name.clone()));
+    }
     for (node, role) in candidates {
-        if nodes.len() < 2 {
-            return Err(PlanError::NoOtherNode(node.name.clone()));
-        }
         // Only a real address is handed to the Job's ssh command line.
         let internal_ip = node
             .internal_ip
