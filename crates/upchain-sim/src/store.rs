@@ -1,0 +1,1054 @@
+//! The object store with the API server's semantics: one cluster-wide resourceVersion,
+//! optimistic concurrency, the status subresource, finalizers, owner-reference garbage
+//! collection, Eviction against PodDisruptionBudgets, and a bounded watch history.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::clock::Clock;
+use crate::patch::{self, Ownership, PatchError};
+use crate::registry::{Registry, ResourceType};
+use crate::selector::{Selector, label_selector_matches, labels_of};
+
+/// Watch events kept for clients that resume from an older resourceVersion.
+pub const DEFAULT_HISTORY: usize = 10_000;
+
+/// What happened to an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeType {
+    /// Created.
+    Added,
+    /// Updated.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl ChangeType {
+    /// The watch event type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeType::Added => "ADDED",
+            ChangeType::Modified => "MODIFIED",
+            ChangeType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as watchers receive it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The resourceVersion it was committed at.
+    pub rv: u64,
+    /// The type's store id (`plural` or `plural.group`).
+    pub resource: String,
+    /// What happened.
+    pub kind: ChangeType,
+    /// The object after the change (before it, for a deletion).
+    pub object: Value,
+}
+
+/// An API error, with the HTTP status and reason a real server would send.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// 404.
+    #[error("{kind} \"{name}\" not found")]
+    NotFound {
+        /// Resource plural.
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// 409 on create.
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists {
+        /// Resource plural.
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// 409 on a stale write or an apply conflict.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422.
+    #[error("{0}")]
+    Invalid(String),
+    /// 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 410: the resourceVersion is older than the watch history.
+    #[error("too old resource version: {0}")]
+    Gone(String),
+    /// 429: eviction would break a PodDisruptionBudget.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 500, injected.
+    #[error("{0}")]
+    Internal(String),
+    /// 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+}
+
+impl ApiError {
+    /// HTTP status code.
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::NotFound { .. } => 404,
+            ApiError::AlreadyExists { .. } | ApiError::Conflict(_) => 409,
+            ApiError::Invalid(_) => 422,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Gone(_) => 410,
+            ApiError::TooManyRequests(_) => 429,
+            ApiError::Internal(_) => 500,
+            ApiError::MethodNotAllowed(_) => 405,
+        }
+    }
+
+    /// The Status reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::NotFound { .. } => "NotFound",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict(_) => "Conflict",
+            ApiError::Invalid(_) => "Invalid",
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Gone(_) => "Expired",
+            ApiError::TooManyRequests(_) => "TooManyRequests",
+            ApiError::Internal(_) => "InternalError",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+        }
+    }
+
+    /// A `Status` object, as the body of the error response.
+    pub fn status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": self.to_string(), "reason": self.reason(), "code": self.code(),
+        });
+        if let ApiError::NotFound { kind, name } | ApiError::AlreadyExists { kind, name } = self {
+            status["details"] = json!({"name": name, "kind": kind});
+        }
+        if let ApiError::TooManyRequests(_) = self {
+            status["details"] =
+                json!({"causes": [{"reason": "DisruptionBudget", "message": self.to_string()}]});
+        }
+        status
+    }
+}
+
+/// How a patch body is to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchType {
+    /// application/merge-patch+json
+    Merge,
+    /// application/strategic-merge-patch+json
+    Strategic,
+    /// application/json-patch+json
+    Json,
+    /// application/apply-patch+yaml (server-side apply)
+    Apply,
+}
+
+/// How dependents are treated when their owner is deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// Dependents are deleted after the owner (the default).
+    #[default]
+    Background,
+    /// Dependents are deleted before the owner.
+    Foreground,
+    /// Dependents lose the owner reference and stay.
+    Orphan,
+}
+
+/// Object coordinates within one type.
+type Slot = (String, String);
+
+/// All objects of the cluster.
+#[derive(Debug)]
+pub struct Store {
+    registry: Registry,
+    objects: BTreeMap<String, BTreeMap<Slot, Value>>,
+    ownership: HashMap<(String, Slot), Ownership>,
+    rv: u64,
+    uids: u64,
+    history: VecDeque<Arc<Change>>,
+    history_limit: usize,
+    changes: broadcast::Sender<Arc<Change>>,
+    clock: Clock,
+    /// PodDisruptionBudgets (namespace/name) that refuse every eviction: a fault.
+    pub stubborn_pdbs: BTreeSet<String>,
+}
+
+fn meta<'a>(object: &'a Value, key: &str) -> &'a str {
+    object["metadata"][key].as_str().unwrap_or_default()
+}
+
+fn not_found(rt: &ResourceType, name: &str) -> ApiError {
+    ApiError::NotFound {
+        kind: rt.plural.clone(),
+        name: name.to_owned(),
+    }
+}
+
+/// Everything but metadata and status: a change here bumps metadata.generation.
+fn spec_part(object: &Value) -> Value {
+    let mut part = object.clone();
+    if let Some(map) = part.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    part
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new(clock: Clock, history_limit: usize) -> Self {
+        let (changes, _) = broadcast::channel(65_536);
+        Self {
+            registry: Registry::default(),
+            objects: BTreeMap::new(),
+            ownership: HashMap::new(),
+            rv: 1,
+            uids: 0,
+            history: VecDeque::new(),
+            history_limit: history_limit.max(1),
+            changes,
+            clock,
+            stubborn_pdbs: BTreeSet::new(),
+        }
+    }
+
+    /// The served types.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The clock the store stamps objects with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    /// Changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    fn type_of(&self, api_version: &str, kind: &str) -> Result<ResourceType, ApiError> {
+        self.registry
+            .by_kind(api_version, kind)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "no kind \"{kind}\" is registered for version \"{api_version}\""
+                ))
+            })
+    }
+
+    /// A resource type by store id (`pods`, `jobs.batch`).
+    pub fn type_by_id(&self, id: &str) -> Option<ResourceType> {
+        let (plural, group) = id.split_once('.').unwrap_or((id, ""));
+        self.registry
+            .types()
+            .iter()
+            .find(|t| t.plural == plural && t.group == group)
+            .cloned()
+    }
+
+    fn commit(
+        &mut self,
+        rt: &ResourceType,
+        slot: Slot,
+        object: Option<Value>,
+        kind: ChangeType,
+        mut previous: Value,
+    ) {
+        self.rv += 1;
+        let rv = self.rv;
+        let objects = self.objects.entry(rt.id()).or_default();
+        let object = match object {
+            Some(mut object) => {
+                object["metadata"]["resourceVersion"] = json!(rv.to_string());
+                objects.insert(slot, object.clone());
+                object
+            }
+            None => {
+                objects.remove(&slot);
+                self.ownership.remove(&(rt.id(), slot));
+                previous["metadata"]["resourceVersion"] = json!(rv.to_string());
+                previous
+            }
+        };
+        let change = Arc::new(Change {
+            rv,
+            resource: rt.id(),
+            kind,
+            object,
+        });
+        self.history.push_back(change.clone());
+        while self.history.len() > self.history_limit {
+            self.history.pop_front();
+        }
+        let _ = self.changes.send(change);
+        if rt.id() == "customresourcedefinitions.apiextensions.k8s.io" {
+            let crds: Vec<Value> = self
+                .objects
+                .get(&rt.id())
+                .map(|o| o.values().cloned().collect())
+                .unwrap_or_default();
+            self.registry.set_custom(&crds);
+        }
+    }
+
+    /// Reads one object.
+    pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&rt.id())
+            .and_then(|o| o.get(&(namespace.to_owned(), name.to_owned())))
+            .cloned()
+            .ok_or_else(|| not_found(rt, name))
+    }
+
+    /// Lists objects of a type, in a namespace or all, filtered by selectors.
+    pub fn list(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &Selector,
+    ) -> Vec<Value> {
+        self.objects
+            .get(&rt.id())
+            .into_iter()
+            .flat_map(|o| o.iter())
+            .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
+            .map(|(_, v)| v)
+            .filter(|v| labels.matches_labels(v) && fields.matches_fields(v))
+            .cloned()
+            .collect()
+    }
+
+    /// Every object of a type, unfiltered.
+    pub fn all(&self, id: &str) -> Vec<Value> {
+        self.objects
+            .get(id)
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The history since `rv` for a watch, or 410 Gone when it is older than the history.
+    pub fn history_since(&self, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        let oldest = self.history.front().map_or(self.rv, |c| c.rv);
+        if rv + 1 < oldest && rv < self.rv {
+            return Err(ApiError::Gone(format!(
+                "{rv} (the oldest kept is {})",
+                oldest.saturating_sub(1)
+            )));
+        }
+        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
+    }
+
+    /// Creates an object. `keep_status` is for the cluster's own controllers and seeding;
+    /// clients cannot set the status of a type with a status subresource on create.
+    pub fn create(
+        &mut self,
+        rt: &ResourceType,
+        namespace: &str,
+        mut object: Value,
+        keep_status: bool,
+    ) -> Result<Value, ApiError> {
+        if !object.is_object() {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        let namespace = if rt.namespaced { namespace } else { "" };
+        if rt.namespaced && namespace.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "{} must be created in a namespace",
+                rt.plural
+            )));
+        }
+        if rt.namespaced
+            && !self
+                .objects
+                .get("namespaces")
+                .is_some_and(|n| n.contains_key(&(String::new(), namespace.to_owned())))
+        {
+            return Err(ApiError::NotFound {
+                kind: "namespaces".into(),
+                name: namespace.to_owned(),
+            });
+        }
+        let mut name = meta(&object, "name").to_owned();
+        if name.is_empty() {
+            let prefix = meta(&object, "generateName");
+            if prefix.is_empty() {
+                return Err(ApiError::Invalid(
+                    "metadata.name: Required value: name or generateName is required".into(),
+                ));
+            }
+            self.uids += 1;
+            name = format!("{prefix}{}", suffix(self.uids));
+        }
+        if name.len() > 253 {
+            return Err(ApiError::Invalid(
+                "metadata.name: Invalid value: must be no more than 253 characters".into(),
+            ));
+        }
+        let slot = (namespace.to_owned(), name.clone());
+        if self
+            .objects
+            .get(&rt.id())
+            .is_some_and(|o| o.contains_key(&slot))
+        {
+            return Err(ApiError::AlreadyExists {
+                kind: rt.plural.clone(),
+                name,
+            });
+        }
+        self.uids += 1;
+        object["apiVersion"] = json!(rt.api_version());
+        object["kind"] = json!(rt.kind);
+        let metadata = &mut object["metadata"];
+        metadata["name"] = json!(name);
+        if rt.namespaced {
+            metadata["namespace"] = json!(namespace);
+        } else if let Some(m) = metadata.as_object_mut() {
+            m.remove("namespace");
+        }
+        metadata["uid"] = json!(format!("00000000-0000-4000-8000-{:012x}", self.uids));
+        metadata["creationTimestamp"] = json!(self.clock.rfc3339());
+        metadata["generation"] = json!(1);
+        if let Some(m) = metadata.as_object_mut() {
+            m.remove("deletionTimestamp");
+            m.remove("resourceVersion");
+        }
+        if rt.status
+            && !keep_status
+            && let Some(m) = object.as_object_mut()
+        {
+            m.remove("status");
+        }
+        match rt.kind.as_str() {
+            "Namespace" => object["status"] = json!({"phase": "Active"}),
+            "CustomResourceDefinition" => {
+                object["status"] = json!({"conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": self.clock.rfc3339()},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": self.clock.rfc3339()}
+                ], "acceptedNames": object["spec"]["names"].clone(), "storedVersions": [object["spec"]["versions"][0]["name"].clone()]});
+            }
+            _ => {}
+        }
+        self.commit(
+            rt,
+            slot.clone(),
+            Some(object),
+            ChangeType::Added,
+            Value::Null,
+        );
+        self.get(rt, &slot.0, &slot.1)
+    }
+
+    /// Replaces an object (or, with `status_only`, its status). A resourceVersion in the
+    /// body that is not the current one is a 409 Conflict.
+    pub fn update(
+        &mut self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        object: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self.get(rt, namespace, name)?;
+        let given_rv = meta(&object, "resourceVersion");
+        if !given_rv.is_empty() && given_rv != meta(&current, "resourceVersion") {
+            return Err(ApiError::Conflict(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                rt.plural
+            )));
+        }
+        self.write(rt, namespace, name, current, object, status_only)
+    }
+
+    /// Writes `next` over `current`, keeping identity, status or spec as the endpoint
+    /// allows, bumping generation, and completing a deletion whose finalizers are gone.
+    fn write(
+        &mut self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        current: Value,
+        mut next: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        if !next.is_object() {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object".into(),
+            ));
+        }
+        if status_only {
+            let status = next["status"].clone();
+            next = current.clone();
+            next["status"] = status;
+        } else {
+            if rt.status {
+                next["status"] = current["status"].clone();
+            }
+            for key in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "namespace",
+                "name",
+            ] {
+                next["metadata"][key] = current["metadata"][key].clone();
+            }
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+            let changed = spec_part(&current) != spec_part(&next);
+            next["metadata"]["generation"] =
+                json!(if changed { generation + 1 } else { generation });
+        }
+        next["apiVersion"] = json!(rt.api_version());
+        next["kind"] = json!(rt.kind);
+        strip_nulls_in_metadata(&mut next);
+        if next.get("status").is_some_and(Value::is_null)
+            && let Some(m) = next.as_object_mut()
+        {
+            m.remove("status");
+        }
+        let slot = (namespace.to_owned(), name.to_owned());
+        let deleting = !next["metadata"]["deletionTimestamp"].is_null();
+        let finalizers_left = next["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers_left {
+            self.commit(rt, slot, None, ChangeType::Deleted, next.clone());
+            self.collect_garbage();
+            return Ok(next);
+        }
+        // An unchanged object is not written again: no new resourceVersion, no event.
+        let mut comparable = next.clone();
+        comparable["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if comparable == current {
+            return Ok(current);
+        }
+        self.commit(rt, slot, Some(next), ChangeType::Modified, Value::Null);
+        self.collect_garbage();
+        self.get(rt, namespace, name)
+    }
+
+    /// Patches an object; a server-side apply of a missing object creates it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn patch(
+        &mut self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        patch_type: PatchType,
+        body: &Value,
+        status_only: bool,
+        field_manager: &str,
+        force: bool,
+    ) -> Result<Value, ApiError> {
+        let namespace = if rt.namespaced { namespace } else { "" };
+        let current = match self.get(rt, namespace, name) {
+            Ok(current) => current,
+            Err(_) if patch_type == PatchType::Apply && !status_only => {
+                let mut ownership = Ownership::new();
+                let mut object = json!({"metadata": {"name": name}});
+                patch::apply(&mut object, body, field_manager, force, &mut ownership)
+                    .map_err(patch_error)?;
+                let created = self.create(rt, namespace, object, false)?;
+                self.ownership.insert(
+                    (rt.id(), (namespace.to_owned(), name.to_owned())),
+                    ownership,
+                );
+                return Ok(created);
+            }
+            Err(error) => return Err(error),
+        };
+        let given_rv = meta(body, "resourceVersion");
+        if !given_rv.is_empty() && given_rv != meta(&current, "resourceVersion") {
+            return Err(ApiError::Conflict(format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                rt.plural
+            )));
+        }
+        let mut next = current.clone();
+        match patch_type {
+            PatchType::Merge => patch::merge_patch(&mut next, body),
+            PatchType::Strategic => patch::strategic_merge_patch(&mut next, body),
+            PatchType::Json => patch::json_patch(&mut next, body).map_err(patch_error)?,
+            PatchType::Apply => {
+                let key = (rt.id(), (namespace.to_owned(), name.to_owned()));
+                let mut ownership = self.ownership.remove(&key).unwrap_or_default();
+                // Status and the rest are owned separately, as with real subresources.
+                let manager = if status_only {
+                    format!("{field_manager}/status")
+                } else {
+                    field_manager.to_owned()
+                };
+                let applied = if status_only {
+                    json!({"status": body["status"].clone()})
+                } else {
+                    body.clone()
+                };
+                let result = patch::apply(&mut next, &applied, &manager, force, &mut ownership);
+                self.ownership.insert(key, ownership);
+                result.map_err(patch_error)?;
+            }
+        }
+        self.write(rt, namespace, name, current, next, status_only)
+    }
+
+    /// Deletes an object: with finalizers it is only marked (deletionTimestamp); dependents
+    /// follow by `propagation`.
+    pub fn delete(
+        &mut self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, ApiError> {
+        let namespace = if rt.namespaced { namespace } else { "" };
+        let mut object = self.get(rt, namespace, name)?;
+        let uid = meta(&object, "uid").to_owned();
+        if propagation == Propagation::Orphan {
+            self.orphan_dependents(&uid);
+        }
+        if !object["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(object);
+        }
+        let mut finalizers: Vec<Value> = object["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if propagation == Propagation::Foreground && self.has_dependents(&uid) {
+            finalizers.push(json!("foregroundDeletion"));
+        }
+        let slot = (namespace.to_owned(), name.to_owned());
+        if finalizers.is_empty() {
+            self.commit(rt, slot, None, ChangeType::Deleted, object.clone());
+        } else {
+            object["metadata"]["finalizers"] = json!(finalizers);
+            object["metadata"]["deletionTimestamp"] = json!(self.clock.rfc3339());
+            object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            self.commit(
+                rt,
+                slot.clone(),
+                Some(object),
+                ChangeType::Modified,
+                Value::Null,
+            );
+            object = self.get(rt, &slot.0, &slot.1)?;
+        }
+        self.collect_garbage();
+        Ok(object)
+    }
+
+    fn has_dependents(&self, uid: &str) -> bool {
+        self.objects
+            .values()
+            .flat_map(|o| o.values())
+            .any(|o| owner_uids(o).contains(uid))
+    }
+
+    fn orphan_dependents(&mut self, uid: &str) {
+        let dependents = self.dependents(|owners| owners.contains(uid));
+        for (rt, slot) in dependents {
+            if let Ok(mut object) = self.get(&rt, &slot.0, &slot.1) {
+                if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"].as_str() != Some(uid));
+                }
+                self.commit(&rt, slot, Some(object), ChangeType::Modified, Value::Null);
+            }
+        }
+    }
+
+    fn dependents(&self, pick: impl Fn(&BTreeSet<String>) -> bool) -> Vec<(ResourceType, Slot)> {
+        self.objects
+            .iter()
+            .flat_map(|(id, objects)| objects.iter().map(move |(slot, o)| (id, slot, o)))
+            .filter(|(_, _, o)| {
+                let owners = owner_uids(o);
+                !owners.is_empty() && pick(&owners)
+            })
+            .filter_map(|(id, slot, _)| self.type_by_id(id).map(|rt| (rt, slot.clone())))
+            .collect()
+    }
+
+    /// The garbage collector: deletes dependents whose owners are all gone (or being
+    /// deleted in the foreground), and finishes foreground deletions without dependents.
+    fn collect_garbage(&mut self) {
+        for _ in 0..64 {
+            let live: BTreeSet<String> = self
+                .objects
+                .values()
+                .flat_map(|o| o.values())
+                .filter(|o| {
+                    !o["metadata"]["finalizers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| f == "foregroundDeletion")
+                })
+                .map(|o| meta(o, "uid").to_owned())
+                .collect();
+            let orphans: Vec<(ResourceType, Slot)> = self
+                .dependents(|owners| owners.iter().all(|u| !live.contains(u)))
+                .into_iter()
+                .filter(|(rt, slot)| {
+                    self.get(rt, &slot.0, &slot.1)
+                        .is_ok_and(|o| o["metadata"]["deletionTimestamp"].is_null())
+                })
+                .collect();
+            let finished: Vec<(ResourceType, Slot)> = self
+                .objects
+                .iter()
+                .flat_map(|(id, objects)| objects.iter().map(move |(slot, o)| (id, slot, o)))
+                .filter(|(_, _, o)| {
+                    o["metadata"]["finalizers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| f == "foregroundDeletion")
+                })
+                .filter(|(_, _, o)| !self.has_dependents(meta(o, "uid")))
+                .filter_map(|(id, slot, _)| self.type_by_id(id).map(|rt| (rt, slot.clone())))
+                .collect();
+            if orphans.is_empty() && finished.is_empty() {
+                return;
+            }
+            for (rt, slot) in orphans {
+                let _ = self.delete(&rt, &slot.0, &slot.1, Propagation::Background);
+            }
+            for (rt, slot) in finished {
+                if let Ok(mut object) = self.get(&rt, &slot.0, &slot.1) {
+                    if let Some(f) = object["metadata"]["finalizers"].as_array_mut() {
+                        f.retain(|f| f != "foregroundDeletion");
+                    }
+                    let current = self.get(&rt, &slot.0, &slot.1).unwrap_or(Value::Null);
+                    let _ = self.write(&rt, &slot.0, &slot.1, current, object, false);
+                }
+            }
+        }
+    }
+
+    /// Evicts a Pod unless a PodDisruptionBudget covering it allows no disruption (429).
+    pub fn evict(&mut self, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let pods = self
+            .type_by_id("pods")
+            .ok_or_else(|| ApiError::Internal("pods are not served".into()))?;
+        let pod = self.get(&pods, namespace, name)?;
+        let healthy = pod["status"]["phase"].as_str() == Some("Running");
+        let pdbs = self
+            .type_by_id("poddisruptionbudgets.policy")
+            .ok_or_else(|| ApiError::Internal("PDBs are not served".into()))?;
+        let labels = labels_of(&pod);
+        let covering: Vec<Value> = self
+            .list(
+                &pdbs,
+                Some(namespace),
+                &Selector::default(),
+                &Selector::default(),
+            )
+            .into_iter()
+            .filter(|pdb| label_selector_matches(&pdb["spec"]["selector"], &labels))
+            .collect();
+        if healthy {
+            for pdb in &covering {
+                let pdb_name = meta(pdb, "name");
+                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+                if allowed < 1
+                    || self
+                        .stubborn_pdbs
+                        .contains(&format!("{namespace}/{pdb_name}"))
+                {
+                    return Err(ApiError::TooManyRequests(format!(
+                        "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
+                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
+                    )));
+                }
+            }
+            for pdb in covering {
+                let mut next = pdb.clone();
+                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
+                next["status"]["disruptionsAllowed"] = json!(allowed - 1);
+                let pdb_name = meta(&pdb, "name").to_owned();
+                self.write(&pdbs, namespace, &pdb_name, pdb, next, true)?;
+            }
+        }
+        self.delete(&pods, namespace, name, Propagation::Background)?;
+        Ok(
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        )
+    }
+
+    /// Creates an object the cluster itself makes (a controller or seed), keeping its status.
+    pub fn create_own(
+        &mut self,
+        api_version: &str,
+        kind: &str,
+        object: Value,
+    ) -> Result<Value, ApiError> {
+        let rt = self.type_of(api_version, kind)?;
+        let namespace = meta(&object, "namespace").to_owned();
+        self.create(&rt, &namespace, object, true)
+    }
+
+    /// Writes an object the cluster itself changes (both spec and status).
+    pub fn replace_own(&mut self, object: Value) -> Result<Value, ApiError> {
+        let rt = self.type_of(
+            object["apiVersion"].as_str().unwrap_or_default(),
+            object["kind"].as_str().unwrap_or_default(),
+        )?;
+        let namespace = meta(&object, "namespace").to_owned();
+        let name = meta(&object, "name").to_owned();
+        let current = self.get(&rt, &namespace, &name)?;
+        let status = object["status"].clone();
+        let spec_written = self.write(&rt, &namespace, &name, current, object, false)?;
+        let mut with_status = spec_written.clone();
+        with_status["status"] = status;
+        self.write(&rt, &namespace, &name, spec_written, with_status, true)
+    }
+}
+
+fn strip_nulls_in_metadata(object: &mut Value) {
+    if let Some(m) = object["metadata"].as_object_mut() {
+        m.retain(|_, v| !v.is_null());
+    }
+}
+
+fn owner_uids(object: &Value) -> BTreeSet<String> {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn patch_error(error: PatchError) -> ApiError {
+    match error {
+        PatchError::Invalid(message) => ApiError::BadRequest(message),
+        conflict @ PatchError::Conflict(_) => ApiError::Conflict(conflict.to_string()),
+    }
+}
+
+/// Five lowercase alphanumerics derived from a counter, like generateName suffixes.
+fn suffix(mut n: u64) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    n = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(n % ALPHABET.len() as u64) as usize];
+            n /= ALPHABET.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        let mut store = Store::new(Clock::virtual_at(jiff::Timestamp::UNIX_EPOCH), 8);
+        store
+            .create_own("v1", "Namespace", json!({"metadata": {"name": "default"}}))
+            .expect("ns");
+        store
+    }
+
+    fn rt(store: &Store, id: &str) -> ResourceType {
+        store.type_by_id(id).expect("served")
+    }
+
+    #[test]
+    fn stale_updates_conflict_and_generation_tracks_spec() {
+        let mut s = store();
+        let deploys = rt(&s, "deployments.apps");
+        let created = s
+            .create(
+                &deploys,
+                "default",
+                json!({"metadata": {"name": "web"}, "spec": {"replicas": 1}}),
+                false,
+            )
+            .expect("create");
+        assert_eq!(created["metadata"]["generation"], 1);
+        let mut stale = created.clone();
+        let mut fresh = created.clone();
+        fresh["spec"]["replicas"] = json!(2);
+        let updated = s
+            .update(&deploys, "default", "web", fresh, false)
+            .expect("update");
+        assert_eq!(updated["metadata"]["generation"], 2);
+        stale["spec"]["replicas"] = json!(3);
+        assert_eq!(
+            s.update(&deploys, "default", "web", stale, false)
+                .expect_err("stale")
+                .code(),
+            409
+        );
+        // Status writes do not move generation; spec writes do not touch status.
+        let mut status = updated.clone();
+        status["status"] = json!({"readyReplicas": 2});
+        let with_status = s
+            .update(&deploys, "default", "web", status, true)
+            .expect("status");
+        assert_eq!(with_status["metadata"]["generation"], 2);
+        let mut spec = with_status.clone();
+        spec["status"] = json!({"readyReplicas": 0});
+        let after = s
+            .update(&deploys, "default", "web", spec, false)
+            .expect("spec");
+        assert_eq!(after["status"]["readyReplicas"], 2);
+        assert_eq!(
+            s.create(
+                &deploys,
+                "default",
+                json!({"metadata": {"name": "web"}}),
+                false
+            )
+            .expect_err("dup")
+            .code(),
+            409
+        );
+        assert_eq!(
+            s.create(
+                &deploys,
+                "nowhere",
+                json!({"metadata": {"name": "x"}}),
+                false
+            )
+            .expect_err("no ns")
+            .code(),
+            404
+        );
+    }
+
+    #[test]
+    fn finalizers_hold_deletion_and_garbage_collection_follows_owners() {
+        let mut s = store();
+        let jobs = rt(&s, "jobs.batch");
+        let pods = rt(&s, "pods");
+        let job = s
+            .create(
+                &jobs,
+                "default",
+                json!({"metadata": {"name": "j", "finalizers": ["x/y"]}}),
+                false,
+            )
+            .expect("job");
+        let uid = job["metadata"]["uid"].clone();
+        s.create(&pods, "default", json!({"metadata": {"name": "j-1", "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": uid}]}}), false).expect("pod");
+        let marked = s
+            .delete(&jobs, "default", "j", Propagation::Background)
+            .expect("marked");
+        assert!(marked["metadata"]["deletionTimestamp"].is_string());
+        assert!(
+            s.get(&pods, "default", "j-1").is_ok(),
+            "the owner still exists"
+        );
+        let mut release = s.get(&jobs, "default", "j").expect("still there");
+        release["metadata"]["finalizers"] = json!([]);
+        s.update(&jobs, "default", "j", release, false)
+            .expect("finalizer removed");
+        assert_eq!(s.get(&jobs, "default", "j").expect_err("gone").code(), 404);
+        assert_eq!(
+            s.get(&pods, "default", "j-1")
+                .expect_err("collected")
+                .code(),
+            404
+        );
+    }
+
+    #[test]
+    fn eviction_honours_disruption_budgets() {
+        let mut s = store();
+        let pods = rt(&s, "pods");
+        for name in ["a", "b"] {
+            s.create(&pods, "default", json!({"metadata": {"name": name, "labels": {"app": "db"}}, "status": {"phase": "Running"}}), true).expect("pod");
+        }
+        s.create_own(
+            "policy/v1",
+            "PodDisruptionBudget",
+            json!({"metadata": {"name": "db", "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "minAvailable": 1},
+            "status": {"disruptionsAllowed": 1, "currentHealthy": 2, "desiredHealthy": 1}}),
+        )
+        .expect("pdb");
+        s.evict("default", "a").expect("first eviction allowed");
+        let refused = s.evict("default", "b").expect_err("budget spent");
+        assert_eq!(refused.code(), 429);
+        assert!(refused.to_string().contains("disruption budget db"));
+        assert!(s.get(&pods, "default", "b").is_ok());
+    }
+
+    #[test]
+    fn watch_history_is_bounded_and_older_versions_are_gone() {
+        let mut s = store();
+        let cms = rt(&s, "configmaps");
+        let start = s.resource_version();
+        for i in 0..20 {
+            s.create(
+                &cms,
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+                false,
+            )
+            .expect("cm");
+        }
+        assert_eq!(s.history_since(start).expect_err("too old").code(), 410);
+        let recent = s.history_since(s.resource_version() - 3).expect("recent");
+        assert_eq!(recent.len(), 3);
+        assert!(
+            s.history_since(s.resource_version())
+                .expect("now")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn crds_register_their_types() {
+        let mut s = store();
+        let crds = rt(&s, "customresourcedefinitions.apiextensions.k8s.io");
+        let crd = serde_json::to_value(upchain_api::crd()).expect("crd");
+        let created = s.create(&crds, "", crd, false).expect("crd");
+        assert_eq!(created["status"]["conditions"][1]["type"], "Established");
+        let upgrades = rt(&s, "k8supgrades.upchain.dev");
+        s.create(
+            &upgrades,
+            "",
+            json!({"metadata": {"name": "to-1-35"}, "spec": {"targetVersion": "1.35.2"}}),
+            false,
+        )
+        .expect("cr");
+        let applied = s
+            .patch(
+                &upgrades,
+                "",
+                "to-1-35",
+                PatchType::Apply,
+                &json!({"status": {"phase": "Pending"}}),
+                true,
+                "upchain",
+                true,
+            )
+            .expect("status apply");
+        assert_eq!(applied["status"]["phase"], "Pending");
+        assert_eq!(applied["metadata"]["generation"], 1);
+    }
+}
