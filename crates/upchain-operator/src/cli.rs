@@ -38,6 +38,49 @@ pub enum Command {
     Crd,
     /// Show what an upgrade would do to a list of nodes, without touching any cluster.
     Plan(PlanArgs),
+    /// Serve a simulated cluster that kubectl and other clients can talk to.
+    Sim(SimArgs),
+}
+
+/// Arguments of `upchain sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Control-plane and worker nodes, as `CONTROL_PLANES+WORKERS`.
+    #[arg(long, default_value = "1+6", value_parser = parse_topology)]
+    pub nodes: (usize, usize),
+
+    /// Kubernetes version every node starts at.
+    #[arg(long, default_value = "1.34.2")]
+    pub version: String,
+
+    /// Address to serve the API on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+
+    /// Where to write a kubeconfig that points at the simulated cluster.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Seconds an upgrade Job runs before its node restarts, and the node stays NotReady.
+    #[arg(long, default_value_t = 2)]
+    pub upgrade_seconds: u64,
+
+    /// Start with nodes only: no static Pods, CoreDNS, kube-proxy or applications.
+    #[arg(long)]
+    pub bare: bool,
+}
+
+fn parse_topology(text: &str) -> Result<(usize, usize), String> {
+    let error = || format!("`{text}` is not CONTROL_PLANES+WORKERS, such as 1+6 or 3+20");
+    let (control_planes, workers) = text.split_once('+').ok_or_else(error)?;
+    let control_planes: usize = control_planes.trim().parse().map_err(|_| error())?;
+    let workers: usize = workers.trim().parse().map_err(|_| error())?;
+    if control_planes == 0 || control_planes + workers > 10_000 {
+        return Err(format!(
+            "`{text}`: need at least one control-plane node and at most 10000 nodes"
+        ));
+    }
+    Ok((control_planes, workers))
 }
 
 /// Arguments of `upchain plan`.

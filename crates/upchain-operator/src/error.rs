@@ -34,6 +34,12 @@ pub enum Error {
     /// The plan could not be rendered as JSON.
     #[error("cannot render the plan as JSON: {0}")]
     JsonRender(serde_json::Error),
+    /// The simulated cluster could not start.
+    #[error("{0}")]
+    Sim(upchain_sim::SimError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     /// Writing to stdout failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),
@@ -45,7 +51,14 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::ReadInput { .. } | Error::BadInput { .. } | Error::Refused(_) => 2,
-            Error::CrdRender(_) | Error::JsonRender(_) | Error::Output(_) => 1,
+            Error::Sim(
+                upchain_sim::SimError::Version(_) | upchain_sim::SimError::Listen { .. },
+            ) => 2,
+            Error::CrdRender(_)
+            | Error::JsonRender(_)
+            | Error::Output(_)
+            | Error::Sim(_)
+            | Error::Runtime(_) => 1,
         }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod error;
 mod nodes_file;
 mod plan_cmd;
+mod sim_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,5 +35,13 @@ fn run(cli: Cli) -> Result<(), Error> {
             stdout.write_all(yaml.as_bytes()).map_err(Error::Output)
         }
         Command::Plan(args) => plan_cmd::run(&args, &mut stdout),
+        Command::Sim(args) => runtime()?.block_on(sim_cmd::run(&args)),
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)
 }

@@ -47,6 +47,14 @@ impl Clock {
         }
     }
 
+    /// Notifications of a virtual clock moving; None for the real clock.
+    pub fn subscribe(&self) -> Option<watch::Receiver<Timestamp>> {
+        match self {
+            Clock::Real => None,
+            Clock::Virtual(now) => Some(now.subscribe()),
+        }
+    }
+
     /// Waits until `deadline` on this clock.
     pub async fn sleep_until(&self, deadline: Timestamp) {
         match self {

@@ -3,7 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod controllers;
 pub mod patch;
 pub mod registry;
+pub mod seed;
 pub mod selector;
+pub mod server;
+pub mod sim;
 pub mod store;
+
+pub use clock::Clock;
+pub use sim::{Sim, SimConfig, SimError};

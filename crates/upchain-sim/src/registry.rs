@@ -252,6 +252,64 @@ impl Registry {
             .find(|t| t.api_version() == api_version && t.kind == kind)
     }
 
+    /// `/openapi/v3`: where each group version's document is.
+    pub fn openapi_index(&self) -> Value {
+        let mut paths = serde_json::Map::new();
+        for t in &self.types {
+            let root = if t.group.is_empty() {
+                format!("api/{}", t.version)
+            } else {
+                format!("apis/{}/{}", t.group, t.version)
+            };
+            let url = format!("/openapi/v3/{root}?hash={}", self.types.len());
+            paths.insert(root, json!({"serverRelativeURL": url}));
+        }
+        json!({"paths": paths})
+    }
+
+    /// `/openapi/v3/<group version>`: the write operations of each type with the query
+    /// parameters they accept, which tells kubectl that the server validates fields itself.
+    /// Schemas are not published.
+    pub fn openapi_document(&self, group: &str, version: &str) -> Option<Value> {
+        let mut paths = serde_json::Map::new();
+        for t in self
+            .types
+            .iter()
+            .filter(|t| t.group == group && t.version == version)
+        {
+            let prefix = if group.is_empty() {
+                format!("/api/{version}")
+            } else {
+                format!("/apis/{group}/{version}")
+            };
+            let scope = if t.namespaced {
+                "/namespaces/{namespace}"
+            } else {
+                ""
+            };
+            let parameters: Vec<Value> = ["fieldValidation", "fieldManager", "force", "dryRun"]
+                .iter()
+                .map(|name| json!({"name": name, "in": "query", "schema": {"type": "string"}}))
+                .collect();
+            let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
+            let operation = |action: &str| {
+                json!({"parameters": parameters, "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
+                       "responses": {"200": {"description": "OK"}}})
+            };
+            paths.insert(
+                format!("{prefix}{scope}/{}", t.plural),
+                json!({"post": operation("post")}),
+            );
+            paths.insert(
+                format!("{prefix}{scope}/{}/{{name}}", t.plural),
+                json!({"put": operation("put"), "patch": operation("patch")}),
+            );
+        }
+        (!paths.is_empty()).then(|| {
+            json!({"openapi": "3.0.0", "info": {"title": "Kubernetes (simulated)", "version": "v1"}, "paths": paths, "components": {"schemas": {}}})
+        })
+    }
+
     /// `/api`: the core group's versions.
     pub fn core_versions(&self) -> Value {
         json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [

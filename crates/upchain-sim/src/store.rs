@@ -807,6 +807,33 @@ impl Store {
         self.create(&rt, &namespace, object, true)
     }
 
+    /// Writes the spec and metadata (or, with `status_only`, the status) of an object the
+    /// cluster itself changes. Unchanged objects are not written.
+    pub fn write_own(&mut self, object: Value, status_only: bool) -> Result<Value, ApiError> {
+        let rt = self.type_of(
+            object["apiVersion"].as_str().unwrap_or_default(),
+            object["kind"].as_str().unwrap_or_default(),
+        )?;
+        let namespace = meta(&object, "namespace").to_owned();
+        let name = meta(&object, "name").to_owned();
+        let current = self.get(&rt, &namespace, &name)?;
+        self.write(&rt, &namespace, &name, current, object, status_only)
+    }
+
+    /// Deletes an object the cluster itself removes.
+    pub fn delete_own(&mut self, object: &Value) -> Result<Value, ApiError> {
+        let rt = self.type_of(
+            object["apiVersion"].as_str().unwrap_or_default(),
+            object["kind"].as_str().unwrap_or_default(),
+        )?;
+        self.delete(
+            &rt,
+            meta(object, "namespace"),
+            meta(object, "name"),
+            Propagation::Background,
+        )
+    }
+
     /// Writes an object the cluster itself changes (both spec and status).
     pub fn replace_own(&mut self, object: Value) -> Result<Value, ApiError> {
         let rt = self.type_of(

@@ -1,0 +1,872 @@
+//! What makes the store behave like a cluster: workload, DaemonSet, Job and PDB
+//! controllers, a scheduler, and a kubelet per node that also "runs" node-upgrade Jobs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::selector::{label_selector_matches, labels_of};
+use crate::server::Shared;
+use crate::store::Store;
+
+/// How simulated nodes behave when an upgrade Job runs on their behalf.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    /// From the Job's Pod starting to its node restarting its kubelet.
+    pub upgrade_time: Duration,
+    /// How long the node is NotReady while its kubelet restarts.
+    pub restart_time: Duration,
+    /// From a Pod being bound to a node to it running.
+    pub pod_start_time: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            upgrade_time: Duration::from_secs(2),
+            restart_time: Duration::from_secs(2),
+            pod_start_time: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a Pod was scheduled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The Pod's name.
+    pub pod: String,
+    /// The node it was placed on.
+    pub node: String,
+    /// The Pod's labels.
+    pub labels: BTreeMap<String, String>,
+    /// For a node-upgrade Pod: the node it upgrades (its NODE_NAME).
+    pub upgrades_node: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+enum Timer {
+    /// The upgrade Pod reaches its kubelet restart (or fails, when told to).
+    Restart {
+        namespace: String,
+        pod: String,
+        node: String,
+        version: String,
+    },
+    /// The node comes back at the new version and the upgrade Pod succeeds.
+    Rejoin {
+        namespace: String,
+        pod: String,
+        node: String,
+        version: String,
+    },
+}
+
+/// The controllers' state and the behaviour faults tests set.
+#[derive(Debug)]
+pub struct State {
+    /// Timing of node upgrades.
+    pub behaviour: Behaviour,
+    /// Nodes that never come back Ready after an upgrade.
+    pub never_return: BTreeSet<String>,
+    /// Upgrade Jobs for a node that fail, with how many failures are left.
+    pub failing_jobs: BTreeMap<String, u32>,
+    /// Every scheduling decision, in order.
+    pub placements: Vec<Placement>,
+    timers: Vec<(Timestamp, Timer)>,
+    /// Pods bound to a Ready node, by uid, and when their containers will be running.
+    starting: BTreeMap<String, Timestamp>,
+}
+
+impl State {
+    /// Fresh state.
+    pub fn new(behaviour: Behaviour) -> Self {
+        Self {
+            behaviour,
+            never_return: BTreeSet::new(),
+            failing_jobs: BTreeMap::new(),
+            placements: Vec::new(),
+            timers: Vec::new(),
+            starting: BTreeMap::new(),
+        }
+    }
+}
+
+/// Runs the controllers until `stop` turns true: a pass after every burst of changes,
+/// every clock move, and at least every 50 ms.
+pub async fn run(
+    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = shared.store().subscribe();
+    let mut ticks = clock.subscribe();
+    loop {
+        {
+            let mut store = shared.store();
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&mut store, &mut state);
+        }
+        // Our own writes wake us once more; the pass after them finds nothing to do.
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = changes.recv() => {}
+            _ = async {
+                match ticks.as_mut() {
+                    Some(ticks) => { let _ = ticks.changed().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        while changes.try_recv().is_ok() {}
+    }
+}
+
+fn text<'a>(object: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(object, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn name(object: &Value) -> &str {
+    text(object, &["metadata", "name"])
+}
+
+fn namespace(object: &Value) -> &str {
+    text(object, &["metadata", "namespace"])
+}
+
+fn uid(object: &Value) -> &str {
+    text(object, &["metadata", "uid"])
+}
+
+fn deleting(object: &Value) -> bool {
+    !object["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn phase(pod: &Value) -> &str {
+    text(pod, &["status", "phase"])
+}
+
+fn terminal(pod: &Value) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+fn controlled_by<'a>(pods: &'a [Value], owner: &Value) -> impl Iterator<Item = &'a Value> {
+    let owner_uid = uid(owner).to_owned();
+    pods.iter().filter(move |p| {
+        p["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|r| {
+                r["uid"].as_str() == Some(owner_uid.as_str())
+                    && r["controller"].as_bool() == Some(true)
+            })
+    })
+}
+
+fn owner_reference(owner: &Value) -> Value {
+    json!({"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": name(owner), "uid": uid(owner),
+           "controller": true, "blockOwnerDeletion": true})
+}
+
+fn node_ready(node: &Value) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+}
+
+fn set_node_ready(node: &mut Value, ready: bool, now: &str) {
+    if let Some(conditions) = node["status"]["conditions"].as_array_mut() {
+        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+            c["status"] = json!(if ready { "True" } else { "Unknown" });
+            c["reason"] = json!(if ready {
+                "KubeletReady"
+            } else {
+                "NodeStatusUnknown"
+            });
+            c["message"] = json!(if ready {
+                "kubelet is posting ready status"
+            } else {
+                "Kubelet stopped posting node status."
+            });
+            c["lastTransitionTime"] = json!(now);
+            c["lastHeartbeatTime"] = json!(now);
+        }
+    }
+}
+
+/// One pass of every controller.
+pub fn reconcile(store: &mut Store, state: &mut State) {
+    let now = store.clock().now();
+    fire_timers(store, state, now);
+    workloads(store);
+    daemonsets(store);
+    jobs(store, now);
+    schedule(store, state, now);
+    kubelets(store, state, now);
+    disruption_budgets(store);
+}
+
+fn pod_from_template(
+    owner: &Value,
+    template: &Value,
+    pod_name: Option<String>,
+    extra_labels: &[(&str, &str)],
+) -> Value {
+    let mut metadata = template["metadata"].clone();
+    if !metadata.is_object() {
+        metadata = json!({});
+    }
+    metadata["namespace"] = json!(namespace(owner));
+    match pod_name {
+        Some(pod_name) => metadata["name"] = json!(pod_name),
+        None => metadata["generateName"] = json!(format!("{}-", name(owner))),
+    }
+    for (k, v) in extra_labels {
+        metadata["labels"][*k] = json!(v);
+    }
+    metadata["ownerReferences"] = json!([owner_reference(owner)]);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"].clone(), "status": {"phase": "Pending"}})
+}
+
+fn workloads(store: &mut Store) {
+    let pods = store.all("pods");
+    for kind in ["deployments.apps", "statefulsets.apps"] {
+        for workload in store.all(kind) {
+            if deleting(&workload) {
+                continue;
+            }
+            let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+            let owned: Vec<&Value> = controlled_by(&pods, &workload)
+                .filter(|p| !deleting(p) && !terminal(p))
+                .collect();
+            let stateful = kind.starts_with("statefulsets");
+            if owned.len() < replicas {
+                let taken: BTreeSet<&str> = owned.iter().map(|p| name(p)).collect();
+                let mut ordinal = 0;
+                for _ in owned.len()..replicas {
+                    let pod_name = stateful.then(|| {
+                        loop {
+                            let candidate = format!("{}-{ordinal}", name(&workload));
+                            ordinal += 1;
+                            if !taken.contains(candidate.as_str()) {
+                                break candidate;
+                            }
+                        }
+                    });
+                    let pod =
+                        pod_from_template(&workload, &workload["spec"]["template"], pod_name, &[]);
+                    let _ = store.create_own("v1", "Pod", pod);
+                }
+            } else {
+                for extra in owned.iter().skip(replicas) {
+                    let _ = store.delete_own(extra);
+                }
+            }
+            let ready = owned.iter().filter(|p| phase(p) == "Running").count();
+            let mut next = workload.clone();
+            let generation = workload["metadata"]["generation"].clone();
+            next["status"] = json!({
+                "observedGeneration": generation, "replicas": owned.len(), "updatedReplicas": owned.len(),
+                "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": owned.len(),
+                "conditions": [
+                    {"type": "Available", "status": if ready >= replicas { "True" } else { "False" },
+                     "reason": if ready >= replicas { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" }},
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+                ],
+            });
+            let _ = store.write_own(next, true);
+        }
+    }
+}
+
+fn tolerates(tolerations: &Value, key: &str, value: &str, effect: &str) -> bool {
+    tolerations.as_array().into_iter().flatten().any(|t| {
+        let t_key = t["key"].as_str().unwrap_or_default();
+        let t_effect = t["effect"].as_str().unwrap_or_default();
+        let key_ok = match t["operator"].as_str().unwrap_or("Equal") {
+            "Exists" => t_key.is_empty() || t_key == key,
+            _ => t_key == key && t["value"].as_str().unwrap_or_default() == value,
+        };
+        key_ok && (t_effect.is_empty() || t_effect == effect)
+    })
+}
+
+fn taints_tolerated(node: &Value, tolerations: &Value) -> bool {
+    node["spec"]["taints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|taint| {
+            let effect = taint["effect"].as_str().unwrap_or_default();
+            effect == "PreferNoSchedule"
+                || tolerates(
+                    tolerations,
+                    text(taint, &["key"]),
+                    text(taint, &["value"]),
+                    effect,
+                )
+        })
+}
+
+fn daemonsets(store: &mut Store) {
+    let nodes = store.all("nodes");
+    let pods = store.all("pods");
+    for ds in store.all("daemonsets.apps") {
+        if deleting(&ds) {
+            continue;
+        }
+        let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
+        let eligible: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| taints_tolerated(n, tolerations))
+            .collect();
+        let owned: Vec<&Value> = controlled_by(&pods, &ds).filter(|p| !deleting(p)).collect();
+        for node in &eligible {
+            if !owned
+                .iter()
+                .any(|p| text(p, &["spec", "nodeName"]) == name(node))
+            {
+                let mut pod = pod_from_template(&ds, &ds["spec"]["template"], None, &[]);
+                pod["spec"]["nodeName"] = json!(name(node));
+                let _ = store.create_own("v1", "Pod", pod);
+            }
+        }
+        for pod in owned.iter().filter(|p| {
+            !nodes
+                .iter()
+                .any(|n| name(n) == text(p, &["spec", "nodeName"]))
+        }) {
+            let _ = store.delete_own(pod);
+        }
+        let ready = owned.iter().filter(|p| phase(p) == "Running").count();
+        let mut next = ds.clone();
+        next["status"] = json!({
+            "observedGeneration": ds["metadata"]["generation"], "desiredNumberScheduled": eligible.len(),
+            "currentNumberScheduled": owned.len(), "updatedNumberScheduled": owned.len(),
+            "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
+        });
+        let _ = store.write_own(next, true);
+    }
+}
+
+fn after(since: &str, seconds: i64) -> Option<Timestamp> {
+    since
+        .parse::<Timestamp>()
+        .ok()?
+        .checked_add(SignedDuration::from_secs(seconds))
+        .ok()
+}
+
+fn jobs(store: &mut Store, now: Timestamp) {
+    let pods = store.all("pods");
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    for job in store.all("jobs.batch") {
+        if deleting(&job) {
+            continue;
+        }
+        let finished_at = job["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+            .map(|c| text(c, &["lastTransitionTime"]).to_owned());
+        if let Some(finished_at) = finished_at {
+            let ttl = job["spec"]["ttlSecondsAfterFinished"].as_i64();
+            if ttl
+                .and_then(|ttl| after(&finished_at, ttl))
+                .is_some_and(|expiry| expiry <= now)
+            {
+                let _ = store.delete_own(&job);
+            }
+            continue;
+        }
+        let owned: Vec<&Value> = controlled_by(&pods, &job).collect();
+        let active: Vec<&&Value> = owned
+            .iter()
+            .filter(|p| !terminal(p) && !deleting(p))
+            .collect();
+        let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count();
+        let failed = owned.iter().filter(|p| phase(p) == "Failed").count();
+        let backoff_limit = job["spec"]["backoffLimit"].as_u64().unwrap_or(6) as usize;
+        let mut status = job["status"].clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        if status["startTime"].is_null() {
+            status["startTime"] = json!(stamp);
+        }
+        let deadline_passed = job["spec"]["activeDeadlineSeconds"]
+            .as_i64()
+            .and_then(|ads| after(text(&status, &["startTime"]), ads))
+            .is_some_and(|deadline| deadline <= now);
+        let finish = |status: &mut Value, type_: &str, reason: &str, message: &str| {
+            let target = if type_ == "Complete" {
+                "SuccessCriteriaMet"
+            } else {
+                "FailureTarget"
+            };
+            status["conditions"] = json!([
+                {"type": target, "status": "True", "reason": reason, "message": message, "lastTransitionTime": stamp, "lastProbeTime": stamp},
+                {"type": type_, "status": "True", "reason": reason, "message": message, "lastTransitionTime": stamp, "lastProbeTime": stamp},
+            ]);
+        };
+        if succeeded >= 1 {
+            finish(
+                &mut status,
+                "Complete",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+            );
+            status["completionTime"] = json!(stamp);
+        } else if deadline_passed {
+            for pod in &active {
+                let _ = store.delete_own(pod);
+            }
+            finish(
+                &mut status,
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline",
+            );
+        } else if failed > backoff_limit {
+            finish(
+                &mut status,
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            );
+        } else if active.is_empty() {
+            let job_name = name(&job).to_owned();
+            let controller_uid = uid(&job).to_owned();
+            let pod = pod_from_template(
+                &job,
+                &job["spec"]["template"],
+                None,
+                &[
+                    ("batch.kubernetes.io/job-name", &job_name),
+                    ("job-name", &job_name),
+                    ("batch.kubernetes.io/controller-uid", &controller_uid),
+                ],
+            );
+            let _ = store.create_own("v1", "Pod", pod);
+        }
+        let finished = !status["conditions"].is_null();
+        status["active"] = json!(if finished { 0 } else { active.len() });
+        status["succeeded"] = json!(succeeded);
+        status["failed"] = json!(failed);
+        let mut next = job.clone();
+        next["status"] = status;
+        let _ = store.write_own(next, true);
+    }
+}
+
+fn affinity_allows(pod: &Value, node: &Value) -> bool {
+    let labels = labels_of(node);
+    let selector_ok = pod["spec"]["nodeSelector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+    let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let requirement_ok = |r: &Value, actual: Option<&str>| {
+        let values: Vec<&str> = r["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let number = |s: &str| s.parse::<i64>().ok();
+        match r["operator"].as_str().unwrap_or_default() {
+            "In" => actual.is_some_and(|a| values.contains(&a)),
+            "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
+            "Exists" => actual.is_some(),
+            "DoesNotExist" => actual.is_none(),
+            "Gt" => actual
+                .and_then(number)
+                .zip(values.first().and_then(|v| number(v)))
+                .is_some_and(|(a, v)| a > v),
+            "Lt" => actual
+                .and_then(number)
+                .zip(values.first().and_then(|v| number(v)))
+                .is_some_and(|(a, v)| a < v),
+            _ => false,
+        }
+    };
+    let affinity_ok = match terms.as_array() {
+        None => true,
+        Some(terms) => terms.iter().any(|term| {
+            term["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|r| {
+                    requirement_ok(
+                        r,
+                        labels
+                            .get(r["key"].as_str().unwrap_or_default())
+                            .map(String::as_str),
+                    )
+                })
+                && term["matchFields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .all(|r| r["key"] == "metadata.name" && requirement_ok(r, Some(name(node))))
+        }),
+    };
+    selector_ok && affinity_ok
+}
+
+fn schedule(store: &mut Store, state: &mut State, now: Timestamp) {
+    let nodes = store.all("nodes");
+    let pods = store.all("pods");
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| !terminal(p)) {
+        *load
+            .entry(text(pod, &["spec", "nodeName"]).to_owned())
+            .or_default() += 1;
+    }
+    for pod in pods
+        .iter()
+        .filter(|p| text(p, &["spec", "nodeName"]).is_empty() && !deleting(p) && !terminal(p))
+    {
+        let tolerations = &pod["spec"]["tolerations"];
+        let feasible = nodes
+            .iter()
+            .filter(|n| {
+                let unschedulable = n["spec"]["unschedulable"].as_bool() == Some(true);
+                (node_ready(n)
+                    || tolerates(
+                        tolerations,
+                        "node.kubernetes.io/not-ready",
+                        "",
+                        "NoSchedule",
+                    ))
+                    && (!unschedulable
+                        || tolerates(
+                            tolerations,
+                            "node.kubernetes.io/unschedulable",
+                            "",
+                            "NoSchedule",
+                        ))
+                    && taints_tolerated(n, tolerations)
+                    && affinity_allows(pod, n)
+            })
+            .min_by_key(|n| (load.get(name(n)).copied().unwrap_or(0), name(n).to_owned()));
+        let mut next = pod.clone();
+        match feasible {
+            Some(node) => {
+                let node_name = name(node).to_owned();
+                *load.entry(node_name.clone()).or_default() += 1;
+                next["spec"]["nodeName"] = json!(node_name);
+                if store.write_own(next, false).is_ok() {
+                    state.placements.push(Placement {
+                        namespace: namespace(pod).to_owned(),
+                        pod: name(pod).to_owned(),
+                        node: node_name,
+                        labels: labels_of(pod),
+                        upgrades_node: upgrade_env(pod).map(|(node, _)| node),
+                        at: now,
+                    });
+                }
+            }
+            None => {
+                next["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                    "message": format!("0/{} nodes are available: no node is Ready, schedulable, tolerated and allowed by the Pod's node selector and affinity", nodes.len())}]);
+                let _ = store.write_own(next, true);
+            }
+        }
+    }
+}
+
+/// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod.
+fn upgrade_env(pod: &Value) -> Option<(String, String)> {
+    let env = pod["spec"]["containers"][0]["env"].as_array()?;
+    let value = |key: &str| {
+        env.iter()
+            .find(|e| e["name"] == key)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    };
+    Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
+}
+
+fn pod_status(
+    pod: &Value,
+    phase: &str,
+    exit_code: Option<i64>,
+    node: &Value,
+    stamp: &str,
+) -> Value {
+    let ready = phase == "Running";
+    let state = match exit_code {
+        None => json!({"running": {"startedAt": stamp}}),
+        Some(code) => {
+            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "finishedAt": stamp}})
+        }
+    };
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c["name"], "image": c["image"], "ready": ready, "started": ready, "restartCount": 0, "state": state}))
+        .collect();
+    let host_ip = node["status"]["addresses"][0]["address"].clone();
+    json!({
+        "phase": phase, "hostIP": host_ip, "podIP": format!("10.244.{}.{}", name(node).len() % 250, uid(pod).len() % 250),
+        "startTime": pod["status"]["startTime"].as_str().unwrap_or(stamp),
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+            {"type": "Ready", "status": if ready { "True" } else { "False" }},
+        ],
+        "containerStatuses": containers,
+    })
+}
+
+fn finish_pod(store: &mut Store, namespace: &str, pod: &str, succeeded: bool, stamp: &str) {
+    let Some(pods) = store.type_by_id("pods") else {
+        return;
+    };
+    let Ok(object) = store.get(&pods, namespace, pod) else {
+        return;
+    };
+    let node = store
+        .type_by_id("nodes")
+        .and_then(|nodes| {
+            store
+                .get(&nodes, "", text(&object, &["spec", "nodeName"]))
+                .ok()
+        })
+        .unwrap_or(Value::Null);
+    let mut next = object.clone();
+    let phase = if succeeded { "Succeeded" } else { "Failed" };
+    next["status"] = pod_status(
+        &object,
+        phase,
+        Some(if succeeded { 0 } else { 1 }),
+        &node,
+        stamp,
+    );
+    let _ = store.write_own(next, true);
+}
+
+fn update_node(store: &mut Store, node: &str, change: impl FnOnce(&mut Value)) {
+    let Some(nodes) = store.type_by_id("nodes") else {
+        return;
+    };
+    let Ok(mut object) = store.get(&nodes, "", node) else {
+        return;
+    };
+    change(&mut object);
+    let _ = store.write_own(object, true);
+}
+
+fn kubelets(store: &mut Store, state: &mut State, now: Timestamp) {
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    let nodes: BTreeMap<String, Value> = store
+        .all("nodes")
+        .into_iter()
+        .map(|n| (name(&n).to_owned(), n))
+        .collect();
+    for pod in store.all("pods") {
+        let node_name = text(&pod, &["spec", "nodeName"]);
+        let Some(node) = nodes.get(node_name) else {
+            continue;
+        };
+        if deleting(&pod) || !matches!(phase(&pod), "" | "Pending") || !node_ready(node) {
+            continue;
+        }
+        let start_at = *state
+            .starting
+            .entry(uid(&pod).to_owned())
+            .or_insert_with(|| {
+                now.saturating_add(
+                    SignedDuration::try_from(state.behaviour.pod_start_time).unwrap_or_default(),
+                )
+                .unwrap_or(now)
+            });
+        if start_at > now {
+            continue;
+        }
+        state.starting.remove(uid(&pod));
+        let mut next = pod.clone();
+        next["status"] = pod_status(&pod, "Running", None, node, &stamp);
+        if store.write_own(next, true).is_err() {
+            continue;
+        }
+        if let Some((target_node, version)) = upgrade_env(&pod) {
+            let at = now
+                .saturating_add(
+                    SignedDuration::try_from(state.behaviour.upgrade_time).unwrap_or_default(),
+                )
+                .unwrap_or(now);
+            state.timers.push((
+                at,
+                Timer::Restart {
+                    namespace: namespace(&pod).to_owned(),
+                    pod: name(&pod).to_owned(),
+                    node: target_node,
+                    version,
+                },
+            ));
+        }
+    }
+}
+
+fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.timers)
+        .into_iter()
+        .partition(|(at, _)| *at <= now);
+    state.timers = later;
+    for (_, timer) in due {
+        match timer {
+            Timer::Restart {
+                namespace,
+                pod,
+                node,
+                version,
+            } => {
+                if let Some(left) = state.failing_jobs.get_mut(&node).filter(|left| **left > 0) {
+                    *left -= 1;
+                    finish_pod(store, &namespace, &pod, false, &stamp);
+                    continue;
+                }
+                update_node(store, &node, |n| set_node_ready(n, false, &stamp));
+                let at = now
+                    .saturating_add(
+                        SignedDuration::try_from(state.behaviour.restart_time).unwrap_or_default(),
+                    )
+                    .unwrap_or(now);
+                state.timers.push((
+                    at,
+                    Timer::Rejoin {
+                        namespace,
+                        pod,
+                        node,
+                        version,
+                    },
+                ));
+            }
+            Timer::Rejoin {
+                namespace,
+                pod,
+                node,
+                version,
+            } => {
+                let returns = !state.never_return.contains(&node);
+                let kubelet = if version.starts_with('v') {
+                    version
+                } else {
+                    format!("v{version}")
+                };
+                update_node(store, &node, |n| {
+                    n["status"]["nodeInfo"]["kubeletVersion"] = json!(kubelet);
+                    if returns {
+                        set_node_ready(n, true, &stamp);
+                    }
+                });
+                finish_pod(store, &namespace, &pod, true, &stamp);
+            }
+        }
+    }
+}
+
+fn int_or_percent(value: &Value, total: usize, round_up: bool) -> Option<usize> {
+    if let Some(n) = value.as_u64() {
+        return Some(n as usize);
+    }
+    let percent: usize = value.as_str()?.strip_suffix('%')?.parse().ok()?;
+    let scaled = total * percent;
+    Some(if round_up {
+        scaled.div_ceil(100)
+    } else {
+        scaled / 100
+    })
+}
+
+fn disruption_budgets(store: &mut Store) {
+    let pods = store.all("pods");
+    for pdb in store.all("poddisruptionbudgets.policy") {
+        let covered: Vec<&Value> = pods
+            .iter()
+            .filter(|p| namespace(p) == namespace(&pdb) && !deleting(p) && !terminal(p))
+            .filter(|p| label_selector_matches(&pdb["spec"]["selector"], &labels_of(p)))
+            .collect();
+        let expected = covered.len();
+        let healthy = covered.iter().filter(|p| phase(p) == "Running").count();
+        let spec = &pdb["spec"];
+        let desired = if !spec["minAvailable"].is_null() {
+            int_or_percent(&spec["minAvailable"], expected, true).unwrap_or(expected)
+        } else {
+            expected.saturating_sub(
+                int_or_percent(&spec["maxUnavailable"], expected, true).unwrap_or(0),
+            )
+        };
+        let allowed = healthy.saturating_sub(desired);
+        let mut next = pdb.clone();
+        next["status"] = json!({
+            "observedGeneration": pdb["metadata"]["generation"], "expectedPods": expected,
+            "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
+            "conditions": [{"type": "DisruptionAllowed", "status": if allowed > 0 { "True" } else { "False" },
+                "reason": if allowed > 0 { "SufficientPods" } else { "InsufficientPods" }}],
+        });
+        let _ = store.write_own(next, true);
+    }
+}
+
+/// Whether a node's taints and `spec.unschedulable` let `pod` be scheduled there: exposed
+/// for tests that check placements against the nodes' state.
+pub fn could_schedule(pod: &Value, node: &Value) -> bool {
+    taints_tolerated(node, &pod["spec"]["tolerations"]) && affinity_allows(pod, node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_affinity_on_names_and_taints() {
+        let node = json!({"metadata": {"name": "cp-1", "labels": {"zone": "a"}},
+            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}});
+        let mut pod = json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["w-1"]}]}]}}}}});
+        assert!(affinity_allows(&pod, &node));
+        assert!(
+            !could_schedule(&pod, &node),
+            "control-plane taint not tolerated"
+        );
+        pod["spec"]["tolerations"] = json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]);
+        assert!(could_schedule(&pod, &node));
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"][0]["values"] = json!(["cp-1"]);
+        assert!(!could_schedule(&pod, &node));
+        pod["spec"]["nodeSelector"] = json!({"zone": "b"});
+        assert!(!affinity_allows(&pod, &node));
+    }
+
+    #[test]
+    fn percentages_round_like_the_disruption_controller() {
+        assert_eq!(int_or_percent(&json!("50%"), 3, true), Some(2));
+        assert_eq!(int_or_percent(&json!(1), 3, true), Some(1));
+        assert_eq!(int_or_percent(&json!("x"), 3, true), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! A running simulated cluster: the API server on a local port, its seed content, and the
+//! controllers and kubelets that make it behave like a cluster.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::controllers::{self, Behaviour, Placement};
+use crate::seed;
+use crate::server::{self, Faults, Shared};
+use crate::store::{DEFAULT_HISTORY, Store};
+
+/// How to build a simulated cluster.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Control-plane nodes.
+    pub control_planes: usize,
+    /// Worker nodes.
+    pub workers: usize,
+    /// Kubernetes version every node and the API server start at, such as `v1.34.2`.
+    pub version: String,
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The cluster's clock.
+    pub clock: Clock,
+    /// Watch events kept for resuming watches (older ones get 410 Gone).
+    pub history: usize,
+    /// Seed of injected random faults, printed by tests so a failure can be replayed.
+    pub seed: u64,
+    /// How often watches that allow bookmarks receive one.
+    pub bookmark_interval: Duration,
+    /// Seed workloads (CoreDNS, kube-proxy, applications with PDBs, static pods).
+    pub workloads: bool,
+    /// How nodes and Jobs behave.
+    pub behaviour: Behaviour,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            control_planes: 1,
+            workers: 6,
+            version: "v1.34.2".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            clock: Clock::Real,
+            history: DEFAULT_HISTORY,
+            seed: 1,
+            bookmark_interval: Duration::from_secs(5),
+            workloads: true,
+            behaviour: Behaviour::default(),
+        }
+    }
+}
+
+/// Errors starting a simulated cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; choose another --listen address")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The version is not `vMAJOR.MINOR.PATCH`.
+    #[error("`{0}` is not a Kubernetes version such as 1.34.2")]
+    Version(String),
+    /// Seeding failed (a bug in the seed content).
+    #[error("cannot seed the cluster: {0}")]
+    Seed(String),
+    /// The kubeconfig could not be written.
+    #[error("cannot write the kubeconfig to {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running simulated cluster. Dropping it stops the server and the controllers.
+#[derive(Debug)]
+pub struct Sim {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    state: Arc<Mutex<controllers::State>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sim {
+    /// Starts the API server and the cluster's controllers.
+    pub async fn start(config: SimConfig) -> Result<Sim, SimError> {
+        let version =
+            normalise(&config.version).ok_or_else(|| SimError::Version(config.version.clone()))?;
+        let mut store = Store::new(config.clock.clone(), config.history);
+        seed::cluster(&mut store, &config, &version).map_err(|e| SimError::Seed(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            faults: Mutex::new(Faults::none(config.seed)),
+            version: Mutex::new(version),
+            bookmark_interval: config.bookmark_interval,
+        });
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SimError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let router = server::router(shared.clone());
+        let mut server_stop = stopped.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(%error, "simulated API server stopped");
+            }
+        });
+        let state = Arc::new(Mutex::new(controllers::State::new(
+            config.behaviour.clone(),
+        )));
+        let controllers = tokio::spawn(controllers::run(
+            shared.clone(),
+            state.clone(),
+            config.clock.clone(),
+            stopped,
+        ));
+        Ok(Sim {
+            addr,
+            shared,
+            state,
+            stop,
+            tasks: vec![server, controllers],
+        })
+    }
+
+    /// The API server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The API server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig that points kubectl or any client at this cluster.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: upchain-sim\n  cluster:\n    server: {}\n\
+             users:\n- name: upchain-sim\n  user: {{}}\ncontexts:\n- name: upchain-sim\n  context:\n    \
+             cluster: upchain-sim\n    user: upchain-sim\n    namespace: default\ncurrent-context: upchain-sim\n",
+            self.url()
+        )
+    }
+
+    /// Writes the kubeconfig to `path`.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        std::fs::write(path, self.kubeconfig()).map_err(|source| SimError::Kubeconfig {
+            path: path.display().to_string(),
+            source,
+        })
+    }
+
+    /// The objects, for tests that look at the cluster directly.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.shared.store()
+    }
+
+    /// Injected request faults, changeable while the cluster runs.
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        self.shared.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Node and Job behaviour and faults, changeable while the cluster runs.
+    pub fn behaviour(&self) -> MutexGuard<'_, controllers::State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where every Pod was scheduled, in order: the record invariant checks read.
+    pub fn placements(&self) -> Vec<Placement> {
+        self.behaviour().placements.clone()
+    }
+
+    /// Every object of a type (`nodes`, `pods`, `jobs.batch`, ...).
+    pub fn objects(&self, resource: &str) -> Vec<Value> {
+        self.store().all(resource)
+    }
+
+    /// Stops the server and the controllers.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// `1.34.2` or `v1.34.2` as `v1.34.2`.
+fn normalise(version: &str) -> Option<String> {
+    let numbers = version.strip_prefix('v').unwrap_or(version);
+    let parts: Vec<&str> = numbers.split('.').collect();
+    (parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())))
+    .then(|| format!("v{numbers}"))
+}

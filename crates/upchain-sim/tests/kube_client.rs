@@ -1,0 +1,456 @@
+//! Conformance of the simulated API server as kube-rs sees it.
+
+// Test helpers fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Client, Config};
+use serde_json::json;
+use upchain_api::K8sUpgrade;
+use upchain_sim::{Clock, Sim, SimConfig};
+
+async fn start(config: SimConfig) -> (Sim, Client) {
+    let sim = Sim::start(config).await.expect("sim starts");
+    let mut config = Config::new(sim.url().parse().expect("url"));
+    // Answers reach the test as the server sent them (kube-rs would retry 429s itself).
+    config.default_retry = false;
+    let client = Client::try_from(config).expect("client");
+    (sim, client)
+}
+
+fn bare() -> SimConfig {
+    SimConfig {
+        workloads: false,
+        ..SimConfig::default()
+    }
+}
+
+/// Waits (on the real clock, bounded) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..400 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crud_conflicts_and_selectors() {
+    let (_sim, client) = start(bare()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "a", "labels": {"app": "x"}}, "data": {"k": "v"}}),
+    )
+    .unwrap();
+    let created = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let err = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect_err("duplicate");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 409),
+        "{err}"
+    );
+
+    // A write carrying a stale resourceVersion is refused with 409.
+    let mut fresh = created.clone();
+    fresh.data = Some([("k".to_owned(), "w".to_owned())].into());
+    cms.replace("a", &PostParams::default(), &fresh)
+        .await
+        .expect("replace");
+    let err = cms
+        .replace("a", &PostParams::default(), &created)
+        .await
+        .expect_err("stale");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 409),
+        "{err}"
+    );
+
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"tier": "t"}}})),
+    )
+    .await
+    .expect("merge");
+    let listed = cms
+        .list(&ListParams::default().labels("app=x,tier in (t)"))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let listed = cms
+        .list(&ListParams::default().fields("metadata.name=b"))
+        .await
+        .expect("list");
+    assert!(listed.items.is_empty());
+    cms.delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let err = cms.get("a").await.expect_err("gone");
+    assert!(matches!(err, kube::Error::Api(ref e) if e.code == 404));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_resources_and_server_side_apply_on_status() {
+    let (_sim, client) = start(bare()).await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "k8supgrades.upchain.dev",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(upchain_api::crd()),
+    )
+    .await
+    .expect("crd applied");
+    let upgrades: Api<K8sUpgrade> = Api::all(client.clone());
+    let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": "u"}, "spec": {"targetVersion": "1.35.2"}});
+    upgrades
+        .patch("u", &PatchParams::apply("kubectl"), &Patch::Apply(&object))
+        .await
+        .expect("created by apply");
+    let status = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "status": {"phase": "Preflight", "progress": "0/3"}});
+    upgrades
+        .patch_status(
+            "u",
+            &PatchParams::apply("upchain").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("status applied");
+    // A spec write does not touch status; a status write does not touch spec or generation.
+    upgrades
+        .patch(
+            "u",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": true}, "status": {"phase": "Failed"}})),
+        )
+        .await
+        .expect("spec");
+    let got = upgrades.get("u").await.expect("get");
+    assert!(got.spec.paused);
+    assert_eq!(got.metadata.generation, Some(2));
+    let status = got.status.expect("status");
+    assert_eq!(status.phase, Some(upchain_api::Phase::Preflight));
+    assert_eq!(status.progress.as_deref(), Some("0/3"));
+    // Re-applying status without a field removes it: the manager no longer owns it.
+    let status = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "status": {"phase": "Workers"}});
+    upgrades
+        .patch_status(
+            "u",
+            &PatchParams::apply("upchain").force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .expect("status applied");
+    let status = upgrades
+        .get("u")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    assert_eq!(status.phase, Some(upchain_api::Phase::Workers));
+    assert_eq!(status.progress, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_respects_disruption_budgets() {
+    let (sim, client) = start(SimConfig::default()).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "apps");
+    eventually("web pods running", || {
+        let pods = pods.clone();
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await
+                .unwrap();
+            list.items.len() == 3
+                && list
+                    .items
+                    .iter()
+                    .all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        }
+    })
+    .await;
+    eventually("web PDB allows one disruption", || {
+        let sim = &sim;
+        async move {
+            sim.objects("poddisruptionbudgets.policy")
+                .iter()
+                .any(|p| p["metadata"]["name"] == "web" && p["status"]["disruptionsAllowed"] == 1)
+        }
+    })
+    .await;
+    let web: Vec<String> = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.metadata.name.unwrap())
+        .collect();
+    pods.evict(&web[0], &Default::default())
+        .await
+        .expect("first eviction fits the budget");
+    let web_budget = || {
+        sim.objects("poddisruptionbudgets.policy")
+            .into_iter()
+            .find(|p| p["metadata"]["name"] == "web")
+            .map(|p| p["status"]["disruptionsAllowed"].clone())
+    };
+    assert_eq!(
+        web_budget(),
+        Some(json!(0)),
+        "the eviction spent the budget"
+    );
+    let err = pods
+        .evict(&web[1], &Default::default())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 429 && e.message.contains("disruption budget web")),
+        "{err}"
+    );
+    // The Deployment replaces the evicted Pod; once it runs, the budget allows one again.
+    eventually("replacement running and budget restored", || async {
+        web_budget() == Some(json!(1))
+    })
+    .await;
+    pods.evict(&web[1], &Default::default())
+        .await
+        .expect("allowed again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jobs_run_pods_and_deleting_them_collects_the_pods() {
+    let (sim, client) = start(SimConfig::default()).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(json!({"metadata": {"name": "hello"}, "spec": {"backoffLimit": 0,
+        "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}})).unwrap();
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    eventually("job pod scheduled and running", || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels("job-name=hello"))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|p| {
+                    p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_some()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                })
+        }
+    })
+    .await;
+    assert!(
+        sim.placements()
+            .iter()
+            .any(|p| p.labels.get("job-name").map(String::as_str) == Some("hello"))
+    );
+    jobs.delete("hello", &DeleteParams::background())
+        .await
+        .expect("delete");
+    eventually("pods garbage-collected", || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels("job-name=hello"))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflectors_see_every_change_through_dropped_watches_and_410() {
+    let mut config = bare();
+    config.history = 16;
+    config.bookmark_interval = Duration::from_millis(200);
+    let (sim, client) = start(config).await;
+    sim.faults().drop_watches_after = Some(Duration::from_millis(300));
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = watcher(cms.clone(), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(async move {
+        futures_util::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            event.expect("the watcher recovers from every fault");
+        }
+    });
+    // More changes than the history keeps, across several dropped connections.
+    for i in 0..120 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+        if i % 3 == 0 {
+            cms.delete(&format!("c{}", i / 3), &DeleteParams::default())
+                .await
+                .expect("delete");
+        }
+        if i % 10 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let expected = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    eventually("the reflector matches the server", || {
+        let reader = reader.clone();
+        async move { reader.state().len() == expected }
+    })
+    .await;
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_errors_and_latency() {
+    let (sim, client) = start(bare()).await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    sim.faults()
+        .error_rate
+        .insert(upchain_sim::server::Verb::List, 1.0);
+    let err = nodes
+        .list(&ListParams::default())
+        .await
+        .expect_err("injected");
+    assert!(
+        matches!(err, kube::Error::Api(ref e) if e.code == 500),
+        "{err}"
+    );
+    sim.faults().error_rate.clear();
+    sim.faults()
+        .latency
+        .insert(upchain_sim::server::Verb::Get, Duration::from_millis(150));
+    let started = std::time::Instant::now();
+    nodes.get("cp-1").await.expect("get");
+    assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_upgrade_jobs_take_the_node_down_and_bring_it_back_at_the_target() {
+    let clock = Clock::virtual_at(jiff::Timestamp::from_second(1_800_000_000).unwrap());
+    let mut config = bare();
+    config.clock = clock.clone();
+    let (sim, client) = start(config).await;
+    sim.behaviour().failing_jobs.insert("worker-2".into(), 1);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let upgrade_job = |name: &str, node: &str| -> Job {
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": [node]}]}]}}},
+            "containers": [{"name": "upgrade", "image": "runner", "env": [
+                {"name": "NODE_NAME", "value": node}, {"name": "TARGET_VERSION", "value": "1.35.2"}]}]}}}}))
+        .unwrap()
+    };
+    jobs.create(&PostParams::default(), &upgrade_job("up-1", "worker-1"))
+        .await
+        .expect("job");
+    jobs.create(&PostParams::default(), &upgrade_job("up-2", "worker-2"))
+        .await
+        .expect("job");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_state = |name: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let node = nodes.get(name).await.unwrap();
+            let status = node.status.unwrap();
+            let ready = status
+                .conditions
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (ready, status.node_info.unwrap().kubelet_version)
+        }
+    };
+    eventually("upgrade pods scheduled", || {
+        let sim = &sim;
+        async move { sim.placements().len() == 2 }
+    })
+    .await;
+    clock.advance(Duration::from_secs(1));
+    eventually("upgrade pods running", || {
+        let sim = &sim;
+        async move {
+            sim.objects("pods")
+                .iter()
+                .all(|p| p["status"]["phase"] == "Running")
+        }
+    })
+    .await;
+    for placement in sim.placements() {
+        assert_ne!(
+            Some(&placement.node),
+            placement.upgrades_node.as_ref(),
+            "a Job ran on the node it upgrades"
+        );
+    }
+    clock.advance(Duration::from_secs(2));
+    eventually("worker-1 restarting", || async {
+        !node_state("worker-1").await.0
+    })
+    .await;
+    clock.advance(Duration::from_secs(2));
+    eventually("worker-1 back at the target", || async {
+        node_state("worker-1").await == (true, "v1.35.2".to_owned())
+    })
+    .await;
+    let job_condition = |name: &'static str| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.get(name)
+                .await
+                .unwrap()
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+                .map(|c| (c.type_.clone(), c.reason.clone().unwrap_or_default()))
+        }
+    };
+    eventually("up-1 complete", || async {
+        job_condition("up-1").await == Some(("Complete".into(), "CompletionsReached".into()))
+    })
+    .await;
+    eventually("up-2 failed", || async {
+        job_condition("up-2").await == Some(("Failed".into(), "BackoffLimitExceeded".into()))
+    })
+    .await;
+    assert_eq!(
+        node_state("worker-2").await,
+        (true, "v1.34.2".to_owned()),
+        "a failed Job leaves its node alone"
+    );
+}
