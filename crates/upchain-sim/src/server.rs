@@ -508,17 +508,33 @@ fn start_watch(
     let rt = target.rt.clone();
     let namespace = target.namespace.clone();
     let name = target.name.clone();
-    let matches = move |change: &Change| {
-        let meta = &change.object["metadata"];
-        change.resource == rt.id()
-            && namespace
-                .as_deref()
-                .is_none_or(|n| meta["namespace"].as_str() == Some(n))
+    let rt_id = rt.id();
+    let selected = move |object: &Value| {
+        let meta = &object["metadata"];
+        namespace
+            .as_deref()
+            .is_none_or(|n| meta["namespace"].as_str() == Some(n))
             && name
                 .as_deref()
                 .is_none_or(|n| meta["name"].as_str() == Some(n))
-            && labels.matches_labels(&change.object)
-            && fields.matches_fields(&change.object)
+            && labels.matches_labels(object)
+            && fields.matches_fields(object)
+    };
+    // What this watch sees of a change: a modification that moves an object out of (into)
+    // the selection is a DELETED (ADDED) event, as on a real server.
+    let event = move |change: &Change| -> Option<Bytes> {
+        if change.resource != rt_id {
+            return None;
+        }
+        let now = selected(&change.object);
+        let before = change.previous.as_ref().map(&selected);
+        let kind = match (change.kind, before, now) {
+            (ChangeType::Modified, Some(true), false) => "DELETED",
+            (ChangeType::Modified, Some(false), true) => "ADDED",
+            (kind, _, true) => kind.as_str(),
+            _ => return None,
+        };
+        Some(event_line(kind, &change.object))
     };
     let since = query
         .get("resourceVersion")
@@ -543,26 +559,20 @@ fn start_watch(
                         &Selector::default(),
                     )
                     .into_iter()
-                    .map(|object| Change {
-                        rv: current,
-                        resource: target.rt.id(),
-                        kind: ChangeType::Added,
-                        object,
+                    .filter_map(|object| {
+                        event(&Change {
+                            rv: current,
+                            resource: target.rt.id(),
+                            kind: ChangeType::Added,
+                            object,
+                            previous: None,
+                        })
                     })
-                    .filter(|c| matches(c))
-                    .map(|c| event_line("ADDED", &c.object))
                     .collect(),
                 false,
             ),
             Some(rv) => match store.history_since(rv) {
-                Ok(history) => (
-                    history
-                        .iter()
-                        .filter(|c| matches(c))
-                        .map(|c| event_line(c.kind.as_str(), &c.object))
-                        .collect(),
-                    false,
-                ),
+                Ok(history) => (history.iter().filter_map(|c| event(c)).collect(), false),
                 // As a real server does: an ERROR event carrying the 410 Status, then the end.
                 Err(gone) => (vec![event_line("ERROR", &gone.status())], true),
             },
@@ -605,7 +615,9 @@ fn start_watch(
                 change = live.recv() => match change {
                     Ok(change) => {
                         last_rv = change.rv;
-                        if matches(&change) && tx.send(Ok(event_line(change.kind.as_str(), &change.object))).await.is_err() {
+                        if let Some(line) = event(&change)
+                            && tx.send(Ok(line)).await.is_err()
+                        {
                             return;
                         }
                     }

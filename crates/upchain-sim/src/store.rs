@@ -47,8 +47,11 @@ pub struct Change {
     pub resource: String,
     /// What happened.
     pub kind: ChangeType,
-    /// The object after the change (before it, for a deletion).
+    /// The object after the change (its last state, for a deletion).
     pub object: Value,
+    /// For a modification, the object before it: a watch with a selector turns a change
+    /// that leaves (or enters) the selection into DELETED (or ADDED), as a real server does.
+    pub previous: Option<Value>,
 }
 
 /// An API error, with the HTTP status and reason a real server would send.
@@ -275,10 +278,11 @@ impl Store {
         self.rv += 1;
         let rv = self.rv;
         let objects = self.objects.entry(rt.id()).or_default();
+        let mut before = None;
         let object = match object {
             Some(mut object) => {
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                objects.insert(slot, object.clone());
+                before = objects.insert(slot, object.clone());
                 object
             }
             None => {
@@ -293,6 +297,7 @@ impl Store {
             resource: rt.id(),
             kind,
             object,
+            previous: before.filter(|_| kind == ChangeType::Modified),
         });
         self.history.push_back(change.clone());
         while self.history.len() > self.history_limit {

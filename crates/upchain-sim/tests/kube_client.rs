@@ -454,3 +454,45 @@ async fn node_upgrade_jobs_take_the_node_down_and_bring_it_back_at_the_target() 
         "a failed Job leaves its node alone"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn selector_watches_see_objects_leave_and_enter() {
+    let (_sim, client) = start(bare()).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "a", "labels": {"app": "x"}}})).unwrap();
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream = watcher(cms.clone(), watcher::Config::default().labels("app=x"))
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let task = tokio::spawn(async move {
+        futures_util::pin_mut!(stream);
+        while stream.next().await.is_some() {}
+    });
+    let selected = |want: usize| {
+        let reader = reader.clone();
+        async move { reader.state().len() == want }
+    };
+    eventually("selected", || selected(1)).await;
+    let relabel = |app: &'static str| {
+        let cms = cms.clone();
+        async move {
+            cms.patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"app": app}}})),
+            )
+            .await
+            .expect("relabel");
+        }
+    };
+    relabel("y").await;
+    eventually("left the selection", || selected(0)).await;
+    relabel("x").await;
+    eventually("back in the selection", || selected(1)).await;
+    task.abort();
+}
