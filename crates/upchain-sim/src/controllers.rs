@@ -608,6 +608,13 @@ fn upgrade_env(pod: &Value) -> Option<(String, String)> {
     Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
 }
 
+/// A stable, distinct address per Pod, derived from its uid.
+fn pod_ip(pod: &Value) -> String {
+    let serial =
+        u64::from_str_radix(uid(pod).rsplit('-').next().unwrap_or_default(), 16).unwrap_or(0);
+    format!("10.244.{}.{}", (serial / 250) % 250, serial % 250 + 1)
+}
+
 fn pod_status(
     pod: &Value,
     phase: &str,
@@ -630,7 +637,7 @@ fn pod_status(
         .collect();
     let host_ip = node["status"]["addresses"][0]["address"].clone();
     json!({
-        "phase": phase, "hostIP": host_ip, "podIP": format!("10.244.{}.{}", name(node).len() % 250, uid(pod).len() % 250),
+        "phase": phase, "hostIP": host_ip, "podIP": pod_ip(pod),
         "startTime": pod["status"]["startTime"].as_str().unwrap_or(stamp),
         "conditions": [
             {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},

@@ -11,6 +11,7 @@ pub mod selector;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod table;
 
 pub use clock::Clock;
 pub use sim::{Sim, SimConfig, SimError};

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::registry::ResourceType;
 use crate::selector::Selector;
 use crate::store::{ApiError, Change, ChangeType, PatchType, Propagation, Store};
+use crate::table;
 
 /// The request verbs faults can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -260,7 +261,34 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if verb == Verb::Watch {
         return start_watch(&shared, &target, &query);
     }
+    let wants_table = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"));
     match serve(&shared, &target, verb, &query, &headers, &body) {
+        Ok((code, value)) if wants_table && matches!(verb, Verb::Get | Verb::List) => {
+            let objects = match verb {
+                Verb::List => value["items"].as_array().cloned().unwrap_or_default(),
+                _ => vec![value],
+            };
+            let store = shared.store();
+            let crd_name = format!("{}.{}", target.rt.plural, target.rt.group);
+            let crd = store
+                .all("customresourcedefinitions.apiextensions.k8s.io")
+                .into_iter()
+                .find(|c| c["metadata"]["name"] == crd_name.as_str());
+            let now = store.clock().now();
+            json_response(
+                code,
+                &table::table(
+                    &target.rt,
+                    crd.as_ref(),
+                    &objects,
+                    store.resource_version(),
+                    now,
+                ),
+            )
+        }
         Ok((code, value)) => json_response(code, &value),
         Err(error) => error_response(&error),
     }
