@@ -628,6 +628,9 @@ impl Store {
         let namespace = if rt.namespaced { namespace } else { "" };
         let mut object = self.get(rt, namespace, name)?;
         let uid = meta(&object, "uid").to_owned();
+        if rt.id() == "namespaces" {
+            self.empty_namespace(name);
+        }
         if propagation == Propagation::Orphan {
             self.orphan_dependents(&uid);
         }
@@ -659,6 +662,24 @@ impl Store {
         }
         self.collect_garbage();
         Ok(object)
+    }
+
+    /// What the namespace controller does on deletion: everything in the namespace goes.
+    fn empty_namespace(&mut self, namespace: &str) {
+        let contents: Vec<(ResourceType, Slot)> = self
+            .objects
+            .iter()
+            .flat_map(|(id, objects)| {
+                objects
+                    .keys()
+                    .filter(|(ns, _)| ns == namespace)
+                    .map(move |slot| (id, slot.clone()))
+            })
+            .filter_map(|(id, slot)| self.type_by_id(id).map(|rt| (rt, slot)))
+            .collect();
+        for (rt, (ns, name)) in contents {
+            let _ = self.delete(&rt, &ns, &name, Propagation::Background);
+        }
     }
 
     fn has_dependents(&self, uid: &str) -> bool {

@@ -496,3 +496,171 @@ async fn selector_watches_see_objects_leave_and_enter() {
     eventually("back in the selection", || selected(1)).await;
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn raw_watches_get_bookmarks_and_410_for_a_too_old_version() {
+    use kube::api::{WatchEvent, WatchParams};
+    let mut config = bare();
+    config.history = 4;
+    config.bookmark_interval = Duration::from_millis(100);
+    let (_sim, client) = start(config).await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let start_rv = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    for i in 0..10 {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap();
+        cms.create(&PostParams::default(), &cm)
+            .await
+            .expect("create");
+    }
+    let mut old = cms
+        .watch(&WatchParams::default(), &start_rv)
+        .await
+        .expect("watch")
+        .boxed();
+    match old.next().await.expect("an event").expect("decodes") {
+        WatchEvent::Error(e) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+    let now_rv = cms
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut fresh = cms
+        .watch(&WatchParams::default().timeout(5), &now_rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "late"}})).unwrap();
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let mut saw_added = false;
+    let mut saw_bookmark = false;
+    while !(saw_added && saw_bookmark) {
+        match tokio::time::timeout(Duration::from_secs(5), fresh.next())
+            .await
+            .expect("events flow")
+            .expect("open")
+            .expect("decodes")
+        {
+            WatchEvent::Added(cm) => saw_added |= cm.metadata.name.as_deref() == Some("late"),
+            WatchEvent::Bookmark(_) => saw_bookmark = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deletion_propagation_finalizers_and_patch_types() {
+    let (_sim, client) = start(bare()).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(
+        json!({"metadata": {"name": "owner"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}),
+    )
+    .unwrap();
+    let owner_of = |job: &Job| json!([{"apiVersion": "batch/v1", "kind": "Job", "name": "owner", "uid": job.metadata.uid.clone().unwrap()}]);
+    // Orphan: dependents stay and lose the reference.
+    let owner = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("job");
+    let child: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "child", "ownerReferences": owner_of(&owner)}}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &child)
+        .await
+        .expect("child");
+    jobs.delete("owner", &DeleteParams::orphan())
+        .await
+        .expect("orphan delete");
+    let kept = cms.get("child").await.expect("child kept");
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+    cms.delete("child", &DeleteParams::default())
+        .await
+        .expect("cleanup");
+
+    // Foreground: the owner waits, marked, until its dependents are gone; a finalizer on a
+    // dependent holds both.
+    let owner = jobs
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("job");
+    let child: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "child", "finalizers": ["example.com/hold"], "ownerReferences": owner_of(&owner)}})).unwrap();
+    cms.create(&PostParams::default(), &child)
+        .await
+        .expect("child");
+    jobs.delete("owner", &DeleteParams::foreground())
+        .await
+        .expect("foreground delete");
+    let marked = jobs.get("owner").await.expect("owner waits");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert!(
+        cms.get("child")
+            .await
+            .expect("child held")
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+    // JSON patch removes the finalizer; both go.
+    cms.patch(
+        "child",
+        &PatchParams::default(),
+        &Patch::<()>::Json(
+            serde_json::from_value(json!([
+                {"op": "test", "path": "/metadata/finalizers/0", "value": "example.com/hold"},
+                {"op": "remove", "path": "/metadata/finalizers"}
+            ]))
+            .unwrap(),
+        ),
+    )
+    .await
+    .expect("json patch");
+    assert!(matches!(cms.get("child").await, Err(kube::Error::Api(ref e)) if e.code == 404));
+    assert!(matches!(jobs.get("owner").await, Err(kube::Error::Api(ref e)) if e.code == 404));
+
+    // deletecollection with a selector; deleting a namespace empties it.
+    for name in ["a", "b", "c"] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"batch": if name == "c" { "2" } else { "1" }}}})).unwrap();
+        cms.create(&PostParams::default(), &cm).await.expect("cm");
+    }
+    cms.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("batch=1"),
+    )
+    .await
+    .expect("deletecollection");
+    let left: Vec<String> = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert_eq!(left, ["c"]);
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .delete("default", &DeleteParams::default())
+        .await
+        .expect("namespace delete");
+    assert!(matches!(cms.get("c").await, Err(kube::Error::Api(ref e)) if e.code == 404));
+}
