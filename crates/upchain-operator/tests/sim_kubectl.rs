@@ -131,6 +131,38 @@ fn kubectl_lists_applies_drains_and_deletes() {
         "jsonpath={.spec.targetVersion}",
     ]);
     assert_eq!(got, "1.35.2");
+    // Schema defaults are applied at admission, as a real API server does.
+    assert_eq!(
+        sim.ok(&["get", "k8su", "to-1-35", "-o", "jsonpath={.spec.soak}"]),
+        "300s"
+    );
+    // A malformed target is refused with the CRD's own message, and nothing is stored.
+    let bad = tempfile::NamedTempFile::new().expect("file");
+    std::fs::write(
+        bad.path(),
+        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: bad\nspec:\n  targetVersion: \"1.35\"\n",
+    )
+    .expect("write");
+    let (accepted, refusal) =
+        sim.kubectl(&["apply", "--server-side", "-f", bad.path().to_str().unwrap()]);
+    assert!(
+        !accepted && refusal.contains("targetVersion must be MAJOR.MINOR.PATCH"),
+        "{refusal}"
+    );
+    assert!(!sim.kubectl(&["get", "k8su", "bad"]).0);
+    // Server-side printing: the CRD's printer columns.
+    let table = sim.ok(&["get", "k8su"]);
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "TARGET", "PHASE", "PROGRESS", "NODE", "AGE"],
+        "{table}"
+    );
 
     // Drain: PDB-respecting evictions, DaemonSet Pods left alone.
     sim.until(
@@ -162,6 +194,11 @@ fn kubectl_lists_applies_drains_and_deletes() {
             "jsonpath={.spec.unschedulable}"
         ]),
         "true"
+    );
+    let row = sim.ok(&["get", "node", "worker-1", "--no-headers"]);
+    assert!(
+        row.contains("Ready,SchedulingDisabled") && row.contains("v1.34.2"),
+        "{row}"
     );
     let left = sim.ok(&[
         "get",

@@ -2,6 +2,7 @@
 //! kubectl) talk to over HTTP, for tests, benchmarks and `upchain demo`.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod clock;
 pub mod controllers;
 pub mod patch;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use crate::admission;
 use crate::clock::Clock;
 use crate::patch::{self, Ownership, PatchError};
 use crate::registry::{Registry, ResourceType};
@@ -314,6 +315,32 @@ impl Store {
         }
     }
 
+    /// Admission of a custom resource against its CRD's schema: defaults applied, OpenAPI
+    /// constraints and CEL rules checked. Built-in types pass through.
+    fn admit(
+        &self,
+        rt: &ResourceType,
+        object: Value,
+        old: Option<&Value>,
+    ) -> Result<Value, ApiError> {
+        let crd_name = format!("{}.{}", rt.plural, rt.group);
+        let crd = self
+            .objects
+            .get("customresourcedefinitions.apiextensions.k8s.io")
+            .and_then(|crds| crds.get(&(String::new(), crd_name)));
+        let Some(schema) = crd.and_then(|crd| admission::version_schema(crd, &rt.version)) else {
+            return Ok(object);
+        };
+        admission::admit(schema, &object, old).map_err(|errors| {
+            ApiError::Invalid(format!(
+                "{} \"{}\" is invalid: {}",
+                rt.kind,
+                meta(&object, "name"),
+                errors.join("; ")
+            ))
+        })
+    }
+
     /// Reads one object.
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
         self.objects
@@ -454,6 +481,7 @@ impl Store {
             }
             _ => {}
         }
+        let object = self.admit(rt, object, None)?;
         self.commit(
             rt,
             slot.clone(),
@@ -531,6 +559,7 @@ impl Store {
         {
             m.remove("status");
         }
+        let next = self.admit(rt, next, Some(&current))?;
         let slot = (namespace.to_owned(), name.to_owned());
         let deleting = !next["metadata"]["deletionTimestamp"].is_null();
         let finalizers_left = next["metadata"]["finalizers"]
