@@ -187,7 +187,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
 
     match segments.as_slice() {
         ["version"] => {
-            let version = shared.version.lock().map(|v| v.clone()).unwrap_or_default();
+            let version = api_server_version(&shared);
             let minor = version.split('.').nth(1).unwrap_or("0").to_owned();
             return json_response(
                 200,
@@ -292,6 +292,33 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok((code, value)) => json_response(code, &value),
         Err(error) => error_response(&error),
     }
+}
+
+/// The API server runs the newest version any control-plane node has been upgraded to
+/// (`kubeadm upgrade apply` upgrades it first); before any, the version it started at.
+fn api_server_version(shared: &Shared) -> String {
+    let numbers = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v
+            .trim_start_matches('v')
+            .split(['.', '-', '+'])
+            .map(|p| p.parse::<u64>().ok());
+        Some((parts.next()??, parts.next()??, parts.next()??))
+    };
+    let started = shared.version.lock().map(|v| v.clone()).unwrap_or_default();
+    shared
+        .store()
+        .all("nodes")
+        .iter()
+        .filter(|n| {
+            n["metadata"]["labels"]
+                .get(crate::seed::CONTROL_PLANE_LABEL)
+                .is_some()
+        })
+        .filter_map(|n| n["status"]["nodeInfo"]["kubeletVersion"].as_str())
+        .chain(std::iter::once(started.as_str()))
+        .filter_map(|v| numbers(v).map(|n| (n, v.to_owned())))
+        .max()
+        .map_or(started.clone(), |(_, v)| v)
 }
 
 fn discovery(shared: &Shared, group: &str, version: &str) -> Response {

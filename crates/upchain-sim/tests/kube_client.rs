@@ -303,22 +303,35 @@ async fn reflectors_see_every_change_through_dropped_watches_and_410() {
             event.expect("the watcher recovers from every fault");
         }
     });
-    // More changes than the history keeps, across several dropped connections.
-    for i in 0..120 {
+    // More changes than the history keeps, across many dropped connections. Set
+    // UPCHAIN_SIM_SOAK_SECONDS to keep the churn going for that long (docs/simulator.md).
+    let soak = std::env::var("UPCHAIN_SIM_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs);
+    let started = std::time::Instant::now();
+    let mut i: u32 = 0;
+    while i < 120 || soak.is_some_and(|s| started.elapsed() < s) {
         let cm: ConfigMap =
             serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}})).unwrap();
         cms.create(&PostParams::default(), &cm)
             .await
             .expect("create");
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             cms.delete(&format!("c{}", i / 3), &DeleteParams::default())
                 .await
                 .expect("delete");
         }
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        i += 1;
     }
+    eprintln!(
+        "{i} creates and {} deletes in {:?}",
+        i.div_ceil(3),
+        started.elapsed()
+    );
     let expected = cms
         .list(&ListParams::default())
         .await
@@ -663,4 +676,32 @@ async fn deletion_propagation_finalizers_and_patch_types() {
         .await
         .expect("namespace delete");
     assert!(matches!(cms.get("c").await, Err(kube::Error::Api(ref e)) if e.code == 404));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_version_follows_the_control_plane() {
+    let (_sim, client) = start(bare()).await;
+    assert_eq!(
+        client
+            .apiserver_version()
+            .await
+            .expect("version")
+            .git_version,
+        "v1.34.2"
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    // A worker at a newer version does not move it; an upgraded control-plane node does.
+    for (node, version) in [("worker-1", "v1.35.0"), ("cp-1", "v1.35.2")] {
+        nodes
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": version}}})),
+            )
+            .await
+            .expect("status");
+        let info = client.apiserver_version().await.expect("version");
+        let want = if node == "cp-1" { "v1.35.2" } else { "v1.34.2" };
+        assert_eq!(info.git_version, want);
+    }
 }
