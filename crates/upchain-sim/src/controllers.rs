@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::selector::{label_selector_matches, labels_of};
+use crate::selector::{label_selector_matches, labels_of, requirement_matches};
 use crate::server::Shared;
 use crate::store::Store;
 
@@ -485,30 +485,6 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
         .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
-    let requirement_ok = |r: &Value, actual: Option<&str>| {
-        let values: Vec<&str> = r["values"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let number = |s: &str| s.parse::<i64>().ok();
-        match r["operator"].as_str().unwrap_or_default() {
-            "In" => actual.is_some_and(|a| values.contains(&a)),
-            "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
-            "Exists" => actual.is_some(),
-            "DoesNotExist" => actual.is_none(),
-            "Gt" => actual
-                .and_then(number)
-                .zip(values.first().and_then(|v| number(v)))
-                .is_some_and(|(a, v)| a > v),
-            "Lt" => actual
-                .and_then(number)
-                .zip(values.first().and_then(|v| number(v)))
-                .is_some_and(|(a, v)| a < v),
-            _ => false,
-        }
-    };
     let affinity_ok = match terms.as_array() {
         None => true,
         Some(terms) => terms.iter().any(|term| {
@@ -517,7 +493,7 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
                 .into_iter()
                 .flatten()
                 .all(|r| {
-                    requirement_ok(
+                    requirement_matches(
                         r,
                         labels
                             .get(r["key"].as_str().unwrap_or_default())
@@ -528,7 +504,9 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .all(|r| r["key"] == "metadata.name" && requirement_ok(r, Some(name(node))))
+                    .all(|r| {
+                        r["key"] == "metadata.name" && requirement_matches(r, Some(name(node)))
+                    })
         }),
     };
     selector_ok && affinity_ok

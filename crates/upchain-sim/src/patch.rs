@@ -16,27 +16,6 @@ pub enum PatchError {
     Conflict(Vec<String>),
 }
 
-/// RFC 7386: objects merge recursively, null deletes, anything else replaces.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(target) = target else {
-        return;
-    };
-    for (key, value) in patch {
-        if value.is_null() {
-            target.remove(key);
-        } else {
-            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
-}
-
 /// The merge key of the lists strategic merge patch merges element by element.
 fn merge_key(field: &str) -> Option<&'static str> {
     match field {
@@ -55,10 +34,19 @@ fn merge_key(field: &str) -> Option<&'static str> {
     }
 }
 
+/// RFC 7386: objects merge recursively, null deletes, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    merge(target, patch, false);
+}
+
 /// Strategic merge patch for the fields clients use: like a merge patch, but the known
 /// keyed lists (containers, env, conditions, taints, ...) merge element by element, and an
 /// element with `"$patch": "delete"` is removed.
 pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
+    merge(target, patch, true);
+}
+
+fn merge(target: &mut Value, patch: &Value, strategic: bool) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -70,14 +58,15 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
         return;
     };
     for (key, value) in patch {
-        if key.starts_with("$setElementOrder/") || key.starts_with("$retainKeys") {
+        if strategic && (key.starts_with("$setElementOrder/") || key.starts_with("$retainKeys")) {
             continue;
         }
         if value.is_null() {
             target.remove(key);
             continue;
         }
-        match (merge_key(key), value, target.get_mut(key)) {
+        let keyed = merge_key(key).filter(|_| strategic);
+        match (keyed, value, target.get_mut(key)) {
             (Some(merge_key), Value::Array(items), Some(Value::Array(existing))) => {
                 for item in items {
                     let id = &item[merge_key];
@@ -87,13 +76,17 @@ pub fn strategic_merge_patch(target: &mut Value, patch: &Value) {
                         (Some(i), true) => {
                             existing.remove(i);
                         }
-                        (Some(i), false) => strategic_merge_patch(&mut existing[i], item),
+                        (Some(i), false) => merge(&mut existing[i], item, strategic),
                         (None, false) => existing.push(item.clone()),
                         (None, true) => {}
                     }
                 }
             }
-            _ => strategic_merge_patch(target.entry(key.clone()).or_insert(Value::Null), value),
+            _ => merge(
+                target.entry(key.clone()).or_insert(Value::Null),
+                value,
+                strategic,
+            ),
         }
     }
 }

@@ -122,6 +122,34 @@ impl Selector {
     }
 }
 
+/// Whether `actual` (a label's value, or None when absent) meets a selector requirement's
+/// operator and values: In, NotIn, Exists, DoesNotExist, and node affinity's Gt and Lt.
+/// An unknown operator matches nothing.
+pub fn requirement_matches(requirement: &Value, actual: Option<&str>) -> bool {
+    let values: Vec<&str> = requirement["values"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let number = |s: &str| s.parse::<i64>().ok();
+    let compare = |ordering: std::cmp::Ordering| {
+        actual
+            .and_then(number)
+            .zip(values.first().and_then(|v| number(v)))
+            .is_some_and(|(a, v)| a.cmp(&v) == ordering)
+    };
+    match requirement["operator"].as_str().unwrap_or_default() {
+        "In" => actual.is_some_and(|a| values.contains(&a)),
+        "NotIn" => actual.is_none_or(|a| !values.contains(&a)),
+        "Exists" => actual.is_some(),
+        "DoesNotExist" => actual.is_none(),
+        "Gt" => compare(std::cmp::Ordering::Greater),
+        "Lt" => compare(std::cmp::Ordering::Less),
+        _ => false,
+    }
+}
+
 /// Converts a `LabelSelector` object (matchLabels, matchExpressions) into a matcher on
 /// label maps. An invalid operator matches nothing.
 pub fn label_selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
@@ -135,21 +163,12 @@ pub fn label_selector_matches(selector: &Value, labels: &BTreeMap<String, String
         .into_iter()
         .flatten()
         .all(|e| {
-            let key = e["key"].as_str().unwrap_or_default();
-            let values: Vec<&str> = e["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let label = labels.get(key).map(String::as_str);
-            match e["operator"].as_str() {
-                Some("In") => label.is_some_and(|l| values.contains(&l)),
-                Some("NotIn") => label.is_none_or(|l| !values.contains(&l)),
-                Some("Exists") => label.is_some(),
-                Some("DoesNotExist") => label.is_none(),
-                _ => false,
-            }
+            requirement_matches(
+                e,
+                labels
+                    .get(e["key"].as_str().unwrap_or_default())
+                    .map(String::as_str),
+            )
         });
     match_labels_ok && expressions_ok
 }
