@@ -372,10 +372,16 @@ fn resolve(store: &Store, group: &str, version: &str, rest: &[&str]) -> Option<T
 }
 
 fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    let yaml = headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("yaml"));
+        .unwrap_or_default();
+    if content_type.contains("protobuf") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body's content type {content_type} is not supported: send JSON or YAML"
+        )));
+    }
+    let yaml = content_type.contains("yaml");
     if yaml {
         serde_yaml::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("the body is not valid YAML: {e}")))

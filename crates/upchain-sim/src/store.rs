@@ -95,6 +95,9 @@ pub enum ApiError {
     /// 405.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 415: protobuf bodies are not served; clients fall back to JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
 }
 
 impl ApiError {
@@ -109,6 +112,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => 429,
             ApiError::Internal(_) => 500,
             ApiError::MethodNotAllowed(_) => 405,
+            ApiError::UnsupportedMediaType(_) => 415,
         }
     }
 
@@ -124,6 +128,7 @@ impl ApiError {
             ApiError::TooManyRequests(_) => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
         }
     }
 
@@ -304,7 +309,17 @@ impl Store {
         while self.history.len() > self.history_limit {
             self.history.pop_front();
         }
+        let mirrored = (rt.id() == "events.events.k8s.io").then(|| core_event(&change.object));
         let _ = self.changes.send(change);
+        // One object, two API views: events.k8s.io Events are also core v1 Events.
+        if let (Some(core), Some(events)) = (mirrored, self.type_by_id("events")) {
+            let slot = (
+                meta(&core, "namespace").to_owned(),
+                meta(&core, "name").to_owned(),
+            );
+            let next = (kind != ChangeType::Deleted).then_some(core.clone());
+            self.commit(&events, slot, next, kind, core);
+        }
         if rt.id() == "customresourcedefinitions.apiextensions.k8s.io" {
             let crds: Vec<Value> = self
                 .objects
@@ -904,6 +919,29 @@ impl Store {
         with_status["status"] = status;
         self.write(&rt, &namespace, &name, spec_written, with_status, true)
     }
+}
+
+/// An events.k8s.io/v1 Event as the core v1 API shows it.
+fn core_event(event: &Value) -> Value {
+    let first = event["deprecatedFirstTimestamp"]
+        .as_str()
+        .or(event["eventTime"].as_str())
+        .map(|t| t.chars().take(19).collect::<String>() + "Z");
+    let last = event["series"]["lastObservedTime"]
+        .as_str()
+        .or(event["deprecatedLastTimestamp"].as_str())
+        .or(event["eventTime"].as_str())
+        .map(|t| t.chars().take(19).collect::<String>() + "Z");
+    json!({
+        "apiVersion": "v1", "kind": "Event", "metadata": event["metadata"].clone(),
+        "involvedObject": event["regarding"].clone(), "related": event["related"].clone(),
+        "reason": event["reason"].clone(), "message": event["note"].clone(), "type": event["type"].clone(),
+        "action": event["action"].clone(),
+        "source": {"component": event["reportingController"].clone()},
+        "reportingComponent": event["reportingController"].clone(), "reportingInstance": event["reportingInstance"].clone(),
+        "count": event["series"]["count"].as_i64().or(event["deprecatedCount"].as_i64()).unwrap_or(1),
+        "firstTimestamp": first, "lastTimestamp": last, "eventTime": event["eventTime"].clone(),
+    })
 }
 
 fn strip_nulls_in_metadata(object: &mut Value) {
