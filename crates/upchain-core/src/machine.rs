@@ -86,6 +86,8 @@ pub struct Event {
     pub reason: &'static str,
     /// What happened, for a person.
     pub message: String,
+    /// The node it is about, if any: Events about different nodes are kept apart.
+    pub node: Option<String>,
 }
 
 /// What one reconcile decided: the next status, what to do, and when to look again.
@@ -192,6 +194,19 @@ impl Machine<'_> {
             warning,
             reason,
             message,
+            node: None,
+        });
+        if !self.actions.contains(&event) {
+            self.actions.push(event);
+        }
+    }
+
+    fn node_event(&mut self, warning: bool, reason: &'static str, node: &str, message: String) {
+        let event = Action::Event(Event {
+            warning,
+            reason,
+            message,
+            node: Some(node.to_owned()),
         });
         if !self.actions.contains(&event) {
             self.actions.push(event);
@@ -572,15 +587,14 @@ impl Machine<'_> {
             started.push(step.name.clone());
         }
         self.progressed();
-        self.event(
-            false,
-            "NodeStarted",
-            format!(
-                "cordoning and draining {} (target {})",
-                started.join(", "),
-                plan.target
-            ),
-        );
+        for node in &started {
+            self.node_event(
+                false,
+                "NodeStarted",
+                node,
+                format!("cordoning and draining {node} (target {})", plan.target),
+            );
+        }
     }
 
     fn postflight(&mut self) {
@@ -640,9 +654,10 @@ impl Machine<'_> {
             record.cordoned = false;
             record.finished_at = Some(Time(self.now));
             let name = record.name.clone();
-            return self.event(
+            return self.node_event(
                 true,
                 "NodeRemoved",
+                &name,
                 format!("node {name} left the cluster during its upgrade"),
             );
         };
@@ -662,9 +677,10 @@ impl Machine<'_> {
                 }
                 if node.ready && at_target && !node.unschedulable {
                     self.enter(index, NodeStep::Soaking, None);
-                    self.event(
+                    self.node_event(
                         false,
                         "NodeRejoined",
+                        &record.name,
                         format!("{} is Ready at {}", record.name, record.target_version),
                     );
                     return;
@@ -694,9 +710,10 @@ impl Machine<'_> {
                         NodeStep::Rejoining,
                         Some("left Ready while soaking".to_owned()),
                     );
-                    return self.event(
+                    return self.node_event(
                         true,
                         "NodeNotReady",
+                        &record.name,
                         format!("{} left Ready while soaking", record.name),
                     );
                 }
@@ -708,9 +725,10 @@ impl Machine<'_> {
                     record.finished_at = Some(Time(self.now));
                     self.enter(index, NodeStep::Done, None);
                     let name = self.status.nodes[index].name.clone();
-                    return self.event(
+                    return self.node_event(
                         false,
                         "NodeUpgraded",
+                        &name,
                         format!("{name} runs {}", node.kubelet_version),
                     );
                 }
@@ -733,7 +751,7 @@ impl Machine<'_> {
         let name = self.status.nodes[index].name.clone();
         self.enter(index, NodeStep::Failed, Some(message.clone()));
         self.status.nodes[index].finished_at = Some(Time(self.now));
-        self.event(true, "NodeFailed", format!("{name} {message}"));
+        self.node_event(true, "NodeFailed", &name, format!("{name} {message}"));
     }
 
     fn drain(&mut self, index: usize, cordoned: bool, batch: &[String]) {
@@ -795,9 +813,10 @@ impl Machine<'_> {
         let name = job_name(self.name(), &record.name, target, record.attempts);
         if record.job.as_deref() != Some(&name) {
             self.status.nodes[index].job = Some(name.clone());
-            self.event(
+            self.node_event(
                 false,
                 "JobCreated",
+                &record.name,
                 format!(
                     "upgrade Job {name} for {} (attempt {})",
                     record.name, record.attempts
@@ -832,9 +851,10 @@ impl Machine<'_> {
             Some(JobState::Running) => {}
             Some(JobState::Succeeded) => {
                 self.enter(index, NodeStep::Rejoining, None);
-                self.event(
+                self.node_event(
                     false,
                     "JobSucceeded",
+                    &record.name,
                     format!("upgrade Job {name} succeeded; uncordoning {}", record.name),
                 );
             }
@@ -845,9 +865,10 @@ impl Machine<'_> {
                 if failures < self.spec.runner.attempts {
                     self.status.nodes[index].attempts += 1;
                     self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
-                    self.event(
+                    self.node_event(
                         true,
                         "JobFailed",
+                        &record.name,
                         format!(
                             "{detail}; retrying ({} of {} attempts used)",
                             failures, self.spec.runner.attempts

@@ -40,6 +40,25 @@ pub enum Command {
     Plan(PlanArgs),
     /// Serve a simulated cluster that kubectl and other clients can talk to.
     Sim(SimArgs),
+    /// Run the controller against a cluster (a kubeconfig, or in-cluster configuration).
+    Run(RunArgs),
+}
+
+/// Arguments of `upchain run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kubeconfig to use; without it, KUBECONFIG, ~/.kube/config or the in-cluster
+    /// service account.
+    #[arg(long, env = "UPCHAIN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace of the operator's own Pod (set from the downward API in the chart).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// Name of the operator's own Pod, evicted last when its node is drained.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Arguments of `upchain sim`.

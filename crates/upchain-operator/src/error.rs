@@ -37,6 +37,11 @@ pub enum Error {
     /// The simulated cluster could not start.
     #[error("{0}")]
     Sim(upchain_sim::SimError),
+    /// No cluster could be reached with the given configuration.
+    #[error(
+        "cannot connect to the cluster: {0}; pass --kubeconfig or run in a Pod with a service account"
+    )]
+    Connect(String),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -50,7 +55,10 @@ impl Error {
     /// anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::ReadInput { .. } | Error::BadInput { .. } | Error::Refused(_) => 2,
+            Error::ReadInput { .. }
+            | Error::BadInput { .. }
+            | Error::Refused(_)
+            | Error::Connect(_) => 2,
             Error::Sim(
                 upchain_sim::SimError::Version(_) | upchain_sim::SimError::Listen { .. },
             ) => 2,

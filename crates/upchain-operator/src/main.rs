@@ -5,6 +5,7 @@ mod cli;
 mod error;
 mod nodes_file;
 mod plan_cmd;
+mod run_cmd;
 mod sim_cmd;
 
 use std::io::Write;
@@ -36,6 +37,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Plan(args) => plan_cmd::run(&args, &mut stdout),
         Command::Sim(args) => runtime()?.block_on(sim_cmd::run(&args)),
+        Command::Run(args) => runtime()?.block_on(run_cmd::run(&args)),
     }
 }
 

@@ -1,0 +1,451 @@
+//! The K8sUpgrade controller: observe the cluster, let the pure core decide, write the
+//! decision's status (server-side apply on /status), then carry out its actions.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+use upchain_api::{FIELD_MANAGER, FINALIZER, K8sUpgrade, NodeStep, UPGRADE_LABEL};
+use upchain_core::job::bounded_name;
+use upchain_core::{
+    Action, JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade, decide,
+    finalize,
+};
+
+/// Errors of one reconcile; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{action} failed: {source}; the reconcile is retried with backoff")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "api",
+        }
+    }
+}
+
+fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// What the controller needs to know about its own deployment.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The operator's own Pod (namespace/name), evicted last when its node is drained.
+    pub operator_pod: Option<String>,
+}
+
+struct Context {
+    client: Client,
+    recorder: Recorder,
+    settings: Settings,
+    upgrades: Store<K8sUpgrade>,
+    nodes: Store<Node>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // Nodes are cached pruned: images and managedFields are most of a Node's size.
+    let (nodes, writer) = reflector::store();
+    let node_stream = watcher(nodes_api.clone(), watcher::Config::default())
+        .default_backoff()
+        .modify(|node: &mut Node| {
+            node.metadata.managed_fields = None;
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+    let node_task = tokio::spawn(node_stream.for_each(|_| std::future::ready(())));
+
+    let controller = Controller::new(upgrades_api, watcher::Config::default());
+    let upgrades = controller.store();
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), Reporter::from("upchain")),
+        client: client.clone(),
+        settings,
+        upgrades: upgrades.clone(),
+        nodes,
+        failures: Mutex::new(HashMap::new()),
+    });
+    let jobs_api: Api<Job> = Api::all(client.clone());
+    controller
+        // Not `.owns()`: it names the owner with the Job's namespace, which for a
+        // cluster-scoped K8sUpgrade is a second identity of the same object, and the
+        // controller would then reconcile it twice at once.
+        .watches(
+            jobs_api,
+            watcher::Config::default().labels(UPGRADE_LABEL),
+            |job: Job| {
+                job.owner_references()
+                    .iter()
+                    .filter(|owner| owner.kind == "K8sUpgrade" && owner.controller == Some(true))
+                    .map(|owner| ObjectRef::<K8sUpgrade>::new(&owner.name))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches(nodes_api, watcher::Config::default(), move |_node: Node| {
+            // A node change can move every upgrade along; there is at most one running.
+            upgrades
+                .state()
+                .iter()
+                .map(|u| ObjectRef::from_obj(u.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            if let Err(error) = result {
+                warn!(%error, "reconcile failed");
+            }
+            std::future::ready(())
+        })
+        .await;
+    node_task.abort();
+}
+
+#[instrument(skip_all, fields(upgrade = %upgrade.name_any()))]
+async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    ctx.nodes.wait_until_ready().await.ok();
+    // Decide from the object as it is now, not as the watch cache last saw it: the cache
+    // can lag behind our own status write, and an older status would repeat transitions.
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    let Some(upgrade) = api
+        .get_opt(&upgrade.name_any())
+        .await
+        .map_err(kube_error("reading the K8sUpgrade"))?
+    else {
+        return Ok(Requeue::await_change());
+    };
+    let result = if upgrade.meta().deletion_timestamp.is_some() {
+        clean_up(&upgrade, &ctx).await
+    } else if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&upgrade, &ctx).await
+    } else {
+        // observe -> decide -> update_status -> apply
+        let observed = observe(&upgrade, &ctx).await?;
+        let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
+        if upgrade.status.as_ref() != Some(&decision.status) {
+            write_status(&upgrade, &decision.status, &ctx).await?;
+        }
+        carry_out(&upgrade, &decision.actions, &ctx).await?;
+        Ok(decision
+            .requeue
+            .map_or_else(Requeue::await_change, |after| {
+                Requeue::requeue(after.max(Duration::from_millis(50)))
+            }))
+    };
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&upgrade.name_any());
+    }
+    result
+}
+
+/// Exponential backoff per object with jitter: 1 s, 2 s, 4 s ... at most 5 minutes.
+fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let count = failures.entry(upgrade.name_any()).or_insert(0);
+    *count = count.saturating_add(1);
+    let base = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    let jitter = base.mul_f64(fastrand::f64() * 0.2);
+    warn!(upgrade = %upgrade.name_any(), category = error.category(), %error, retry_in = ?base + jitter, "reconcile failed");
+    Requeue::requeue(base + jitter)
+}
+
+async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error> {
+    let name = upgrade.name_any();
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
+    let selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&name]));
+    let jobs = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error("listing the upgrade's Jobs"))?
+        .items
+        .iter()
+        .map(observe_job)
+        .collect();
+    // Pods are read only for the nodes being drained, never cached cluster-wide.
+    let mut pods = std::collections::BTreeMap::new();
+    let pods_api: Api<Pod> = Api::all(ctx.client.clone());
+    for record in upgrade
+        .status
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .filter(|n| n.step == NodeStep::Draining)
+    {
+        let on_node = pods_api
+            .list(&ListParams::default().fields(&format!("spec.nodeName={}", record.name)))
+            .await
+            .map_err(kube_error(format!("listing the Pods on {}", record.name)))?;
+        pods.insert(
+            record.name.clone(),
+            on_node.items.iter().map(ObservedPod::from_pod).collect(),
+        );
+    }
+    Ok(Observed {
+        nodes: ctx
+            .nodes
+            .state()
+            .iter()
+            .map(|n| ObservedNode::from_node(n))
+            .collect(),
+        jobs,
+        pods,
+        others: ctx
+            .upgrades
+            .state()
+            .iter()
+            .filter(|u| u.name_any() != name)
+            .map(|u| OtherUpgrade::from_upgrade(u))
+            .collect(),
+        operator_pod: ctx.settings.operator_pod.clone(),
+    })
+}
+
+/// A Job judged by its Complete and Failed conditions, not by Pod counters.
+fn observe_job(job: &Job) -> ObservedJob {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let holds = |type_: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "True")
+    };
+    let state = if holds("Complete").is_some() {
+        JobState::Succeeded
+    } else if let Some(failed) = holds("Failed") {
+        JobState::Failed {
+            reason: failed.reason.clone().unwrap_or_default(),
+            message: failed.message.clone().unwrap_or_default(),
+        }
+    } else {
+        JobState::Running
+    };
+    ObservedJob {
+        name: job.name_any(),
+        state,
+    }
+}
+
+async fn write_status(
+    upgrade: &K8sUpgrade,
+    status: &upchain_api::K8sUpgradeStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    let patch =
+        json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "status": status});
+    api.patch_status(
+        &upgrade.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(kube_error("writing status"))?;
+    Ok(())
+}
+
+async fn set_unschedulable(ctx: &Context, node: &str, unschedulable: bool) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    let value = if unschedulable {
+        json!(true)
+    } else {
+        json!(null)
+    };
+    api.patch(
+        node,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"unschedulable": value}})),
+    )
+    .await
+    .map_err(kube_error(format!(
+        "{} {node}",
+        if unschedulable {
+            "cordoning"
+        } else {
+            "uncordoning"
+        }
+    )))?;
+    info!(node, unschedulable, "node schedulability set");
+    Ok(())
+}
+
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or(("default", key))
+}
+
+/// Carries out the decision's actions in order. A refused eviction (429: a budget allows no
+/// disruption now) is not an error: the drain rechecks on its own schedule.
+async fn carry_out(upgrade: &K8sUpgrade, actions: &[Action], ctx: &Context) -> Result<(), Error> {
+    for action in actions {
+        match action {
+            Action::Cordon { node } => set_unschedulable(ctx, node, true).await?,
+            Action::Uncordon { node } => set_unschedulable(ctx, node, false).await?,
+            Action::Evict {
+                pods,
+                grace_period_seconds,
+                ..
+            } => {
+                for key in pods {
+                    let (namespace, name) = split_key(key);
+                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+                    let params = EvictParams {
+                        delete_options: Some(DeleteParams {
+                            grace_period_seconds: grace_period_seconds
+                                .and_then(|g| u32::try_from(g).ok()),
+                            ..DeleteParams::default()
+                        }),
+                        ..EvictParams::default()
+                    };
+                    match api.evict(name, &params).await {
+                        Ok(_) => info!(pod = %key, "evicted"),
+                        Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {
+                            info!(pod = %key, code = e.code, "eviction not possible now")
+                        }
+                        Err(error) => return Err(kube_error(format!("evicting {key}"))(error)),
+                    }
+                }
+            }
+            Action::DeletePods { pods, .. } => {
+                for key in pods {
+                    let (namespace, name) = split_key(key);
+                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+                    match api.delete(name, &DeleteParams::default()).await {
+                        Ok(_) | Err(kube::Error::Api(_)) => {}
+                        Err(error) => return Err(kube_error(format!("deleting {key}"))(error)),
+                    }
+                }
+            }
+            Action::CreateJob(job) => {
+                let namespace = job.metadata.namespace.clone().unwrap_or_default();
+                let name = job.metadata.name.clone().unwrap_or_default();
+                let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
+                // Server-side apply creates the Job or adopts the one already there.
+                api.patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(job.as_ref()),
+                )
+                .await
+                .map_err(kube_error(format!("creating Job {namespace}/{name}")))?;
+            }
+            Action::Event(event) => publish(upgrade, event, ctx).await,
+        }
+    }
+    Ok(())
+}
+
+/// Events are best effort: a failure to record one is logged, never fatal.
+async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, ctx: &Context) {
+    info!(reason = event.reason, node = ?event.node, message = %event.message, "event");
+    let recorded = ctx
+        .recorder
+        .publish(
+            &KubeEvent {
+                type_: if event.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: event.reason.to_owned(),
+                note: Some(event.message.clone()),
+                action: event.reason.to_owned(),
+                // The node an Event is about keeps its own series: the recorder groups
+                // Events by reason and related object, not by message.
+                secondary: event.node.as_ref().map(|node| ObjectReference {
+                    api_version: Some("v1".to_owned()),
+                    kind: Some("Node".to_owned()),
+                    name: Some(node.clone()),
+                    ..ObjectReference::default()
+                }),
+            },
+            &upgrade.object_ref(&()),
+        )
+        .await;
+    if let Err(error) = recorded {
+        warn!(%error, reason = event.reason, "could not record an Event");
+    }
+}
+
+async fn add_finalizer(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error> {
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    let mut finalizers = upgrade.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": upgrade.resource_version()}});
+    api.patch(
+        &upgrade.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(kube_error("adding the finalizer"))?;
+    Ok(Requeue::await_change())
+}
+
+/// On deletion: running node Jobs finish, nodes upchain cordoned are uncordoned, then the
+/// finalizer goes.
+async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error> {
+    if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Requeue::await_change());
+    }
+    let observed = observe(upgrade, ctx).await?;
+    let finalization = finalize(upgrade, &observed);
+    carry_out(upgrade, &finalization.actions, ctx).await?;
+    if !finalization.is_done() {
+        info!(waiting_for = ?finalization.waiting_for_jobs, "deletion waits for running node Jobs");
+        return Ok(Requeue::requeue(Duration::from_secs(5)));
+    }
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    let finalizers: Vec<String> = upgrade
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": upgrade.resource_version()}});
+    api.patch(
+        &upgrade.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(kube_error("removing the finalizer"))?;
+    Ok(Requeue::await_change())
+}

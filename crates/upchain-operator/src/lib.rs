@@ -1,0 +1,5 @@
+//! The upchain operator as a library: the controller that the `upchain` binary runs, and
+//! that tests run in-process against the simulated cluster.
+#![forbid(unsafe_code)]
+
+pub mod controller;

@@ -1,0 +1,39 @@
+//! `upchain run`: the controller against a real (or simulated) cluster.
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use upchain_operator::controller::{self, Settings};
+
+use crate::cli::RunArgs;
+use crate::error::Error;
+use crate::sim_cmd::shutdown_signal;
+
+/// Connects and runs the controller until SIGINT or SIGTERM.
+pub async fn run(args: &RunArgs) -> Result<(), Error> {
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|e| Error::Connect(e.to_string()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Connect(e.to_string()))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?,
+    };
+    // A PodDisruptionBudget's 429 must come back to the drain, which rechecks on its own
+    // schedule, instead of holding a reconcile in the client's retry loop for minutes.
+    config.default_retry = false;
+    let client = Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))?;
+    let settings = Settings {
+        operator_pod: args
+            .pod_namespace
+            .as_ref()
+            .zip(args.pod_name.as_ref())
+            .map(|(namespace, name)| format!("{namespace}/{name}")),
+    };
+    eprintln!("upchain controller running; Ctrl-C stops it");
+    controller::run(client, settings, shutdown_signal()).await;
+    Ok(())
+}

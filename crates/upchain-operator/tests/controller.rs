@@ -1,0 +1,222 @@
+//! The controller, run in-process against the simulated cluster: what the cluster looks
+//! like afterwards, not which calls were made.
+
+// Test helpers fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use serde_json::json;
+use upchain_api::{K8sUpgrade, Phase};
+use upchain_operator::controller::{self, Settings};
+use upchain_sim::controllers::Behaviour;
+use upchain_sim::{Sim, SimConfig};
+
+struct Cluster {
+    sim: Sim,
+    client: Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn cluster(control_planes: usize, workers: usize) -> Cluster {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("upchain_operator=info")
+        .with_test_writer()
+        .try_init();
+    let sim = Sim::start(SimConfig {
+        control_planes,
+        workers,
+        behaviour: Behaviour {
+            upgrade_time: Duration::from_millis(300),
+            restart_time: Duration::from_millis(300),
+            pod_start_time: Duration::from_millis(100),
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    let mut config = Config::new(sim.url().parse().unwrap());
+    config.default_retry = false;
+    let client = Client::try_from(config).unwrap();
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "k8supgrades.upchain.dev",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(upchain_api::crd()),
+    )
+    .await
+    .expect("crd");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "upchain-system"}})).unwrap();
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("namespace");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(controller::run(
+        client.clone(),
+        Settings::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Cluster {
+        sim,
+        client,
+        stop: Some(stop),
+    }
+}
+
+async fn apply_upgrade(client: &Client, spec: serde_json::Value) {
+    let api: Api<K8sUpgrade> = Api::all(client.clone());
+    let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": "to-1-35"}, "spec": spec});
+    api.patch(
+        "to-1-35",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&object),
+    )
+    .await
+    .expect("upgrade applied");
+}
+
+/// Waits for a phase (bounded, on the real clock; the simulated steps take under a second).
+async fn wait_for_phase(cluster: &Cluster, want: Phase, within: Duration) -> K8sUpgrade {
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let upgrade = api.get("to-1-35").await.expect("get");
+        if upgrade.status.as_ref().and_then(|s| s.phase) == Some(want) {
+            return upgrade;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reached {want:?}: {:?}",
+            upgrade.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kubelet(node: &serde_json::Value) -> &str {
+    node["status"]["nodeInfo"]["kubeletVersion"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_every_node_through_drains_and_jobs() {
+    let cluster = cluster(1, 3).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let upgrade = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    let status = upgrade.status.expect("status");
+    assert_eq!(status.progress.as_deref(), Some("4/4"));
+    let order: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(order, ["cp-1", "worker-1", "worker-2", "worker-3"]);
+
+    for node in cluster.sim.objects("nodes") {
+        assert_eq!(kubelet(&node), "v1.35.2");
+        assert_ne!(
+            node["spec"]["unschedulable"], true,
+            "{} left cordoned",
+            node["metadata"]["name"]
+        );
+    }
+    // Invariant 1: no upgrade Pod ran on the node it upgrades.
+    let upgrade_pods: Vec<_> = cluster
+        .sim
+        .placements()
+        .into_iter()
+        .filter(|p| p.upgrades_node.is_some())
+        .collect();
+    assert_eq!(upgrade_pods.len(), 4, "one Job Pod per node, none repeated");
+    for placement in &upgrade_pods {
+        assert_ne!(Some(&placement.node), placement.upgrades_node.as_ref());
+    }
+    // Workloads were moved off, not lost: every Deployment is whole again.
+    for deployment in cluster.sim.objects("deployments.apps") {
+        assert_eq!(
+            deployment["status"]["readyReplicas"], deployment["spec"]["replicas"],
+            "{}",
+            deployment["metadata"]["name"]
+        );
+    }
+    // Each transition was said once.
+    let reasons: Vec<String> = cluster
+        .sim
+        .objects("events.events.k8s.io")
+        .iter()
+        .filter(|e| e["reason"] == "NodeUpgraded")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
+    // Two workers: with one, its Pods would have nowhere to go and the PDBs would hold
+    // the drain, as on a real cluster.
+    let cluster = cluster(1, 2).await;
+    cluster
+        .sim
+        .behaviour()
+        .failing_jobs
+        .insert("worker-1".into(), 1);
+    // A downgrade is refused before anything is touched.
+    apply_upgrade(&cluster.client, json!({"targetVersion": "1.34.1"})).await;
+    let refused = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(20)).await;
+    let ready = refused
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "VersionPolicy");
+    assert!(cluster.sim.objects("jobs.batch").is_empty());
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true)
+    );
+    // The corrected spec runs; worker-1's first Job fails and the second succeeds.
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let upgrade = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(60)).await;
+    let worker = upgrade
+        .status
+        .expect("status")
+        .nodes
+        .into_iter()
+        .find(|n| n.name == "worker-1")
+        .expect("record");
+    assert_eq!((worker.attempts, worker.failures), (2, 1));
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| kubelet(n) == "v1.35.2")
+    );
+}
