@@ -42,6 +42,40 @@ pub enum Command {
     Sim(SimArgs),
     /// Run the controller against a cluster (a kubeconfig, or in-cluster configuration).
     Run(RunArgs),
+    /// Upgrade the built-in simulated cluster end to end, showing each step as it happens.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `upchain demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Control-plane and worker nodes, as `CONTROL_PLANES+WORKERS`.
+    #[arg(long, default_value = "1+6", value_parser = parse_topology)]
+    pub nodes: (usize, usize),
+
+    /// Version the simulated nodes start at.
+    #[arg(long, default_value = "1.34.2")]
+    pub from: String,
+
+    /// Version to upgrade to.
+    #[arg(long, default_value = "1.35.2")]
+    pub target: String,
+
+    /// Seconds a node's upgrade Job runs, and seconds the node is then NotReady.
+    #[arg(long, default_value_t = 1)]
+    pub upgrade_seconds: u64,
+
+    /// Seconds each node must stay Ready at the target before the next starts.
+    #[arg(long, default_value_t = 2)]
+    pub soak_seconds: u64,
+
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_seconds: u64,
+
+    /// Nodes only: no workloads or PodDisruptionBudgets to drain around.
+    #[arg(long)]
+    pub bare: bool,
 }
 
 /// Arguments of `upchain run`.

@@ -42,6 +42,9 @@ pub enum Error {
         "cannot connect to the cluster: {0}; pass --kubeconfig or run in a Pod with a service account"
     )]
     Connect(String),
+    /// The demo did not finish its upgrade.
+    #[error("demo: {0}")]
+    Demo(String),
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
@@ -66,7 +69,8 @@ impl Error {
             | Error::JsonRender(_)
             | Error::Output(_)
             | Error::Sim(_)
-            | Error::Runtime(_) => 1,
+            | Error::Runtime(_)
+            | Error::Demo(_) => 1,
         }
     }
 }

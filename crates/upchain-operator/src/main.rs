@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod demo_cmd;
 mod error;
 mod nodes_file;
 mod plan_cmd;
@@ -38,6 +39,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Plan(args) => plan_cmd::run(&args, &mut stdout),
         Command::Sim(args) => runtime()?.block_on(sim_cmd::run(&args)),
         Command::Run(args) => runtime()?.block_on(run_cmd::run(&args)),
+        Command::Demo(args) => runtime()?.block_on(demo_cmd::run(&args, &mut stdout)),
     }
 }
 

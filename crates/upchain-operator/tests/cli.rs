@@ -244,3 +244,33 @@ fn crd_subcommand_prints_the_checked_in_crd() {
     .expect("crds/");
     assert_eq!(out.stdout, checked_in);
 }
+
+#[test]
+fn demo_upgrades_the_simulated_cluster_and_exits_0() {
+    let out = run(
+        &[
+            "demo",
+            "--nodes",
+            "1+2",
+            "--bare",
+            "--soak-seconds",
+            "0",
+            "--timeout-seconds",
+            "120",
+        ],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("Succeeded in"), "{}", out.stdout);
+    for node in ["cp-1", "worker-1", "worker-2"] {
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(node))
+            .expect("summary row");
+        assert!(
+            row.contains("v1.34.2") && row.contains("v1.35.2") && row.contains("Done"),
+            "{row}"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! `upchain demo`: a whole upgrade on the built-in simulated cluster, shown as it happens.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Config};
+use serde_json::json;
+use upchain_api::{FIELD_MANAGER, K8sUpgrade, K8sUpgradeStatus, Phase};
+use upchain_operator::controller::{self, Settings};
+use upchain_sim::controllers::Behaviour;
+use upchain_sim::{Sim, SimConfig};
+
+use crate::cli::DemoArgs;
+use crate::error::Error;
+
+const NAME: &str = "demo";
+
+fn demo_error(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |e| Error::Demo(format!("{what}: {e}"))
+}
+
+/// Runs the demo; Ok when every node reached the target.
+pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
+    let (control_planes, workers) = args.nodes;
+    let sim = Sim::start(SimConfig {
+        control_planes,
+        workers,
+        version: args.from.clone(),
+        workloads: !args.bare,
+        behaviour: Behaviour {
+            upgrade_time: Duration::from_secs(args.upgrade_seconds),
+            restart_time: Duration::from_secs(args.upgrade_seconds),
+            ..Behaviour::default()
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .map_err(Error::Sim)?;
+    let kubeconfig =
+        std::env::temp_dir().join(format!("upchain-demo-{}.kubeconfig", std::process::id()));
+    sim.write_kubeconfig(&kubeconfig).map_err(Error::Sim)?;
+    let write =
+        |out: &mut dyn Write, line: String| out.write_all(line.as_bytes()).map_err(Error::Output);
+    write(
+        out,
+        format!(
+            "Simulated cluster: {control_planes} control-plane + {workers} worker node(s) at {}, API at {}\n\
+             Follow along in another terminal: KUBECONFIG={} kubectl get k8su,nodes\n\n",
+            args.from,
+            sim.url(),
+            kubeconfig.display()
+        ),
+    )?;
+
+    let mut config = Config::new(
+        sim.url()
+            .parse()
+            .map_err(|e| Error::Demo(format!("simulator URL: {e}")))?,
+    );
+    config.default_retry = false;
+    let client = Client::try_from(config).map_err(demo_error("client"))?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "k8supgrades.upchain.dev",
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(upchain_api::crd()),
+    )
+    .await
+    .map_err(demo_error("applying the CRD"))?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "upchain-system"}});
+    namespaces
+        .patch(
+            "upchain-system",
+            &PatchParams::apply(FIELD_MANAGER),
+            &Patch::Apply(&namespace),
+        )
+        .await
+        .map_err(demo_error("creating the runner namespace"))?;
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run(
+        client.clone(),
+        Settings::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let upgrades: Api<K8sUpgrade> = Api::all(client.clone());
+    let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": NAME},
+        "spec": {"targetVersion": args.target, "soak": format!("{}s", args.soak_seconds)}});
+    upgrades
+        .patch(
+            NAME,
+            &PatchParams::apply("upchain-demo"),
+            &Patch::Apply(&object),
+        )
+        .await
+        .map_err(demo_error("applying the K8sUpgrade"))?;
+    write(
+        out,
+        format!(
+            "Applied K8sUpgrade {NAME}: target {}\n\n{:>7}  {:<12} {:<8} {:<12} STEP\n",
+            args.target, "TIME", "PHASE", "PROGRESS", "NODE"
+        ),
+    )?;
+
+    let started = Instant::now();
+    let mut last = String::new();
+    let status = loop {
+        let status = upgrades
+            .get(NAME)
+            .await
+            .map_err(demo_error("reading the K8sUpgrade"))?
+            .status
+            .unwrap_or_default();
+        let phase = status.phase.map_or("Pending", Phase::as_str);
+        let line = format!(
+            "{:<12} {:<8} {:<12} {}",
+            phase,
+            status.progress.as_deref().unwrap_or("-"),
+            status.current_node.as_deref().unwrap_or("-"),
+            status
+                .current_step
+                .map_or("-", upchain_api::NodeStep::as_str)
+        );
+        if line != last {
+            write(
+                out,
+                format!("{:>6.1}s  {line}\n", started.elapsed().as_secs_f64()),
+            )?;
+            last = line;
+        }
+        if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(args.timeout_seconds) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = stop.send(());
+    let _ = controller.await;
+    summary(out, &status, started.elapsed())?;
+    let _ = std::fs::remove_file(&kubeconfig);
+    sim.shutdown().await;
+    match status.phase {
+        Some(Phase::Succeeded) => Ok(()),
+        _ => Err(Error::Demo(
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map_or_else(
+                    || {
+                        format!(
+                            "the upgrade did not finish within {}s",
+                            args.timeout_seconds
+                        )
+                    },
+                    |c| c.message.clone(),
+                ),
+        )),
+    }
+}
+
+fn summary(out: &mut impl Write, status: &K8sUpgradeStatus, took: Duration) -> Result<(), Error> {
+    let mut text = format!(
+        "\n{:<14} {:<14} {:<9} {:<9} {:<9} TOOK\n",
+        "NODE", "ROLE", "BEFORE", "AFTER", "RESULT"
+    );
+    for node in &status.nodes {
+        let seconds = node
+            .finished_at
+            .as_ref()
+            .map(|end| end.0.duration_since(node.started_at.0).as_secs())
+            .map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+        text += &format!(
+            "{:<14} {:<14} {:<9} {:<9} {:<9} {seconds}\n",
+            node.name,
+            node.role.as_str(),
+            node.version_before,
+            node.version_after.as_deref().unwrap_or("-"),
+            node.step.as_str(),
+        );
+    }
+    let phase = status.phase.map_or("Pending", Phase::as_str);
+    text += &format!(
+        "\n{phase} in {:.1}s: {} node(s) upgraded.\n",
+        took.as_secs_f64(),
+        status.progress.as_deref().unwrap_or("0")
+    );
+    out.write_all(text.as_bytes()).map_err(Error::Output)
+}
