@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod drain;
 pub mod gates;
+pub mod gauges;
 pub mod job;
 pub mod machine;
 pub mod observe;

@@ -93,6 +93,10 @@ pub struct RunArgs {
     /// Name of the operator's own Pod, evicted last when its node is drained.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: std::net::SocketAddr,
 }
 
 /// Arguments of `upchain sim`.

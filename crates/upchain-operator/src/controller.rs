@@ -19,6 +19,8 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 use upchain_api::{FIELD_MANAGER, FINALIZER, K8sUpgrade, NodeStep, UPGRADE_LABEL};
 use upchain_core::job::bounded_name;
+
+use crate::metrics::Metrics;
 use upchain_core::{
     Action, JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade, decide,
     finalize,
@@ -65,12 +67,14 @@ struct Context {
     upgrades: Store<K8sUpgrade>,
     nodes: Store<Node>,
     failures: Mutex<HashMap<String, u32>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
@@ -98,6 +102,7 @@ pub async fn run(
         upgrades: upgrades.clone(),
         nodes,
         failures: Mutex::new(HashMap::new()),
+        metrics,
     });
     let jobs_api: Api<Job> = Api::all(client.clone());
     controller
@@ -137,7 +142,17 @@ pub async fn run(
 
 #[instrument(skip_all, fields(upgrade = %upgrade.name_any()))]
 async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(upgrade, &ctx).await;
+    let category = result.as_ref().err().map(Error::category);
+    ctx.metrics
+        .reconciled(started.elapsed().as_secs_f64(), category);
+    result
+}
+
+async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     ctx.nodes.wait_until_ready().await.ok();
+    ctx.metrics.set_ready();
     // Decide from the object as it is now, not as the watch cache last saw it: the cache
     // can lag behind our own status write, and an older status would repeat transitions.
     let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
@@ -146,20 +161,24 @@ async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeu
         .await
         .map_err(kube_error("reading the K8sUpgrade"))?
     else {
+        ctx.metrics.forget(&upgrade.name_any());
         return Ok(Requeue::await_change());
     };
     let result = if upgrade.meta().deletion_timestamp.is_some() {
-        clean_up(&upgrade, &ctx).await
+        clean_up(&upgrade, ctx).await
     } else if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(&upgrade, &ctx).await
+        add_finalizer(&upgrade, ctx).await
     } else {
         // observe -> decide -> update_status -> apply
-        let observed = observe(&upgrade, &ctx).await?;
+        let observed = observe(&upgrade, ctx).await?;
         let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
+        // Gauges first: whoever sees the new status also sees them.
+        ctx.metrics
+            .record_status(&upgrade.name_any(), &decision.status);
         if upgrade.status.as_ref() != Some(&decision.status) {
-            write_status(&upgrade, &decision.status, &ctx).await?;
+            write_status(&upgrade, &decision.status, ctx).await?;
         }
-        carry_out(&upgrade, &decision.actions, &ctx).await?;
+        carry_out(&upgrade, &decision.actions, ctx).await?;
         Ok(decision
             .requeue
             .map_or_else(Requeue::await_change, |after| {

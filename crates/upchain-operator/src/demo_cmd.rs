@@ -8,8 +8,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
+use std::sync::Arc;
 use upchain_api::{FIELD_MANAGER, K8sUpgrade, K8sUpgradeStatus, Phase};
+
 use upchain_operator::controller::{self, Settings};
+use upchain_operator::metrics::{self, Metrics};
 use upchain_sim::controllers::Behaviour;
 use upchain_sim::{Sim, SimConfig};
 
@@ -82,12 +85,25 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         .await
         .map_err(demo_error("creating the runner namespace"))?;
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut server_stop = stopped.clone();
+    let metrics_addr = metrics::serve(([127, 0, 0, 1], 0).into(), metrics.clone(), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(|e| Error::Demo(format!("serving metrics: {e}")))?;
+    write(
+        out,
+        format!("Operator metrics: curl -s http://{metrics_addr}/metrics | grep ^k8s_upgrade\n"),
+    )?;
+    let mut controller_stop = stopped.clone();
     let controller = tokio::spawn(controller::run(
         client.clone(),
         Settings::default(),
+        metrics,
         async move {
-            let _ = stopped.await;
+            let _ = controller_stop.wait_for(|s| *s).await;
         },
     ));
     let upgrades: Api<K8sUpgrade> = Api::all(client.clone());
@@ -143,7 +159,7 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let _ = stop.send(());
+    let _ = stop.send(true);
     let _ = controller.await;
     summary(out, &status, started.elapsed())?;
     let _ = std::fs::remove_file(&kubeconfig);

@@ -42,6 +42,14 @@ pub enum Error {
         "cannot connect to the cluster: {0}; pass --kubeconfig or run in a Pod with a service account"
     )]
     Connect(String),
+    /// The metrics address could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The demo did not finish its upgrade.
     #[error("demo: {0}")]
     Demo(String),
@@ -61,7 +69,8 @@ impl Error {
             Error::ReadInput { .. }
             | Error::BadInput { .. }
             | Error::Refused(_)
-            | Error::Connect(_) => 2,
+            | Error::Connect(_)
+            | Error::Listen { .. } => 2,
             Error::Sim(
                 upchain_sim::SimError::Version(_) | upchain_sim::SimError::Listen { .. },
             ) => 2,

@@ -2,7 +2,10 @@
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use std::sync::Arc;
+
 use upchain_operator::controller::{self, Settings};
+use upchain_operator::metrics::{self, Metrics};
 
 use crate::cli::RunArgs;
 use crate::error::Error;
@@ -33,7 +36,19 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
             .zip(args.pod_name.as_ref())
             .map(|(namespace, name)| format!("{namespace}/{name}")),
     };
-    eprintln!("upchain controller running; Ctrl-C stops it");
-    controller::run(client, settings, shutdown_signal()).await;
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut server_stop = stopped.clone();
+    let bound = metrics::serve(args.metrics_addr, metrics.clone(), async move {
+        let _ = server_stop.wait_for(|s| *s).await;
+    })
+    .await
+    .map_err(|source| Error::Listen {
+        addr: args.metrics_addr,
+        source,
+    })?;
+    eprintln!("upchain controller running; metrics on http://{bound}/metrics; Ctrl-C stops it");
+    controller::run(client, settings, metrics, shutdown_signal()).await;
+    let _ = stop.send(true);
     Ok(())
 }

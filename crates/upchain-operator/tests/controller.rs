@@ -19,6 +19,7 @@ use upchain_sim::{Sim, SimConfig};
 struct Cluster {
     sim: Sim,
     client: Client,
+    metrics: std::sync::Arc<upchain_operator::metrics::Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -66,9 +67,11 @@ async fn cluster(control_planes: usize, workers: usize) -> Cluster {
         .await
         .expect("namespace");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = std::sync::Arc::new(upchain_operator::metrics::Metrics::default());
     tokio::spawn(controller::run(
         client.clone(),
         Settings::default(),
+        metrics.clone(),
         async move {
             let _ = stopped.await;
         },
@@ -76,6 +79,7 @@ async fn cluster(control_planes: usize, workers: usize) -> Cluster {
     Cluster {
         sim,
         client,
+        metrics,
         stop: Some(stop),
     }
 }
@@ -127,6 +131,21 @@ async fn upgrades_every_node_through_drains_and_jobs() {
     let upgrade = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
     let status = upgrade.status.expect("status");
     assert_eq!(status.progress.as_deref(), Some("4/4"));
+    // The seed's gauges, labelled by upgrade: the run is over, nothing in flight.
+    let exposition = cluster.metrics.encode();
+    for series in [
+        "k8s_upgrade_in_flight{upgrade=\"to-1-35\"} 0",
+        "k8s_upgrade_blocked{upgrade=\"to-1-35\"} 0",
+        "k8s_upgrade_stalled{upgrade=\"to-1-35\"} 0",
+        "k8s_upgrade_phase{upgrade=\"to-1-35\",phase=\"Succeeded\"} 1",
+        "k8s_upgrade_nodes{upgrade=\"to-1-35\",state=\"Done\"} 4",
+        "k8s_upgrade_node_duration_seconds_count{role=\"worker\"} 3",
+    ] {
+        assert!(
+            exposition.contains(series),
+            "missing {series} in\n{exposition}"
+        );
+    }
     let order: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(order, ["cp-1", "worker-1", "worker-2", "worker-3"]);
 

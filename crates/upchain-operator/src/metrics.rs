@@ -1,0 +1,314 @@
+//! `/metrics`, `/healthz` and `/readyz`: the seed's gauge names, one series per K8sUpgrade
+//! (label `upgrade`), so its alerts keep working.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use upchain_api::{K8sUpgradeStatus, NodeStep, Phase};
+use upchain_core::gauges::{NODE_STATES, gauges, node_seconds};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpgradeLabel {
+    upgrade: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    upgrade: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    upgrade: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabel {
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CategoryLabel {
+    category: String,
+}
+
+/// Every metric the operator exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    in_flight: Family<UpgradeLabel, Gauge>,
+    started: Family<UpgradeLabel, Gauge>,
+    snapshot_taken: Family<UpgradeLabel, Gauge>,
+    blocked: Family<UpgradeLabel, Gauge>,
+    stalled: Family<UpgradeLabel, Gauge>,
+    last_progress: Family<UpgradeLabel, Gauge>,
+    phase: Family<PhaseLabel, Gauge>,
+    nodes: Family<StateLabel, Gauge>,
+    node_duration: Family<RoleLabel, Histogram>,
+    reconciles: Counter,
+    reconcile_errors: Family<CategoryLabel, Counter>,
+    reconcile_duration: Histogram,
+    ready: AtomicBool,
+    /// Nodes whose duration was already observed, so each is counted once.
+    timed: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            in_flight: Family::default(),
+            started: Family::default(),
+            snapshot_taken: Family::default(),
+            blocked: Family::default(),
+            stalled: Family::default(),
+            last_progress: Family::default(),
+            phase: Family::default(),
+            nodes: Family::default(),
+            node_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(15.0, 2.0, 10))
+            }),
+            reconciles: Counter::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            ready: AtomicBool::new(false),
+            timed: std::sync::Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "k8s_upgrade_in_flight",
+            "1 while an upgrade run is under way or failed half-way",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_started_timestamp",
+            "Start of the run in flight, seconds since the epoch (0 when none)",
+            metrics.started.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_snapshot_taken",
+            "1 once the etcd snapshot of the run is verified",
+            metrics.snapshot_taken.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_blocked",
+            "1 while a gate refuses the run (nothing was changed)",
+            metrics.blocked.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_stalled",
+            "1 when the run made no progress for spec.stallTimeout",
+            metrics.stalled.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_last_progress_timestamp",
+            "Last time a node moved to its next step, seconds since the epoch",
+            metrics.last_progress.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_phase",
+            "1 for the run's current phase",
+            metrics.phase.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_nodes",
+            "Nodes of the run per state",
+            metrics.nodes.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_node_duration_seconds",
+            "Time from a node's start to done",
+            metrics.node_duration.clone(),
+        );
+        registry.register(
+            "upchain_reconciles",
+            "Reconciles run",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "upchain_reconcile_errors",
+            "Reconciles failed, by error category",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "upchain_reconcile_duration_seconds",
+            "Reconcile latency",
+            metrics.reconcile_duration.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// Sets the gauges of `upgrade` from its status.
+    pub fn record_status(&self, upgrade: &str, status: &K8sUpgradeStatus) {
+        let g = gauges(status);
+        let label = UpgradeLabel {
+            upgrade: upgrade.to_owned(),
+        };
+        self.in_flight
+            .get_or_create(&label)
+            .set(i64::from(g.in_flight));
+        self.started.get_or_create(&label).set(g.started_timestamp);
+        self.snapshot_taken
+            .get_or_create(&label)
+            .set(i64::from(g.snapshot_taken));
+        self.blocked.get_or_create(&label).set(i64::from(g.blocked));
+        self.stalled.get_or_create(&label).set(i64::from(g.stalled));
+        self.last_progress
+            .get_or_create(&label)
+            .set(g.last_progress_timestamp);
+        for phase in [
+            Phase::Pending,
+            Phase::Preflight,
+            Phase::Snapshot,
+            Phase::ControlPlane,
+            Phase::Workers,
+            Phase::Postflight,
+            Phase::Succeeded,
+            Phase::Blocked,
+            Phase::Failed,
+        ] {
+            let label = PhaseLabel {
+                upgrade: upgrade.to_owned(),
+                phase: phase.as_str().to_owned(),
+            };
+            self.phase
+                .get_or_create(&label)
+                .set(i64::from(phase == g.phase));
+        }
+        for state in NODE_STATES {
+            let label = StateLabel {
+                upgrade: upgrade.to_owned(),
+                state: state.to_owned(),
+            };
+            self.nodes
+                .get_or_create(&label)
+                .set(g.nodes.get(state).copied().unwrap_or(0));
+        }
+        let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
+        for node in status.nodes.iter().filter(|n| n.step == NodeStep::Done) {
+            let Some(finished) = &node.finished_at else {
+                continue;
+            };
+            if timed.insert((
+                upgrade.to_owned(),
+                node.name.clone(),
+                node.target_version.clone(),
+            )) {
+                self.node_duration
+                    .get_or_create(&RoleLabel {
+                        role: node.role.as_str().to_owned(),
+                    })
+                    .observe(node_seconds(node.started_at.0, finished.0));
+            }
+        }
+    }
+
+    /// Drops every series of a deleted upgrade.
+    pub fn forget(&self, upgrade: &str) {
+        let label = UpgradeLabel {
+            upgrade: upgrade.to_owned(),
+        };
+        for family in [
+            &self.in_flight,
+            &self.started,
+            &self.snapshot_taken,
+            &self.blocked,
+            &self.stalled,
+            &self.last_progress,
+        ] {
+            family.remove(&label);
+        }
+        self.phase.clear();
+        self.nodes.clear();
+    }
+
+    /// Counts a reconcile and its latency.
+    pub fn reconciled(&self, seconds: f64, error_category: Option<&str>) {
+        self.reconciles.inc();
+        self.reconcile_duration.observe(seconds);
+        if let Some(category) = error_category {
+            self.reconcile_errors
+                .get_or_create(&CategoryLabel {
+                    category: category.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Marks the controller ready (its caches are filled).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` completes.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            get({
+                let metrics = metrics.clone();
+                move || async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if metrics.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok").into_response()
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches not yet filled").into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}
