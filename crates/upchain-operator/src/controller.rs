@@ -423,10 +423,13 @@ async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, ctx: &Contex
     }
 }
 
-async fn add_finalizer(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error> {
+/// Writes the finalizer list, guarded by the resourceVersion it was computed from.
+async fn set_finalizers(
+    upgrade: &K8sUpgrade,
+    finalizers: Vec<String>,
+    ctx: &Context,
+) -> Result<Requeue, Error> {
     let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
-    let mut finalizers = upgrade.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": upgrade.resource_version()}});
     api.patch(
         &upgrade.name_any(),
@@ -434,8 +437,14 @@ async fn add_finalizer(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, E
         &Patch::Merge(patch),
     )
     .await
-    .map_err(kube_error("adding the finalizer"))?;
+    .map_err(kube_error("updating the finalizer"))?;
     Ok(Requeue::await_change())
+}
+
+async fn add_finalizer(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error> {
+    let mut finalizers = upgrade.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    set_finalizers(upgrade, finalizers, ctx).await
 }
 
 /// On deletion: running node Jobs finish, nodes upchain cordoned are uncordoned, then the
@@ -451,20 +460,11 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
         info!(waiting_for = ?finalization.waiting_for_jobs, "deletion waits for running node Jobs");
         return Ok(Requeue::requeue(Duration::from_secs(5)));
     }
-    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
-    let finalizers: Vec<String> = upgrade
+    let finalizers = upgrade
         .finalizers()
         .iter()
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": upgrade.resource_version()}});
-    api.patch(
-        &upgrade.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .map_err(kube_error("removing the finalizer"))?;
-    Ok(Requeue::await_change())
+    set_finalizers(upgrade, finalizers, ctx).await
 }

@@ -13,11 +13,11 @@ use upchain_api::{FIELD_MANAGER, K8sUpgrade, K8sUpgradeStatus, Phase};
 
 use upchain_operator::controller::{self, Settings};
 use upchain_operator::metrics::{self, Metrics};
-use upchain_sim::controllers::Behaviour;
-use upchain_sim::{Sim, SimConfig};
+use upchain_sim::Sim;
 
 use crate::cli::DemoArgs;
 use crate::error::Error;
+use crate::sim_cmd::sim_config;
 
 const NAME: &str = "demo";
 
@@ -28,18 +28,12 @@ fn demo_error(what: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
 /// Runs the demo; Ok when every node reached the target.
 pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     let (control_planes, workers) = args.nodes;
-    let sim = Sim::start(SimConfig {
-        control_planes,
-        workers,
-        version: args.from.clone(),
-        workloads: !args.bare,
-        behaviour: Behaviour {
-            upgrade_time: Duration::from_secs(args.upgrade_seconds),
-            restart_time: Duration::from_secs(args.upgrade_seconds),
-            ..Behaviour::default()
-        },
-        ..SimConfig::default()
-    })
+    let sim = Sim::start(sim_config(
+        args.nodes,
+        &args.from,
+        args.bare,
+        args.upgrade_seconds,
+    ))
     .await
     .map_err(Error::Sim)?;
     let kubeconfig =

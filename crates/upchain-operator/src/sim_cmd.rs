@@ -8,21 +8,33 @@ use upchain_sim::{Sim, SimConfig};
 use crate::cli::SimArgs;
 use crate::error::Error;
 
+/// The simulated cluster the `sim` and `demo` commands start.
+pub fn sim_config(
+    nodes: (usize, usize),
+    version: &str,
+    bare: bool,
+    upgrade_seconds: u64,
+) -> SimConfig {
+    SimConfig {
+        control_planes: nodes.0,
+        workers: nodes.1,
+        version: version.to_owned(),
+        workloads: !bare,
+        behaviour: Behaviour {
+            upgrade_time: Duration::from_secs(upgrade_seconds),
+            restart_time: Duration::from_secs(upgrade_seconds),
+            ..Behaviour::default()
+        },
+        ..SimConfig::default()
+    }
+}
+
 /// Serves the simulated cluster until SIGINT or SIGTERM.
 pub async fn run(args: &SimArgs) -> Result<(), Error> {
     let (control_planes, workers) = args.nodes;
     let config = SimConfig {
-        control_planes,
-        workers,
-        version: args.version.clone(),
         listen: args.listen,
-        workloads: !args.bare,
-        behaviour: Behaviour {
-            upgrade_time: Duration::from_secs(args.upgrade_seconds),
-            restart_time: Duration::from_secs(args.upgrade_seconds),
-            ..Behaviour::default()
-        },
-        ..SimConfig::default()
+        ..sim_config(args.nodes, &args.version, args.bare, args.upgrade_seconds)
     };
     let sim = Sim::start(config).await.map_err(Error::Sim)?;
     if let Some(path) = &args.kubeconfig {
