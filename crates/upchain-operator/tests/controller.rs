@@ -20,18 +20,48 @@ struct Cluster {
     sim: Sim,
     client: Client,
     metrics: std::sync::Arc<upchain_operator::metrics::Metrics>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    controller: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )>,
+}
+
+impl Cluster {
+    fn start_controller(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(
+            self.client.clone(),
+            Settings::default(),
+            self.metrics.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        self.controller = Some((stop, task));
+    }
+
+    /// Stops the controller as a crash would: in the middle of whatever it was doing.
+    async fn kill_controller(&mut self) {
+        if let Some((_, task)) = self.controller.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
+        if let Some((stop, _)) = self.controller.take() {
             let _ = stop.send(());
         }
     }
 }
 
 async fn cluster(control_planes: usize, workers: usize) -> Cluster {
+    cluster_with(control_planes, workers, Duration::from_millis(300)).await
+}
+
+async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Duration) -> Cluster {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("upchain_operator=info")
         .with_test_writer()
@@ -40,7 +70,7 @@ async fn cluster(control_planes: usize, workers: usize) -> Cluster {
         control_planes,
         workers,
         behaviour: Behaviour {
-            upgrade_time: Duration::from_millis(300),
+            upgrade_time,
             restart_time: Duration::from_millis(300),
             pod_start_time: Duration::from_millis(100),
         },
@@ -66,21 +96,39 @@ async fn cluster(control_planes: usize, workers: usize) -> Cluster {
         .create(&PostParams::default(), &namespace)
         .await
         .expect("namespace");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics = std::sync::Arc::new(upchain_operator::metrics::Metrics::default());
-    tokio::spawn(controller::run(
-        client.clone(),
-        Settings::default(),
-        metrics.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Cluster {
+    let mut cluster = Cluster {
         sim,
         client,
-        metrics,
-        stop: Some(stop),
+        metrics: std::sync::Arc::new(upchain_operator::metrics::Metrics::default()),
+        controller: None,
+    };
+    cluster.start_controller();
+    cluster
+}
+
+/// Waits until the status satisfies `check` (bounded, on the real clock).
+async fn wait_for(
+    cluster: &Cluster,
+    what: &str,
+    check: impl Fn(&upchain_api::K8sUpgradeStatus) -> bool,
+) {
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = api
+            .get("to-1-35")
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default();
+        if check(&status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -237,5 +285,105 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
             .objects("nodes")
             .iter()
             .all(|n| kubelet(n) == "v1.35.2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_killed_mid_run_resumes_without_repeating_a_node() {
+    let mut cluster = cluster(1, 3).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    // Killed while a worker drains, and again while a worker's Job runs.
+    for step in [
+        upchain_api::NodeStep::Draining,
+        upchain_api::NodeStep::Upgrading,
+    ] {
+        wait_for(&cluster, "a worker at that step", |s| {
+            s.current_step == Some(step)
+                && s.current_node
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("worker"))
+        })
+        .await;
+        cluster.kill_controller().await;
+        cluster.start_controller();
+    }
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    for node in cluster.sim.objects("nodes") {
+        assert_eq!(kubelet(&node), "v1.35.2");
+        assert_ne!(
+            node["spec"]["unschedulable"], true,
+            "{} left cordoned",
+            node["metadata"]["name"]
+        );
+    }
+    // No step done twice where that is unsafe: one upgrade Pod per node.
+    let upgrade_pods: Vec<_> = cluster
+        .sim
+        .placements()
+        .into_iter()
+        .filter_map(|p| p.upgrades_node)
+        .collect();
+    let mut distinct = upgrade_pods.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        upgrade_pods.len(),
+        distinct.len(),
+        "a node was upgraded twice: {upgrade_pods:?}"
+    );
+    assert_eq!(distinct.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
+    let cluster = cluster_with(1, 2, Duration::from_secs(2)).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    wait_for(&cluster, "cp-1 upgrading", |s| {
+        s.current_step == Some(upchain_api::NodeStep::Upgrading)
+    })
+    .await;
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    api.delete("to-1-35", &kube::api::DeleteParams::default())
+        .await
+        .expect("delete");
+    // Held by the finalizer while the node's Job runs; the node stays cordoned meanwhile.
+    let held = api.get("to-1-35").await.expect("still there");
+    assert!(held.metadata.deletion_timestamp.is_some());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api.get_opt("to-1-35").await.expect("get").is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the finalizer never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let nodes = cluster.sim.objects("nodes");
+    let cp = nodes
+        .iter()
+        .find(|n| n["metadata"]["name"] == "cp-1")
+        .expect("cp-1");
+    assert_eq!(
+        kubelet(cp),
+        "v1.35.2",
+        "the running Job was allowed to finish"
+    );
+    assert!(
+        nodes.iter().all(|n| n["spec"]["unschedulable"] != true),
+        "a node was left cordoned"
+    );
+    assert!(
+        nodes
+            .iter()
+            .filter(|n| n["metadata"]["name"] != "cp-1")
+            .all(|n| kubelet(n) == "v1.34.2"),
+        "nothing else was started"
     );
 }
