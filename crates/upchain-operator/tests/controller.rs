@@ -387,3 +387,199 @@ async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
         "nothing else was started"
     );
 }
+
+async fn apply_named(client: &Client, name: &str, spec: serde_json::Value) {
+    let api: Api<K8sUpgrade> = Api::all(client.clone());
+    let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": name}, "spec": spec});
+    api.patch(name, &PatchParams::apply("test"), &Patch::Apply(&object))
+        .await
+        .expect("applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_upgrade_waits_naming_the_running_one() {
+    let cluster = cluster(1, 2).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    wait_for(&cluster, "the first run under way", |s| {
+        s.current_node.is_some()
+    })
+    .await;
+    apply_named(
+        &cluster.client,
+        "second",
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = api
+            .get("second")
+            .await
+            .expect("get")
+            .status
+            .unwrap_or_default();
+        let waiting = status.conditions.iter().any(|c| {
+            c.type_ == "Progressing"
+                && c.reason == "WaitingForUpgrade"
+                && c.message.contains("to-1-35")
+        });
+        if waiting {
+            assert_eq!(status.phase, Some(Phase::Pending));
+            assert!(
+                status.nodes.is_empty(),
+                "the waiting upgrade touched a node"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second never reported waiting: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    // With the lock free and every node at the target, the second finds nothing to do.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api
+        .get("second")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.phase)
+        != Some(Phase::Succeeded)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "second never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cluster
+            .sim
+            .placements()
+            .iter()
+            .filter(|p| p.upgrades_node.is_some())
+            .count(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
+    let cluster = cluster(1, 2).await;
+    cluster
+        .sim
+        .behaviour()
+        .failing_jobs
+        .insert("worker-1".into(), 2);
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let failed = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(90)).await;
+    let ready = failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "NodeFailed");
+    assert!(
+        ready.message.contains("BackoffLimitExceeded")
+            && ready.message.contains("upchain.dev/retry"),
+        "{}",
+        ready.message
+    );
+    let nodes = cluster.sim.objects("nodes");
+    let node = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n["metadata"]["name"] == name)
+            .cloned()
+            .expect("node")
+    };
+    assert_eq!(
+        node("worker-1")["spec"]["unschedulable"],
+        true,
+        "the failed node stays cordoned for inspection"
+    );
+    assert_eq!(
+        kubelet(&node("worker-2")),
+        "v1.34.2",
+        "no other node was started"
+    );
+    assert_ne!(node("worker-2")["spec"]["unschedulable"], true);
+    // The cause is fixed; a new retry value resumes the run.
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    api.patch(
+        "to-1-35",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"upchain.dev/retry": "1"}}})),
+    )
+    .await
+    .expect("annotate");
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| kubelet(n) == "v1.35.2" && n["spec"]["unschedulable"] != true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
+    let cluster = cluster(1, 2).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.1", "soak": "0s"}),
+    )
+    .await;
+    wait_for(&cluster, "cp-1 upgrading", |s| {
+        s.current_step == Some(upchain_api::NodeStep::Upgrading)
+    })
+    .await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(120)).await;
+    assert_eq!(
+        done.status.expect("status").target_version.as_deref(),
+        Some("v1.35.2")
+    );
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| kubelet(n) == "v1.35.2")
+    );
+    // cp-1 finished the Job it had started for 1.35.1, then went on to 1.35.2.
+    let targets: Vec<String> = cluster
+        .sim
+        .objects("jobs.batch")
+        .iter()
+        .filter(|j| j["metadata"]["annotations"]["upchain.dev/node"] == "cp-1")
+        .map(|j| {
+            j["metadata"]["labels"]["upchain.dev/target-version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        targets.contains(&"v1.35.1".to_owned()) && targets.contains(&"v1.35.2".to_owned()),
+        "{targets:?}"
+    );
+}
