@@ -94,6 +94,15 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// Compete for a Lease and act only while holding it, so that replicas can run side by
+    /// side (`--leader-election false` for a single replica).
+    #[arg(long, env = "UPCHAIN_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Namespace of the leader Lease (default: the Pod's namespace, else upchain-system).
+    #[arg(long, env = "UPCHAIN_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,

@@ -61,6 +61,7 @@ pub struct Metrics {
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
     reconcile_duration: Histogram,
+    leader: Gauge,
     ready: AtomicBool,
     /// Nodes whose duration was already observed, so each is counted once.
     timed: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
@@ -84,6 +85,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            leader: Gauge::default(),
             ready: AtomicBool::new(false),
             timed: std::sync::Mutex::default(),
             registry: Registry::default(),
@@ -147,6 +149,11 @@ impl Default for Metrics {
             "upchain_reconcile_duration_seconds",
             "Reconcile latency",
             metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "upchain_leader",
+            "Whether this replica holds the leader lease and acts",
+            metrics.leader.clone(),
         );
         Self {
             registry,
@@ -251,6 +258,11 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Records whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Marks the controller ready (its caches are filled).

@@ -4,7 +4,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::sync::Arc;
 
-use upchain_operator::controller::{self, Settings};
+use upchain_operator::controller::{self, LeaseSettings, Settings};
 use upchain_operator::metrics::{self, Metrics};
 
 use crate::cli::RunArgs;
@@ -48,7 +48,27 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
         source,
     })?;
     eprintln!("upchain controller running; metrics on http://{bound}/metrics; Ctrl-C stops it");
-    controller::run(client, settings, metrics, shutdown_signal()).await;
+    if args.leader_election {
+        let lease = LeaseSettings {
+            name: "upchain-leader".to_owned(),
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| args.pod_namespace.clone())
+                .unwrap_or_else(|| "upchain-system".to_owned()),
+            identity: args
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| format!("upchain-{}", std::process::id())),
+            duration_seconds: 15,
+            grace_seconds: 5,
+        };
+        controller::run_with_leader_election(client, settings, metrics, lease, shutdown_signal())
+            .await
+            .map_err(|e| Error::Connect(format!("leader election: {e}")))?;
+    } else {
+        controller::run(client, settings, metrics, shutdown_signal()).await;
+    }
     let _ = stop.send(true);
     Ok(())
 }

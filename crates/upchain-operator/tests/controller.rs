@@ -583,3 +583,77 @@ async fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
         "{targets:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_one_leader_and_a_failover() {
+    let mut cluster = cluster(1, 2).await;
+    // The single-replica controller of the fixture steps aside for two electing replicas.
+    cluster.kill_controller().await;
+    let lease = |identity: &str| upchain_operator::controller::LeaseSettings {
+        name: "upchain-leader".into(),
+        namespace: "upchain-system".into(),
+        identity: identity.into(),
+        duration_seconds: 3,
+        grace_seconds: 1,
+    };
+    let mut replicas = Vec::new();
+    for identity in ["replica-a", "replica-b"] {
+        let metrics = std::sync::Arc::new(upchain_operator::metrics::Metrics::default());
+        let task = tokio::spawn(controller::run_with_leader_election(
+            cluster.client.clone(),
+            Settings::default(),
+            metrics.clone(),
+            lease(identity),
+            std::future::pending(),
+        ));
+        replicas.push((metrics, task));
+    }
+    let leaders = |replicas: &Vec<(std::sync::Arc<upchain_operator::metrics::Metrics>, _)>| {
+        replicas
+            .iter()
+            .filter(|(m, _)| m.encode().lines().any(|l| l == "upchain_leader 1"))
+            .count()
+    };
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    wait_for(&cluster, "a worker in progress", |s| {
+        s.current_node
+            .as_deref()
+            .is_some_and(|n| n.starts_with("worker"))
+    })
+    .await;
+    assert_eq!(leaders(&replicas), 1, "exactly one replica acts");
+    // The leader dies; the other takes the lease over and finishes the run.
+    let leader = replicas
+        .iter()
+        .position(|(m, _)| m.encode().lines().any(|l| l == "upchain_leader 1"))
+        .expect("a leader");
+    let (_, task) = replicas.remove(leader);
+    task.abort();
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert_eq!(leaders(&replicas), 1, "the survivor leads");
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| kubelet(n) == "v1.35.2" && n["spec"]["unschedulable"] != true)
+    );
+    let upgrade_pods: Vec<_> = cluster
+        .sim
+        .placements()
+        .into_iter()
+        .filter_map(|p| p.upgrades_node)
+        .collect();
+    assert_eq!(
+        upgrade_pods.len(),
+        3,
+        "no node was upgraded twice: {upgrade_pods:?}"
+    );
+    for (_, task) in replicas {
+        task.abort();
+    }
+}
