@@ -162,6 +162,17 @@ async fn wait_for_phase(cluster: &Cluster, want: Phase, within: Duration) -> K8s
     }
 }
 
+/// Invariant 1, from the simulator's record: no upgrade Pod ever ran on the node it upgrades.
+fn assert_no_job_ran_on_its_node(cluster: &Cluster) {
+    for placement in cluster.sim.placements() {
+        assert_ne!(
+            Some(&placement.node),
+            placement.upgrades_node.as_ref(),
+            "an upgrade Pod ran on the node it upgrades"
+        );
+    }
+}
+
 fn kubelet(node: &serde_json::Value) -> &str {
     node["status"]["nodeInfo"]["kubeletVersion"]
         .as_str()
@@ -233,6 +244,7 @@ async fn upgrades_every_node_through_drains_and_jobs() {
         .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -286,6 +298,7 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
             .iter()
             .all(|n| kubelet(n) == "v1.35.2")
     );
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -336,6 +349,7 @@ async fn an_operator_killed_mid_run_resumes_without_repeating_a_node() {
         "a node was upgraded twice: {upgrade_pods:?}"
     );
     assert_eq!(distinct.len(), 4);
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -386,6 +400,7 @@ async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
             .all(|n| kubelet(n) == "v1.34.2"),
         "nothing else was started"
     );
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 async fn apply_named(client: &Client, name: &str, spec: serde_json::Value) {
@@ -468,6 +483,7 @@ async fn a_second_upgrade_waits_naming_the_running_one() {
             .count(),
         3
     );
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -534,6 +550,7 @@ async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
             .iter()
             .all(|n| kubelet(n) == "v1.35.2" && n["spec"]["unschedulable"] != true)
     );
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,6 +599,7 @@ async fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
         targets.contains(&"v1.35.1".to_owned()) && targets.contains(&"v1.35.2".to_owned()),
         "{targets:?}"
     );
+    assert_no_job_ran_on_its_node(&cluster);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -656,4 +674,64 @@ async fn two_replicas_one_leader_and_a_failover() {
     for (_, task) in replicas {
         task.abort();
     }
+    assert_no_job_ran_on_its_node(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained() {
+    let cluster = cluster(1, 2).await;
+    cluster
+        .sim
+        .behaviour()
+        .never_return
+        .insert("worker-1".into());
+    // The shortest timeouts the CRD accepts: stalled after 1m without progress, failed
+    // once the node has not rejoined for 2m.
+    apply_upgrade(&cluster.client, json!({"targetVersion": "1.35.2", "soak": "0s", "stallTimeout": "1m", "rejoinTimeout": "2m"})).await;
+    wait_for(&cluster, "worker-1 rejoining", |s| {
+        s.current_node.as_deref() == Some("worker-1")
+            && s.current_step == Some(upchain_api::NodeStep::Rejoining)
+    })
+    .await;
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(200);
+    let mut saw_stalled = false;
+    let failed = loop {
+        let upgrade = api.get("to-1-35").await.expect("get");
+        let status = upgrade.status.clone().unwrap_or_default();
+        saw_stalled |= status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True");
+        if status.phase == Some(Phase::Failed) {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never failed: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(saw_stalled, "Stalled was never reported before Failed");
+    let record = failed
+        .nodes
+        .iter()
+        .find(|n| n.name == "worker-1")
+        .expect("record");
+    assert!(
+        record
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not come back Ready"),
+        "{record:?}"
+    );
+    let nodes = cluster.sim.objects("nodes");
+    let worker_2 = nodes
+        .iter()
+        .find(|n| n["metadata"]["name"] == "worker-2")
+        .expect("worker-2");
+    assert_eq!(kubelet(worker_2), "v1.34.2", "no other node was started");
+    assert_ne!(worker_2["spec"]["unschedulable"], true);
+    assert_no_job_ran_on_its_node(&cluster);
 }

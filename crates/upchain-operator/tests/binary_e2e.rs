@@ -1,0 +1,153 @@
+//! The real `upchain` binary against the standalone `upchain sim`, driven through kubectl
+//! as a user would, with the operator killed and restarted mid-run.
+
+// Test helpers fail loudly on purpose.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn upchain(args: &[&str]) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("upchain starts"),
+    )
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let output = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .expect("kubectl is on PATH: run scripts/install-test-tools");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
+
+fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let _sim = upchain(&[
+        "sim",
+        "--nodes",
+        "1+3",
+        "--upgrade-seconds",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    until("the kubeconfig", Duration::from_secs(20), || {
+        kubeconfig.exists()
+    });
+    let crd = Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml");
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "-f", crd.to_str().unwrap()],
+    );
+    let manifests = dir.path().join("upgrade.yaml");
+    std::fs::write(
+        &manifests,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upchain-system\n---\n\
+         apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  soak: 0s\n",
+    )
+    .unwrap();
+    kubectl(&kubeconfig, &["apply", "-f", manifests.to_str().unwrap()]);
+
+    let run = |_: ()| {
+        upchain(&[
+            "run",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--leader-election",
+            "false",
+        ])
+    };
+    let field = |path: &str| {
+        kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "k8su",
+                "to-1-35",
+                "-o",
+                &format!("jsonpath={{{path}}}"),
+            ],
+        )
+    };
+    // Killed (SIGKILL, no clean-up) while a worker drains and while a worker's Job runs.
+    let mut operator = run(());
+    for step in ["Draining", "Upgrading"] {
+        until(&format!("a worker {step}"), Duration::from_secs(90), || {
+            field(".status.currentStep") == step
+                && field(".status.currentNode").starts_with("worker")
+        });
+        drop(operator);
+        operator = run(());
+    }
+    until("Succeeded", Duration::from_secs(120), || {
+        field(".status.phase") == "Succeeded"
+    });
+    drop(operator);
+
+    let nodes = kubectl(&kubeconfig, &["get", "nodes", "--no-headers"]);
+    for line in nodes.lines() {
+        assert!(
+            line.contains("v1.35.2") && !line.contains("SchedulingDisabled"),
+            "{line}"
+        );
+    }
+    // Invariant 1, from the cluster's record: no upgrade Pod ran on the node it upgrades.
+    let placements = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "upchain-system",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}={.metadata.annotations.upchain\\.dev/node}{\"\\n\"}{end}",
+        ],
+    );
+    let upgrade_pods: Vec<&str> = placements.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        upgrade_pods.len(),
+        4,
+        "one upgrade Pod per node: {upgrade_pods:?}"
+    );
+    for pair in upgrade_pods {
+        let (ran_on, upgrades) = pair.split_once('=').expect("pair");
+        assert_ne!(
+            ran_on, upgrades,
+            "an upgrade Pod ran on the node it upgrades"
+        );
+    }
+    assert!(field(".status.conditions[?(@.type==\"Ready\")].status") == "True");
+}
