@@ -173,6 +173,18 @@ fn assert_no_job_ran_on_its_node(cluster: &Cluster) {
     }
 }
 
+/// Every node runs v1.35.2 and none is left cordoned.
+fn assert_every_node_upgraded(cluster: &Cluster) {
+    for node in cluster.sim.objects("nodes") {
+        assert_eq!(kubelet(&node), "v1.35.2", "{}", node["metadata"]["name"]);
+        assert_ne!(
+            node["spec"]["unschedulable"], true,
+            "{} left cordoned",
+            node["metadata"]["name"]
+        );
+    }
+}
+
 fn kubelet(node: &serde_json::Value) -> &str {
     node["status"]["nodeInfo"]["kubeletVersion"]
         .as_str()
@@ -208,14 +220,7 @@ async fn upgrades_every_node_through_drains_and_jobs() {
     let order: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(order, ["cp-1", "worker-1", "worker-2", "worker-3"]);
 
-    for node in cluster.sim.objects("nodes") {
-        assert_eq!(kubelet(&node), "v1.35.2");
-        assert_ne!(
-            node["spec"]["unschedulable"], true,
-            "{} left cordoned",
-            node["metadata"]["name"]
-        );
-    }
+    assert_every_node_upgraded(&cluster);
     // Invariant 1: no upgrade Pod ran on the node it upgrades.
     let upgrade_pods: Vec<_> = cluster
         .sim
@@ -325,14 +330,7 @@ async fn an_operator_killed_mid_run_resumes_without_repeating_a_node() {
         cluster.start_controller();
     }
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
-    for node in cluster.sim.objects("nodes") {
-        assert_eq!(kubelet(&node), "v1.35.2");
-        assert_ne!(
-            node["spec"]["unschedulable"], true,
-            "{} left cordoned",
-            node["metadata"]["name"]
-        );
-    }
+    assert_every_node_upgraded(&cluster);
     // No step done twice where that is unsafe: one upgrade Pod per node.
     let upgrade_pods: Vec<_> = cluster
         .sim
@@ -543,13 +541,7 @@ async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
     .await
     .expect("annotate");
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| kubelet(n) == "v1.35.2" && n["spec"]["unschedulable"] != true)
-    );
+    assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
 }
 
@@ -653,13 +645,7 @@ async fn two_replicas_one_leader_and_a_failover() {
     task.abort();
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
     assert_eq!(leaders(&replicas), 1, "the survivor leads");
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| kubelet(n) == "v1.35.2" && n["spec"]["unschedulable"] != true)
-    );
+    assert_every_node_upgraded(&cluster);
     let upgrade_pods: Vec<_> = cluster
         .sim
         .placements()
