@@ -24,6 +24,13 @@ pub const FINALIZER: &str = "upchain.dev/cleanup";
 pub const RETRY_ANNOTATION: &str = "upchain.dev/retry";
 /// Label naming the K8sUpgrade that owns a Job.
 pub const UPGRADE_LABEL: &str = "upchain.dev/upgrade";
+/// Annotation carrying the full name of the K8sUpgrade a Job belongs to. Jobs carry no
+/// owner reference: a foreground deletion of the K8sUpgrade would make the garbage
+/// collector delete a Job in the middle of upgrading its node.
+pub const UPGRADE_ANNOTATION: &str = "upchain.dev/upgrade";
+/// Annotation carrying the uid of the K8sUpgrade a Job belongs to, so that a Job left by
+/// an earlier object of the same name is never taken for this one's.
+pub const UPGRADE_UID_ANNOTATION: &str = "upchain.dev/upgrade-uid";
 /// Label carrying the (possibly shortened) name of the node a Job upgrades.
 pub const NODE_LABEL: &str = "upchain.dev/node";
 /// Annotation carrying the full name of the node a Job upgrades.

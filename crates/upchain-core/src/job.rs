@@ -9,11 +9,11 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
     SecurityContext, Toleration, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 use upchain_api::{
     ATTEMPT_LABEL, CONTROL_PLANE_LABEL, NODE_ANNOTATION, NODE_LABEL, NodeRole, RunnerSpec,
-    TARGET_LABEL, UPGRADE_LABEL, UpgradeKind,
+    TARGET_LABEL, UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION, UpgradeKind,
 };
 
 use crate::plan::hex_prefix;
@@ -123,8 +123,14 @@ impl NodeJob<'_> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let annotations: BTreeMap<String, String> =
-            [(NODE_ANNOTATION.to_owned(), self.node.to_owned())].into();
+        let annotations: BTreeMap<String, String> = [
+            (NODE_ANNOTATION, self.node),
+            (UPGRADE_ANNOTATION, self.owner.name),
+            (UPGRADE_UID_ANNOTATION, self.owner.uid),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
         let env = [
             (
                 "TARGET_VERSION",
@@ -205,16 +211,6 @@ impl NodeJob<'_> {
                 namespace: Some(self.runner.namespace.clone()),
                 labels: Some(labels.clone()),
                 annotations: Some(annotations.clone()),
-                owner_references: Some(vec![OwnerReference {
-                    api_version: "upchain.dev/v1alpha1".to_owned(),
-                    kind: "K8sUpgrade".to_owned(),
-                    name: self.owner.name.to_owned(),
-                    uid: self.owner.uid.to_owned(),
-                    controller: Some(true),
-                    // Foreground deletion of the K8sUpgrade must not wait on, nor be
-                    // blocked by, a Job that is upgrading a node; the finalizer handles it.
-                    block_owner_deletion: Some(false),
-                }]),
                 ..ObjectMeta::default()
             },
             spec: Some(JobSpec {
@@ -397,11 +393,10 @@ mod tests {
                 .all(|m| m.read_only == Some(true))
         );
         assert_eq!(excluded_nodes(&rendered), ["w-1", "w-2"]);
-        let owner = &rendered.metadata.owner_references.as_ref().expect("owner")[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str()),
-            ("K8sUpgrade", "uid-1")
-        );
+        // No owner reference: the garbage collector must never cut a node's upgrade off.
+        assert!(rendered.metadata.owner_references.is_none());
+        let annotations = rendered.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[UPGRADE_UID_ANNOTATION], "uid-1");
     }
 
     #[test]

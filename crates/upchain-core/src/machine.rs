@@ -66,6 +66,11 @@ pub enum Action {
     },
     /// Create the Job, or adopt it if it already exists (its name is deterministic).
     CreateJob(Box<Job>),
+    /// Delete a finished node Job (its Pods go with it), when its K8sUpgrade is deleted.
+    DeleteJob {
+        /// The Job, in the runner namespace.
+        name: String,
+    },
     /// Record an Event on the K8sUpgrade.
     Event(Event),
 }
@@ -1048,44 +1053,53 @@ impl Machine<'_> {
 /// What deleting a K8sUpgrade requires before its finalizer may be removed.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Finalization {
-    /// Uncordons of nodes upchain cordoned.
+    /// Uncordons of nodes upchain cordoned, and deletions of the run's finished Jobs.
     pub actions: Vec<Action>,
     /// Upgrade Jobs still running: a node's upgrade is never cut off half-way.
     pub waiting_for_jobs: Vec<String>,
 }
 
 impl Finalization {
-    /// True when nothing is left to do and the finalizer can go.
-    pub fn is_done(&self) -> bool {
-        self.actions.is_empty() && self.waiting_for_jobs.is_empty()
+    /// True when, once `actions` are carried out, the finalizer can go.
+    pub fn can_let_go(&self) -> bool {
+        self.waiting_for_jobs.is_empty()
     }
 }
 
-/// On deletion: let running node Jobs finish, then uncordon every node upchain cordoned.
-/// A Job the operator cannot see is taken as not running, so a Job that was never
-/// created cannot hold the deletion forever.
+/// On deletion: let running node Jobs finish, uncordon every node upchain cordoned (a
+/// node whose Job still runs stays cordoned until it finishes), and delete the finished
+/// Jobs, which no owner reference ties to the K8sUpgrade. A Job the operator cannot see
+/// is taken as not running, so a Job that was never created cannot hold the deletion.
 pub fn finalize(upgrade: &K8sUpgrade, observed: &Observed) -> Finalization {
     let status = upgrade.status.clone().unwrap_or_default();
     let mut finalization = Finalization::default();
-    for record in &status.nodes {
-        let job_running = record.step == NodeStep::Upgrading
-            && record
-                .job
-                .as_deref()
-                .and_then(|name| observed.job(name))
-                .is_some_and(|job| job.state == JobState::Running);
-        if job_running {
-            finalization
-                .waiting_for_jobs
-                .extend(record.job.iter().cloned());
-            continue;
+    for job in &observed.jobs {
+        if job.state == JobState::Running {
+            finalization.waiting_for_jobs.push(job.name.clone());
         }
+    }
+    let job_running = |record: &NodeRecord| {
+        record
+            .job
+            .as_ref()
+            .is_some_and(|job| finalization.waiting_for_jobs.contains(job))
+    };
+    for record in &status.nodes {
         let unschedulable = observed.node(&record.name).is_some_and(|n| n.unschedulable);
-        if record.cordoned && unschedulable {
+        if record.cordoned && unschedulable && !job_running(record) {
             finalization.actions.push(Action::Uncordon {
                 node: record.name.clone(),
             });
         }
     }
+    finalization.actions.extend(
+        observed
+            .jobs
+            .iter()
+            .filter(|job| job.state != JobState::Running)
+            .map(|job| Action::DeleteJob {
+                name: job.name.clone(),
+            }),
+    );
     finalization
 }

@@ -140,6 +140,9 @@ impl World {
                         JobState::Running,
                     ));
                 }
+                Action::DeleteJob { name } => {
+                    self.jobs.remove(name);
+                }
                 Action::Event(_) => {}
             }
         }
@@ -678,15 +681,20 @@ fn finalizer_waits_for_a_running_job_then_uncordons() {
     run.world.tick(10);
     let observed = run.world.observe(run.upgrade.status.as_ref());
     let release = finalize(&run.upgrade, &observed);
+    assert!(release.can_let_go());
+    let job = run.status().nodes[0].job.clone().expect("job");
     assert_eq!(
         release.actions,
-        [Action::Uncordon {
-            node: "cp-0".into()
-        }]
+        [
+            Action::Uncordon {
+                node: "cp-0".into()
+            },
+            Action::DeleteJob { name: job }
+        ]
     );
     run.world.apply(&release.actions);
     let observed = run.world.observe(run.upgrade.status.as_ref());
-    assert!(finalize(&run.upgrade, &observed).is_done());
+    assert_eq!(finalize(&run.upgrade, &observed), Default::default());
 }
 
 fn arb_cluster() -> impl Strategy<Value = (Vec<ObservedNode>, i32, bool)> {

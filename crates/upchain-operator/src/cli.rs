@@ -103,6 +103,11 @@ pub struct RunArgs {
     #[arg(long, env = "UPCHAIN_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
+    /// Seconds the leader's Lease is valid without renewal: how long the replicas go without
+    /// a leader when the leader dies without releasing it.
+    #[arg(long, env = "UPCHAIN_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub lease_seconds: u64,
+
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,

@@ -17,13 +17,16 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
-use upchain_api::{FIELD_MANAGER, FINALIZER, K8sUpgrade, NodeStep, UPGRADE_LABEL};
+use upchain_api::{
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NodeStep, UPGRADE_ANNOTATION, UPGRADE_LABEL,
+    UPGRADE_UID_ANNOTATION,
+};
 use upchain_core::job::bounded_name;
 
 use crate::metrics::Metrics;
 use upchain_core::{
     Action, JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade, decide,
-    finalize,
+    finalize, holds_lock,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -68,6 +71,9 @@ struct Context {
     nodes: Store<Node>,
     failures: Mutex<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
+    /// Wakes every K8sUpgrade when one lets go of the cluster, so a waiting one starts now
+    /// rather than at its next recheck.
+    lock_released: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -90,11 +96,15 @@ pub async fn run(
             }
         })
         .reflect(writer)
-        .applied_objects();
-    let node_task = tokio::spawn(node_stream.for_each(|_| std::future::ready(())));
+        .applied_objects()
+        .filter_map(|node| std::future::ready(node.ok().map(|_| ())));
 
     let controller = Controller::new(upgrades_api, watcher::Config::default());
     let upgrades = controller.store();
+    let (lock_released, released) = tokio::sync::mpsc::unbounded_channel();
+    let released = futures_util::stream::unfold(released, |mut released| async move {
+        released.recv().await.map(|()| ((), released))
+    });
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), Reporter::from("upchain")),
         client: client.clone(),
@@ -103,31 +113,27 @@ pub async fn run(
         nodes,
         failures: Mutex::new(HashMap::new()),
         metrics,
+        lock_released,
     });
     let jobs_api: Api<Job> = Api::all(client.clone());
     controller
-        // Not `.owns()`: it names the owner with the Job's namespace, which for a
-        // cluster-scoped K8sUpgrade is a second identity of the same object, and the
-        // controller would then reconcile it twice at once.
+        // Not `.owns()`: node Jobs carry no owner reference (see UPGRADE_ANNOTATION), but
+        // name their K8sUpgrade in an annotation.
         .watches(
             jobs_api,
             watcher::Config::default().labels(UPGRADE_LABEL),
             |job: Job| {
-                job.owner_references()
-                    .iter()
-                    .filter(|owner| owner.kind == "K8sUpgrade" && owner.controller == Some(true))
-                    .map(|owner| ObjectRef::<K8sUpgrade>::new(&owner.name))
-                    .collect::<Vec<_>>()
+                job.annotations()
+                    .get(UPGRADE_ANNOTATION)
+                    .map(|name| ObjectRef::<K8sUpgrade>::new(name))
             },
         )
-        .watches(nodes_api, watcher::Config::default(), move |_node: Node| {
-            // A node change can move every upgrade along; there is at most one running.
-            upgrades
-                .state()
-                .iter()
-                .map(|u| ObjectRef::from_obj(u.as_ref()))
-                .collect::<Vec<_>>()
-        })
+        // A node change can move every upgrade along (at most one is running). The trigger
+        // is the same stream that fills the node cache, and fires after the cache holds the
+        // change: a second watch could wake the reconcile before the cache caught up, and
+        // a node that then stays put would never wake it again.
+        .reconcile_all_on(node_stream)
+        .reconcile_all_on(released)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -137,7 +143,6 @@ pub async fn run(
             std::future::ready(())
         })
         .await;
-    node_task.abort();
 }
 
 #[instrument(skip_all, fields(upgrade = %upgrade.name_any()))]
@@ -177,6 +182,9 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
             .record_status(&upgrade.name_any(), &decision.status);
         if upgrade.status.as_ref() != Some(&decision.status) {
             write_status(&upgrade, &decision.status, ctx).await?;
+            if upgrade.status.as_ref().is_some_and(holds_lock) && !holds_lock(&decision.status) {
+                ctx.lock_released.send(()).ok();
+            }
         }
         carry_out(&upgrade, &decision.actions, ctx).await?;
         Ok(decision
@@ -215,6 +223,8 @@ async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error>
         .map_err(kube_error("listing the upgrade's Jobs"))?
         .items
         .iter()
+        // A Job left by an earlier K8sUpgrade of the same name is not this one's.
+        .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
         .map(observe_job)
         .collect();
     // Pods are read only for the nodes being drained, never cached cluster-wide.
@@ -244,15 +254,27 @@ async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error>
             .collect(),
         jobs,
         pods,
-        others: ctx
-            .upgrades
-            .state()
-            .iter()
-            .filter(|u| u.name_any() != name)
-            .map(|u| OtherUpgrade::from_upgrade(u))
-            .collect(),
+        others: other_upgrades(&name, ctx).await?,
         operator_pod: ctx.settings.operator_pod.clone(),
     })
+}
+
+/// The other K8sUpgrades, read fresh when there are any: the lock they may hold is in
+/// their status, and the cache can lag behind the write that released it.
+async fn other_upgrades(name: &str, ctx: &Context) -> Result<Vec<OtherUpgrade>, Error> {
+    if ctx.upgrades.state().iter().all(|u| u.name_any() == name) {
+        return Ok(Vec::new());
+    }
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("listing K8sUpgrades"))?
+        .items
+        .iter()
+        .filter(|u| u.name_any() != name)
+        .map(OtherUpgrade::from_upgrade)
+        .collect())
 }
 
 /// A Job judged by its Complete and Failed conditions, not by Pod counters.
@@ -385,6 +407,15 @@ async fn carry_out(upgrade: &K8sUpgrade, actions: &[Action], ctx: &Context) -> R
                 .await
                 .map_err(kube_error(format!("creating Job {namespace}/{name}")))?;
             }
+            Action::DeleteJob { name } => {
+                let api: Api<Job> =
+                    Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
+                match api.delete(name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(error) => return Err(kube_error(format!("deleting Job {name}"))(error)),
+                }
+            }
             Action::Event(event) => publish(upgrade, event, ctx).await,
         }
     }
@@ -456,7 +487,7 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
     let observed = observe(upgrade, ctx).await?;
     let finalization = finalize(upgrade, &observed);
     carry_out(upgrade, &finalization.actions, ctx).await?;
-    if !finalization.is_done() {
+    if !finalization.can_let_go() {
         info!(waiting_for = ?finalization.waiting_for_jobs, "deletion waits for running node Jobs");
         return Ok(Requeue::requeue(Duration::from_secs(5)));
     }
@@ -466,7 +497,9 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(upgrade, finalizers, ctx).await
+    let requeue = set_finalizers(upgrade, finalizers, ctx).await?;
+    ctx.lock_released.send(()).ok();
+    Ok(requeue)
 }
 
 /// The coordination.k8s.io Lease replicas compete for.

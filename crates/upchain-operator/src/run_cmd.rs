@@ -60,8 +60,9 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
                 .pod_name
                 .clone()
                 .unwrap_or_else(|| format!("upchain-{}", std::process::id())),
-            duration_seconds: 15,
-            grace_seconds: 5,
+            duration_seconds: args.lease_seconds,
+            // Renewed when a third of the term is left.
+            grace_seconds: (args.lease_seconds / 3).max(1),
         };
         controller::run_with_leader_election(client, settings, metrics, lease, shutdown_signal())
             .await

@@ -1,9 +1,13 @@
-//! The controller, run in-process against the simulated cluster: what the cluster looks
-//! like afterwards, not which calls were made.
+//! The real `upchain run` binary against the simulated cluster: what the cluster looks
+//! like afterwards, not which calls were made. The simulator runs in the test so that
+//! tests can inject node and Job faults and read its record of where each Pod ran.
 
 // Test helpers fail loudly on purpose.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -12,47 +16,115 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Config};
 use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
-use upchain_operator::controller::{self, Settings};
 use upchain_sim::controllers::Behaviour;
 use upchain_sim::{Sim, SimConfig};
+
+/// One `upchain run` process; its log goes to a file in the test's directory.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// The operator's /metrics, scraped over HTTP at the address it logged.
+    fn metrics(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(addr) = log
+                .lines()
+                .find_map(|l| l.split("metrics on http://").nth(1))
+                .and_then(|rest| rest.split('/').next())
+            {
+                break addr.to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no metrics address in {log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stream = std::net::TcpStream::connect(&addr).expect("metrics server");
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    fn leads(&self) -> bool {
+        self.metrics().lines().any(|l| l == "upchain_leader 1")
+    }
+}
+
+impl Drop for Operator {
+    /// SIGKILL: the operator stops as a crash would, in the middle of whatever it was doing.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 struct Cluster {
     sim: Sim,
     client: Client,
-    metrics: std::sync::Arc<upchain_operator::metrics::Metrics>,
-    controller: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    )>,
+    dir: tempfile::TempDir,
+    operator: Option<Operator>,
 }
 
 impl Cluster {
+    /// Starts `upchain run` as a single replica, without leader election.
     fn start_controller(&mut self) {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(
-            self.client.clone(),
-            Settings::default(),
-            self.metrics.clone(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        self.controller = Some((stop, task));
+        self.operator = Some(self.spawn_operator("single", &["--leader-election", "false"]));
     }
 
-    /// Stops the controller as a crash would: in the middle of whatever it was doing.
-    async fn kill_controller(&mut self) {
-        if let Some((_, task)) = self.controller.take() {
-            task.abort();
-            let _ = task.await;
+    fn spawn_operator(&self, identity: &str, args: &[&str]) -> Operator {
+        let kubeconfig = self.dir.path().join("kubeconfig");
+        if !kubeconfig.exists() {
+            self.sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         }
+        let log = self
+            .dir
+            .path()
+            .join(format!("{identity}-{}.log", fastrand::u32(..)));
+        let child = Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args([
+                "--log",
+                "upchain_operator=info",
+                "run",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .env("POD_NAME", identity)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("upchain starts");
+        Operator { child, log }
+    }
+
+    fn kill_controller(&mut self) {
+        self.operator = None;
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some((stop, _)) = self.controller.take() {
-            let _ = stop.send(());
+        // Leave the operator's log where a failing test can be diagnosed from.
+        if std::thread::panicking() {
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.path().extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                    eprintln!("--- {} ---\n{log}", entry.path().display());
+                }
+            }
         }
     }
 }
@@ -62,10 +134,6 @@ async fn cluster(control_planes: usize, workers: usize) -> Cluster {
 }
 
 async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Duration) -> Cluster {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("upchain_operator=info")
-        .with_test_writer()
-        .try_init();
     let sim = Sim::start(SimConfig {
         control_planes,
         workers,
@@ -99,8 +167,8 @@ async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Durat
     let mut cluster = Cluster {
         sim,
         client,
-        metrics: std::sync::Arc::new(upchain_operator::metrics::Metrics::default()),
-        controller: None,
+        dir: tempfile::tempdir().expect("tempdir"),
+        operator: None,
     };
     cluster.start_controller();
     cluster
@@ -203,7 +271,7 @@ async fn upgrades_every_node_through_drains_and_jobs() {
     let status = upgrade.status.expect("status");
     assert_eq!(status.progress.as_deref(), Some("4/4"));
     // The seed's gauges, labelled by upgrade: the run is over, nothing in flight.
-    let exposition = cluster.metrics.encode();
+    let exposition = cluster.operator.as_ref().expect("operator").metrics();
     for series in [
         "k8s_upgrade_in_flight{upgrade=\"to-1-35\"} 0",
         "k8s_upgrade_blocked{upgrade=\"to-1-35\"} 0",
@@ -240,7 +308,14 @@ async fn upgrades_every_node_through_drains_and_jobs() {
             deployment["metadata"]["name"]
         );
     }
-    // Each transition was said once.
+    // Each transition was said once. Events follow the status write that carries the
+    // transition, the run's own Succeeded last.
+    let events = || cluster.sim.objects("events.events.k8s.io");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !events().iter().any(|e| e["reason"] == "Succeeded") {
+        assert!(std::time::Instant::now() < deadline, "no Succeeded Event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let reasons: Vec<String> = cluster
         .sim
         .objects("events.events.k8s.io")
@@ -326,7 +401,7 @@ async fn an_operator_killed_mid_run_resumes_without_repeating_a_node() {
                     .is_some_and(|n| n.starts_with("worker"))
         })
         .await;
-        cluster.kill_controller().await;
+        cluster.kill_controller();
         cluster.start_controller();
     }
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
@@ -352,6 +427,17 @@ async fn an_operator_killed_mid_run_resumes_without_repeating_a_node() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
+    deleting_mid_run(kube::api::DeleteParams::default()).await;
+}
+
+/// Foreground deletion (Argo CD's default when it prunes) makes the garbage collector
+/// delete dependents first: a node Job must not be one of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreground_deletion_mid_run_does_not_cut_the_job_off() {
+    deleting_mid_run(kube::api::DeleteParams::foreground()).await;
+}
+
+async fn deleting_mid_run(params: kube::api::DeleteParams) {
     let cluster = cluster_with(1, 2, Duration::from_secs(2)).await;
     apply_upgrade(
         &cluster.client,
@@ -363,9 +449,7 @@ async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
     })
     .await;
     let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
-    api.delete("to-1-35", &kube::api::DeleteParams::default())
-        .await
-        .expect("delete");
+    api.delete("to-1-35", &params).await.expect("delete");
     // Held by the finalizer while the node's Job runs; the node stays cordoned meanwhile.
     let held = api.get("to-1-35").await.expect("still there");
     assert!(held.metadata.deletion_timestamp.is_some());
@@ -397,6 +481,10 @@ async fn deleting_mid_run_lets_the_job_finish_then_uncordons() {
             .filter(|n| n["metadata"]["name"] != "cp-1")
             .all(|n| kubelet(n) == "v1.34.2"),
         "nothing else was started"
+    );
+    assert!(
+        cluster.sim.objects("jobs.batch").is_empty(),
+        "the run's finished Jobs went with it"
     );
     assert_no_job_ran_on_its_node(&cluster);
 }
@@ -456,8 +544,9 @@ async fn a_second_upgrade_waits_naming_the_running_one() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
-    // With the lock free and every node at the target, the second finds nothing to do.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // With the lock free and every node at the target, the second finds nothing to do. It
+    // is woken when the first lets go, well before its 30 s recheck.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while api
         .get("second")
         .await
@@ -597,33 +686,20 @@ async fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_one_leader_and_a_failover() {
     let mut cluster = cluster(1, 2).await;
-    // The single-replica controller of the fixture steps aside for two electing replicas.
-    cluster.kill_controller().await;
-    let lease = |identity: &str| upchain_operator::controller::LeaseSettings {
-        name: "upchain-leader".into(),
-        namespace: "upchain-system".into(),
-        identity: identity.into(),
-        duration_seconds: 3,
-        grace_seconds: 1,
-    };
-    let mut replicas = Vec::new();
-    for identity in ["replica-a", "replica-b"] {
-        let metrics = std::sync::Arc::new(upchain_operator::metrics::Metrics::default());
-        let task = tokio::spawn(controller::run_with_leader_election(
-            cluster.client.clone(),
-            Settings::default(),
-            metrics.clone(),
-            lease(identity),
-            std::future::pending(),
-        ));
-        replicas.push((metrics, task));
-    }
-    let leaders = |replicas: &Vec<(std::sync::Arc<upchain_operator::metrics::Metrics>, _)>| {
-        replicas
-            .iter()
-            .filter(|(m, _)| m.encode().lines().any(|l| l == "upchain_leader 1"))
-            .count()
-    };
+    // The single replica of the fixture steps aside for two electing replicas.
+    cluster.kill_controller();
+    let election = [
+        "--leader-election",
+        "true",
+        "--lease-namespace",
+        "upchain-system",
+        "--lease-seconds",
+        "3",
+    ];
+    let mut replicas: Vec<Operator> = ["replica-a", "replica-b"]
+        .into_iter()
+        .map(|identity| cluster.spawn_operator(identity, &election))
+        .collect();
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s"}),
@@ -635,16 +711,15 @@ async fn two_replicas_one_leader_and_a_failover() {
             .is_some_and(|n| n.starts_with("worker"))
     })
     .await;
-    assert_eq!(leaders(&replicas), 1, "exactly one replica acts");
-    // The leader dies; the other takes the lease over and finishes the run.
-    let leader = replicas
-        .iter()
-        .position(|(m, _)| m.encode().lines().any(|l| l == "upchain_leader 1"))
-        .expect("a leader");
-    let (_, task) = replicas.remove(leader);
-    task.abort();
+    let leaders: Vec<usize> = (0..replicas.len())
+        .filter(|&i| replicas[i].leads())
+        .collect();
+    assert_eq!(leaders.len(), 1, "exactly one replica acts");
+    // The leader dies without releasing the Lease; the other takes it over once it expires
+    // and finishes the run.
+    drop(replicas.remove(leaders[0]));
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
-    assert_eq!(leaders(&replicas), 1, "the survivor leads");
+    assert!(replicas[0].leads(), "the survivor leads");
     assert_every_node_upgraded(&cluster);
     let upgrade_pods: Vec<_> = cluster
         .sim
@@ -657,9 +732,6 @@ async fn two_replicas_one_leader_and_a_failover() {
         3,
         "no node was upgraded twice: {upgrade_pods:?}"
     );
-    for (_, task) in replicas {
-        task.abort();
-    }
     assert_no_job_ran_on_its_node(&cluster);
 }
 
@@ -719,5 +791,42 @@ async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained
         .expect("worker-2");
     assert_eq!(kubelet(worker_2), "v1.34.2", "no other node was started");
     assert_ne!(worker_2["spec"]["unschedulable"], true);
+    assert_no_job_ran_on_its_node(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_follow() {
+    let cluster = cluster(1, 2).await;
+    // The control plane was upgraded by hand; only the workers are behind.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    nodes
+        .patch_status(
+            "cp-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2"}}})),
+        )
+        .await
+        .expect("cp-1 at the target");
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    let status = done.status.expect("status");
+    let upgraded: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(upgraded, ["worker-1", "worker-2"], "cp-1 was not worked on");
+    assert_eq!(status.progress.as_deref(), Some("2/2"));
+    let upgrade_pods: Vec<String> = cluster
+        .sim
+        .placements()
+        .into_iter()
+        .filter_map(|p| p.upgrades_node)
+        .collect();
+    assert!(
+        !upgrade_pods.iter().any(|n| n == "cp-1"),
+        "no Job for the control plane: {upgrade_pods:?}"
+    );
+    assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
 }
