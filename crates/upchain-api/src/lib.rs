@@ -5,9 +5,11 @@
 //! schema (OpenAPI bounds and CEL rules) so a bad object is refused at `kubectl apply`.
 #![forbid(unsafe_code)]
 
+mod safety;
 mod spec;
 mod status;
 
+pub use safety::*;
 pub use spec::*;
 pub use status::*;
 

@@ -4,7 +4,7 @@ use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::K8sUpgradeStatus;
+use crate::{GatesSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, WindowSpec};
 
 /// Label kubeadm puts on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
@@ -86,6 +86,24 @@ pub struct K8sUpgradeSpec {
     )]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("stallTimeout must be at least 1m"))]
     pub stall_timeout: Duration,
+
+    /// Checks that must pass before the first node is touched (and, for nodes and
+    /// alerts, before every node).
+    #[serde(default)]
+    pub gates: GatesSpec,
+
+    /// An etcd snapshot to take before the first node is touched. None when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotSpec>,
+
+    /// A maintenance window: nodes are only started inside it. Any time when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowSpec>,
+
+    /// Notifications (started, blocked, stalled, failed, succeeded) to a Slack-compatible
+    /// webhook. None when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifySpec>,
 }
 
 fn default_soak() -> Duration {

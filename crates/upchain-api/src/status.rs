@@ -66,6 +66,15 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_reasons: Vec<String>,
 
+    /// Since when firing alerts have held the next node back (they block the run once
+    /// `gates.prometheus.maxWait` has passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts_waiting_since: Option<Time>,
+
+    /// When the maintenance window next opens, while the run waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window_at: Option<Time>,
+
     /// The etcd snapshot taken before the first node was touched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
@@ -287,6 +296,10 @@ pub struct SnapshotRecord {
     /// True once the snapshot Job succeeded.
     #[serde(default)]
     pub verified: bool,
+    /// 1 for the run's first snapshot Job; a failed one is retried after the gates'
+    /// recheck interval under the next number.
+    #[serde(default)]
+    pub attempt: i32,
     /// What happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

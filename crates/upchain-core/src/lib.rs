@@ -12,14 +12,18 @@ pub mod job;
 pub mod machine;
 pub mod observe;
 pub mod plan;
+pub mod snapshot;
 pub mod version;
+pub mod window;
 
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use machine::{Action, Decision, Event, decide, finalize, holds_lock};
+pub use machine::{
+    Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock, needs,
+};
 pub use observe::{JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade};
 pub use plan::{Exclusion, Plan, PlanError, plan};
 pub use version::{KubeVersion, VersionError};

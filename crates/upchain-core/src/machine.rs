@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use upchain_api::{
     DrainTimeoutAction, K8sUpgrade, K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole,
-    NodeStep, Phase, RETRY_ANNOTATION, RunRecord,
+    NodeStep, Phase, RETRY_ANNOTATION, RunRecord, SnapshotRecord,
 };
 
 use crate::conditions::{self, Desired, types};
@@ -23,11 +23,10 @@ use crate::job::{NodeJob, Owner, job_name};
 use crate::observe::{JobState, Observed, OtherUpgrade};
 use crate::plan::{Plan, plan};
 use crate::version::KubeVersion;
+use crate::window::{WindowState, window_state};
 
 /// How often a drain re-checks its Pods while they leave.
 pub const DRAIN_POLL: Duration = Duration::from_secs(5);
-/// How often a Blocked run re-checks its gates.
-pub const GATE_RECHECK: Duration = Duration::from_secs(60);
 /// How often a K8sUpgrade waiting for another one, or for postflight, looks again.
 pub const WAIT_POLL: Duration = Duration::from_secs(30);
 /// Runs kept in status.history.
@@ -73,13 +72,64 @@ pub enum Action {
     },
     /// Record an Event on the K8sUpgrade.
     Event(Event),
+    /// Send a notification to the configured webhook.
+    Notify(Notification),
 }
 
 impl Action {
-    /// True for actions that change the cluster (everything but Events).
+    /// True for actions that change the cluster (everything but Events and notifications).
     pub fn is_mutating(&self) -> bool {
-        !matches!(self, Action::Event(_))
+        !matches!(self, Action::Event(_) | Action::Notify(_))
     }
+}
+
+/// What a notification is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A run started.
+    Started,
+    /// A gate refused the run.
+    Blocked,
+    /// No progress for stallTimeout.
+    Stalled,
+    /// A node or the spec failed the run.
+    Failed,
+    /// Every node runs the target.
+    Succeeded,
+}
+
+impl NotifyKind {
+    /// The notification kind an Event reason stands for, if any.
+    fn for_reason(reason: &str) -> Option<Self> {
+        match reason {
+            "RunStarted" => Some(Self::Started),
+            "Blocked" => Some(Self::Blocked),
+            "Stalled" => Some(Self::Stalled),
+            "NodeFailed" | "InvalidSpec" | "VersionPolicy" => Some(Self::Failed),
+            "Succeeded" => Some(Self::Succeeded),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Blocked => "blocked",
+            Self::Stalled => "stalled",
+            Self::Failed => "failed",
+            Self::Succeeded => "succeeded",
+        }
+    }
+}
+
+/// A notification: sent once per transition, never carrying a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// What it is about.
+    pub kind: NotifyKind,
+    /// The text, naming the K8sUpgrade.
+    pub text: String,
 }
 
 /// An Event to record on the K8sUpgrade.
@@ -143,6 +193,41 @@ impl OtherUpgrade {
     }
 }
 
+/// What the operator must gather for the next decision, beyond nodes, Jobs and drains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Every preflight gate's inputs (the run has not touched a node yet, or is Blocked).
+    pub preflight: bool,
+    /// Prometheus alerts (before each node).
+    pub alerts: bool,
+    /// The snapshot CronJob and Job.
+    pub snapshot: bool,
+    /// The postflight's inputs.
+    pub postflight: bool,
+}
+
+/// What to gather for `upgrade`, from its spec and last status: sources the gates read
+/// are only queried while a gate will look at them.
+pub fn needs(upgrade: &K8sUpgrade) -> Needs {
+    let spec = &upgrade.spec;
+    let status = upgrade.status.clone().unwrap_or_default();
+    let at_boundary = !status.nodes.iter().any(|n| n.step.is_active());
+    let retargeted = KubeVersion::parse_target(&spec.target_version)
+        .is_ok_and(|t| status.target_version.as_deref() != Some(&t.to_string()));
+    let preflight = match status.phase {
+        None | Some(Phase::Pending | Phase::Preflight | Phase::Blocked | Phase::Snapshot) => true,
+        Some(Phase::Succeeded | Phase::Failed) => retargeted,
+        Some(_) => false,
+    } && !spec.paused;
+    Needs {
+        preflight,
+        alerts: spec.gates.prometheus.is_some()
+            && (preflight || at_boundary || status.phase == Some(Phase::Postflight)),
+        snapshot: spec.snapshot.is_some() && preflight,
+        postflight: status.phase == Some(Phase::Postflight),
+    }
+}
+
 /// Decides the next status and actions for `upgrade` given what was observed at `now`.
 pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Decision {
     // Status times have second resolution; deciding at that resolution keeps a decision
@@ -195,27 +280,40 @@ impl Machine<'_> {
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, message: String) {
-        let event = Action::Event(Event {
+        self.record(Event {
             warning,
             reason,
             message,
             node: None,
         });
-        if !self.actions.contains(&event) {
-            self.actions.push(event);
-        }
     }
 
     fn node_event(&mut self, warning: bool, reason: &'static str, node: &str, message: String) {
-        let event = Action::Event(Event {
+        self.record(Event {
             warning,
             reason,
             message,
             node: Some(node.to_owned()),
         });
-        if !self.actions.contains(&event) {
-            self.actions.push(event);
+    }
+
+    /// Records an Event, and notifies when it is a transition people are told about.
+    fn record(&mut self, event: Event) {
+        if let Some(kind) = NotifyKind::for_reason(event.reason)
+            && self.spec.notify.is_some()
+        {
+            let notification = Action::Notify(Notification {
+                kind,
+                text: format!(
+                    "K8sUpgrade {} {}: {}",
+                    self.name(),
+                    kind.as_str(),
+                    event.message
+                ),
+            });
+            self.act(notification);
         }
+        self.act(Action::Event(event));
     }
 
     fn act(&mut self, action: Action) {
@@ -333,33 +431,266 @@ impl Machine<'_> {
             self.status.upgrade_kind = Some(plan.kind);
         }
 
-        let reasons = gates::nodes_gate(
-            &self.observed.nodes,
-            &self.spec.nodes.skip,
-            &self.status.nodes,
-        );
-        if !reasons.is_empty() {
-            if self.status.phase != Some(Phase::Blocked) || self.status.blocked_reasons != reasons {
-                self.event(
-                    true,
-                    "Blocked",
-                    format!("nothing was changed: {}", reasons.join("; ")),
-                );
-            }
-            self.status.blocked_reasons = reasons;
-            self.set_phase(Phase::Blocked);
-            self.requeue_within(GATE_RECHECK);
-            return self.note("GatesFailed", self.status.blocked_reasons.join("; "));
-        }
-        if self.status.phase == Some(Phase::Blocked) {
-            self.event(false, "Unblocked", "every check passes again".to_owned());
-        }
-        self.status.blocked_reasons.clear();
-
         if plan.is_complete() {
             return self.postflight();
         }
+        // Before the run's first node every gate applies; between nodes, the node gate and
+        // (waited out for a while first) the alert gate.
+        let first = self.status.nodes.is_empty();
+        let verdicts = if first {
+            gates::preflight(
+                self.spec,
+                &self.observed.nodes,
+                &self.observed.gates,
+                target,
+                plan.kind,
+                &self.status.nodes,
+                self.now.as_second(),
+            )
+        } else {
+            vec![gates::nodes_gate(
+                &self.observed.nodes,
+                &self.spec.nodes.skip,
+                &self.status.nodes,
+            )]
+        };
+        let mut reasons = gates::reasons(&verdicts);
+        if !first && let Some(alerts) = gates::alerts(&self.spec.gates, &self.observed.gates) {
+            if alerts.passed() {
+                self.status.alerts_waiting_since = None;
+            } else if reasons.is_empty() && self.status.phase != Some(Phase::Blocked) {
+                let since = self
+                    .status
+                    .alerts_waiting_since
+                    .get_or_insert(Time(self.now))
+                    .clone();
+                let max_wait = self
+                    .spec
+                    .gates
+                    .prometheus
+                    .as_ref()
+                    .map_or(Duration::ZERO, |p| Duration::from(p.max_wait));
+                let waited = self.elapsed(&since);
+                if waited < max_wait {
+                    self.requeue_within(self.recheck_interval().min(max_wait - waited));
+                    return self.note(
+                        "WaitingForAlerts",
+                        format!(
+                            "the next node waits for firing alerts to clear (blocked after {}): \
+                             {}",
+                            gates::human(i64::try_from(max_wait.as_secs()).unwrap_or(i64::MAX)),
+                            alerts.reasons.join("; ")
+                        ),
+                    );
+                }
+                reasons.extend(alerts.reasons);
+            } else {
+                reasons.extend(alerts.reasons);
+            }
+        }
+        if !reasons.is_empty() {
+            return self.block(reasons);
+        }
+        self.status.alerts_waiting_since = None;
+
+        if let Some(window) = &self.spec.window {
+            match window_state(window, self.now) {
+                Ok(WindowState::Open { .. }) => self.status.next_window_at = None,
+                Ok(WindowState::Closed { opens_at }) => {
+                    self.unblock();
+                    self.status.next_window_at = Some(Time(opens_at));
+                    let wait =
+                        Duration::try_from(opens_at.duration_since(self.now)).unwrap_or_default();
+                    self.requeue_within(wait);
+                    return self.note(
+                        "OutsideWindow",
+                        format!(
+                            "outside the maintenance window; the next node starts when it \
+                             opens at {opens_at}"
+                        ),
+                    );
+                }
+                Err(error) => return self.refuse("InvalidSpec", error),
+            }
+        }
+        if first && self.spec.snapshot.is_some() && !self.snapshot_verified() {
+            return self.snapshot();
+        }
+        self.unblock();
         self.start_batch(&plan);
+    }
+
+    /// Leaves Blocked once nothing refuses any more.
+    fn unblock(&mut self) {
+        if self.status.phase == Some(Phase::Blocked) {
+            self.event(false, "Unblocked", "every check passes again".to_owned());
+            self.set_phase(Phase::Preflight);
+        }
+        self.status.blocked_reasons.clear();
+    }
+
+    fn recheck_interval(&self) -> Duration {
+        Duration::from(self.spec.gates.recheck_interval)
+    }
+
+    /// Blocked: nothing is changed, every reason is listed, the gates are rechecked.
+    fn block(&mut self, reasons: Vec<String>) {
+        if self.status.phase != Some(Phase::Blocked) || self.status.blocked_reasons != reasons {
+            self.event(
+                true,
+                "Blocked",
+                format!("nothing was changed: {}", reasons.join("; ")),
+            );
+        }
+        self.status.blocked_reasons = reasons;
+        self.set_phase(Phase::Blocked);
+        self.requeue_within(self.recheck_interval());
+        self.note("GatesFailed", self.status.blocked_reasons.join("; "));
+    }
+
+    /// True when this run's snapshot Job succeeded.
+    fn snapshot_verified(&self) -> bool {
+        let started = self.status.started_at.as_ref().map(|t| t.0.as_second());
+        self.status
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.verified && Some(s.started_at.0.as_second()) >= started)
+    }
+
+    /// Takes the etcd snapshot: creates the Job from the CronJob's template, waits for it
+    /// within the timeout; a failure blocks the run and is retried after the recheck
+    /// interval under a new attempt.
+    fn snapshot(&mut self) {
+        let Some(spec) = self.spec.snapshot.clone() else {
+            return;
+        };
+        let run_started = self
+            .status
+            .started_at
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        let current = self
+            .status
+            .snapshot
+            .clone()
+            .filter(|s| s.started_at.0.as_second() >= run_started);
+        let attempt = match &current {
+            None => 1,
+            Some(record) if record.completed_at.is_none() => record.attempt,
+            Some(record) => {
+                // The previous attempt failed: retry once the recheck interval has passed.
+                let failed_at = record
+                    .completed_at
+                    .clone()
+                    .unwrap_or(record.started_at.clone());
+                let waited = self.elapsed(&failed_at);
+                if waited < self.recheck_interval() {
+                    let reason = record.message.clone().unwrap_or_default();
+                    self.requeue_within(self.recheck_interval() - waited);
+                    return self.block(vec![reason]);
+                }
+                record.attempt + 1
+            }
+        };
+        let name = crate::snapshot::snapshot_job_name(self.name(), run_started, attempt);
+        let inputs = self.observed.snapshot.as_ref();
+        let template = match inputs.map(|i| &i.template) {
+            Some(Ok(template)) => template.clone(),
+            Some(Err(error)) => {
+                return self.block(vec![format!(
+                    "the etcd snapshot cannot be taken: CronJob {}/{} could not be read                      ({error}); fix spec.snapshot or create the CronJob",
+                    spec.namespace, spec.cron_job
+                )]);
+            }
+            // Not gathered yet: the operator reads it on the next pass.
+            None => {
+                self.requeue_within(Duration::from_secs(1));
+                return self.note("Snapshot", "reading the snapshot CronJob");
+            }
+        };
+        self.unblock();
+        self.set_phase(Phase::Snapshot);
+        let is_new = current.as_ref().is_none_or(|r| r.job != name);
+        if is_new {
+            self.status.snapshot = Some(SnapshotRecord {
+                job: name.clone(),
+                started_at: Time(self.now),
+                completed_at: None,
+                verified: false,
+                attempt,
+                message: None,
+            });
+            self.progressed();
+            self.event(
+                false,
+                "SnapshotStarted",
+                format!("taking an etcd snapshot with Job {}/{name}", spec.namespace),
+            );
+        }
+        let owner = Owner {
+            name: self.name(),
+            uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let job = crate::snapshot::render_snapshot_job(&template, owner, &spec.namespace, &name);
+        let state = inputs
+            .and_then(|i| i.job.as_ref())
+            .filter(|job| job.name == name)
+            .map(|job| job.state.clone());
+        let now = Time(self.now);
+        let Some(record) = self.status.snapshot.as_mut() else {
+            return;
+        };
+        let started = record.started_at.clone();
+        match state {
+            Some(JobState::Succeeded) => {
+                record.verified = true;
+                record.completed_at = Some(now);
+                record.message = Some("the snapshot Job succeeded".to_owned());
+                self.progressed();
+                self.event(
+                    false,
+                    "SnapshotTaken",
+                    format!("etcd snapshot Job {}/{name} succeeded", spec.namespace),
+                );
+                self.set_phase(Phase::Preflight);
+            }
+            Some(JobState::Failed { reason, message }) => {
+                let why = format!(
+                    "the etcd snapshot Job {}/{name} failed ({reason}: {message}); no node was \
+                     touched. Check its logs; it is retried every recheck interval",
+                    spec.namespace
+                );
+                record.completed_at = Some(now);
+                record.message = Some(why.clone());
+                self.block(vec![why]);
+            }
+            _ => {
+                let timeout = Duration::from(spec.timeout);
+                let waited = self.elapsed(&started);
+                if waited >= timeout {
+                    let why = format!(
+                        "the etcd snapshot Job {}/{name} did not finish within {}; no node \
+                         was touched. Check why it hangs; it is retried every recheck interval",
+                        spec.namespace,
+                        gates::human(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
+                    );
+                    if let Some(record) = self.status.snapshot.as_mut() {
+                        record.completed_at = Some(Time(self.now));
+                        record.message = Some(why.clone());
+                    }
+                    return self.block(vec![why]);
+                }
+                self.act(Action::CreateJob(Box::new(job)));
+                self.requeue_within(timeout - waited);
+                self.note(
+                    "Snapshot",
+                    format!(
+                        "waiting for the etcd snapshot Job {}/{name}",
+                        spec.namespace
+                    ),
+                );
+            }
+        }
     }
 
     fn spec_target_unchanged(&self) -> bool {
@@ -618,6 +949,37 @@ impl Machine<'_> {
                 format!(
                     "every node is at the target; waiting for {} to be Ready",
                     not_ready.join(", ")
+                ),
+            );
+        }
+        let Some(inputs) = &self.observed.postflight else {
+            // Gathered by the operator once the phase says Postflight.
+            self.requeue_within(Duration::from_secs(1));
+            return self.note(
+                "Postflight",
+                "every node is at the target; checking the control plane and workloads",
+            );
+        };
+        let target = self
+            .status
+            .target_version
+            .as_deref()
+            .and_then(|t| KubeVersion::parse_target(t).ok());
+        let mut verdicts: Vec<gates::Verdict> = target
+            .map(|t| gates::postflight_gate(inputs, t))
+            .into_iter()
+            .collect();
+        verdicts.extend(gates::alerts(&self.spec.gates, &self.observed.gates));
+        let reasons = gates::reasons(&verdicts);
+        if !reasons.is_empty() {
+            // Every node was upgraded, so this is not Blocked; it stays here, and reports
+            // Stalled after stallTimeout, until the cluster is healthy.
+            self.requeue_within(self.recheck_interval());
+            return self.note(
+                "PostflightWaiting",
+                format!(
+                    "every node is at the target, but the postflight waits: {}",
+                    reasons.join("; ")
                 ),
             );
         }
@@ -982,16 +1344,36 @@ impl Machine<'_> {
             generation,
             now,
         );
-        conditions::set(
-            conditions,
-            Desired::no(
+        let snapshot = match (&self.spec.snapshot, &self.status.snapshot) {
+            (None, _) => Desired::no(
                 types::SNAPSHOT_TAKEN,
                 "NotConfigured",
                 "no etcd snapshot is configured for this run",
             ),
-            generation,
-            now,
-        );
+            (Some(_), Some(record)) if record.verified => Desired::yes(
+                types::SNAPSHOT_TAKEN,
+                "Verified",
+                format!("etcd snapshot Job {} succeeded", record.job),
+            ),
+            (Some(_), Some(record)) => Desired::no(
+                types::SNAPSHOT_TAKEN,
+                if record.completed_at.is_some() {
+                    "Failed"
+                } else {
+                    "InProgress"
+                },
+                record
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("etcd snapshot Job {} is running", record.job)),
+            ),
+            (Some(_), None) => Desired::no(
+                types::SNAPSHOT_TAKEN,
+                "Pending",
+                "the etcd snapshot is taken before the first node",
+            ),
+        };
+        conditions::set(conditions, snapshot, generation, now);
 
         let stall_timeout = Duration::from(self.spec.stall_timeout);
         let quiet_for = self
@@ -999,7 +1381,12 @@ impl Machine<'_> {
             .last_progress_at
             .as_ref()
             .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
-        let stalled = running && !self.spec.paused && quiet_for.is_some_and(|q| q >= stall_timeout);
+        // Waiting for the maintenance window is not a stall: it is the plan.
+        let waiting_for_window = self.status.next_window_at.is_some();
+        let stalled = running
+            && !self.spec.paused
+            && !waiting_for_window
+            && quiet_for.is_some_and(|q| q >= stall_timeout);
         if stalled && !conditions::is_true(&previous.conditions, types::STALLED) {
             let step = self.status.current_step.map_or("none", NodeStep::as_str);
             self.event(
@@ -1034,6 +1421,7 @@ impl Machine<'_> {
         );
         if running
             && !stalled
+            && !waiting_for_window
             && let Some(quiet) = quiet_for
         {
             self.requeue_within(stall_timeout.saturating_sub(quiet));

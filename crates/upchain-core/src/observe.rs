@@ -21,6 +21,10 @@ pub struct ObservedNode {
     pub pressure: Vec<String>,
     /// The node's InternalIP, which the upgrade Job connects to.
     pub internal_ip: Option<String>,
+    /// When the Ready condition last changed (Unix seconds), for the quiet period.
+    pub ready_since: Option<i64>,
+    /// `status.nodeInfo.containerRuntimeVersion`, such as `containerd://1.7.22`.
+    pub container_runtime: String,
 }
 
 impl ObservedNode {
@@ -59,6 +63,15 @@ impl ObservedNode {
                 .iter()
                 .find(|a| a.type_ == "InternalIP")
                 .map(|a| a.address.clone()),
+            ready_since: conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0.as_second()),
+            container_runtime: status
+                .and_then(|s| s.node_info.as_ref())
+                .map(|info| info.container_runtime_version.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -165,6 +178,12 @@ pub struct Observed {
     pub others: Vec<OtherUpgrade>,
     /// The operator's own Pod (namespace/name), evicted last when its node is drained.
     pub operator_pod: Option<String>,
+    /// What the gates look at; gathered only when [`crate::needs`] asks for it.
+    pub gates: crate::gates::GateInputs,
+    /// The etcd snapshot's CronJob template and Job; gathered while the run needs it.
+    pub snapshot: Option<crate::snapshot::SnapshotInputs>,
+    /// What the postflight looks at; gathered in the Postflight phase.
+    pub postflight: Option<crate::gates::PostflightInputs>,
 }
 
 impl Observed {

@@ -42,6 +42,12 @@ struct World {
     never_return: BTreeSet<String>,
     others: Vec<OtherUpgrade>,
     clock: i64,
+    gates: crate::gates::GateInputs,
+    /// The snapshot CronJob's template, or why it cannot be read.
+    snapshot_template: Result<k8s_openapi::api::batch::v1::JobTemplateSpec, String>,
+    /// Snapshot Jobs and their states; `snapshot_outcome` is what the next one does.
+    snapshot_jobs: BTreeMap<String, JobState>,
+    snapshot_outcome: Option<JobState>,
 }
 
 impl World {
@@ -65,6 +71,10 @@ impl World {
             never_return: BTreeSet::new(),
             others: Vec::new(),
             clock: 0,
+            gates: Default::default(),
+            snapshot_template: Ok(Default::default()),
+            snapshot_jobs: BTreeMap::new(),
+            snapshot_outcome: Some(JobState::Succeeded),
         }
     }
 
@@ -95,6 +105,17 @@ impl World {
                 .collect(),
             others: self.others.clone(),
             operator_pod: None,
+            gates: self.gates.clone(),
+            snapshot: Some(crate::snapshot::SnapshotInputs {
+                template: self.snapshot_template.clone(),
+                job: status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
+                    Some(ObservedJob {
+                        name: s.job.clone(),
+                        state: self.snapshot_jobs.get(&s.job)?.clone(),
+                    })
+                }),
+            }),
+            postflight: Some(Default::default()),
         }
     }
 
@@ -114,6 +135,16 @@ impl World {
                     if let Some(list) = self.pods.get_mut(node) {
                         list.retain(|p| !pods.contains(&p.key()));
                     }
+                }
+                Action::CreateJob(job)
+                    if job
+                        .metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| n.contains("etcd-snapshot")) =>
+                {
+                    let name = job.metadata.name.clone().expect("named");
+                    self.snapshot_jobs.entry(name).or_insert(JobState::Running);
                 }
                 Action::CreateJob(job) => {
                     let name = job.metadata.name.clone().expect("named");
@@ -143,7 +174,7 @@ impl World {
                 Action::DeleteJob { name } => {
                     self.jobs.remove(name);
                 }
-                Action::Event(_) => {}
+                Action::Event(_) | Action::Notify(_) => {}
             }
         }
     }
@@ -151,6 +182,13 @@ impl World {
     /// Time passes: running Jobs finish, upgrading their node (or failing).
     fn tick(&mut self, seconds: i64) {
         self.clock += seconds.max(1);
+        if let Some(outcome) = &self.snapshot_outcome {
+            for state in self.snapshot_jobs.values_mut() {
+                if *state == JobState::Running {
+                    *state = outcome.clone();
+                }
+            }
+        }
         let running: Vec<String> = self
             .jobs
             .iter()
@@ -227,6 +265,10 @@ impl Run {
             .expect("phase")
     }
 
+    fn status_or_default(&self) -> K8sUpgradeStatus {
+        self.upgrade.status.clone().unwrap_or_default()
+    }
+
     fn status(&self) -> &K8sUpgradeStatus {
         self.upgrade.status.as_ref().expect("status")
     }
@@ -265,7 +307,13 @@ fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &Decision) {
     let active_names: Vec<&str> = active.iter().map(|n| n.name.as_str()).collect();
 
     for action in &decision.actions {
-        if let Action::CreateJob(job) = action {
+        if let Action::CreateJob(job) = action
+            && !job
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|n| n.contains("etcd-snapshot"))
+        {
             // Invariant 1: the Job avoids every node being drained or upgraded.
             let excluded = excluded_nodes(job);
             for name in &active_names {
@@ -452,7 +500,7 @@ fn nothing_is_mutated_before_the_gates_pass() {
         &decision.status.conditions,
         types::BLOCKED
     ));
-    assert_eq!(decision.requeue, Some(crate::machine::GATE_RECHECK));
+    assert_eq!(decision.requeue, Some(std::time::Duration::from_secs(60)));
     // The cause goes away; the block clears by itself.
     run.world.node_mut("w-1").ready = true;
     assert_eq!(
@@ -809,4 +857,246 @@ proptest! {
             }
         }
     }
+}
+
+fn firing(name: &str) -> crate::gates::Alert {
+    crate::gates::Alert {
+        name: name.into(),
+        state: "firing".into(),
+        labels: String::new(),
+    }
+}
+
+fn with_prometheus(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    upgrade.spec.gates.prometheus = Some(
+        serde_json::from_value(serde_json::json!({"url": "http://prometheus:9090"})).expect("gate"),
+    );
+    upgrade
+}
+
+#[test]
+fn a_firing_alert_blocks_before_anything_is_touched_and_the_block_clears_by_itself() {
+    let mut world = World::new(small_cluster());
+    world.gates.alerts = Some(Ok(vec![firing("KubeNodeNotReady"), firing("Watchdog")]));
+    let mut run = Run::new(with_prometheus(quick("1.35.2")), world);
+    let decision = run.decide_once();
+    assert_eq!(decision.status.phase, Some(Phase::Blocked));
+    assert!(mutating(&decision.actions).is_empty());
+    assert_eq!(decision.status.blocked_reasons.len(), 1);
+    assert!(decision.status.blocked_reasons[0].starts_with("alert KubeNodeNotReady is firing"));
+    // Rechecking while the cause stays says nothing new.
+    run.world.tick(60);
+    let again = run.decide_once();
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+    // An unreachable Prometheus is a reason too, not a pass.
+    run.world.gates.alerts = Some(Err("connection refused".into()));
+    let unreachable = run.decide_once();
+    assert!(
+        unreachable.status.blocked_reasons[0].contains("could not be read (connection refused)")
+    );
+    run.world.gates.alerts = Some(Ok(Vec::new()));
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+}
+
+#[test]
+fn alerts_between_nodes_are_waited_out_then_block() {
+    let mut run = Run::new(
+        with_prometheus(quick("1.35.2")),
+        World::new(small_cluster()),
+    );
+    run.world.gates.alerts = Some(Ok(Vec::new()));
+    while run
+        .status_or_default()
+        .nodes
+        .first()
+        .is_none_or(|n| n.step != NodeStep::Soaking)
+    {
+        run.decide_once();
+        run.world.tick(10);
+    }
+    // Alerts start firing while the first node soaks: the next one waits.
+    run.world.gates.alerts = Some(Ok(vec![firing("HighErrorRate")]));
+    run.world.tick(60);
+    let waiting = run.decide_once();
+    assert_eq!(waiting.status.nodes[0].step, NodeStep::Done);
+    assert!(mutating(&waiting.actions).is_empty());
+    assert_eq!(
+        waiting.status.nodes.len(),
+        1,
+        "no next node while alerts fire"
+    );
+    assert!(waiting.status.alerts_waiting_since.is_some());
+    assert_ne!(waiting.status.phase, Some(Phase::Blocked));
+    // Past gates.prometheus.maxWait (30m by default) the run is Blocked.
+    run.world.tick(31 * 60);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    assert!(mutating(&blocked.actions).is_empty());
+    run.world.gates.alerts = Some(Ok(Vec::new()));
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+}
+
+fn with_snapshot(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    upgrade.spec.snapshot = Some(
+        serde_json::from_value(serde_json::json!({"namespace": "kube-system", "cronJob": "etcd-backup", "timeout": "10m"}))
+            .expect("snapshot"),
+    );
+    upgrade
+}
+
+#[test]
+fn the_snapshot_is_taken_and_verified_before_the_first_node() {
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), World::new(small_cluster()));
+    let first = run.decide_once();
+    assert_eq!(first.status.phase, Some(Phase::Snapshot));
+    let created: Vec<&Action> = mutating(&first.actions);
+    assert!(
+        matches!(created.as_slice(), [Action::CreateJob(job)] if job.metadata.namespace.as_deref() == Some("kube-system")),
+        "only the snapshot Job: {created:?}"
+    );
+    run.world.tick(5);
+    let taken = run.decide_once();
+    let record = taken.status.snapshot.clone().expect("record");
+    assert!(record.verified);
+    assert!(conditions::is_true(
+        &taken.status.conditions,
+        types::SNAPSHOT_TAKEN
+    ));
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+    assert_eq!(run.world.snapshot_jobs.len(), 1, "one snapshot per run");
+}
+
+#[test]
+fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
+    for outcome in [
+        Some(JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "etcdctl exited 1".into(),
+        }),
+        None,
+    ] {
+        let mut world = World::new(small_cluster());
+        world.snapshot_outcome = outcome.clone();
+        let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+        run.decide_once();
+        run.world.tick(11 * 60);
+        let blocked = run.decide_once();
+        assert_eq!(blocked.status.phase, Some(Phase::Blocked), "{outcome:?}");
+        let reason = &blocked.status.blocked_reasons[0];
+        assert!(
+            reason.contains(if outcome.is_some() {
+                "failed (BackoffLimitExceeded: etcdctl exited 1)"
+            } else {
+                "did not finish within 10m"
+            }),
+            "{reason}"
+        );
+        assert!(
+            run.world.nodes.iter().all(|n| !n.unschedulable),
+            "no node touched"
+        );
+        // The cause is fixed; the next attempt runs after the recheck interval.
+        run.world.snapshot_outcome = Some(JobState::Succeeded);
+        assert_eq!(
+            run.until(200, &[Phase::Succeeded, Phase::Failed]),
+            Phase::Succeeded
+        );
+        assert_eq!(
+            run.status().snapshot.as_ref().map(|s| s.attempt),
+            Some(2),
+            "{outcome:?} {:?}",
+            run.world.snapshot_jobs
+        );
+    }
+    let mut world = World::new(small_cluster());
+    world.snapshot_template = Err("cronjobs.batch \"etcd-backup\" not found".into());
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+    let blocked = run.decide_once();
+    assert!(
+        blocked.status.blocked_reasons[0]
+            .contains("CronJob kube-system/etcd-backup could not be read")
+    );
+    assert!(mutating(&blocked.actions).is_empty());
+}
+
+#[test]
+fn no_node_starts_outside_the_window_and_status_says_when_it_opens() {
+    let mut upgrade = quick("1.35.2");
+    // at(0) is 2027-01-15T08:00:00Z, a Friday.
+    upgrade.spec.window = Some(
+        serde_json::from_value(
+            serde_json::json!({"start": "22:00", "duration": "4h", "timeZone": "UTC"}),
+        )
+        .expect("window"),
+    );
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    let waiting = run.decide_once();
+    assert!(mutating(&waiting.actions).is_empty());
+    assert_eq!(
+        waiting
+            .status
+            .next_window_at
+            .as_ref()
+            .map(|t| t.0.to_string()),
+        Some("2027-01-15T22:00:00Z".to_owned())
+    );
+    assert_eq!(
+        waiting.requeue,
+        Some(std::time::Duration::from_secs(14 * 3600))
+    );
+    run.world.tick(14 * 3600);
+    let open = run.decide_once();
+    assert!(!mutating(&open.actions).is_empty(), "the first node starts");
+    assert!(open.status.next_window_at.is_none());
+}
+
+#[test]
+fn notifications_go_once_per_transition() {
+    let mut upgrade = with_prometheus(quick("1.35.2"));
+    upgrade.spec.notify = Some(
+        serde_json::from_value(serde_json::json!({"webhookSecret": {"namespace": "upchain-system", "name": "slack", "key": "url"}}))
+            .expect("notify"),
+    );
+    let mut world = World::new(small_cluster());
+    world.gates.alerts = Some(Ok(vec![firing("KubeNodeNotReady")]));
+    let mut run = Run::new(upgrade, world);
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        sent.extend(
+            run.decide_once()
+                .actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Notify(n) => Some(n),
+                    _ => None,
+                }),
+        );
+        run.world.tick(60);
+    }
+    run.world.gates.alerts = Some(Ok(Vec::new()));
+    for _ in 0..200 {
+        let decision = run.decide_once();
+        sent.extend(decision.actions.into_iter().filter_map(|a| match a {
+            Action::Notify(n) => Some(n),
+            _ => None,
+        }));
+        if decision.status.phase == Some(Phase::Succeeded) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600)) as i64);
+    }
+    let kinds: Vec<&str> = sent.iter().map(|n| n.kind.as_str()).collect();
+    assert_eq!(kinds, ["started", "blocked", "succeeded"]);
+    assert!(sent[1].text.contains("KubeNodeNotReady"));
+    assert!(sent.iter().all(|n| n.text.starts_with("K8sUpgrade test ")));
 }

@@ -44,6 +44,25 @@ pub enum Command {
     Run(RunArgs),
     /// Upgrade the built-in simulated cluster end to end, showing each step as it happens.
     Demo(DemoArgs),
+    /// Run every preflight gate once against a cluster and explain each verdict, changing
+    /// nothing (exit 0: all pass, 1: blocked, 2: bad input).
+    Check(CheckArgs),
+}
+
+/// Arguments of `upchain check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Version the upgrade would go to, such as 1.35.2.
+    #[arg(long)]
+    pub target: String,
+
+    /// A K8sUpgrade manifest whose gates, nodes and runner settings to check with.
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+
+    /// Kubeconfig to use; without it, KUBECONFIG, ~/.kube/config or in-cluster.
+    #[arg(long, env = "UPCHAIN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Arguments of `upchain demo`.

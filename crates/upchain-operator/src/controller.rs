@@ -23,6 +23,7 @@ use upchain_api::{
 };
 use upchain_core::job::bounded_name;
 
+use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
     Action, JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade, decide,
@@ -32,6 +33,9 @@ use upchain_core::{
 /// Errors of one reconcile; each is retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A source the run needs could not be read.
+    #[error("{0}; the reconcile is retried with backoff")]
+    Gather(String),
     /// A call to the API server failed.
     #[error("{action} failed: {source}; the reconcile is retried with backoff")]
     Kube {
@@ -46,7 +50,7 @@ impl Error {
     /// A bounded label for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "api",
+            Error::Kube { .. } | Error::Gather(_) => "api",
         }
     }
 }
@@ -71,6 +75,8 @@ struct Context {
     nodes: Store<Node>,
     failures: Mutex<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
+    /// For Prometheus and the notification webhook.
+    http: reqwest::Client,
     /// Wakes every K8sUpgrade when one lets go of the cluster, so a waiting one starts now
     /// rather than at its next recheck.
     lock_released: tokio::sync::mpsc::UnboundedSender<()>,
@@ -113,6 +119,7 @@ pub async fn run(
         nodes,
         failures: Mutex::new(HashMap::new()),
         metrics,
+        http: reqwest::Client::new(),
         lock_released,
     });
     let jobs_api: Api<Job> = Api::all(client.clone());
@@ -215,6 +222,7 @@ fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> R
 
 async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error> {
     let name = upgrade.name_any();
+    let needs = upchain_core::needs(upgrade);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
     let selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&name]));
     let jobs = jobs_api
@@ -256,6 +264,21 @@ async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error>
         pods,
         others: other_upgrades(&name, ctx).await?,
         operator_pod: ctx.settings.operator_pod.clone(),
+        gates: gather::gate_inputs(&ctx.client, &ctx.http, upgrade, needs).await,
+        snapshot: if needs.snapshot {
+            gather::snapshot_inputs(&ctx.client, upgrade).await
+        } else {
+            None
+        },
+        postflight: if needs.postflight {
+            Some(
+                gather::postflight_inputs(&ctx.client)
+                    .await
+                    .map_err(Error::Gather)?,
+            )
+        } else {
+            None
+        },
     })
 }
 
@@ -278,7 +301,7 @@ async fn other_upgrades(name: &str, ctx: &Context) -> Result<Vec<OtherUpgrade>, 
 }
 
 /// A Job judged by its Complete and Failed conditions, not by Pod counters.
-fn observe_job(job: &Job) -> ObservedJob {
+pub(crate) fn observe_job(job: &Job) -> ObservedJob {
     let conditions = job
         .status
         .as_ref()
@@ -417,9 +440,34 @@ async fn carry_out(upgrade: &K8sUpgrade, actions: &[Action], ctx: &Context) -> R
                 }
             }
             Action::Event(event) => publish(upgrade, event, ctx).await,
+            Action::Notify(notification) => notify(upgrade, notification, ctx).await,
         }
     }
     Ok(())
+}
+
+/// Notifications are best effort: a failure is logged and counted, never fatal. The
+/// webhook URL is read from its Secret each time and appears in no log, status or Event.
+async fn notify(upgrade: &K8sUpgrade, notification: &upchain_core::Notification, ctx: &Context) {
+    let Some(spec) = &upgrade.spec.notify else {
+        return;
+    };
+    let kind = notification.kind.as_str();
+    let sent = match crate::notify::send(
+        &ctx.client,
+        &ctx.http,
+        &spec.webhook_secret,
+        &notification.text,
+    )
+    .await
+    {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(kind, %error, "could not send a notification");
+            false
+        }
+    };
+    ctx.metrics.notified(kind, sent);
 }
 
 /// Events are best effort: a failure to record one is logged, never fatal.

@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
@@ -67,17 +66,11 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     )
     .await
     .map_err(demo_error("applying the CRD"))?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace =
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "upchain-system"}});
-    namespaces
-        .patch(
-            "upchain-system",
-            &PatchParams::apply(FIELD_MANAGER),
-            &Patch::Apply(&namespace),
-        )
+    upchain_operator::install::runner_prerequisites(&client)
         .await
-        .map_err(demo_error("creating the runner namespace"))?;
+        .map_err(demo_error(
+            "creating the runner namespace, script and SSH Secret",
+        ))?;
 
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

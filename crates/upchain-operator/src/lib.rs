@@ -3,4 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod gather;
+pub mod install;
 pub mod metrics;
+pub mod notify;

@@ -1,6 +1,7 @@
 //! `upchain`: the operator and its command-line tools.
 #![forbid(unsafe_code)]
 
+mod check_cmd;
 mod cli;
 mod demo_cmd;
 mod error;
@@ -20,6 +21,17 @@ use crate::error::Error;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.init_logging();
+    if let Command::Check(args) = &cli.command {
+        let mut stdout = std::io::stdout().lock();
+        return match runtime().and_then(|rt| rt.block_on(check_cmd::run(args, &mut stdout))) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(error.exit_code())
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -40,6 +52,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Sim(args) => runtime()?.block_on(sim_cmd::run(&args)),
         Command::Run(args) => runtime()?.block_on(run_cmd::run(&args)),
         Command::Demo(args) => runtime()?.block_on(demo_cmd::run(&args, &mut stdout)),
+        Command::Check(_) => Ok(()), // handled in main: its verdict is the exit code
     }
 }
 

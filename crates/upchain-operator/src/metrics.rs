@@ -45,6 +45,12 @@ struct CategoryLabel {
     category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabel {
+    kind: String,
+    result: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -60,6 +66,7 @@ pub struct Metrics {
     node_duration: Family<RoleLabel, Histogram>,
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
+    notifications: Family<NotificationLabel, Counter>,
     reconcile_duration: Histogram,
     leader: Gauge,
     ready: AtomicBool,
@@ -84,6 +91,7 @@ impl Default for Metrics {
             }),
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
+            notifications: Family::default(),
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             leader: Gauge::default(),
             ready: AtomicBool::new(false),
@@ -149,6 +157,11 @@ impl Default for Metrics {
             "upchain_reconcile_duration_seconds",
             "Reconcile latency",
             metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "upchain_notifications",
+            "Notifications sent to the webhook, by kind and result (sent or failed)",
+            metrics.notifications.clone(),
         );
         registry.register(
             "upchain_leader",
@@ -258,6 +271,16 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Counts a notification, sent or failed.
+    pub fn notified(&self, kind: &str, sent: bool) {
+        self.notifications
+            .get_or_create(&NotificationLabel {
+                kind: kind.to_owned(),
+                result: if sent { "sent" } else { "failed" }.to_owned(),
+            })
+            .inc();
     }
 
     /// Records whether this replica leads.

@@ -13,22 +13,7 @@ use crate::sim_cmd::shutdown_signal;
 
 /// Connects and runs the controller until SIGINT or SIGTERM.
 pub async fn run(args: &RunArgs) -> Result<(), Error> {
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig =
-                Kubeconfig::read_from(path).map_err(|e| Error::Connect(e.to_string()))?;
-            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| Error::Connect(e.to_string()))?
-        }
-        None => Config::infer()
-            .await
-            .map_err(|e| Error::Connect(e.to_string()))?,
-    };
-    // A PodDisruptionBudget's 429 must come back to the drain, which rechecks on its own
-    // schedule, instead of holding a reconcile in the client's retry loop for minutes.
-    config.default_retry = false;
-    let client = Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))?;
+    let client = connect(args.kubeconfig.as_deref()).await?;
     let settings = Settings {
         operator_pod: args
             .pod_namespace
@@ -72,4 +57,25 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
     }
     let _ = stop.send(true);
     Ok(())
+}
+
+/// A client for the cluster in `kubeconfig`, or the one KUBECONFIG, ~/.kube/config or
+/// the in-cluster service account name.
+pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig =
+                Kubeconfig::read_from(path).map_err(|e| Error::Connect(e.to_string()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| Error::Connect(e.to_string()))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?,
+    };
+    // A PodDisruptionBudget's 429 must come back to the drain, which rechecks on its own
+    // schedule, instead of holding a reconcile in the client's retry loop for minutes.
+    config.default_retry = false;
+    Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
 }

@@ -73,10 +73,11 @@ fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
     let manifests = dir.path().join("upgrade.yaml");
     std::fs::write(
         &manifests,
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upchain-system\n---\n\
-         apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  soak: 0s\n",
+        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  soak: 0s\n",
     )
     .unwrap();
+    let runner = Path::new(REPO).join("deploy/examples/upchain-system.yaml");
+    kubectl(&kubeconfig, &["apply", "-f", runner.to_str().unwrap()]);
     kubectl(&kubeconfig, &["apply", "-f", manifests.to_str().unwrap()]);
 
     let run = |_: ()| {

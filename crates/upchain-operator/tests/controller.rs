@@ -10,9 +10,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
@@ -157,13 +156,9 @@ async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Durat
     )
     .await
     .expect("crd");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "upchain-system"}})).unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
+    upchain_operator::install::runner_prerequisites(&client)
         .await
-        .expect("namespace");
+        .expect("runner namespace, script and SSH Secret");
     let mut cluster = Cluster {
         sim,
         client,
@@ -829,4 +824,214 @@ async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_fol
     );
     assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
+}
+
+/// Helm's release Secret for one revision, as Helm 3 labels it.
+fn helm_release(revision: u32, status: &str) -> k8s_openapi::api::core::v1::Secret {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("sh.helm.release.v1.web.v{revision}"), "namespace": "default",
+                     "labels": {"owner": "helm", "name": "web", "status": status, "version": revision.to_string()}},
+        "type": "helm.sh/release.v1",
+        "data": {"release": "H4sIAAAAAAAA"}
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
+    let cluster = cluster(1, 2).await;
+    let client = &cluster.client;
+    // Four causes at once: a firing alert, a pending Helm release, a removed API still in
+    // use, and a node whose containerd is too old for 1.35.
+    cluster.sim.surroundings().alerts = vec![
+        ("KubeNodeNotReady".into(), "firing".into()),
+        ("Watchdog".into(), "firing".into()),
+    ];
+    cluster.sim.surroundings().deprecated_apis = vec![(
+        "flowcontrol.apiserver.k8s.io".into(),
+        "v1beta3".into(),
+        "flowschemas".into(),
+        "1.32".into(),
+    )];
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    secrets
+        .create(&Default::default(), &helm_release(1, "deployed"))
+        .await
+        .expect("release v1");
+    secrets
+        .create(&Default::default(), &helm_release(2, "pending-upgrade"))
+        .await
+        .expect("release v2");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let runtime = |version: &str| {
+        Patch::Merge(
+            json!({"status": {"nodeInfo": {"containerRuntimeVersion": format!("containerd://{version}")}}}),
+        )
+    };
+    nodes
+        .patch_status("worker-2", &PatchParams::default(), &runtime("1.6.28"))
+        .await
+        .expect("old containerd");
+    let webhook: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "slack", "namespace": "upchain-system"},
+        "stringData": {"url": cluster.sim.webhook_url()}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "upchain-system")
+        .create(&Default::default(), &webhook)
+        .await
+        .expect("webhook secret");
+    apply_upgrade(client, json!({
+        "targetVersion": "1.35.2", "soak": "0s",
+        "gates": {"prometheus": {"url": cluster.sim.prometheus_url()}, "helm": true, "recheckInterval": "5s"},
+        "notify": {"webhookSecret": {"namespace": "upchain-system", "name": "slack", "key": "url"}}
+    })).await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let reasons = blocked.status.expect("status").blocked_reasons;
+    let expected = [
+        "alert KubeNodeNotReady is firing",
+        "flowschemas flowcontrol.apiserver.k8s.io/v1beta3 is still requested and is removed in 1.32",
+        "node worker-2 runs containerd 1.6.28, below 1.7.0",
+        "Helm release default/web is pending-upgrade at revision 2",
+    ];
+    for words in expected {
+        assert!(
+            reasons.iter().any(|r| r.contains(words)),
+            "missing {words:?} in {reasons:#?}"
+        );
+    }
+    assert_eq!(reasons.len(), expected.len(), "{reasons:#?}");
+    let exposition = cluster.operator.as_ref().expect("operator").metrics();
+    assert!(
+        exposition.contains("k8s_upgrade_blocked{upgrade=\"to-1-35\"} 1"),
+        "{exposition}"
+    );
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true),
+        "nothing cordoned"
+    );
+    assert!(cluster.sim.objects("jobs.batch").is_empty(), "no Job");
+
+    // Prometheus going down is a reason of its own, not a pass.
+    cluster.sim.surroundings().alerts.clear();
+    cluster.sim.surroundings().prometheus_down = true;
+    wait_for(&cluster, "Prometheus unreachable", |s| {
+        s.blocked_reasons
+            .iter()
+            .any(|r| r.contains("Prometheus alerts could not be read"))
+    })
+    .await;
+    // Every cause goes; the run starts without anyone touching the object.
+    cluster.sim.surroundings().prometheus_down = false;
+    cluster.sim.surroundings().deprecated_apis.clear();
+    secrets
+        .delete("sh.helm.release.v1.web.v2", &Default::default())
+        .await
+        .expect("rolled back");
+    nodes
+        .patch_status("worker-2", &PatchParams::default(), &runtime("1.7.24"))
+        .await
+        .expect("containerd upgraded");
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
+
+    // One notification per transition, and the webhook's URL is nowhere to be seen.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let messages = loop {
+        let messages = cluster.sim.surroundings().webhook_messages.clone();
+        if messages.iter().any(|m| m.contains("succeeded")) || std::time::Instant::now() > deadline
+        {
+            break messages;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<&str> = messages
+        .iter()
+        .map(|m| {
+            ["started", "blocked", "succeeded"]
+                .into_iter()
+                .find(|k| m.contains(&format!("to-1-35 {k}")))
+                .unwrap_or("other")
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["started", "blocked", "blocked", "succeeded"],
+        "{messages:#?}"
+    );
+    let url = cluster.sim.webhook_url();
+    let upgrade = serde_json::to_string(
+        &Api::<K8sUpgrade>::all(client.clone())
+            .get("to-1-35")
+            .await
+            .expect("get"),
+    )
+    .unwrap();
+    assert!(!upgrade.contains(&url));
+    let events = serde_json::to_string(&cluster.sim.objects("events.events.k8s.io")).unwrap();
+    assert!(!events.contains(&url));
+    let exposition = cluster.operator.as_ref().expect("operator").metrics();
+    assert!(
+        exposition.contains("upchain_notifications_total{kind=\"succeeded\",result=\"sent\"} 1"),
+        "{exposition}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
+    let mut cluster = cluster(1, 2).await;
+    cluster.kill_controller();
+    cluster.sim.surroundings().alerts = vec![("KubeNodeNotReady".into(), "firing".into())];
+    let kubeconfig = cluster.dir.path().join("kubeconfig");
+    cluster
+        .sim
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    let spec = cluster.dir.path().join("upgrade.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: x\nspec:\n  targetVersion: 1.35.2\n  gates:\n    prometheus:\n      url: {}\n",
+            cluster.sim.prometheus_url()
+        ),
+    )
+    .unwrap();
+    let check = |target: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args(["check", "--target", target, "--spec"])
+            .arg(&spec)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .expect("upchain check runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let (code, text) = tokio::task::block_in_place(|| check("1.35.2"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("BLOCK alerts"), "{text}");
+    assert!(text.contains("alert KubeNodeNotReady is firing"), "{text}");
+    assert!(text.contains("PASS  nodes"), "{text}");
+    cluster.sim.surroundings().alerts.clear();
+    let (code, text) = tokio::task::block_in_place(|| check("1.35.2"));
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = tokio::task::block_in_place(|| check("1.37.0"));
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true)
+    );
+    assert!(cluster.sim.objects("jobs.batch").is_empty());
 }

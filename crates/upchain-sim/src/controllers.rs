@@ -653,6 +653,24 @@ fn finish_pod(store: &mut Store, namespace: &str, pod: &str, succeeded: bool, st
     let _ = store.write_own(next, true);
 }
 
+/// What `kubeadm upgrade` does to a control-plane node's static Pods (etcd keeps its own
+/// version).
+fn upgrade_static_pods(store: &mut Store, node: &str, version: &str) {
+    for mut pod in store.all("pods") {
+        let component = pod["metadata"]["labels"]["component"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let is_static = pod["metadata"]["labels"]["tier"] == "control-plane";
+        if !is_static || pod["spec"]["nodeName"] != node || component == "etcd" {
+            continue;
+        }
+        pod["spec"]["containers"][0]["image"] =
+            json!(format!("registry.k8s.io/{component}:{version}"));
+        let _ = store.write_own(pod, false);
+    }
+}
+
 fn update_node(store: &mut Store, node: &str, change: impl FnOnce(&mut Value)) {
     let Some(nodes) = store.type_by_id("nodes") else {
         return;
@@ -769,6 +787,7 @@ fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
                         set_node_ready(n, true, &stamp);
                     }
                 });
+                upgrade_static_pods(store, &node, &kubelet);
                 finish_pod(store, &namespace, &pod, true, &stamp);
             }
         }

@@ -37,9 +37,18 @@ pub fn node(name: &str, index: usize, control_plane: bool, version: &str, now: &
             ], "sizeBytes": 12_000_000 + i * 1_733_017})
         })
         .collect();
+    // The cluster has been up for a while: no condition changed in the last week.
+    let settled = now
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .and_then(|t| t.checked_sub(jiff::SignedDuration::from_hours(7 * 24)).ok())
+        .map_or_else(
+            || now.to_owned(),
+            |t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        );
     let condition = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": now, "lastTransitionTime": now})
+               "lastHeartbeatTime": now, "lastTransitionTime": settled})
     };
     json!({
         "apiVersion": "v1", "kind": "Node",

@@ -96,6 +96,23 @@ pub struct Shared {
     pub version: Mutex<String>,
     /// How often a watch with bookmarks allowed receives one.
     pub bookmark_interval: Duration,
+    /// The services around the API server that gates read, and the webhook receiver.
+    pub surroundings: Mutex<Surroundings>,
+}
+
+/// What the simulated cluster serves besides its API: a Prometheus alerts API
+/// (`/prometheus/api/v1/alerts`), the API server's `/metrics` with
+/// `apiserver_requested_deprecated_apis`, and a Slack-compatible webhook (`/webhook`).
+#[derive(Clone, Debug, Default)]
+pub struct Surroundings {
+    /// Alerts Prometheus reports, as (alertname, state: firing or pending).
+    pub alerts: Vec<(String, String)>,
+    /// Prometheus answers 503, as when it is down.
+    pub prometheus_down: bool,
+    /// Deprecated APIs still requested: (group, version, resource, removed_release).
+    pub deprecated_apis: Vec<(String, String, String, String)>,
+    /// Bodies the webhook received, in order.
+    pub webhook_messages: Vec<String>,
 }
 
 impl Shared {
@@ -108,6 +125,49 @@ impl Shared {
     fn faults(&self) -> MutexGuard<'_, Faults> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+impl Shared {
+    /// What is served besides the API.
+    pub fn surroundings(&self) -> MutexGuard<'_, Surroundings> {
+        self.surroundings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn prometheus_alerts(shared: &Shared) -> Response {
+    let surroundings = shared.surroundings();
+    if surroundings.prometheus_down {
+        return (StatusCode::SERVICE_UNAVAILABLE, "prometheus is down").into_response();
+    }
+    let alerts: Vec<Value> = surroundings
+        .alerts
+        .iter()
+        .map(|(name, state)| {
+            json!({"labels": {"alertname": name, "severity": "critical"}, "annotations": {},
+                   "state": state, "activeAt": "2026-01-01T00:00:00Z", "value": "1e+00"})
+        })
+        .collect();
+    json_response(
+        200,
+        &json!({"status": "success", "data": {"alerts": alerts}}),
+    )
+}
+
+fn api_server_metrics(shared: &Shared) -> Response {
+    let mut text = String::from(
+        "# HELP apiserver_requested_deprecated_apis Gauge of deprecated APIs that have been requested, broken out by API group, version, resource, subresource, and removed_release.\n# TYPE apiserver_requested_deprecated_apis gauge\n",
+    );
+    for (group, version, resource, removed) in &shared.surroundings().deprecated_apis {
+        text.push_str(&format!(
+            "apiserver_requested_deprecated_apis{{group=\"{group}\",removed_release=\"{removed}\",resource=\"{resource}\",subresource=\"\",version=\"{version}\"}} 1\n"
+        ));
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        text,
+    )
+        .into_response()
 }
 
 /// The axum router serving everything.
@@ -186,6 +246,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
 
     match segments.as_slice() {
+        ["prometheus", "api", "v1", "alerts"] => return prometheus_alerts(&shared),
+        ["metrics"] => return api_server_metrics(&shared),
+        ["webhook"] if method == axum::http::Method::POST => {
+            shared
+                .surroundings()
+                .webhook_messages
+                .push(String::from_utf8_lossy(&body).into_owned());
+            return (StatusCode::OK, "ok").into_response();
+        }
         ["version"] => {
             let version = api_server_version(&shared);
             let minor = version.split('.').nth(1).unwrap_or("0").to_owned();

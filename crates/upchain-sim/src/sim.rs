@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::controllers::{self, Behaviour, Placement};
 use crate::seed;
-use crate::server::{self, Faults, Shared};
+use crate::server::{self, Faults, Shared, Surroundings};
 use crate::store::{DEFAULT_HISTORY, Store};
 
 /// How to build a simulated cluster.
@@ -107,6 +107,7 @@ impl Sim {
             faults: Mutex::new(Faults::none(config.seed)),
             version: Mutex::new(version),
             bookmark_interval: config.bookmark_interval,
+            surroundings: Mutex::new(Surroundings::default()),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -196,6 +197,22 @@ impl Sim {
     /// Where every Pod was scheduled, in order: the record invariant checks read.
     pub fn placements(&self) -> Vec<Placement> {
         self.behaviour().placements.clone()
+    }
+
+    /// The Prometheus alerts, deprecated-API metrics and webhook messages, changeable and
+    /// readable while the cluster runs.
+    pub fn surroundings(&self) -> MutexGuard<'_, Surroundings> {
+        self.shared.surroundings()
+    }
+
+    /// Base URL of the simulated Prometheus (its alerts API is under `/api/v1/alerts`).
+    pub fn prometheus_url(&self) -> String {
+        format!("{}/prometheus", self.url())
+    }
+
+    /// URL of the simulated Slack-compatible webhook.
+    pub fn webhook_url(&self) -> String {
+        format!("{}/webhook", self.url())
     }
 
     /// Every object of a type (`nodes`, `pods`, `jobs.batch`, ...).

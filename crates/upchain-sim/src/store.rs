@@ -338,6 +338,11 @@ impl Store {
         object: Value,
         old: Option<&Value>,
     ) -> Result<Value, ApiError> {
+        let object = if rt.id() == "secrets" {
+            secret_string_data(object)
+        } else {
+            object
+        };
         let crd_name = format!("{}.{}", rt.plural, rt.group);
         let crd = self
             .objects
@@ -942,6 +947,23 @@ fn core_event(event: &Value) -> Value {
         "count": event["series"]["count"].as_i64().or(event["deprecatedCount"].as_i64()).unwrap_or(1),
         "firstTimestamp": first, "lastTimestamp": last, "eventTime": event["eventTime"].clone(),
     })
+}
+
+/// What the API server does with a Secret's `stringData`: merged into `data`, encoded.
+fn secret_string_data(mut secret: Value) -> Value {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = secret.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return secret;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in strings {
+        let text = value.as_str().unwrap_or_default();
+        secret["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+    secret
 }
 
 fn strip_nulls_in_metadata(object: &mut Value) {

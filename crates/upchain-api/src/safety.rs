@@ -1,0 +1,252 @@
+//! The spec of what keeps a run safe and visible: the gates, the etcd snapshot, the
+//! maintenance window and notifications.
+
+use std::collections::BTreeMap;
+
+use kube::KubeSchema;
+use kube::core::Duration;
+use serde::{Deserialize, Serialize};
+
+/// Checks that must pass before the first node is touched; the node and alert gates are
+/// checked again before every node. A gate that refuses makes the run Blocked: nothing
+/// is changed, every reason is listed in status, and the gates are rechecked until they
+/// pass.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatesSpec {
+    /// No node (other than those this run upgraded) may have become Ready within this
+    /// period: a node that just rebooted is not yet proven healthy. `0s` turns it off.
+    #[serde(default = "default_quiet_period")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub quiet_period: Duration,
+
+    /// How often a Blocked run checks its gates again.
+    #[serde(default = "default_recheck_interval")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5s')").message("gates.recheckInterval must be at least 5s"))]
+    pub recheck_interval: Duration,
+
+    /// Refuse while Prometheus has firing alerts. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+
+    /// Minor upgrades only: addons, deprecated APIs and containerd must support the
+    /// target.
+    #[serde(default)]
+    pub compatibility: CompatibilityGate,
+
+    /// Refuse while a Helm release is pending (pending-install, pending-upgrade or
+    /// pending-rollback). Needs read access to Secrets (only their metadata is read), so
+    /// it is off by default.
+    #[serde(default)]
+    pub helm: bool,
+
+    /// Refuse while a Deployment is not reconciled: not Available, not Progressing, or
+    /// with fewer updated replicas than available ones (10% tolerance, for autoscaling).
+    #[serde(default = "default_true")]
+    pub workloads: bool,
+}
+
+impl Default for GatesSpec {
+    fn default() -> Self {
+        Self {
+            quiet_period: default_quiet_period(),
+            recheck_interval: default_recheck_interval(),
+            prometheus: None,
+            compatibility: CompatibilityGate::default(),
+            helm: false,
+            workloads: true,
+        }
+    }
+}
+
+fn default_quiet_period() -> Duration {
+    Duration::from(std::time::Duration::from_secs(24 * 3600))
+}
+
+fn default_recheck_interval() -> Duration {
+    Duration::from(std::time::Duration::from_secs(60))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Firing alerts from Prometheus's HTTP API (`/api/v1/alerts`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Base URL of Prometheus, such as `http://prometheus-operated.monitoring:9090`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("gates.prometheus.url must start with http:// or https://"))]
+    pub url: String,
+
+    /// Alerts whose name matches this regular expression do not count. The default
+    /// ignores Prometheus's always-firing alerts and upchain's own.
+    #[serde(default = "default_ignore_alerts")]
+    #[schemars(length(max = 1024))]
+    pub ignore_alerts: String,
+
+    /// Before each node, firing alerts are waited out for at most this long (rechecked
+    /// every recheckInterval); after that the run is Blocked.
+    #[serde(default = "default_alert_wait")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub max_wait: Duration,
+}
+
+/// The default `ignoreAlerts`.
+pub const DEFAULT_IGNORE_ALERTS: &str = "^(Watchdog|InfoInhibitor|K8sUpgrade.*)$";
+
+fn default_ignore_alerts() -> String {
+    DEFAULT_IGNORE_ALERTS.to_owned()
+}
+
+fn default_alert_wait() -> Duration {
+    Duration::from(std::time::Duration::from_secs(30 * 60))
+}
+
+/// The compatibility gate, for minor upgrades (a patch release removes no API and raises
+/// no floor, and the running cluster proves its addons work at that minor).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CompatibilityGate {
+    /// A ConfigMap key holding the addon matrix (YAML): for each addon, where its running
+    /// version is read from and the highest Kubernetes minor each of its versions
+    /// supports. See docs/gates.md for the format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addon_matrix: Option<NamespacedKeyRef>,
+
+    /// Refuse while the API server still serves requests to APIs that the target
+    /// removes (from its `apiserver_requested_deprecated_apis` metric).
+    #[serde(default = "default_true")]
+    pub deprecated_apis: bool,
+
+    /// The lowest containerd version each Kubernetes minor needs, by minor (`"1.36":
+    /// "2.0.0"`). Replaces the built-in table when set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub containerd_floors: BTreeMap<String, String>,
+}
+
+impl Default for CompatibilityGate {
+    fn default() -> Self {
+        Self {
+            addon_matrix: None,
+            deprecated_apis: true,
+            containerd_floors: BTreeMap::new(),
+        }
+    }
+}
+
+/// The built-in containerd floors: Kubernetes 1.36 drops containerd 1.x; earlier
+/// minors need a containerd that is still maintained (1.7).
+pub const DEFAULT_CONTAINERD_FLOORS: &[(&str, &str)] = &[
+    ("1.33", "1.7.0"),
+    ("1.34", "1.7.0"),
+    ("1.35", "1.7.0"),
+    ("1.36", "2.0.0"),
+];
+
+/// A key in a namespaced ConfigMap or Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamespacedKeyRef {
+    /// Namespace of the object.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the object's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// An etcd snapshot taken once before the first node is touched, by a Job made from an
+/// existing CronJob's template (the cluster's own backup job).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Namespace of the CronJob.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Name of the CronJob whose template takes the snapshot.
+    #[schemars(length(min = 1, max = 253))]
+    pub cron_job: String,
+    /// How long the snapshot Job may run; past it the run is Blocked.
+    #[serde(default = "default_snapshot_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub timeout: Duration,
+}
+
+fn default_snapshot_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(15 * 60))
+}
+
+/// When nodes may be started. A node already in progress is finished outside it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowSpec {
+    /// Days on which the window opens; every day when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    pub days: Vec<Weekday>,
+    /// Local time the window opens, `HH:MM` (24-hour clock).
+    #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// How long the window stays open (at most a week).
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('168h')").message("window.duration must be between 1m and 168h"))]
+    pub duration: Duration,
+    /// IANA time zone of `start` and `days`, such as `Europe/London`.
+    #[serde(default = "default_time_zone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".to_owned()
+}
+
+/// A day of the week.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord,
+)]
+#[allow(missing_docs)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// Where notifications go.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NotifySpec {
+    /// The Secret key holding a Slack-compatible incoming-webhook URL. The URL is never
+    /// logged or shown in status.
+    pub webhook_secret: NamespacedKeyRef,
+}

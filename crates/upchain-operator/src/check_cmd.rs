@@ -1,0 +1,83 @@
+//! `upchain check`: every preflight gate once against the cluster, with its evidence,
+//! changing nothing.
+
+use std::io::Write;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+use upchain_api::K8sUpgrade;
+use upchain_core::{KubeVersion, Needs, ObservedNode, plan};
+
+use crate::cli::CheckArgs;
+use crate::error::Error;
+use crate::nodes_file;
+use crate::run_cmd::connect;
+
+/// Runs the gates; Ok(true) when every gate passes.
+pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> {
+    let target = KubeVersion::parse_target(&args.target).map_err(upchain_core::PlanError::from)?;
+    let mut upgrade = match &args.spec {
+        Some(path) => nodes_file::parse_upgrade(path, &nodes_file::read(path)?)?,
+        None => K8sUpgrade::new(
+            "check",
+            serde_json::from_value(serde_json::json!({"targetVersion": args.target}))
+                .map_err(Error::JsonRender)?,
+        ),
+    };
+    upgrade.spec.target_version = target.to_string();
+    let client = connect(args.kubeconfig.as_deref()).await?;
+    let nodes: Vec<ObservedNode> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::Connect(format!("listing nodes: {e}")))?
+        .items
+        .iter()
+        .map(ObservedNode::from_node)
+        .collect();
+    let plan = plan(target, &upgrade.spec.nodes, &nodes)?;
+    let inputs = upchain_operator::gather::gate_inputs(
+        &client,
+        &reqwest::Client::new(),
+        &upgrade,
+        Needs {
+            preflight: true,
+            alerts: true,
+            snapshot: false,
+            postflight: false,
+        },
+    )
+    .await;
+    let verdicts = upchain_core::gates::preflight(
+        &upgrade.spec,
+        &nodes,
+        &inputs,
+        target,
+        plan.kind,
+        &[],
+        jiff::Timestamp::now().as_second(),
+    );
+    let mut text = format!(
+        "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade):\n",
+        plan.kind.as_str(),
+        plan.from_version,
+        plan.steps.len()
+    );
+    for verdict in &verdicts {
+        let mark = if verdict.passed() { "PASS " } else { "BLOCK" };
+        text.push_str(&format!(
+            "  {mark} {:<16} {}\n",
+            verdict.gate, verdict.evidence
+        ));
+        for reason in &verdict.reasons {
+            text.push_str(&format!("        - {reason}\n"));
+        }
+    }
+    let passed = verdicts.iter().all(|v| v.passed());
+    text.push_str(if passed {
+        "Every gate passes: a K8sUpgrade to this target would start now.\n"
+    } else {
+        "Blocked: a K8sUpgrade to this target would wait, changing nothing, until the reasons above are fixed.\n"
+    });
+    out.write_all(text.as_bytes()).map_err(Error::Output)?;
+    Ok(passed)
+}

@@ -1,0 +1,420 @@
+//! Gathers what the gates, the snapshot and the postflight look at. Each source that
+//! cannot be read becomes an `Err` with the reason, which the gate turns into a refusal:
+//! nothing here decides.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, Secret};
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use upchain_api::K8sUpgrade;
+use upchain_core::gates::{
+    AddonMatrix, AddonObservation, Alert, DeprecatedApi, GateInputs, HelmRelease,
+    ObservedDeployment, PostflightInputs, Source, StaticPod,
+};
+use upchain_core::snapshot::SnapshotInputs;
+use upchain_core::{Needs, ObservedJob};
+
+/// How long a gate's HTTP source may take to answer.
+const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads the gates' sources that `needs` asks for.
+pub async fn gate_inputs(
+    client: &Client,
+    http: &reqwest::Client,
+    upgrade: &K8sUpgrade,
+    needs: Needs,
+) -> GateInputs {
+    let gates = &upgrade.spec.gates;
+    let mut inputs = GateInputs::default();
+    if needs.alerts
+        && let Some(prometheus) = &gates.prometheus
+    {
+        inputs.alerts = Some(alerts(http, &prometheus.url).await);
+    }
+    if !needs.preflight {
+        return inputs;
+    }
+    inputs.runner_missing = Some(runner_missing(client, upgrade).await);
+    if gates.compatibility.deprecated_apis {
+        inputs.deprecated_apis = Some(deprecated_apis(client).await);
+    }
+    if let Some(matrix) = &gates.compatibility.addon_matrix {
+        inputs.addons = Some(addons(client, matrix).await);
+    }
+    if gates.helm {
+        inputs.helm_releases = Some(helm_releases(client).await);
+    }
+    if gates.workloads {
+        inputs.deployments = Some(deployments(client).await);
+    }
+    inputs
+}
+
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
+    }
+}
+
+/// Firing and pending alerts from Prometheus's `/api/v1/alerts`.
+pub async fn alerts(http: &reqwest::Client, base: &str) -> Source<Vec<Alert>> {
+    #[derive(serde::Deserialize)]
+    struct Response {
+        data: Data,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        alerts: Vec<RawAlert>,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawAlert {
+        labels: BTreeMap<String, String>,
+        state: String,
+    }
+    let url = format!("{}/api/v1/alerts", base.trim_end_matches('/'));
+    let response = http
+        .get(&url)
+        .timeout(SOURCE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+    if !response.status().is_success() {
+        return Err(format!("GET {url} answered {}", response.status()));
+    }
+    let body: Response = response.json().await.map_err(|e| {
+        format!(
+            "GET {url}: not a Prometheus alerts response: {}",
+            e.without_url()
+        )
+    })?;
+    Ok(body
+        .data
+        .alerts
+        .into_iter()
+        .map(|alert| {
+            let name = alert.labels.get("alertname").cloned().unwrap_or_default();
+            let labels = alert
+                .labels
+                .iter()
+                .filter(|(k, _)| *k != "alertname")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Alert {
+                name,
+                state: alert.state,
+                labels,
+            }
+        })
+        .collect())
+}
+
+/// The API server's `apiserver_requested_deprecated_apis` series.
+pub async fn deprecated_apis(client: &Client) -> Source<Vec<DeprecatedApi>> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let text = client
+        .request_text(request)
+        .await
+        .map_err(|e| format!("GET /metrics on the API server: {}", describe(&e)))?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.strip_prefix("apiserver_requested_deprecated_apis{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once('}')?;
+            if value.trim().parse::<f64>().ok()? <= 0.0 {
+                return None;
+            }
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            Some(DeprecatedApi {
+                group: label("group"),
+                version: label("version"),
+                resource: label("resource"),
+                removed_release: label("removed_release"),
+            })
+        })
+        .collect())
+}
+
+/// The addon matrix, and each addon's running image.
+async fn addons(
+    client: &Client,
+    reference: &upchain_api::NamespacedKeyRef,
+) -> Source<AddonObservation> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &reference.namespace);
+    let config_map = config_maps.get(&reference.name).await.map_err(|e| {
+        format!(
+            "ConfigMap {}/{}: {}",
+            reference.namespace,
+            reference.name,
+            describe(&e)
+        )
+    })?;
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&reference.key))
+        .ok_or_else(|| {
+            format!(
+                "ConfigMap {}/{} has no key {}",
+                reference.namespace, reference.name, reference.key
+            )
+        })?;
+    let matrix = AddonMatrix::parse(text)?;
+    let mut images = BTreeMap::new();
+    for addon in &matrix.addons {
+        let spec: Result<Option<PodSpec>, kube::Error> = match addon.kind.as_str() {
+            "DaemonSet" => Api::<DaemonSet>::namespaced(client.clone(), &addon.namespace)
+                .get(&addon.workload)
+                .await
+                .map(|d| d.spec.and_then(|s| s.template.spec)),
+            "StatefulSet" => Api::<StatefulSet>::namespaced(client.clone(), &addon.namespace)
+                .get(&addon.workload)
+                .await
+                .map(|d| d.spec.and_then(|s| s.template.spec)),
+            _ => Api::<Deployment>::namespaced(client.clone(), &addon.namespace)
+                .get(&addon.workload)
+                .await
+                .map(|d| d.spec.and_then(|s| s.template.spec)),
+        };
+        let image = match spec {
+            Err(e) => Err(describe(&e)),
+            Ok(spec) => spec
+                .and_then(|spec| {
+                    spec.containers
+                        .into_iter()
+                        .find(|c| addon.container.as_ref().is_none_or(|want| &c.name == want))
+                })
+                .and_then(|c| c.image)
+                .ok_or_else(|| "no such container".to_owned()),
+        };
+        images.insert(addon.name.clone(), image);
+    }
+    Ok(AddonObservation { matrix, images })
+}
+
+/// The latest revision of every Helm release, from the labels of Helm's release Secrets
+/// (metadata only: the release payload is never read).
+async fn helm_releases(client: &Client) -> Source<Vec<HelmRelease>> {
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let list = secrets
+        .list_metadata(&ListParams::default().labels("owner=helm"))
+        .await
+        .map_err(|e| format!("listing Helm's release Secrets: {}", describe(&e)))?;
+    let mut latest: BTreeMap<(String, String), HelmRelease> = BTreeMap::new();
+    for secret in list.items {
+        let labels = secret.labels();
+        let (Some(name), Some(status)) = (labels.get("name"), labels.get("status")) else {
+            continue;
+        };
+        let revision = labels
+            .get("version")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let namespace = secret.namespace().unwrap_or_default();
+        let release = HelmRelease {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            revision,
+            status: status.clone(),
+        };
+        latest
+            .entry((namespace, name.clone()))
+            .and_modify(|r| {
+                if revision > r.revision {
+                    *r = release.clone();
+                }
+            })
+            .or_insert(release);
+    }
+    Ok(latest.into_values().collect())
+}
+
+async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {
+    let api: Api<Deployment> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing Deployments: {}", describe(&e)))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|d| {
+            let status = d.status.clone().unwrap_or_default();
+            let condition = |type_: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .find(|c| c.type_ == type_)
+                    .map(|c| (c.status == "True", c.reason.clone().unwrap_or_default()))
+            };
+            ObservedDeployment {
+                namespace: d.namespace().unwrap_or_default(),
+                name: d.name_any(),
+                replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+                updated: status.updated_replicas.unwrap_or(0),
+                available: status.available_replicas.unwrap_or(0),
+                available_condition: condition("Available").map(|(ok, _)| ok),
+                progressing_condition: condition("Progressing"),
+            }
+        })
+        .collect())
+}
+
+/// What the node Jobs need and is missing: the runner namespace, the script ConfigMap
+/// (with its key) and the SSH Secret (checked by metadata only).
+async fn runner_missing(client: &Client, upgrade: &K8sUpgrade) -> Vec<String> {
+    let runner = &upgrade.spec.runner;
+    let mut missing = Vec::new();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get_metadata_opt(&runner.namespace).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            missing.push(format!("namespace {}", runner.namespace));
+            return missing;
+        }
+        Err(e) => {
+            missing.push(format!(
+                "namespace {} (could not be read: {})",
+                runner.namespace,
+                describe(&e)
+            ));
+            return missing;
+        }
+    }
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &runner.namespace);
+    let script = &runner.script_config_map;
+    match config_maps.get_opt(&script.name).await {
+        Ok(Some(config_map))
+            if config_map
+                .data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(&script.key)) => {}
+        Ok(Some(_)) => missing.push(format!(
+            "key {} of ConfigMap {}/{}",
+            script.key, runner.namespace, script.name
+        )),
+        Ok(None) => missing.push(format!(
+            "ConfigMap {}/{} (the node script)",
+            runner.namespace, script.name
+        )),
+        Err(e) => missing.push(format!(
+            "ConfigMap {}/{} (could not be read: {})",
+            runner.namespace,
+            script.name,
+            describe(&e)
+        )),
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &runner.namespace);
+    match secrets.get_metadata_opt(&runner.ssh_secret.name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => missing.push(format!(
+            "Secret {}/{} (the SSH key)",
+            runner.namespace, runner.ssh_secret.name
+        )),
+        Err(e) => missing.push(format!(
+            "Secret {}/{} (could not be read: {})",
+            runner.namespace,
+            runner.ssh_secret.name,
+            describe(&e)
+        )),
+    }
+    missing
+}
+
+/// The snapshot CronJob's template and the run's snapshot Job.
+pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<SnapshotInputs> {
+    let spec = upgrade.spec.snapshot.as_ref()?;
+    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &spec.namespace);
+    let template = match cron_jobs.get(&spec.cron_job).await {
+        Ok(cron_job) => cron_job
+            .spec
+            .map(|s| s.job_template)
+            .ok_or_else(|| "the CronJob has no spec".to_owned()),
+        Err(e) => Err(describe(&e)),
+    };
+    let job = match upgrade.status.as_ref().and_then(|s| s.snapshot.as_ref()) {
+        Some(record) => {
+            let jobs: Api<Job> = Api::namespaced(client.clone(), &spec.namespace);
+            jobs.get_opt(&record.job)
+                .await
+                .ok()
+                .flatten()
+                .map(|job| crate::controller::observe_job(&job))
+        }
+        None => None,
+    };
+    Some(SnapshotInputs {
+        template,
+        job: job.map(|j: ObservedJob| j),
+    })
+}
+
+/// The control-plane static Pods and the cluster's Pod readiness, read once when the
+/// run reaches its postflight.
+pub async fn postflight_inputs(client: &Client) -> Result<PostflightInputs, String> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))?;
+    let ready = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let phase = |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default()
+    };
+    let mut inputs = PostflightInputs::default();
+    for pod in &list.items {
+        if matches!(phase(pod).as_str(), "Succeeded" | "Failed") {
+            continue;
+        }
+        inputs.pods_expected += 1;
+        if ready(pod) {
+            inputs.pods_ready += 1;
+        }
+        let labels = pod.labels();
+        let component = labels.get("component").cloned().unwrap_or_default();
+        let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
+            && pod.namespace().as_deref() == Some("kube-system")
+            && [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ]
+            .contains(&component.as_str());
+        if control_plane {
+            let spec = pod.spec.as_ref();
+            inputs.static_pods.push(StaticPod {
+                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                component,
+                image: spec
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default(),
+                running: phase(pod) == "Running" && ready(pod),
+            });
+        }
+    }
+    Ok(inputs)
+}

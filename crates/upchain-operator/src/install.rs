@@ -1,0 +1,48 @@
+//! What the demo and the tests install next to the operator: the runner namespace with
+//! the node script and the SSH Secret (`deploy/examples/upchain-system.yaml`).
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde::Deserialize;
+use upchain_api::FIELD_MANAGER;
+
+/// The runner namespace, script ConfigMap and SSH Secret, with placeholder content.
+pub const RUNNER_PREREQUISITES: &str = include_str!("../../../deploy/examples/upchain-system.yaml");
+
+/// Applies [`RUNNER_PREREQUISITES`] by server-side apply.
+pub async fn runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
+    for document in serde_yaml::Deserializer::from_str(RUNNER_PREREQUISITES) {
+        let object = serde_json::Value::deserialize(document).map_err(|e| {
+            kube::Error::Service(format!("deploy/examples/upchain-system.yaml: {e}").into())
+        })?;
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match object["kind"].as_str() {
+            Some("Namespace") => {
+                Api::<Namespace>::all(client.clone())
+                    .patch(&name, &params, &Patch::Apply(&object))
+                    .await?;
+            }
+            Some("ConfigMap") => {
+                Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &params, &Patch::Apply(&object))
+                    .await?;
+            }
+            Some("Secret") => {
+                Api::<Secret>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &params, &Patch::Apply(&object))
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
