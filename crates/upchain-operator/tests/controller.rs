@@ -802,6 +802,22 @@ async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_fol
         )
         .await
         .expect("cp-1 at the target");
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client.clone(), "kube-system");
+    for component in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        let image = format!("registry.k8s.io/{component}:v1.35.2");
+        pods.patch(
+            &format!("{component}-cp-1"),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"containers": [{"name": component, "image": image}]}})),
+        )
+        .await
+        .expect("static Pod at the target");
+    }
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s"}),
