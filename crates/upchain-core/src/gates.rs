@@ -980,6 +980,22 @@ mod tests {
     }
 
     #[test]
+    fn missing_runner_prerequisites_refuse_by_name() {
+        let verdict = runner_gate(
+            &["Secret upchain-system/upchain-ssh (the SSH key)".to_owned()],
+            "upchain-system",
+        );
+        assert_eq!(
+            verdict.reasons,
+            [
+                "Secret upchain-system/upchain-ssh (the SSH key) is missing: the node Jobs need \
+              it (see spec.runner); create it"
+            ]
+        );
+        assert!(runner_gate(&[], "upchain-system").passed());
+    }
+
+    #[test]
     fn image_tags_are_read_past_registries_and_digests() {
         assert_eq!(
             image_tag("registry:5000/a/b:v1.2.3@sha256:x"),

@@ -1344,7 +1344,14 @@ impl Machine<'_> {
             generation,
             now,
         );
-        let snapshot = match (&self.spec.snapshot, &self.status.snapshot) {
+        // A record from an earlier run says nothing about this one.
+        let run_started = self.status.started_at.as_ref().map(|t| t.0.as_second());
+        let this_run = self
+            .status
+            .snapshot
+            .as_ref()
+            .filter(|s| Some(s.started_at.0.as_second()) >= run_started);
+        let snapshot = match (&self.spec.snapshot, this_run) {
             (None, _) => Desired::no(
                 types::SNAPSHOT_TAKEN,
                 "NotConfigured",

@@ -740,7 +740,17 @@ async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained
         .insert("worker-1".into());
     // The shortest timeouts the CRD accepts: stalled after 1m without progress, failed
     // once the node has not rejoined for 2m.
-    apply_upgrade(&cluster.client, json!({"targetVersion": "1.35.2", "soak": "0s", "stallTimeout": "1m", "rejoinTimeout": "2m"})).await;
+    let webhook: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "slack", "namespace": "upchain-system"},
+        "stringData": {"url": cluster.sim.webhook_url()}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cluster.client.clone(), "upchain-system")
+        .create(&Default::default(), &webhook)
+        .await
+        .expect("webhook secret");
+    apply_upgrade(&cluster.client, json!({"targetVersion": "1.35.2", "soak": "0s", "stallTimeout": "1m", "rejoinTimeout": "2m",
+        "notify": {"webhookSecret": {"namespace": "upchain-system", "name": "slack", "key": "url"}}})).await;
     wait_for(&cluster, "worker-1 rejoining", |s| {
         s.current_node.as_deref() == Some("worker-1")
             && s.current_step == Some(upchain_api::NodeStep::Rejoining)
@@ -785,6 +795,24 @@ async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained
         .find(|n| n["metadata"]["name"] == "worker-2")
         .expect("worker-2");
     assert_eq!(kubelet(worker_2), "v1.34.2", "no other node was started");
+    // Stalled and Failed were each notified once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let messages = cluster.sim.surroundings().webhook_messages.clone();
+        let count = |kind: &str| {
+            messages
+                .iter()
+                .filter(|m| m.contains(&format!("to-1-35 {kind}")))
+                .count()
+        };
+        if count("failed") == 1 {
+            assert_eq!(count("stalled"), 1, "{messages:#?}");
+            assert_eq!(count("started"), 1, "{messages:#?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{messages:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_ne!(worker_2["spec"]["unschedulable"], true);
     assert_no_job_ran_on_its_node(&cluster);
 }
@@ -1050,4 +1078,240 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
             .all(|n| n["spec"]["unschedulable"] != true)
     );
     assert!(cluster.sim.objects("jobs.batch").is_empty());
+}
+
+/// The cluster's etcd backup CronJob; `outcome` is how the simulator ends its Pods.
+fn etcd_backup(outcome: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "etcd-backup", "namespace": "kube-system"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
+            "metadata": {"annotations": {upchain_sim::controllers::OUTCOME_ANNOTATION: outcome}},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "backup", "image": "registry.k8s.io/etcd:3.5.21-0",
+                     "command": ["etcdctl", "snapshot", "save", "/backup/snapshot.db"]}]}}}}}
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_blocks() {
+    let cluster = cluster(1, 2).await;
+    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(cluster.client.clone(), "kube-system");
+    let apply_cron_job = |outcome: &'static str| {
+        let cron_jobs = cron_jobs.clone();
+        async move {
+            cron_jobs
+                .patch(
+                    "etcd-backup",
+                    &PatchParams::apply("test").force(),
+                    &Patch::Apply(etcd_backup(outcome)),
+                )
+                .await
+                .expect("CronJob")
+        }
+    };
+    apply_cron_job("fail").await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"},
+               "snapshot": {"namespace": "kube-system", "cronJob": "etcd-backup", "timeout": "1m"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let status = blocked.status.expect("status");
+    assert!(
+        status.blocked_reasons[0].contains("etcd snapshot Job kube-system/to-1-35-etcd-snapshot-")
+            && status.blocked_reasons[0].contains("failed (BackoffLimitExceeded"),
+        "{:?}",
+        status.blocked_reasons
+    );
+    assert!(status.nodes.is_empty(), "no node was started");
+    let exposition = cluster.operator.as_ref().expect("operator").metrics();
+    assert!(exposition.contains("k8s_upgrade_snapshot_taken{upgrade=\"to-1-35\"} 0"));
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true)
+    );
+
+    // The backup is repaired; the next attempt succeeds and the run goes on by itself.
+    apply_cron_job("succeed").await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    let status = done.status.expect("status");
+    let snapshot = status.snapshot.expect("snapshot record");
+    assert!(snapshot.verified && snapshot.attempt >= 2, "{snapshot:?}");
+    let first_node = status.nodes.first().expect("a node").started_at.0;
+    assert!(snapshot.completed_at.expect("completed").0 <= first_node);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "SnapshotTaken" && c.status == "True")
+    );
+    let exposition = cluster.operator.as_ref().expect("operator").metrics();
+    assert!(
+        exposition.contains("k8s_upgrade_snapshot_taken{upgrade=\"to-1-35\"} 1"),
+        "{exposition}"
+    );
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_addon_workload_and_quiet_period_gates_block_and_clear() {
+    let cluster = cluster(1, 2).await;
+    let client = &cluster.client;
+    // The addon matrix says the running CoreDNS (1.0) supports Kubernetes up to 1.34.
+    let matrix = |max: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "addon-matrix", "namespace": "upchain-system"},
+               "data": {"matrix.yaml": format!("addons:\n- name: coredns\n  kind: Deployment\n  namespace: kube-system\n  workload: coredns\n  supports:\n  - version: \"1.0\"\n    maxKubernetes: \"{max}\"\n")}})
+    };
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "upchain-system");
+    let apply = PatchParams::apply("test").force();
+    config_maps
+        .patch("addon-matrix", &apply, &Patch::Apply(matrix("1.34")))
+        .await
+        .expect("matrix");
+    // A Deployment that cannot become Available: its Pods fit no node.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), "default");
+    let stuck: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "stuck", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stuck"}}, "template": {
+            "metadata": {"labels": {"app": "stuck"}},
+            "spec": {"nodeSelector": {"disk": "nvme"}, "containers": [{"name": "app", "image": "registry.example.org/app:1.0"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&Default::default(), &stuck)
+        .await
+        .expect("deployment");
+    // worker-1 rebooted just now.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    nodes
+        .patch_status(
+            "worker-1",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": now}]}})),
+        )
+        .await
+        .expect("recent reboot");
+    apply_upgrade(
+        client,
+        json!({"targetVersion": "1.35.2", "soak": "0s",
+               "gates": {"quietPeriod": "15s", "recheckInterval": "5s",
+                         "compatibility": {"addonMatrix": {"namespace": "upchain-system", "name": "addon-matrix", "key": "matrix.yaml"}}}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let reasons = blocked.status.expect("status").blocked_reasons;
+    for words in [
+        "node worker-1 changed Ready",
+        "addon coredns runs 1.0",
+        "supports Kubernetes up to 1.34",
+        "Deployment default/stuck is not Available",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(words)),
+            "missing {words:?} in {reasons:#?}"
+        );
+    }
+    assert_eq!(reasons.len(), 3, "{reasons:#?}");
+    assert!(cluster.sim.objects("jobs.batch").is_empty());
+    // The addon is declared fit, the broken Deployment goes, and the quiet period runs out.
+    config_maps
+        .patch("addon-matrix", &apply, &Patch::Apply(matrix("1.35")))
+        .await
+        .expect("matrix");
+    deployments
+        .delete("stuck", &Default::default())
+        .await
+        .expect("delete");
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_node_starts_outside_the_maintenance_window() {
+    let cluster = cluster(1, 2).await;
+    // A window that opened an hour ago and closed a minute later: the next one is tomorrow.
+    let opened = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    let start = opened.strftime("%H:%M").to_string();
+    let window = |duration: &str| json!({"start": start, "duration": duration, "timeZone": "UTC"});
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "window": window("1m")}),
+    )
+    .await;
+    wait_for(&cluster, "the run waiting for its window", |s| {
+        s.next_window_at.is_some()
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Progressing" && c.reason == "OutsideWindow")
+    })
+    .await;
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let status = api
+        .get("to-1-35")
+        .await
+        .expect("get")
+        .status
+        .expect("status");
+    let opens = status.next_window_at.expect("next window").0;
+    let expected = opened + jiff::SignedDuration::from_hours(24);
+    assert!(
+        (opens.as_second() - expected.as_second()).abs() < 60,
+        "{opens} vs {expected}"
+    );
+    assert!(
+        status.nodes.is_empty(),
+        "no node started outside the window"
+    );
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true)
+    );
+    // The window is widened to include now: the run starts.
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "window": window("3h")}),
+    )
+    .await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert!(done.status.expect("status").next_window_at.is_none());
+    assert_every_node_upgraded(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_runner_namespace_blocks_with_what_to_create() {
+    let cluster = cluster(1, 2).await;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "runner": {"namespace": "node-upgrades"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    assert_eq!(
+        blocked.status.expect("status").blocked_reasons,
+        ["namespace node-upgrades is missing: the node Jobs need it (see spec.runner); create it"]
+    );
+    assert!(cluster.sim.objects("jobs.batch").is_empty());
+    assert!(
+        cluster
+            .sim
+            .objects("nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"] != true)
+    );
 }

@@ -68,7 +68,17 @@ enum Timer {
         node: String,
         version: String,
     },
+    /// Another Job's Pod (such as an etcd snapshot) runs to its end.
+    Finish {
+        namespace: String,
+        pod: String,
+        succeeded: bool,
+    },
 }
+
+/// Pod annotation that decides how a Job Pod other than an upgrade Pod ends: `fail`
+/// (exits 1) or `hang` (never ends); by default it succeeds after the upgrade time.
+pub const OUTCOME_ANNOTATION: &str = "sim.upchain.dev/outcome";
 
 /// The controllers' state and the behaviour faults tests set.
 #[derive(Debug)]
@@ -715,21 +725,31 @@ fn kubelets(store: &mut Store, state: &mut State, now: Timestamp) {
         if store.write_own(next, true).is_err() {
             continue;
         }
-        if let Some((target_node, version)) = upgrade_env(&pod) {
+        let job_pod = pod["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|owners| owners.iter().any(|o| o["kind"] == "Job"));
+        let outcome = pod["metadata"]["annotations"][OUTCOME_ANNOTATION].as_str();
+        let timer = match upgrade_env(&pod) {
+            Some((target_node, version)) => Some(Timer::Restart {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                node: target_node,
+                version,
+            }),
+            None if job_pod && outcome != Some("hang") => Some(Timer::Finish {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                succeeded: outcome != Some("fail"),
+            }),
+            None => None,
+        };
+        if let Some(timer) = timer {
             let at = now
                 .saturating_add(
                     SignedDuration::try_from(state.behaviour.upgrade_time).unwrap_or_default(),
                 )
                 .unwrap_or(now);
-            state.timers.push((
-                at,
-                Timer::Restart {
-                    namespace: namespace(&pod).to_owned(),
-                    pod: name(&pod).to_owned(),
-                    node: target_node,
-                    version,
-                },
-            ));
+            state.timers.push((at, timer));
         }
     }
 }
@@ -790,6 +810,11 @@ fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
                 upgrade_static_pods(store, &node, &kubelet);
                 finish_pod(store, &namespace, &pod, true, &stamp);
             }
+            Timer::Finish {
+                namespace,
+                pod,
+                succeeded,
+            } => finish_pod(store, &namespace, &pod, succeeded, &stamp),
         }
     }
 }
