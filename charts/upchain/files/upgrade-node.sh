@@ -69,8 +69,9 @@ upgrade_kubeadm_configuration() {
   if [ "$NODE_ROLE" = control-plane ] && [ "$FIRST_CONTROL_PLANE" = true ]; then
     local flags=(upgrade apply -y "v$TARGET_VERSION")
     if [ "$SKIP_COREDNS_PHASE" = true ]; then
-      flags+=(--skip-phases=addon/coredns
-        --ignore-preflight-errors=CoreDNSMigration,CoreDNSUnsupportedPlugins)
+      flags+=(--skip-phases=addon/coredns)
+      # One flag whose value is a comma-separated list.
+      flags+=("--ignore-preflight-errors=CoreDNSMigration,CoreDNSUnsupportedPlugins")
     fi
     log "kubeadm ${flags[*]}"
     kubeadm "${flags[@]}"

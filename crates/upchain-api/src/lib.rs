@@ -5,10 +5,12 @@
 //! schema (OpenAPI bounds and CEL rules) so a bad object is refused at `kubectl apply`.
 #![forbid(unsafe_code)]
 
+mod reference;
 mod safety;
 mod spec;
 mod status;
 
+pub use reference::api_reference;
 pub use safety::*;
 pub use spec::*;
 pub use status::*;

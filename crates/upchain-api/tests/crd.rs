@@ -239,3 +239,37 @@ fn checked_in_crd_matches_the_code() {
         "crds/ is stale: run `cargo run -q -p upchain-operator -- crd > crds/k8supgrades.upchain.dev.yaml`"
     );
 }
+
+/// Every K8sUpgrade shipped under deploy/ is admitted as it is written.
+#[test]
+fn every_example_k8supgrade_is_admitted() {
+    fn walk(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                found.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy"),
+        &mut files,
+    );
+    let mut admitted = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object: Value = serde::Deserialize::deserialize(document).expect("yaml");
+            if object["kind"] != "K8sUpgrade" {
+                continue;
+            }
+            upchain_sim::admission::admit(&schema(), &object, None)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", file.display()));
+            admitted += 1;
+        }
+    }
+    assert!(admitted >= 3, "only {admitted} examples found");
+}

@@ -35,7 +35,11 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Print the K8sUpgrade CustomResourceDefinition as YAML.
-    Crd,
+    Crd {
+        /// Print the API reference (Markdown, every field) instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Show what an upgrade would do to a list of nodes, without touching any cluster.
     Plan(PlanArgs),
     /// Serve a simulated cluster that kubectl and other clients can talk to.

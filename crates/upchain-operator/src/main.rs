@@ -44,7 +44,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
     match cli.command {
-        Command::Crd => {
+        Command::Crd { reference: true } => stdout
+            .write_all(upchain_api::api_reference().as_bytes())
+            .map_err(Error::Output),
+        Command::Crd { reference: false } => {
             let yaml = upchain_api::crd_yaml().map_err(Error::CrdRender)?;
             stdout.write_all(yaml.as_bytes()).map_err(Error::Output)
         }
