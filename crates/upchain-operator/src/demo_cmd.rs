@@ -35,6 +35,9 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     ))
     .await
     .map_err(Error::Sim)?;
+    // A freshly seeded cluster's workloads take a moment to start; the workloads gate
+    // would rightly hold the run until they do.
+    sim.settled(std::time::Duration::from_secs(30)).await;
     let kubeconfig =
         std::env::temp_dir().join(format!("upchain-demo-{}.kubeconfig", std::process::id()));
     sim.write_kubeconfig(&kubeconfig).map_err(Error::Sim)?;

@@ -37,6 +37,9 @@ pub async fn run(args: &SimArgs) -> Result<(), Error> {
         ..sim_config(args.nodes, &args.version, args.bare, args.upgrade_seconds)
     };
     let sim = Sim::start(config).await.map_err(Error::Sim)?;
+    // The kubeconfig appears once the seeded workloads run, so whoever waits for it gets a
+    // settled cluster.
+    sim.settled(std::time::Duration::from_secs(30)).await;
     if let Some(path) = &args.kubeconfig {
         sim.write_kubeconfig(path).map_err(Error::Sim)?;
         eprintln!("kubeconfig written to {}", path.display());

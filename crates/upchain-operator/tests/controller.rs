@@ -145,6 +145,10 @@ async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Durat
     })
     .await
     .expect("sim");
+    assert!(
+        sim.settled(Duration::from_secs(30)).await,
+        "workloads never started"
+    );
     let mut config = Config::new(sim.url().parse().unwrap());
     config.default_retry = false;
     let client = Client::try_from(config).unwrap();

@@ -151,6 +151,32 @@ impl Sim {
         })
     }
 
+    /// Waits (on the real clock, polling) until every seeded workload is Available, as on
+    /// a cluster that has been up for a while; false when `within` passes first. With a
+    /// virtual clock nothing starts until the test moves it.
+    pub async fn settled(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let settled = {
+                let store = self.store();
+                ["deployments.apps", "statefulsets.apps"]
+                    .iter()
+                    .flat_map(|resource| store.all(resource))
+                    .all(|workload| {
+                        let wanted = workload["spec"]["replicas"].as_u64().unwrap_or(1);
+                        workload["status"]["readyReplicas"].as_u64().unwrap_or(0) >= wanted
+                    })
+            };
+            if settled {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The API server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
