@@ -241,6 +241,11 @@ impl Sim {
         format!("{}/webhook", self.url())
     }
 
+    /// Every moment a node was cordoned, with every node's state then.
+    pub fn cordons(&self) -> Vec<crate::store::CordonMoment> {
+        self.store().cordons.clone()
+    }
+
     /// Every object of a type (`nodes`, `pods`, `jobs.batch`, ...).
     pub fn objects(&self, resource: &str) -> Vec<Value> {
         self.store().all(resource)

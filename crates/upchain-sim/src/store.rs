@@ -191,6 +191,52 @@ pub struct Store {
     clock: Clock,
     /// PodDisruptionBudgets (namespace/name) that refuse every eviction: a fault.
     pub stubborn_pdbs: BTreeSet<String>,
+    /// Every moment a node became unschedulable, with the state of every node then: the
+    /// record the chaos tests check the invariants against.
+    pub cordons: Vec<CordonMoment>,
+}
+
+/// The cluster at the instant a node was cordoned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CordonMoment {
+    /// The node that became unschedulable.
+    pub node: String,
+    /// Every node then (the cordoned one included).
+    pub nodes: Vec<NodeState>,
+}
+
+/// One node's state in a [`CordonMoment`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeState {
+    /// Name.
+    pub name: String,
+    /// Carries the control-plane role label.
+    pub control_plane: bool,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// spec.unschedulable.
+    pub unschedulable: bool,
+    /// status.nodeInfo.kubeletVersion.
+    pub kubelet: String,
+}
+
+impl NodeState {
+    fn of(node: &Value) -> Self {
+        Self {
+            name: meta(node, "name").to_owned(),
+            control_plane: !node["metadata"]["labels"][crate::seed::CONTROL_PLANE_LABEL].is_null(),
+            ready: node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+            unschedulable: node["spec"]["unschedulable"] == true,
+            kubelet: node["status"]["nodeInfo"]["kubeletVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
 }
 
 fn meta<'a>(object: &'a Value, key: &str) -> &'a str {
@@ -229,6 +275,7 @@ impl Store {
             changes,
             clock,
             stubborn_pdbs: BTreeSet::new(),
+            cordons: Vec::new(),
         }
     }
 
@@ -298,6 +345,18 @@ impl Store {
                 previous
             }
         };
+        let cordoned = rt.id() == "nodes"
+            && object["spec"]["unschedulable"] == true
+            && before
+                .as_ref()
+                .is_some_and(|b| b["spec"]["unschedulable"] != true);
+        if cordoned {
+            let nodes = objects.values().map(NodeState::of).collect();
+            self.cordons.push(CordonMoment {
+                node: meta(&object, "name").to_owned(),
+                nodes,
+            });
+        }
         let change = Arc::new(Change {
             rv,
             resource: rt.id(),
