@@ -121,6 +121,30 @@ fn bad_objects_are_refused_with_a_readable_message() {
             json!({"targetVersion": "1.35.2", "drain": {"onTimeout": "Ignore"}}),
             "onTimeout: Unsupported value: \"Ignore\"",
         ),
+        (
+            json!({"targetVersion": "1.35.2", "gates": {"prometheus": {"url": "prometheus:9090"}}}),
+            "must start with http:// or https://",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "gates": {"recheckInterval": "1s"}}),
+            "recheckInterval must be at least 5s",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "window": {"start": "25:00", "duration": "1h"}}),
+            "start: Invalid value",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "window": {"start": "22:00", "duration": "200h"}}),
+            "between 1m and 168h",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "window": {"start": "22:00", "duration": "1h", "days": ["Funday"]}}),
+            "Unsupported value: \"Funday\"",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "snapshot": {"namespace": "kube-system"}}),
+            "cronJob: Required value",
+        ),
     ];
     for (spec, expected) in table {
         let errors = admit(spec.clone()).expect_err(&spec.to_string());
