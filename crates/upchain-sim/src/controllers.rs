@@ -91,6 +91,8 @@ pub struct State {
     pub failing_jobs: BTreeMap<String, u32>,
     /// Every scheduling decision, in order.
     pub placements: Vec<Placement>,
+    /// When each upgraded node came back Ready at its new version.
+    pub rejoins: Vec<(String, Timestamp)>,
     timers: Vec<(Timestamp, Timer)>,
     /// Pods bound to a Ready node, by uid, and when their containers will be running.
     starting: BTreeMap<String, Timestamp>,
@@ -104,6 +106,7 @@ impl State {
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
             placements: Vec::new(),
+            rejoins: Vec::new(),
             timers: Vec::new(),
             starting: BTreeMap::new(),
         }
@@ -808,6 +811,9 @@ fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
                     }
                 });
                 upgrade_static_pods(store, &node, &kubelet);
+                if returns {
+                    state.rejoins.push((node.clone(), now));
+                }
                 finish_pod(store, &namespace, &pod, true, &stamp);
             }
             Timer::Finish {

@@ -159,6 +159,15 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
             }
         }
     }
+    if config.filler_pods_per_node > 0 {
+        let replicas = config.filler_pods_per_node * config.workers;
+        store.create_own("v1", "Namespace", json!({"metadata": {"name": "filler"}}))?;
+        store.create_own(
+            "apps/v1",
+            "Deployment",
+            deployment("filler", "filler", replicas as i64, false),
+        )?;
+    }
     if !config.workloads {
         return Ok(());
     }

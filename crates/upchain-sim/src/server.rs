@@ -98,6 +98,8 @@ pub struct Shared {
     pub bookmark_interval: Duration,
     /// The services around the API server that gates read, and the webhook receiver.
     pub surroundings: Mutex<Surroundings>,
+    /// Requests served, by verb and resource, for the scale benchmark.
+    pub requests: Mutex<BTreeMap<(Verb, String), u64>>,
 }
 
 /// What the simulated cluster serves besides its API: a Prometheus alerts API
@@ -312,6 +314,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             )));
         }
     };
+    *shared
+        .requests
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry((verb, target.rt.id()))
+        .or_insert(0) += 1;
     let (latency, fault) = {
         let mut faults = shared.faults();
         (faults.latency.get(&verb).copied(), faults.roll(verb))

@@ -39,6 +39,8 @@ pub struct SimConfig {
     pub workloads: bool,
     /// How nodes and Jobs behave.
     pub behaviour: Behaviour,
+    /// Extra Pods per worker node (a Deployment `filler/filler`, no budget), for scale.
+    pub filler_pods_per_node: usize,
 }
 
 impl Default for SimConfig {
@@ -54,6 +56,7 @@ impl Default for SimConfig {
             bookmark_interval: Duration::from_secs(5),
             workloads: true,
             behaviour: Behaviour::default(),
+            filler_pods_per_node: 0,
         }
     }
 }
@@ -108,6 +111,7 @@ impl Sim {
             version: Mutex::new(version),
             bookmark_interval: config.bookmark_interval,
             surroundings: Mutex::new(Surroundings::default()),
+            requests: Mutex::new(std::collections::BTreeMap::new()),
         });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -239,6 +243,20 @@ impl Sim {
     /// URL of the simulated Slack-compatible webhook.
     pub fn webhook_url(&self) -> String {
         format!("{}/webhook", self.url())
+    }
+
+    /// Requests served so far, by verb and resource (such as `pods`, `nodes`).
+    pub fn requests(&self) -> std::collections::BTreeMap<(crate::server::Verb, String), u64> {
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// When each upgraded node came back Ready at its new version, in order.
+    pub fn rejoins(&self) -> Vec<(String, jiff::Timestamp)> {
+        self.behaviour().rejoins.clone()
     }
 
     /// Every moment a node was cordoned, with every node's state then.

@@ -199,6 +199,8 @@ pub struct Store {
 /// The cluster at the instant a node was cordoned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CordonMoment {
+    /// When, on the cluster's clock.
+    pub at: jiff::Timestamp,
     /// The node that became unschedulable.
     pub node: String,
     /// Every node then (the cordoned one included).
@@ -352,7 +354,9 @@ impl Store {
                 .is_some_and(|b| b["spec"]["unschedulable"] != true);
         if cordoned {
             let nodes = objects.values().map(NodeState::of).collect();
+            let at = self.clock.now();
             self.cordons.push(CordonMoment {
+                at,
                 node: meta(&object, "name").to_owned(),
                 nodes,
             });

@@ -1,0 +1,273 @@
+//! Scale benchmark: the real `upchain run` upgrading simulated clusters of growing size
+//! with 20 Pods per worker, full-size Node objects, zero soak and instant node scripts.
+//!
+//!     cargo bench -p upchain-operator --bench scale              # 100 and 1000 nodes
+//!     cargo bench -p upchain-operator --bench scale -- 5000      # any sizes
+//!     UPCHAIN_BENCH_PODS=0 cargo bench ...                        # nodes only
+//!
+//! Prints one Markdown row per size (docs/benchmarks.md explains the columns).
+
+// A benchmark binary: failing loudly is its error handling.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Config};
+use serde_json::json;
+use upchain_api::{K8sUpgrade, Phase};
+use upchain_sim::controllers::Behaviour;
+use upchain_sim::server::Verb;
+use upchain_sim::{Sim, SimConfig};
+
+/// Pods per worker: 20 unless UPCHAIN_BENCH_PODS says otherwise.
+fn pods_per_node() -> usize {
+    std::env::var("UPCHAIN_BENCH_PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![100, 1000]
+    } else {
+        sizes
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    println!(
+        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reads / writes per node | Pod lists, Node lists | idle lists (10 s) | peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for size in sizes {
+        runtime.block_on(run(size));
+    }
+}
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index]
+}
+
+/// A quantile from a Prometheus histogram's cumulative buckets (upper bound of the bucket).
+fn histogram_quantile(metrics: &str, name: &str, q: f64) -> f64 {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, count)| *count >= total * q)
+        .map_or(f64::NAN, |b| b.0)
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn lists(requests: &BTreeMap<(Verb, String), u64>, resource: &str) -> u64 {
+    requests
+        .get(&(Verb::List, resource.to_owned()))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn delta(
+    after: &BTreeMap<(Verb, String), u64>,
+    before: &BTreeMap<(Verb, String), u64>,
+) -> BTreeMap<(Verb, String), u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .collect()
+}
+
+fn human(d: Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+async fn run(size: usize) {
+    let control_planes = 3;
+    let workers = size - control_planes;
+    let max_unavailable = (size / 100).max(1);
+    let sim = Sim::start(SimConfig {
+        control_planes,
+        workers,
+        workloads: false,
+        filler_pods_per_node: pods_per_node(),
+        behaviour: Behaviour {
+            upgrade_time: Duration::ZERO,
+            restart_time: Duration::ZERO,
+            pod_start_time: Duration::ZERO,
+        },
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim");
+    assert!(
+        sim.settled(Duration::from_secs(600)).await,
+        "filler Pods never started"
+    );
+    let pods = sim.objects("pods").len();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let mut config = Config::new(sim.url().parse().unwrap());
+    config.default_retry = false;
+    let client = Client::try_from(config).unwrap();
+    Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone())
+        .patch("k8supgrades.upchain.dev", &PatchParams::apply("bench").force(), &Patch::Apply(upchain_api::crd()))
+        .await
+        .unwrap();
+    upchain_operator::install::runner_prerequisites(&client)
+        .await
+        .unwrap();
+
+    let log = dir.path().join("operator.log");
+    let operator = Operator(
+        Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args([
+                "run",
+                "--leader-election",
+                "false",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("upchain run"),
+    );
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .and_then(|r| r.split('/').next())
+        {
+            break addr.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Let it fill its caches, then count only the run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sim.requests();
+    let started = Instant::now();
+    let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+        "metadata": {"name": "scale"},
+        "spec": {"targetVersion": "1.35.2", "soak": "0s", "nodes": {"maxUnavailable": max_unavailable}}});
+    let api: Api<K8sUpgrade> = Api::all(client.clone());
+    api.patch(
+        "scale",
+        &PatchParams::apply("bench"),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap();
+    loop {
+        let phase = api.get("scale").await.unwrap().status.and_then(|s| s.phase);
+        if phase == Some(Phase::Succeeded) {
+            break;
+        }
+        assert_ne!(phase, Some(Phase::Failed), "the run failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let total = started.elapsed();
+    let during = delta(&sim.requests(), &before);
+    // Idle: no upgrade in flight, nothing should be listed.
+    let idle_before = sim.requests();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = delta(&sim.requests(), &idle_before);
+    let idle_lists: u64 = idle
+        .iter()
+        .filter(|((verb, _), _)| *verb == Verb::List)
+        .map(|(_, n)| n)
+        .sum();
+
+    // Overhead: from the last node of a batch coming back Ready to the next batch's
+    // first cordon.
+    let rejoins = sim.rejoins();
+    let mut overheads: Vec<f64> = sim
+        .cordons()
+        .iter()
+        .filter(|m| m.nodes.iter().filter(|n| n.unschedulable).count() == 1)
+        .filter_map(|m| {
+            let freed = rejoins.iter().map(|r| r.1).filter(|t| *t <= m.at).max()?;
+            Some(m.at.duration_since(freed).as_secs_f64())
+        })
+        .collect();
+    overheads.sort_by(f64::total_cmp);
+    let metrics = scrape(&addr);
+    let reconcile_p50 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.5);
+    let reconcile_p99 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.99);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", operator.0.id())).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+        .unwrap_or_else(|| "?".to_owned());
+    let reads: u64 = during
+        .iter()
+        .filter(|((verb, _), _)| matches!(verb, Verb::Get | Verb::List | Verb::Watch))
+        .map(|(_, n)| n)
+        .sum();
+    let writes: u64 = during
+        .iter()
+        .filter(|((verb, _), _)| !matches!(verb, Verb::Get | Verb::List | Verb::Watch))
+        .map(|(_, n)| n)
+        .sum();
+    let per_node = |n: u64| n as f64 / size as f64;
+    println!(
+        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | ≤{:.0} / ≤{:.0} ms | {:.1} / {:.1} | {}, {} | {idle_lists} | {rss} |",
+        human(total),
+        quantile(&overheads, 0.5) * 1000.0,
+        quantile(&overheads, 0.99) * 1000.0,
+        reconcile_p50 * 1000.0,
+        reconcile_p99 * 1000.0,
+        per_node(reads),
+        per_node(writes),
+        lists(&during, "pods"),
+        lists(&during, "nodes"),
+    );
+    drop(operator);
+}
