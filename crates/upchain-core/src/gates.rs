@@ -61,6 +61,49 @@ pub struct Alert {
     pub labels: String,
 }
 
+/// The `apiserver_requested_deprecated_apis` series with a positive value, from the API
+/// server's Prometheus text exposition.
+pub fn parse_deprecated_apis(text: &str) -> Vec<DeprecatedApi> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("apiserver_requested_deprecated_apis{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once('}')?;
+            if value.trim().parse::<f64>().ok()? <= 0.0 {
+                return None;
+            }
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .find(|(k, _)| k.trim() == key)
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            Some(DeprecatedApi {
+                group: label("group"),
+                version: label("version"),
+                resource: label("resource"),
+                removed_release: label("removed_release"),
+            })
+        })
+        .collect()
+}
+
+/// The latest revision of each release (Helm keeps one Secret per revision).
+pub fn latest_revisions(revisions: impl IntoIterator<Item = HelmRelease>) -> Vec<HelmRelease> {
+    let mut latest: BTreeMap<(String, String), HelmRelease> = BTreeMap::new();
+    for release in revisions {
+        let key = (release.namespace.clone(), release.name.clone());
+        match latest.get(&key) {
+            Some(kept) if kept.revision >= release.revision => {}
+            _ => {
+                latest.insert(key, release);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
 /// One `apiserver_requested_deprecated_apis` series.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeprecatedApi {
@@ -993,6 +1036,46 @@ mod tests {
             ]
         );
         assert!(runner_gate(&[], "upchain-system").passed());
+    }
+
+    #[test]
+    fn deprecated_api_series_are_read_from_the_exposition() {
+        let text = "# HELP apiserver_requested_deprecated_apis x\n\
+            apiserver_requested_deprecated_apis{group=\"flowcontrol.apiserver.k8s.io\",removed_release=\"1.32\",resource=\"flowschemas\",subresource=\"\",version=\"v1beta3\"} 1\n\
+            apiserver_requested_deprecated_apis{group=\"\",removed_release=\"1.40\",resource=\"widgets\",subresource=\"\",version=\"v1\"} 0\n\
+            apiserver_request_total{code=\"200\"} 5\n";
+        assert_eq!(
+            parse_deprecated_apis(text),
+            [DeprecatedApi {
+                group: "flowcontrol.apiserver.k8s.io".into(),
+                version: "v1beta3".into(),
+                resource: "flowschemas".into(),
+                removed_release: "1.32".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn only_the_latest_helm_revision_counts() {
+        let revision = |name: &str, revision, status: &str| HelmRelease {
+            namespace: "apps".into(),
+            name: name.into(),
+            revision,
+            status: status.into(),
+        };
+        let latest = latest_revisions([
+            revision("web", 3, "pending-upgrade"),
+            revision("web", 2, "superseded"),
+            revision("db", 1, "deployed"),
+            revision("web", 4, "deployed"),
+        ]);
+        assert_eq!(
+            latest,
+            [
+                revision("db", 1, "deployed"),
+                revision("web", 4, "deployed")
+            ]
+        );
     }
 
     #[test]

@@ -193,6 +193,16 @@ impl OtherUpgrade {
     }
 }
 
+/// The snapshot record, if it belongs to the run that started at `run_started`: a record
+/// from an earlier run says nothing about this one.
+fn of_this_run<'a>(
+    record: Option<&'a SnapshotRecord>,
+    run_started: Option<&Time>,
+) -> Option<&'a SnapshotRecord> {
+    let run_started = run_started.map_or(0, |t| t.0.as_second());
+    record.filter(|s| s.started_at.0.as_second() >= run_started)
+}
+
 /// What the operator must gather for the next decision, beyond nodes, Jobs and drains.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Needs {
@@ -550,11 +560,11 @@ impl Machine<'_> {
 
     /// True when this run's snapshot Job succeeded.
     fn snapshot_verified(&self) -> bool {
-        let started = self.status.started_at.as_ref().map(|t| t.0.as_second());
-        self.status
-            .snapshot
-            .as_ref()
-            .is_some_and(|s| s.verified && Some(s.started_at.0.as_second()) >= started)
+        of_this_run(
+            self.status.snapshot.as_ref(),
+            self.status.started_at.as_ref(),
+        )
+        .is_some_and(|s| s.verified)
     }
 
     /// Takes the etcd snapshot: creates the Job from the CronJob's template, waits for it
@@ -569,11 +579,11 @@ impl Machine<'_> {
             .started_at
             .as_ref()
             .map_or(0, |t| t.0.as_second());
-        let current = self
-            .status
-            .snapshot
-            .clone()
-            .filter(|s| s.started_at.0.as_second() >= run_started);
+        let current = of_this_run(
+            self.status.snapshot.as_ref(),
+            self.status.started_at.as_ref(),
+        )
+        .cloned();
         let attempt = match &current {
             None => 1,
             Some(record) if record.completed_at.is_none() => record.attempt,
@@ -1344,13 +1354,10 @@ impl Machine<'_> {
             generation,
             now,
         );
-        // A record from an earlier run says nothing about this one.
-        let run_started = self.status.started_at.as_ref().map(|t| t.0.as_second());
-        let this_run = self
-            .status
-            .snapshot
-            .as_ref()
-            .filter(|s| Some(s.started_at.0.as_second()) >= run_started);
+        let this_run = of_this_run(
+            self.status.snapshot.as_ref(),
+            self.status.started_at.as_ref(),
+        );
         let snapshot = match (&self.spec.snapshot, this_run) {
             (None, _) => Desired::no(
                 types::SNAPSHOT_TAKEN,

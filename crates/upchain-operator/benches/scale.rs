@@ -152,11 +152,7 @@ async fn run(size: usize) {
     let mut config = Config::new(sim.url().parse().unwrap());
     config.default_retry = false;
     let client = Client::try_from(config).unwrap();
-    Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone())
-        .patch("k8supgrades.upchain.dev", &PatchParams::apply("bench").force(), &Patch::Apply(upchain_api::crd()))
-        .await
-        .unwrap();
-    upchain_operator::install::runner_prerequisites(&client)
+    upchain_operator::install::crd_and_runner_prerequisites(&client)
         .await
         .unwrap();
 

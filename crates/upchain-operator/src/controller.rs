@@ -26,8 +26,8 @@ use upchain_core::job::bounded_name;
 use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
-    Action, JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade, decide,
-    finalize, holds_lock,
+    Action, JobState, Needs, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
+    decide, finalize, holds_lock,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -182,7 +182,7 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         add_finalizer(&upgrade, ctx).await
     } else {
         // observe -> decide -> update_status -> apply
-        let observed = observe(&upgrade, ctx).await?;
+        let observed = observe(&upgrade, upchain_core::needs(&upgrade), ctx).await?;
         let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
         // Gauges first: whoever sees the new status also sees them.
         ctx.metrics
@@ -220,9 +220,9 @@ fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> R
     Requeue::requeue(base + jitter)
 }
 
-async fn observe(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Observed, Error> {
+/// What the cluster shows; gate sources only as far as `needs` asks.
+async fn observe(upgrade: &K8sUpgrade, needs: Needs, ctx: &Context) -> Result<Observed, Error> {
     let name = upgrade.name_any();
-    let needs = upchain_core::needs(upgrade);
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
     let selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&name]));
     let jobs = jobs_api
@@ -532,7 +532,8 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
     if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Requeue::await_change());
     }
-    let observed = observe(upgrade, ctx).await?;
+    // Deletion looks at nodes and Jobs only: no gate is evaluated.
+    let observed = observe(upgrade, Needs::default(), ctx).await?;
     let finalization = finalize(upgrade, &observed);
     carry_out(upgrade, &finalization.actions, ctx).await?;
     if !finalization.can_let_go() {

@@ -3,12 +3,11 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
 use std::sync::Arc;
-use upchain_api::{FIELD_MANAGER, K8sUpgrade, K8sUpgradeStatus, Phase};
+use upchain_api::{K8sUpgrade, K8sUpgradeStatus, Phase};
 
 use upchain_operator::controller::{self, Settings};
 use upchain_operator::metrics::{self, Metrics};
@@ -61,18 +60,10 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     );
     config.default_retry = false;
     let client = Client::try_from(config).map_err(demo_error("client"))?;
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "k8supgrades.upchain.dev",
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(upchain_api::crd()),
-    )
-    .await
-    .map_err(demo_error("applying the CRD"))?;
-    upchain_operator::install::runner_prerequisites(&client)
+    upchain_operator::install::crd_and_runner_prerequisites(&client)
         .await
         .map_err(demo_error(
-            "creating the runner namespace, script and SSH Secret",
+            "applying the CRD and creating the runner namespace, script and SSH Secret",
         ))?;
 
     let metrics = Arc::new(Metrics::default());

@@ -123,30 +123,7 @@ pub async fn deprecated_apis(client: &Client) -> Source<Vec<DeprecatedApi>> {
         .request_text(request)
         .await
         .map_err(|e| format!("GET /metrics on the API server: {}", describe(&e)))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.strip_prefix("apiserver_requested_deprecated_apis{"))
-        .filter_map(|rest| {
-            let (labels, value) = rest.rsplit_once('}')?;
-            if value.trim().parse::<f64>().ok()? <= 0.0 {
-                return None;
-            }
-            let label = |key: &str| {
-                labels
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim() == key)
-                    .map(|(_, v)| v.trim_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
-            Some(DeprecatedApi {
-                group: label("group"),
-                version: label("version"),
-                resource: label("resource"),
-                removed_release: label("removed_release"),
-            })
-        })
-        .collect())
+    Ok(upchain_core::gates::parse_deprecated_apis(&text))
 }
 
 /// The addon matrix, and each addon's running image.
@@ -214,33 +191,19 @@ async fn helm_releases(client: &Client) -> Source<Vec<HelmRelease>> {
         .list_metadata(&ListParams::default().labels("owner=helm"))
         .await
         .map_err(|e| format!("listing Helm's release Secrets: {}", describe(&e)))?;
-    let mut latest: BTreeMap<(String, String), HelmRelease> = BTreeMap::new();
-    for secret in list.items {
+    let revisions = list.items.iter().filter_map(|secret| {
         let labels = secret.labels();
-        let (Some(name), Some(status)) = (labels.get("name"), labels.get("status")) else {
-            continue;
-        };
-        let revision = labels
-            .get("version")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let namespace = secret.namespace().unwrap_or_default();
-        let release = HelmRelease {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            revision,
-            status: status.clone(),
-        };
-        latest
-            .entry((namespace, name.clone()))
-            .and_modify(|r| {
-                if revision > r.revision {
-                    *r = release.clone();
-                }
-            })
-            .or_insert(release);
-    }
-    Ok(latest.into_values().collect())
+        Some(HelmRelease {
+            namespace: secret.namespace().unwrap_or_default(),
+            name: labels.get("name")?.clone(),
+            revision: labels
+                .get("version")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            status: labels.get("status")?.clone(),
+        })
+    });
+    Ok(upchain_core::gates::latest_revisions(revisions))
 }
 
 async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {

@@ -1,7 +1,9 @@
-//! What the demo and the tests install next to the operator: the runner namespace with
-//! the node script and the SSH Secret (`deploy/examples/upchain-system.yaml`).
+//! What the demo, the tests and the benchmark install next to the operator: the CRD, and
+//! the runner namespace with the node script and the SSH Secret
+//! (`deploy/examples/upchain-system.yaml`).
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde::Deserialize;
@@ -10,8 +12,20 @@ use upchain_api::FIELD_MANAGER;
 /// The runner namespace, script ConfigMap and SSH Secret, with placeholder content.
 pub const RUNNER_PREREQUISITES: &str = include_str!("../../../deploy/examples/upchain-system.yaml");
 
+/// Applies the K8sUpgrade CRD, then [`RUNNER_PREREQUISITES`], by server-side apply.
+pub async fn crd_and_runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .patch(
+            "k8supgrades.upchain.dev",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(upchain_api::crd()),
+        )
+        .await?;
+    runner_prerequisites(client).await
+}
+
 /// Applies [`RUNNER_PREREQUISITES`] by server-side apply.
-pub async fn runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
+async fn runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
     for document in serde_yaml::Deserializer::from_str(RUNNER_PREREQUISITES) {
         let object = serde_json::Value::deserialize(document).map_err(|e| {
             kube::Error::Service(format!("deploy/examples/upchain-system.yaml: {e}").into())

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
@@ -68,17 +67,9 @@ async fn cluster(control_planes: usize, workers: usize, workloads: bool) -> Clus
     let mut config = Config::new(sim.url().parse().unwrap());
     config.default_retry = false;
     let client = Client::try_from(config).unwrap();
-    Api::<CustomResourceDefinition>::all(client.clone())
-        .patch(
-            "k8supgrades.upchain.dev",
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(upchain_api::crd()),
-        )
+    upchain_operator::install::crd_and_runner_prerequisites(&client)
         .await
-        .expect("crd");
-    upchain_operator::install::runner_prerequisites(&client)
-        .await
-        .expect("runner prerequisites");
+        .expect("CRD and runner prerequisites");
     Cluster { sim, client }
 }
 

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::json;
@@ -152,17 +151,9 @@ async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Durat
     let mut config = Config::new(sim.url().parse().unwrap());
     config.default_retry = false;
     let client = Client::try_from(config).unwrap();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "k8supgrades.upchain.dev",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(upchain_api::crd()),
-    )
-    .await
-    .expect("crd");
-    upchain_operator::install::runner_prerequisites(&client)
+    upchain_operator::install::crd_and_runner_prerequisites(&client)
         .await
-        .expect("runner namespace, script and SSH Secret");
+        .expect("CRD, runner namespace, script and SSH Secret");
     let mut cluster = Cluster {
         sim,
         client,
@@ -744,15 +735,7 @@ async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained
         .insert("worker-1".into());
     // The shortest timeouts the CRD accepts: stalled after 1m without progress, failed
     // once the node has not rejoined for 2m.
-    let webhook: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "slack", "namespace": "upchain-system"},
-        "stringData": {"url": cluster.sim.webhook_url()}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cluster.client.clone(), "upchain-system")
-        .create(&Default::default(), &webhook)
-        .await
-        .expect("webhook secret");
+    create_webhook_secret(&cluster).await;
     apply_upgrade(&cluster.client, json!({"targetVersion": "1.35.2", "soak": "0s", "stallTimeout": "1m", "rejoinTimeout": "2m",
         "notify": {"webhookSecret": {"namespace": "upchain-system", "name": "slack", "key": "url"}}})).await;
     wait_for(&cluster, "worker-1 rejoining", |s| {
@@ -874,6 +857,19 @@ async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_fol
     assert_no_job_ran_on_its_node(&cluster);
 }
 
+/// The Secret `upchain-system/slack` whose key `url` is the simulator's webhook.
+async fn create_webhook_secret(cluster: &Cluster) {
+    let webhook: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "slack", "namespace": "upchain-system"},
+        "stringData": {"url": cluster.sim.webhook_url()}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(cluster.client.clone(), "upchain-system")
+        .create(&Default::default(), &webhook)
+        .await
+        .expect("webhook secret");
+}
+
 /// Helm's release Secret for one revision, as Helm 3 labels it.
 fn helm_release(revision: u32, status: &str) -> k8s_openapi::api::core::v1::Secret {
     serde_json::from_value(json!({
@@ -921,15 +917,7 @@ async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
         .patch_status("worker-2", &PatchParams::default(), &runtime("1.6.28"))
         .await
         .expect("old containerd");
-    let webhook: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "slack", "namespace": "upchain-system"},
-        "stringData": {"url": cluster.sim.webhook_url()}
-    }))
-    .unwrap();
-    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "upchain-system")
-        .create(&Default::default(), &webhook)
-        .await
-        .expect("webhook secret");
+    create_webhook_secret(&cluster).await;
     apply_upgrade(client, json!({
         "targetVersion": "1.35.2", "soak": "0s",
         "gates": {"prometheus": {"url": cluster.sim.prometheus_url()}, "helm": true, "recheckInterval": "5s"},
