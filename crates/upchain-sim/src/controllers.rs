@@ -1,7 +1,8 @@
 //! What makes the store behave like a cluster: workload, DaemonSet, Job and PDB
 //! controllers, a scheduler, and a kubelet per node that also "runs" node-upgrade Jobs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::selector::{label_selector_matches, labels_of, requirement_matches};
 use crate::server::Shared;
-use crate::store::Store;
+use crate::store::{Key, Store};
 
 /// How simulated nodes behave when an upgrade Job runs on their behalf.
 #[derive(Clone, Debug)]
@@ -94,8 +95,11 @@ pub struct State {
     /// When each upgraded node came back Ready at its new version.
     pub rejoins: Vec<(String, Timestamp)>,
     timers: Vec<(Timestamp, Timer)>,
-    /// Pods bound to a Ready node, by uid, and when their containers will be running.
-    starting: BTreeMap<String, Timestamp>,
+    /// Pods bound to a Ready node, by (namespace, name), and when their containers will
+    /// be running.
+    starting: BTreeMap<(String, String), Timestamp>,
+    /// Jobs to look at again at a time (a deadline or a TTL), by (namespace, name).
+    job_rechecks: BTreeMap<(String, String), Timestamp>,
 }
 
 impl State {
@@ -109,6 +113,7 @@ impl State {
             rejoins: Vec::new(),
             timers: Vec::new(),
             starting: BTreeMap::new(),
+            job_rechecks: BTreeMap::new(),
         }
     }
 }
@@ -176,18 +181,31 @@ fn terminal(pod: &Value) -> bool {
     matches!(phase(pod), "Succeeded" | "Failed")
 }
 
-fn controlled_by<'a>(pods: &'a [Value], owner: &Value) -> impl Iterator<Item = &'a Value> {
-    let owner_uid = uid(owner).to_owned();
-    pods.iter().filter(move |p| {
-        p["metadata"]["ownerReferences"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|r| {
-                r["uid"].as_str() == Some(owner_uid.as_str())
-                    && r["controller"].as_bool() == Some(true)
-            })
-    })
+/// The live Pods `owner` controls.
+fn controlled_pods(store: &Store, owner: &Value) -> Vec<Value> {
+    let owner_uid = uid(owner);
+    store
+        .dependents_of(owner_uid)
+        .filter(|p| p["kind"] == "Pod")
+        .filter(|p| {
+            p["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["uid"].as_str() == Some(owner_uid) && r["controller"] == true)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The objects of one type among `changed`, as they are now (gone ones left out).
+fn changed_of(store: &Store, changed: &BTreeSet<Key>, id: &str) -> Vec<Value> {
+    changed
+        .iter()
+        .filter(|(kind, _)| kind == id)
+        .filter_map(|key| store.object_at(key))
+        .cloned()
+        .collect()
 }
 
 fn owner_reference(owner: &Value) -> Value {
@@ -223,16 +241,22 @@ fn set_node_ready(node: &mut Value, ready: bool, now: &str) {
     }
 }
 
-/// One pass of every controller.
+/// One pass of every controller. Each looks only at what changed since the last pass
+/// (and at what it asked to look at again later), so a pass costs what changed, not the
+/// size of the cluster.
 pub fn reconcile(store: &mut Store, state: &mut State) {
     let now = store.clock().now();
     fire_timers(store, state, now);
-    workloads(store);
-    daemonsets(store);
-    jobs(store, now);
+    let changed = store.take_changed();
+    workloads(store, &changed);
+    daemonsets(store, &changed);
+    jobs(store, state, &changed, now);
     schedule(store, state, now);
-    kubelets(store, state, now);
-    disruption_budgets(store);
+    // The kubelets also see the Pods bound in this very pass, so a Pod's start time is
+    // taken from the moment it was bound.
+    let changed: BTreeSet<Key> = changed.union(store.changed_so_far()).cloned().collect();
+    kubelets(store, state, &changed, now);
+    disruption_budgets(store, &changed);
 }
 
 fn pod_from_template(
@@ -257,20 +281,20 @@ fn pod_from_template(
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"].clone(), "status": {"phase": "Pending"}})
 }
 
-fn workloads(store: &mut Store) {
-    let pods = store.all("pods");
+fn workloads(store: &mut Store, changed: &BTreeSet<Key>) {
     for kind in ["deployments.apps", "statefulsets.apps"] {
-        for workload in store.all(kind) {
+        for workload in changed_of(store, changed, kind) {
             if deleting(&workload) {
                 continue;
             }
             let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-            let owned: Vec<&Value> = controlled_by(&pods, &workload)
+            let owned: Vec<Value> = controlled_pods(store, &workload)
+                .into_iter()
                 .filter(|p| !deleting(p) && !terminal(p))
                 .collect();
             let stateful = kind.starts_with("statefulsets");
             if owned.len() < replicas {
-                let taken: BTreeSet<&str> = owned.iter().map(|p| name(p)).collect();
+                let taken: BTreeSet<&str> = owned.iter().map(name).collect();
                 let mut ordinal = 0;
                 for _ in owned.len()..replicas {
                     let pod_name = stateful.then(|| {
@@ -337,34 +361,41 @@ fn taints_tolerated(node: &Value, tolerations: &Value) -> bool {
         })
 }
 
-fn daemonsets(store: &mut Store) {
-    let nodes = store.all("nodes");
-    let pods = store.all("pods");
-    for ds in store.all("daemonsets.apps") {
+fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
+    // A node's taints, or its coming and going, concern every DaemonSet.
+    let daemonsets = if changed.iter().any(|(kind, _)| kind == "nodes") {
+        store.iter("daemonsets.apps").cloned().collect()
+    } else {
+        changed_of(store, changed, "daemonsets.apps")
+    };
+    for ds in daemonsets {
         if deleting(&ds) {
             continue;
         }
         let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
-        let eligible: Vec<&Value> = nodes
-            .iter()
+        let nodes: BTreeSet<String> = store.iter("nodes").map(|n| name(n).to_owned()).collect();
+        let eligible: Vec<String> = store
+            .iter("nodes")
             .filter(|n| taints_tolerated(n, tolerations))
+            .map(|n| name(n).to_owned())
             .collect();
-        let owned: Vec<&Value> = controlled_by(&pods, &ds).filter(|p| !deleting(p)).collect();
-        for node in &eligible {
-            if !owned
-                .iter()
-                .any(|p| text(p, &["spec", "nodeName"]) == name(node))
-            {
-                let mut pod = pod_from_template(&ds, &ds["spec"]["template"], None, &[]);
-                pod["spec"]["nodeName"] = json!(name(node));
-                let _ = store.create_own("v1", "Pod", pod);
-            }
+        let owned: Vec<Value> = controlled_pods(store, &ds)
+            .into_iter()
+            .filter(|p| !deleting(p))
+            .collect();
+        let covered: BTreeSet<&str> = owned
+            .iter()
+            .map(|p| text(p, &["spec", "nodeName"]))
+            .collect();
+        for node in eligible.iter().filter(|n| !covered.contains(n.as_str())) {
+            let mut pod = pod_from_template(&ds, &ds["spec"]["template"], None, &[]);
+            pod["spec"]["nodeName"] = json!(node);
+            let _ = store.create_own("v1", "Pod", pod);
         }
-        for pod in owned.iter().filter(|p| {
-            !nodes
-                .iter()
-                .any(|n| name(n) == text(p, &["spec", "nodeName"]))
-        }) {
+        for pod in owned
+            .iter()
+            .filter(|p| !nodes.contains(text(p, &["spec", "nodeName"])))
+        {
             let _ = store.delete_own(pod);
         }
         let ready = owned.iter().filter(|p| phase(p) == "Running").count();
@@ -386,13 +417,32 @@ fn after(since: &str, seconds: i64) -> Option<Timestamp> {
         .ok()
 }
 
-fn jobs(store: &mut Store, now: Timestamp) {
-    let pods = store.all("pods");
+fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Timestamp) {
     let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
-    for job in store.all("jobs.batch") {
+    let mut due: BTreeSet<Key> = BTreeSet::new();
+    state.job_rechecks.retain(|slot, at| {
+        let keep = *at > now;
+        if !keep {
+            due.insert(("jobs.batch".to_owned(), slot.clone()));
+        }
+        keep
+    });
+    due.extend(
+        changed
+            .iter()
+            .filter(|(kind, _)| kind == "jobs.batch")
+            .cloned(),
+    );
+    let jobs: Vec<Value> = due
+        .iter()
+        .filter_map(|key| store.object_at(key))
+        .cloned()
+        .collect();
+    for job in jobs {
         if deleting(&job) {
             continue;
         }
+        let slot = (namespace(&job).to_owned(), name(&job).to_owned());
         let finished_at = job["status"]["conditions"]
             .as_array()
             .into_iter()
@@ -401,16 +451,19 @@ fn jobs(store: &mut Store, now: Timestamp) {
             .map(|c| text(c, &["lastTransitionTime"]).to_owned());
         if let Some(finished_at) = finished_at {
             let ttl = job["spec"]["ttlSecondsAfterFinished"].as_i64();
-            if ttl
-                .and_then(|ttl| after(&finished_at, ttl))
-                .is_some_and(|expiry| expiry <= now)
-            {
-                let _ = store.delete_own(&job);
+            match ttl.and_then(|ttl| after(&finished_at, ttl)) {
+                Some(expiry) if expiry <= now => {
+                    let _ = store.delete_own(&job);
+                }
+                Some(expiry) => {
+                    state.job_rechecks.insert(slot, expiry);
+                }
+                None => {}
             }
             continue;
         }
-        let owned: Vec<&Value> = controlled_by(&pods, &job).collect();
-        let active: Vec<&&Value> = owned
+        let owned = controlled_pods(store, &job);
+        let active: Vec<&Value> = owned
             .iter()
             .filter(|p| !terminal(p) && !deleting(p))
             .collect();
@@ -424,10 +477,13 @@ fn jobs(store: &mut Store, now: Timestamp) {
         if status["startTime"].is_null() {
             status["startTime"] = json!(stamp);
         }
-        let deadline_passed = job["spec"]["activeDeadlineSeconds"]
+        let deadline = job["spec"]["activeDeadlineSeconds"]
             .as_i64()
-            .and_then(|ads| after(text(&status, &["startTime"]), ads))
-            .is_some_and(|deadline| deadline <= now);
+            .and_then(|ads| after(text(&status, &["startTime"]), ads));
+        let deadline_passed = deadline.is_some_and(|deadline| deadline <= now);
+        if let Some(deadline) = deadline.filter(|_| !deadline_passed) {
+            state.job_rechecks.insert(slot, deadline);
+        }
         let finish = |status: &mut Value, type_: &str, reason: &str, message: &str| {
             let target = if type_ == "Complete" {
                 "SuccessCriteriaMet"
@@ -525,64 +581,81 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
     selector_ok && affinity_ok
 }
 
+fn node_feasible(pod: &Value, node: &Value) -> bool {
+    let tolerations = &pod["spec"]["tolerations"];
+    let unschedulable = node["spec"]["unschedulable"].as_bool() == Some(true);
+    (node_ready(node)
+        || tolerates(
+            tolerations,
+            "node.kubernetes.io/not-ready",
+            "",
+            "NoSchedule",
+        ))
+        && (!unschedulable
+            || tolerates(
+                tolerations,
+                "node.kubernetes.io/unschedulable",
+                "",
+                "NoSchedule",
+            ))
+        && taints_tolerated(node, tolerations)
+        && affinity_allows(pod, node)
+}
+
+/// What decides where a Pod may go: Pods alike in these share one feasibility check.
+fn placement_constraints(pod: &Value) -> String {
+    let spec = &pod["spec"];
+    format!(
+        "{}|{}|{}",
+        spec["tolerations"], spec["nodeSelector"], spec["affinity"]
+    )
+}
+
+/// Binds each unbound Pod to the feasible node with the fewest Pods (ties by name).
 fn schedule(store: &mut Store, state: &mut State, now: Timestamp) {
-    let nodes = store.all("nodes");
-    let pods = store.all("pods");
-    let mut load: BTreeMap<String, usize> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| !terminal(p)) {
-        *load
-            .entry(text(pod, &["spec", "nodeName"]).to_owned())
-            .or_default() += 1;
+    let pending: Vec<Value> = store
+        .pods_on("")
+        .filter(|p| !deleting(p) && !terminal(p))
+        .cloned()
+        .collect();
+    if pending.is_empty() {
+        return;
     }
-    for pod in pods
-        .iter()
-        .filter(|p| text(p, &["spec", "nodeName"]).is_empty() && !deleting(p) && !terminal(p))
-    {
-        let tolerations = &pod["spec"]["tolerations"];
-        let feasible = nodes
-            .iter()
-            .filter(|n| {
-                let unschedulable = n["spec"]["unschedulable"].as_bool() == Some(true);
-                (node_ready(n)
-                    || tolerates(
-                        tolerations,
-                        "node.kubernetes.io/not-ready",
-                        "",
-                        "NoSchedule",
-                    ))
-                    && (!unschedulable
-                        || tolerates(
-                            tolerations,
-                            "node.kubernetes.io/unschedulable",
-                            "",
-                            "NoSchedule",
-                        ))
-                    && taints_tolerated(n, tolerations)
-                    && affinity_allows(pod, n)
-            })
-            .min_by_key(|n| (load.get(name(n)).copied().unwrap_or(0), name(n).to_owned()));
-        let mut next = pod.clone();
-        match feasible {
-            Some(node) => {
-                let node_name = name(node).to_owned();
-                *load.entry(node_name.clone()).or_default() += 1;
-                next["spec"]["nodeName"] = json!(node_name);
-                if store.write_own(next, false).is_ok() {
-                    state.placements.push(Placement {
-                        namespace: namespace(pod).to_owned(),
-                        pod: name(pod).to_owned(),
-                        node: node_name,
-                        labels: labels_of(pod),
-                        upgrades_node: upgrade_env(pod).map(|(node, _)| node),
-                        at: now,
-                    });
-                }
-            }
-            None => {
+    let node_count = store.iter("nodes").count();
+    let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
+    for pod in pending {
+        let constraints = placement_constraints(&pod);
+        match groups.iter_mut().find(|(c, _)| *c == constraints) {
+            Some((_, pods)) => pods.push(pod),
+            None => groups.push((constraints, vec![pod])),
+        }
+    }
+    for (_, pods) in groups {
+        let mut candidates: BinaryHeap<Reverse<(usize, String)>> = store
+            .iter("nodes")
+            .filter(|n| node_feasible(&pods[0], n))
+            .map(|n| Reverse((store.pod_count_on(name(n)), name(n).to_owned())))
+            .collect();
+        for pod in pods {
+            let mut next = pod.clone();
+            let Some(Reverse((load, node_name))) = candidates.pop() else {
                 next["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": format!("0/{} nodes are available: no node is Ready, schedulable, tolerated and allowed by the Pod's node selector and affinity", nodes.len())}]);
+                    "message": format!("0/{node_count} nodes are available: no node is Ready, schedulable, tolerated and allowed by the Pod's node selector and affinity")}]);
                 let _ = store.write_own(next, true);
+                continue;
+            };
+            next["spec"]["nodeName"] = json!(node_name);
+            if store.write_own(next, false).is_ok() {
+                state.placements.push(Placement {
+                    namespace: namespace(&pod).to_owned(),
+                    pod: name(&pod).to_owned(),
+                    node: node_name.clone(),
+                    labels: labels_of(&pod),
+                    upgrades_node: upgrade_env(&pod).map(|(node, _)| node),
+                    at: now,
+                });
             }
+            candidates.push(Reverse((load + 1, node_name)));
         }
     }
 }
@@ -669,7 +742,8 @@ fn finish_pod(store: &mut Store, namespace: &str, pod: &str, succeeded: bool, st
 /// What `kubeadm upgrade` does to a control-plane node's static Pods (etcd keeps its own
 /// version).
 fn upgrade_static_pods(store: &mut Store, node: &str, version: &str) {
-    for mut pod in store.all("pods") {
+    let on_node: Vec<Value> = store.pods_on(node).cloned().collect();
+    for mut pod in on_node {
         let component = pod["metadata"]["labels"]["component"]
             .as_str()
             .unwrap_or_default()
@@ -695,14 +769,48 @@ fn update_node(store: &mut Store, node: &str, change: impl FnOnce(&mut Value)) {
     let _ = store.write_own(object, true);
 }
 
-fn kubelets(store: &mut Store, state: &mut State, now: Timestamp) {
+fn kubelets(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Timestamp) {
     let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
-    let nodes: BTreeMap<String, Value> = store
-        .all("nodes")
-        .into_iter()
-        .map(|n| (name(&n).to_owned(), n))
+    // Pods that changed, Pods already starting, and every Pod on a node that changed (it
+    // may have become Ready).
+    let mut candidates: BTreeSet<(String, String)> = state.starting.keys().cloned().collect();
+    for (kind, slot) in changed {
+        match kind.as_str() {
+            "pods" => {
+                candidates.insert(slot.clone());
+            }
+            "nodes" => candidates.extend(
+                store
+                    .pods_on(&slot.1)
+                    .map(|p| (namespace(p).to_owned(), name(p).to_owned())),
+            ),
+            _ => {}
+        }
+    }
+    let pods: Vec<Value> = candidates
+        .iter()
+        .filter_map(|slot| store.object_at(&("pods".to_owned(), slot.clone())))
+        .cloned()
         .collect();
-    for pod in store.all("pods") {
+    let nodes: BTreeMap<String, Value> = pods
+        .iter()
+        .map(|p| text(p, &["spec", "nodeName"]))
+        .filter(|n| !n.is_empty())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .filter_map(|n| {
+            store
+                .object_at(&("nodes".to_owned(), (String::new(), n.to_owned())))
+                .map(|node| (n.to_owned(), node.clone()))
+        })
+        .collect();
+    // Pods deleted while starting are forgotten.
+    let present: BTreeSet<(String, String)> = pods
+        .iter()
+        .map(|p| (namespace(p).to_owned(), name(p).to_owned()))
+        .collect();
+    state.starting.retain(|slot, _| present.contains(slot));
+    for pod in pods {
         let node_name = text(&pod, &["spec", "nodeName"]);
         let Some(node) = nodes.get(node_name) else {
             continue;
@@ -710,19 +818,17 @@ fn kubelets(store: &mut Store, state: &mut State, now: Timestamp) {
         if deleting(&pod) || !matches!(phase(&pod), "" | "Pending") || !node_ready(node) {
             continue;
         }
-        let start_at = *state
-            .starting
-            .entry(uid(&pod).to_owned())
-            .or_insert_with(|| {
-                now.saturating_add(
-                    SignedDuration::try_from(state.behaviour.pod_start_time).unwrap_or_default(),
-                )
-                .unwrap_or(now)
-            });
+        let slot = (namespace(&pod).to_owned(), name(&pod).to_owned());
+        let start_at = *state.starting.entry(slot.clone()).or_insert_with(|| {
+            now.saturating_add(
+                SignedDuration::try_from(state.behaviour.pod_start_time).unwrap_or_default(),
+            )
+            .unwrap_or(now)
+        });
         if start_at > now {
             continue;
         }
-        state.starting.remove(uid(&pod));
+        state.starting.remove(&slot);
         let mut next = pod.clone();
         next["status"] = pod_status(&pod, "Running", None, node, &stamp);
         if store.write_own(next, true).is_err() {
@@ -838,12 +944,22 @@ fn int_or_percent(value: &Value, total: usize, round_up: bool) -> Option<usize> 
     })
 }
 
-fn disruption_budgets(store: &mut Store) {
-    let pods = store.all("pods");
-    for pdb in store.all("poddisruptionbudgets.policy") {
-        let covered: Vec<&Value> = pods
-            .iter()
-            .filter(|p| namespace(p) == namespace(&pdb) && !deleting(p) && !terminal(p))
+/// Recomputes the budgets of every namespace where a Pod or a budget changed.
+fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>) {
+    let namespaces: BTreeSet<&str> = changed
+        .iter()
+        .filter(|(kind, _)| kind == "pods" || kind == "poddisruptionbudgets.policy")
+        .map(|(_, (ns, _))| ns.as_str())
+        .collect();
+    let pdbs: Vec<Value> = namespaces
+        .into_iter()
+        .flat_map(|ns| store.iter_in("poddisruptionbudgets.policy", ns))
+        .cloned()
+        .collect();
+    for pdb in pdbs {
+        let covered: Vec<&Value> = store
+            .iter_in("pods", namespace(&pdb))
+            .filter(|p| !deleting(p) && !terminal(p))
             .filter(|p| label_selector_matches(&pdb["spec"]["selector"], &labels_of(p)))
             .collect();
         let expected = covered.len();

@@ -160,13 +160,21 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
         }
     }
     if config.filler_pods_per_node > 0 {
-        let replicas = config.filler_pods_per_node * config.workers;
+        // One Deployment per worker's worth of Pods, as a large cluster has many
+        // workloads rather than one huge one.
         store.create_own("v1", "Namespace", json!({"metadata": {"name": "filler"}}))?;
-        store.create_own(
-            "apps/v1",
-            "Deployment",
-            deployment("filler", "filler", replicas as i64, false),
-        )?;
+        for index in 1..=config.workers {
+            store.create_own(
+                "apps/v1",
+                "Deployment",
+                deployment(
+                    "filler",
+                    &format!("filler-{index}"),
+                    config.filler_pods_per_node as i64,
+                    false,
+                ),
+            )?;
+        }
     }
     if !config.workloads {
         return Ok(());

@@ -39,7 +39,8 @@ pub struct SimConfig {
     pub workloads: bool,
     /// How nodes and Jobs behave.
     pub behaviour: Behaviour,
-    /// Extra Pods per worker node (a Deployment `filler/filler`, no budget), for scale.
+    /// Extra Pods per worker node (one Deployment `filler/filler-N` per worker, no
+    /// budget), for scale.
     pub filler_pods_per_node: usize,
 }
 

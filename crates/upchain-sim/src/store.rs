@@ -177,12 +177,97 @@ pub enum Propagation {
 /// Object coordinates within one type.
 type Slot = (String, String);
 
+/// An object's place in the store: its type's id and its slot.
+pub type Key = (String, Slot);
+
+/// Who owns whom, kept up to date on every commit so that garbage collection looks only
+/// at the objects a change concerns instead of scanning the whole store.
+#[derive(Debug, Default)]
+struct OwnerIndex {
+    /// Where each uid lives.
+    by_uid: HashMap<String, Key>,
+    /// The objects naming each uid in their ownerReferences.
+    dependents: HashMap<String, BTreeSet<Key>>,
+    /// Objects held by the foregroundDeletion finalizer.
+    foreground: BTreeSet<Key>,
+    /// Objects whose owners may be gone: checked by the next collection.
+    suspects: BTreeSet<Key>,
+}
+
+impl OwnerIndex {
+    fn forget(&mut self, key: &Key, object: &Value) {
+        let uid = meta(object, "uid");
+        if self.by_uid.get(uid) == Some(key) {
+            self.by_uid.remove(uid);
+        }
+        for owner in owner_uids(object) {
+            if let Some(set) = self.dependents.get_mut(&owner) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.dependents.remove(&owner);
+                }
+            }
+        }
+        self.foreground.remove(key);
+    }
+
+    fn learn(&mut self, key: &Key, object: &Value) {
+        let uid = meta(object, "uid").to_owned();
+        let owners = owner_uids(object);
+        if !owners.is_empty() {
+            self.suspects.insert(key.clone());
+        }
+        for owner in owners {
+            self.dependents
+                .entry(owner)
+                .or_default()
+                .insert(key.clone());
+        }
+        if held_in_foreground(object) {
+            self.foreground.insert(key.clone());
+            self.suspect_dependents_of(&uid);
+        }
+        self.by_uid.insert(uid, key.clone());
+    }
+
+    fn suspect_dependents_of(&mut self, uid: &str) {
+        if let Some(dependents) = self.dependents.get(uid) {
+            self.suspects.extend(dependents.iter().cloned());
+        }
+    }
+
+    /// An owner counts as present unless it is gone or being deleted in the foreground.
+    fn present(&self, uid: &str) -> bool {
+        self.by_uid
+            .get(uid)
+            .is_some_and(|key| !self.foreground.contains(key))
+    }
+
+    fn has_dependents(&self, uid: &str) -> bool {
+        self.dependents.get(uid).is_some_and(|d| !d.is_empty())
+    }
+}
+
+fn held_in_foreground(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f == "foregroundDeletion")
+}
+
 /// All objects of the cluster.
 #[derive(Debug)]
 pub struct Store {
     registry: Registry,
     objects: BTreeMap<String, BTreeMap<Slot, Value>>,
     ownership: HashMap<(String, Slot), Ownership>,
+    owners: OwnerIndex,
+    /// Pods by `spec.nodeName` (unbound Pods under "").
+    pods_by_node: HashMap<String, BTreeSet<Slot>>,
+    /// Objects changed since the controllers last asked, with the owners of changed
+    /// dependents: what the controllers' next pass looks at.
+    changed: BTreeSet<Key>,
     rv: u64,
     uids: u64,
     history: VecDeque<Arc<Change>>,
@@ -270,6 +355,9 @@ impl Store {
             registry: Registry::default(),
             objects: BTreeMap::new(),
             ownership: HashMap::new(),
+            owners: OwnerIndex::default(),
+            pods_by_node: HashMap::new(),
+            changed: BTreeSet::new(),
             rv: 1,
             uids: 0,
             history: VecDeque::new(),
@@ -332,17 +420,29 @@ impl Store {
     ) {
         self.rv += 1;
         let rv = self.rv;
-        let objects = self.objects.entry(rt.id()).or_default();
+        let key: Key = (rt.id(), slot.clone());
         let mut before = None;
         let object = match object {
             Some(mut object) => {
                 object["metadata"]["resourceVersion"] = json!(rv.to_string());
-                before = objects.insert(slot, object.clone());
+                before = self
+                    .objects
+                    .entry(rt.id())
+                    .or_default()
+                    .insert(slot, object.clone());
+                if let Some(before) = &before {
+                    self.forget(&key, before);
+                }
+                self.learn(&key, &object);
                 object
             }
             None => {
-                objects.remove(&slot);
-                self.ownership.remove(&(rt.id(), slot));
+                let gone = self.objects.get_mut(&key.0).and_then(|o| o.remove(&slot));
+                if let Some(gone) = gone {
+                    self.forget(&key, &gone);
+                    self.owners.suspect_dependents_of(meta(&gone, "uid"));
+                }
+                self.ownership.remove(&key);
                 previous["metadata"]["resourceVersion"] = json!(rv.to_string());
                 previous
             }
@@ -353,7 +453,7 @@ impl Store {
                 .as_ref()
                 .is_some_and(|b| b["spec"]["unschedulable"] != true);
         if cordoned {
-            let nodes = objects.values().map(NodeState::of).collect();
+            let nodes = self.iter("nodes").map(NodeState::of).collect();
             let at = self.clock.now();
             self.cordons.push(CordonMoment {
                 at,
@@ -391,6 +491,95 @@ impl Store {
                 .unwrap_or_default();
             self.registry.set_custom(&crds);
         }
+    }
+
+    fn forget(&mut self, key: &Key, object: &Value) {
+        self.mark_changed(key, object);
+        self.owners.forget(key, object);
+        if key.0 == "pods" {
+            let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
+            if let Some(pods) = self.pods_by_node.get_mut(node) {
+                pods.remove(&key.1);
+                if pods.is_empty() {
+                    self.pods_by_node.remove(node);
+                }
+            }
+        }
+    }
+
+    fn learn(&mut self, key: &Key, object: &Value) {
+        self.owners.learn(key, object);
+        self.mark_changed(key, object);
+        if key.0 == "pods" {
+            let node = object["spec"]["nodeName"].as_str().unwrap_or_default();
+            self.pods_by_node
+                .entry(node.to_owned())
+                .or_default()
+                .insert(key.1.clone());
+        }
+    }
+
+    fn mark_changed(&mut self, key: &Key, object: &Value) {
+        self.changed.insert(key.clone());
+        for owner in owner_uids(object) {
+            if let Some(owner_key) = self.owners.by_uid.get(&owner) {
+                self.changed.insert(owner_key.clone());
+            }
+        }
+    }
+
+    /// The objects changed since the last call (and the owners of changed dependents).
+    pub fn take_changed(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// The objects changed since the last [`Store::take_changed`], left in place.
+    pub fn changed_so_far(&self) -> &BTreeSet<Key> {
+        &self.changed
+    }
+
+    /// The object at `key`, borrowed.
+    pub fn object_at(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(&key.0).and_then(|o| o.get(&key.1))
+    }
+
+    /// Every object of a type, borrowed.
+    pub fn iter(&self, id: &str) -> impl Iterator<Item = &Value> {
+        self.objects.get(id).into_iter().flat_map(|o| o.values())
+    }
+
+    /// Every object of a type in one namespace, borrowed.
+    pub fn iter_in<'a>(&'a self, id: &str, namespace: &'a str) -> impl Iterator<Item = &'a Value> {
+        self.objects.get(id).into_iter().flat_map(move |o| {
+            o.range((namespace.to_owned(), String::new())..)
+                .take_while(move |((ns, _), _)| ns == namespace)
+                .map(|(_, v)| v)
+        })
+    }
+
+    /// The objects naming `uid` in their ownerReferences.
+    pub fn dependents_of<'a>(&'a self, uid: &str) -> impl Iterator<Item = &'a Value> {
+        self.owners
+            .dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.object_at(key))
+    }
+
+    /// The Pods bound to `node` ("" for the unbound ones).
+    pub fn pods_on<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a Value> {
+        let pods = self.objects.get("pods");
+        self.pods_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .filter_map(move |slot| pods.and_then(|p| p.get(slot)))
+    }
+
+    /// How many Pods are bound to `node`.
+    pub fn pod_count_on(&self, node: &str) -> usize {
+        self.pods_by_node.get(node).map_or(0, BTreeSet::len)
     }
 
     /// Admission of a custom resource against its CRD's schema: defaults applied, OpenAPI
@@ -795,15 +984,20 @@ impl Store {
     }
 
     fn has_dependents(&self, uid: &str) -> bool {
-        self.objects
-            .values()
-            .flat_map(|o| o.values())
-            .any(|o| owner_uids(o).contains(uid))
+        self.owners.has_dependents(uid)
     }
 
     fn orphan_dependents(&mut self, uid: &str) {
-        let dependents = self.dependents(|owners| owners.contains(uid));
-        for (rt, slot) in dependents {
+        let dependents: Vec<Key> = self
+            .owners
+            .dependents
+            .get(uid)
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
+        for (id, slot) in dependents {
+            let Some(rt) = self.type_by_id(&id) else {
+                continue;
+            };
             if let Ok(mut object) = self.get(&rt, &slot.0, &slot.1) {
                 if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
                     refs.retain(|r| r["uid"].as_str() != Some(uid));
@@ -813,69 +1007,50 @@ impl Store {
         }
     }
 
-    fn dependents(&self, pick: impl Fn(&BTreeSet<String>) -> bool) -> Vec<(ResourceType, Slot)> {
-        self.objects
-            .iter()
-            .flat_map(|(id, objects)| objects.iter().map(move |(slot, o)| (id, slot, o)))
-            .filter(|(_, _, o)| {
-                let owners = owner_uids(o);
-                !owners.is_empty() && pick(&owners)
-            })
-            .filter_map(|(id, slot, _)| self.type_by_id(id).map(|rt| (rt, slot.clone())))
-            .collect()
-    }
-
     /// The garbage collector: deletes dependents whose owners are all gone (or being
     /// deleted in the foreground), and finishes foreground deletions without dependents.
+    /// Only the objects a commit marked as suspects are looked at.
     fn collect_garbage(&mut self) {
         for _ in 0..64 {
-            let live: BTreeSet<String> = self
-                .objects
-                .values()
-                .flat_map(|o| o.values())
-                .filter(|o| {
-                    !o["metadata"]["finalizers"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|f| f == "foregroundDeletion")
-                })
-                .map(|o| meta(o, "uid").to_owned())
-                .collect();
-            let orphans: Vec<(ResourceType, Slot)> = self
-                .dependents(|owners| owners.iter().all(|u| !live.contains(u)))
+            let suspects = std::mem::take(&mut self.owners.suspects);
+            let orphans: Vec<Key> = suspects
                 .into_iter()
-                .filter(|(rt, slot)| {
-                    self.get(rt, &slot.0, &slot.1)
-                        .is_ok_and(|o| o["metadata"]["deletionTimestamp"].is_null())
+                .filter(|key| {
+                    self.object_at(key).is_some_and(|o| {
+                        let owners = owner_uids(o);
+                        o["metadata"]["deletionTimestamp"].is_null()
+                            && !owners.is_empty()
+                            && owners.iter().all(|u| !self.owners.present(u))
+                    })
                 })
                 .collect();
-            let finished: Vec<(ResourceType, Slot)> = self
-                .objects
+            let finished: Vec<Key> = self
+                .owners
+                .foreground
                 .iter()
-                .flat_map(|(id, objects)| objects.iter().map(move |(slot, o)| (id, slot, o)))
-                .filter(|(_, _, o)| {
-                    o["metadata"]["finalizers"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|f| f == "foregroundDeletion")
+                .filter(|key| {
+                    self.object_at(key)
+                        .is_some_and(|o| !self.owners.has_dependents(meta(o, "uid")))
                 })
-                .filter(|(_, _, o)| !self.has_dependents(meta(o, "uid")))
-                .filter_map(|(id, slot, _)| self.type_by_id(id).map(|rt| (rt, slot.clone())))
+                .cloned()
                 .collect();
             if orphans.is_empty() && finished.is_empty() {
                 return;
             }
-            for (rt, slot) in orphans {
-                let _ = self.delete(&rt, &slot.0, &slot.1, Propagation::Background);
+            for (id, slot) in orphans {
+                if let Some(rt) = self.type_by_id(&id) {
+                    let _ = self.delete(&rt, &slot.0, &slot.1, Propagation::Background);
+                }
             }
-            for (rt, slot) in finished {
-                if let Ok(mut object) = self.get(&rt, &slot.0, &slot.1) {
+            for (id, slot) in finished {
+                let Some(rt) = self.type_by_id(&id) else {
+                    continue;
+                };
+                if let Ok(current) = self.get(&rt, &slot.0, &slot.1) {
+                    let mut object = current.clone();
                     if let Some(f) = object["metadata"]["finalizers"].as_array_mut() {
                         f.retain(|f| f != "foregroundDeletion");
                     }
-                    let current = self.get(&rt, &slot.0, &slot.1).unwrap_or(Value::Null);
                     let _ = self.write(&rt, &slot.0, &slot.1, current, object, false);
                 }
             }
