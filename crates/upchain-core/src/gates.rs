@@ -3,7 +3,7 @@
 //! A gate whose source could not be read refuses with that reason: an unreachable
 //! Prometheus is not a quiet one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -271,6 +271,11 @@ fn unreachable(gate: &'static str, what: &str, error: &str) -> Verdict {
 /// node Ready, none under Memory, Disk or PID pressure, none cordoned by someone else.
 /// Nodes in `skip` are left out; a node upchain itself cordoned is not a reason.
 pub fn nodes_gate(nodes: &[ObservedNode], skip: &[String], records: &[NodeRecord]) -> Verdict {
+    let cordoned_by_us: HashSet<&str> = records
+        .iter()
+        .filter(|r| r.cordoned)
+        .map(|r| r.name.as_str())
+        .collect();
     let mut reasons = Vec::new();
     for node in nodes.iter().filter(|n| !skip.contains(&n.name)) {
         if !node.ready {
@@ -287,8 +292,7 @@ pub fn nodes_gate(nodes: &[ObservedNode], skip: &[String], records: &[NodeRecord
                 node.pressure.join(", ")
             ));
         }
-        let cordoned_by_us = records.iter().any(|r| r.name == node.name && r.cordoned);
-        if node.unschedulable && !cordoned_by_us {
+        if node.unschedulable && !cordoned_by_us.contains(node.name.as_str()) {
             reasons.push(format!(
                 "node {} is cordoned, and not by upchain: uncordon it (kubectl uncordon {}) or \
                  add it to spec.nodes.skip",
@@ -311,9 +315,10 @@ pub fn quiet_gate(
     upgraded: &[NodeRecord],
 ) -> Verdict {
     let period = i64::try_from(quiet_period.as_secs()).unwrap_or(i64::MAX);
+    let upgraded: HashSet<&str> = upgraded.iter().map(|r| r.name.as_str()).collect();
     let mut reasons = Vec::new();
     for node in nodes {
-        if upgraded.iter().any(|r| r.name == node.name) {
+        if upgraded.contains(node.name.as_str()) {
             continue;
         }
         let Some(since) = node.ready_since else {

@@ -6,6 +6,7 @@
 //! step) is on record before any cordon, eviction or Job. Repeating a decision against an
 //! unchanged cluster repeats only idempotent actions (same cordon, same Job name).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -20,7 +21,7 @@ use crate::conditions::{self, Desired, types};
 use crate::drain::drain_progress;
 use crate::gates;
 use crate::job::{NodeJob, Owner, job_name};
-use crate::observe::{JobState, Observed, OtherUpgrade};
+use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade};
 use crate::plan::{Plan, plan};
 use crate::version::KubeVersion;
 use crate::window::{WindowState, window_state};
@@ -238,6 +239,18 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
     }
 }
 
+/// The nodes whose upgrade Jobs the next decision reads: those upgrading, and those
+/// draining (a decision can move one on to its Job). A node past its Job never reads it
+/// again, so a long run does not re-read its finished Jobs on every reconcile.
+pub fn nodes_with_jobs_to_read(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
+    status
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .filter(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
+        .map(|n| n.name.as_str())
+        .collect()
+}
+
 /// Decides the next status and actions for `upgrade` given what was observed at `now`.
 pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Decision {
     // Status times have second resolution; deciding at that resolution keeps a decision
@@ -248,6 +261,7 @@ pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Deci
         upgrade,
         spec: &upgrade.spec,
         observed,
+        nodes: observed.nodes_by_name(),
         now,
         status: previous.clone(),
         actions: Vec::new(),
@@ -277,6 +291,8 @@ struct Machine<'a> {
     upgrade: &'a K8sUpgrade,
     spec: &'a K8sUpgradeSpec,
     observed: &'a Observed,
+    /// The observed nodes by name: looked up once per record on every step.
+    nodes: HashMap<&'a str, &'a ObservedNode>,
     now: Timestamp,
     status: K8sUpgradeStatus,
     actions: Vec<Action>,
@@ -284,7 +300,11 @@ struct Machine<'a> {
     state: State,
 }
 
-impl Machine<'_> {
+impl<'a> Machine<'a> {
+    fn node(&self, name: &str) -> Option<&'a ObservedNode> {
+        self.nodes.get(name).copied()
+    }
+
     fn name(&self) -> &str {
         self.upgrade.metadata.name.as_deref().unwrap_or_default()
     }
@@ -803,7 +823,7 @@ impl Machine<'_> {
 
     /// Uncordons a node upchain cordoned, and forgets the cordon once the cluster shows it.
     fn release_node(&mut self, node: &str) {
-        match self.observed.node(node) {
+        match self.node(node) {
             Some(n) if n.unschedulable => self.act(Action::Uncordon {
                 node: node.to_owned(),
             }),
@@ -1021,7 +1041,7 @@ impl Machine<'_> {
 
     fn advance_node(&mut self, index: usize, batch: &[String]) {
         let record = self.status.nodes[index].clone();
-        let Some(node) = self.observed.node(&record.name) else {
+        let Some(node) = self.node(&record.name) else {
             self.enter(
                 index,
                 NodeStep::Done,
@@ -1203,7 +1223,6 @@ impl Machine<'_> {
         match self.observed.job(&name).map(|j| &j.state) {
             None => {
                 let node_ip = self
-                    .observed
                     .node(&record.name)
                     .and_then(|n| n.internal_ip.clone())
                     .unwrap_or_default();
@@ -1486,8 +1505,11 @@ pub fn finalize(upgrade: &K8sUpgrade, observed: &Observed) -> Finalization {
             .as_ref()
             .is_some_and(|job| finalization.waiting_for_jobs.contains(job))
     };
+    let nodes = observed.nodes_by_name();
     for record in &status.nodes {
-        let unschedulable = observed.node(&record.name).is_some_and(|n| n.unschedulable);
+        let unschedulable = nodes
+            .get(record.name.as_str())
+            .is_some_and(|n| n.unschedulable);
         if record.cordoned && unschedulable && !job_running(record) {
             finalization.actions.push(Action::Uncordon {
                 node: record.name.clone(),

@@ -1,6 +1,6 @@
 //! What the operator observed in the cluster, reduced to what decisions need.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 
@@ -187,9 +187,9 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// The node with this name.
-    pub fn node(&self, name: &str) -> Option<&ObservedNode> {
-        self.nodes.iter().find(|n| n.name == name)
+    /// Every node by name, for lookups in a loop over many.
+    pub fn nodes_by_name(&self) -> HashMap<&str, &ObservedNode> {
+        self.nodes.iter().map(|n| (n.name.as_str(), n)).collect()
     }
 
     /// The Job with this name.

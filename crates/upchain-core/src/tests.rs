@@ -89,11 +89,14 @@ impl World {
                     .collect()
             })
             .unwrap_or_default();
+        // Only the Jobs the operator reads, so the invariants hold on that view.
+        let job_nodes = crate::nodes_with_jobs_to_read(status);
         Observed {
             nodes: self.nodes.clone(),
             jobs: self
                 .jobs
                 .iter()
+                .filter(|(_, (node, _, _))| job_nodes.contains(&node.as_str()))
                 .map(|(name, (_, _, state))| ObservedJob {
                     name: name.clone(),
                     state: state.clone(),

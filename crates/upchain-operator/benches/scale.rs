@@ -115,6 +115,17 @@ fn delta(
         .collect()
 }
 
+/// The operator process's peak resident set (VmHWM) so far.
+fn peak_rss(operator: &Operator) -> String {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", operator.0.id())).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
+        .unwrap_or_else(|| "?".to_owned())
+}
+
 fn human(d: Duration) -> String {
     if d.as_secs() >= 1 {
         format!("{:.1} s", d.as_secs_f64())
@@ -186,6 +197,10 @@ async fn run(size: usize) {
     };
     // Let it fill its caches, then count only the run.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!(
+        "{size} nodes: operator RSS after filling its caches {}",
+        peak_rss(&operator)
+    );
     let before = sim.requests();
     let started = Instant::now();
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
@@ -235,13 +250,7 @@ async fn run(size: usize) {
     let metrics = scrape(&addr);
     let reconcile_p50 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.5);
     let reconcile_p99 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.99);
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", operator.0.id())).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
-        .unwrap_or_else(|| "?".to_owned());
+    let rss = peak_rss(&operator);
     let reads: u64 = during
         .iter()
         .filter(|((verb, _), _)| matches!(verb, Verb::Get | Verb::List | Verb::Watch))

@@ -18,7 +18,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 use upchain_api::{
-    FIELD_MANAGER, FINALIZER, K8sUpgrade, NodeStep, UPGRADE_ANNOTATION, UPGRADE_LABEL,
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, NodeStep, UPGRADE_ANNOTATION, UPGRADE_LABEL,
     UPGRADE_UID_ANNOTATION,
 };
 use upchain_core::job::bounded_name;
@@ -182,7 +182,8 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         add_finalizer(&upgrade, ctx).await
     } else {
         // observe -> decide -> update_status -> apply
-        let observed = observe(&upgrade, upchain_core::needs(&upgrade), ctx).await?;
+        let observed =
+            observe(&upgrade, upchain_core::needs(&upgrade), Jobs::InFlight, ctx).await?;
         let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
         // Gauges first: whoever sees the new status also sees them.
         ctx.metrics
@@ -220,12 +221,33 @@ fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> R
     Requeue::requeue(base + jitter)
 }
 
-/// What the cluster shows; gate sources only as far as `needs` asks.
-async fn observe(upgrade: &K8sUpgrade, needs: Needs, ctx: &Context) -> Result<Observed, Error> {
-    let name = upgrade.name_any();
+/// Which of the run's Jobs to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Jobs {
+    /// All of them: letting go of the cluster deletes the finished ones.
+    All,
+    /// Those of the nodes the next decision looks at (`nodes_with_jobs_to_read`).
+    InFlight,
+}
+
+/// The run's Jobs, read fresh: a Job created by the last reconcile must be seen by the next,
+/// or the node would get a second one.
+async fn observe_jobs(
+    upgrade: &K8sUpgrade,
+    scope: Jobs,
+    ctx: &Context,
+) -> Result<Vec<ObservedJob>, Error> {
+    let mut selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&upgrade.name_any()]));
+    if scope == Jobs::InFlight {
+        let nodes = upchain_core::nodes_with_jobs_to_read(upgrade.status.as_ref());
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels: Vec<String> = nodes.iter().map(|n| bounded_name(&[n])).collect();
+        selector.push_str(&format!(",{NODE_LABEL} in ({})", labels.join(",")));
+    }
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
-    let selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&name]));
-    let jobs = jobs_api
+    Ok(jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(kube_error("listing the upgrade's Jobs"))?
@@ -234,7 +256,18 @@ async fn observe(upgrade: &K8sUpgrade, needs: Needs, ctx: &Context) -> Result<Ob
         // A Job left by an earlier K8sUpgrade of the same name is not this one's.
         .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
         .map(observe_job)
-        .collect();
+        .collect())
+}
+
+/// What the cluster shows; gate sources only as far as `needs` asks.
+async fn observe(
+    upgrade: &K8sUpgrade,
+    needs: Needs,
+    jobs: Jobs,
+    ctx: &Context,
+) -> Result<Observed, Error> {
+    let name = upgrade.name_any();
+    let jobs = observe_jobs(upgrade, jobs, ctx).await?;
     // Pods are read only for the nodes being drained, never cached cluster-wide.
     let mut pods = std::collections::BTreeMap::new();
     let pods_api: Api<Pod> = Api::all(ctx.client.clone());
@@ -533,7 +566,7 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
         return Ok(Requeue::await_change());
     }
     // Deletion looks at nodes and Jobs only: no gate is evaluated.
-    let observed = observe(upgrade, Needs::default(), ctx).await?;
+    let observed = observe(upgrade, Needs::default(), Jobs::All, ctx).await?;
     let finalization = finalize(upgrade, &observed);
     carry_out(upgrade, &finalization.actions, ctx).await?;
     if !finalization.can_let_go() {

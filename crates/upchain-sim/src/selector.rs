@@ -100,6 +100,14 @@ impl Selector {
         })
     }
 
+    /// The value `key` must equal, when the selector requires one (`key=value`).
+    pub fn required_value(&self, key: &str) -> Option<&str> {
+        self.0.iter().find_map(|r| match r {
+            Requirement::Equals(k, v) if k == key => Some(v.as_str()),
+            _ => None,
+        })
+    }
+
     /// Matches an object's labels.
     pub fn matches_labels(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];

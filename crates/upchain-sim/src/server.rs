@@ -509,17 +509,38 @@ fn serve(
     match (verb, target.name.as_deref()) {
         (Verb::Get, Some(name)) => Ok((200, store.get(rt, &namespace, name)?)),
         (Verb::List, _) => {
-            let items = store.list(
+            // A continued list reads as of its first page's version, as a real API
+            // server's does; a client then watches from that version and catches up.
+            let (rv, after) = match query.get("continue").filter(|c| !c.is_empty()) {
+                Some(token) => {
+                    let (rv, slot) = parse_continue(token)?;
+                    store.check_kept(rv)?;
+                    (rv, Some(slot))
+                }
+                None => (store.resource_version(), None),
+            };
+            let limit = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .filter(|l| *l > 0)
+                .unwrap_or(usize::MAX);
+            let (items, last) = store.list_page(
                 rt,
                 target.namespace.as_deref(),
                 &selector("labelSelector")?,
                 &selector("fieldSelector")?,
+                after.as_ref(),
+                limit,
             );
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            if let Some((namespace, name)) = last {
+                metadata["continue"] = json!(format!("{rv}/{namespace}/{name}"));
+            }
             Ok((
                 200,
                 json!({
                     "kind": list_kind(rt), "apiVersion": rt.api_version(),
-                    "metadata": {"resourceVersion": store.resource_version().to_string()},
+                    "metadata": metadata,
                     "items": items,
                 }),
             ))
@@ -621,6 +642,23 @@ fn serve(
         }
         _ => Err(ApiError::MethodNotAllowed(format!(
             "{verb:?} is not supported on this path"
+        ))),
+    }
+}
+
+/// A continue token: `<resourceVersion>/<namespace>/<name>` of the last item served.
+fn parse_continue(token: &str) -> Result<(u64, (String, String)), ApiError> {
+    let mut parts = token.splitn(3, '/');
+    match (
+        parts.next().and_then(|rv| rv.parse().ok()),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(rv), Some(namespace), Some(name)) => {
+            Ok((rv, (namespace.to_owned(), name.to_owned())))
+        }
+        _ => Err(ApiError::BadRequest(format!(
+            "continue token {token:?} is not one this server issued; list again without it"
         ))),
     }
 }

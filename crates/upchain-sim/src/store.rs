@@ -3,6 +3,7 @@
 //! collection, Eviction against PodDisruptionBudgets, and a bounded watch history.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -630,15 +631,52 @@ impl Store {
         labels: &Selector,
         fields: &Selector,
     ) -> Vec<Value> {
-        self.objects
-            .get(&rt.id())
-            .into_iter()
-            .flat_map(|o| o.iter())
+        self.list_page(rt, namespace, labels, fields, None, usize::MAX)
+            .0
+    }
+
+    /// Up to `limit` matching objects in key order after `after`, and the key of the last
+    /// one when more may follow (the API server's `limit` and `continue`). Pods selected by
+    /// `spec.nodeName=` come from the by-node index, as a real API server's field index
+    /// serves them, so draining one node does not scan every Pod.
+    pub fn list_page(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &Selector,
+        after: Option<&Slot>,
+        limit: usize,
+    ) -> (Vec<Value>, Option<Slot>) {
+        let id = rt.id();
+        let objects = self.objects.get(&id);
+        let candidates: Box<dyn Iterator<Item = (&Slot, &Value)>> =
+            match fields.required_value("spec.nodeName") {
+                Some(node) if id == "pods" => Box::new(
+                    self.pods_by_node
+                        .get(node)
+                        .into_iter()
+                        .flat_map(move |slots| match after {
+                            Some(after) => slots.range((Excluded(after), Unbounded)),
+                            None => slots.range::<Slot, _>(..),
+                        })
+                        .filter_map(move |slot| Some((slot, objects?.get(slot)?))),
+                ),
+                _ => Box::new(objects.into_iter().flat_map(move |o| match after {
+                    Some(after) => o.range((Excluded(after), Unbounded)),
+                    None => o.range::<Slot, _>(..),
+                })),
+            };
+        let mut matching = candidates
             .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
-            .map(|(_, v)| v)
-            .filter(|v| labels.matches_labels(v) && fields.matches_fields(v))
-            .cloned()
-            .collect()
+            .filter(|(_, v)| labels.matches_labels(v) && fields.matches_fields(v));
+        let items: Vec<(&Slot, &Value)> = matching.by_ref().take(limit).collect();
+        let more = matching.next().is_some();
+        let last = items
+            .last()
+            .map(|(slot, _)| (*slot).clone())
+            .filter(|_| more);
+        (items.into_iter().map(|(_, v)| v.clone()).collect(), last)
     }
 
     /// Every object of a type, unfiltered.
@@ -651,6 +689,12 @@ impl Store {
 
     /// The history since `rv` for a watch, or 410 Gone when it is older than the history.
     pub fn history_since(&self, rv: u64) -> Result<Vec<Arc<Change>>, ApiError> {
+        self.check_kept(rv)?;
+        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
+    }
+
+    /// 410 Gone when a watch or a list continued from `rv` could miss changes no longer kept.
+    pub fn check_kept(&self, rv: u64) -> Result<(), ApiError> {
         let oldest = self.history.front().map_or(self.rv, |c| c.rv);
         if rv + 1 < oldest && rv < self.rv {
             return Err(ApiError::Gone(format!(
@@ -658,7 +702,7 @@ impl Store {
                 oldest.saturating_sub(1)
             )));
         }
-        Ok(self.history.iter().filter(|c| c.rv > rv).cloned().collect())
+        Ok(())
     }
 
     /// Creates an object. `keep_status` is for the cluster's own controllers and seeding;
