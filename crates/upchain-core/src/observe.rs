@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
 
 /// A node as the plan and the phase machine see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +28,52 @@ pub struct ObservedNode {
 }
 
 impl ObservedNode {
+    /// Drops from a Node everything [`ObservedNode::from_node`] does not read, so a cache of
+    /// thousands of Nodes holds a few hundred bytes each rather than kilobytes (images,
+    /// managed fields, capacity, annotations and condition messages are most of a Node).
+    pub fn prune(node: &mut Node) {
+        let metadata = &mut node.metadata;
+        metadata.managed_fields = None;
+        metadata.annotations = None;
+        metadata.owner_references = None;
+        if let Some(spec) = node.spec.as_mut() {
+            *spec = NodeSpec {
+                unschedulable: spec.unschedulable,
+                ..NodeSpec::default()
+            };
+        }
+        if let Some(status) = node.status.as_mut() {
+            let conditions = status.conditions.take().map(|conditions| {
+                conditions
+                    .into_iter()
+                    .map(|c| NodeCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        last_transition_time: c.last_transition_time,
+                        ..NodeCondition::default()
+                    })
+                    .collect()
+            });
+            let addresses = status.addresses.take().map(|addresses| {
+                addresses
+                    .into_iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .collect()
+            });
+            let node_info = status.node_info.take().map(|info| NodeSystemInfo {
+                kubelet_version: info.kubelet_version,
+                container_runtime_version: info.container_runtime_version,
+                ..NodeSystemInfo::default()
+            });
+            *status = NodeStatus {
+                conditions,
+                addresses,
+                node_info,
+                ..NodeStatus::default()
+            };
+        }
+    }
+
     /// Reduces a Node object to what upchain decides on.
     pub fn from_node(node: &Node) -> Self {
         let status = node.status.as_ref();
@@ -195,5 +241,84 @@ impl Observed {
     /// The Job with this name.
     pub fn job(&self, name: &str) -> Option<&ObservedJob> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Node shaped like a real kubeadm worker's: images, managed fields, annotations,
+    /// capacity and condition messages.
+    fn full_node() -> Node {
+        let images: Vec<serde_json::Value> = (0..36)
+            .map(|i| {
+                serde_json::json!({
+                    "names": [format!("registry.k8s.io/some/image-{i}@sha256:{:064x}", i),
+                              format!("registry.k8s.io/some/image-{i}:v1.{i}.0")],
+                    "sizeBytes": 12_345_678 + i,
+                })
+            })
+            .collect();
+        let condition = |type_: &str, status: &str| {
+            serde_json::json!({"type": type_, "status": status,
+                "lastHeartbeatTime": "2026-11-23T07:00:00Z",
+                "lastTransitionTime": "2026-11-20T07:00:00Z",
+                "reason": format!("Kubelet{type_}"),
+                "message": "kubelet is posting ready status, or has sufficient memory available"})
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "worker-7",
+                "labels": {"kubernetes.io/hostname": "worker-7", "kubernetes.io/os": "linux"},
+                "annotations": {
+                    "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///run/containerd/containerd.sock",
+                    "node.alpha.kubernetes.io/ttl": "0",
+                    "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+                "managedFields": [{"manager": "kubelet", "operation": "Update",
+                    "apiVersion": "v1", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:status": {"f:images": {}, "f:nodeInfo": {}}}}]
+            },
+            "spec": {"podCIDR": "10.244.7.0/24", "podCIDRs": ["10.244.7.0/24"],
+                     "unschedulable": true,
+                     "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]},
+            "status": {
+                "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+                "allocatable": {"cpu": "8", "memory": "31Gi", "pods": "110"},
+                "conditions": [condition("MemoryPressure", "False"), condition("DiskPressure", "True"),
+                               condition("PIDPressure", "False"), condition("Ready", "True")],
+                "addresses": [{"type": "InternalIP", "address": "10.0.0.7"},
+                              {"type": "Hostname", "address": "worker-7"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+                "nodeInfo": {"machineID": "m", "systemUUID": "s", "bootID": "b",
+                    "kernelVersion": "6.1.0", "osImage": "Debian GNU/Linux 12",
+                    "containerRuntimeVersion": "containerd://1.7.22", "kubeletVersion": "v1.34.2",
+                    "kubeProxyVersion": "v1.34.2", "operatingSystem": "linux", "architecture": "amd64"},
+                "images": images,
+            }
+        }))
+        .expect("a valid Node")
+    }
+
+    #[test]
+    fn pruning_keeps_everything_upchain_decides_on_and_little_else() {
+        let node = full_node();
+        let mut pruned = node.clone();
+        ObservedNode::prune(&mut pruned);
+        assert_eq!(
+            ObservedNode::from_node(&pruned),
+            ObservedNode::from_node(&node)
+        );
+        let observed = ObservedNode::from_node(&node);
+        assert!(observed.unschedulable && observed.ready);
+        assert_eq!(observed.pressure, ["DiskPressure"]);
+        assert_eq!(observed.internal_ip.as_deref(), Some("10.0.0.7"));
+        let size = |n: &Node| serde_json::to_vec(n).expect("serializes").len();
+        assert!(
+            size(&pruned) * 10 < size(&node),
+            "{} bytes pruned from {}",
+            size(&pruned),
+            size(&node)
+        );
     }
 }

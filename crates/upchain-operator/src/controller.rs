@@ -91,16 +91,11 @@ pub async fn run(
 ) {
     let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
-    // Nodes are cached pruned: images and managedFields are most of a Node's size.
+    // Nodes are cached pruned to what the decisions read.
     let (nodes, writer) = reflector::store();
     let node_stream = watcher(nodes_api.clone(), watcher::Config::default())
         .default_backoff()
-        .modify(|node: &mut Node| {
-            node.metadata.managed_fields = None;
-            if let Some(status) = node.status.as_mut() {
-                status.images = None;
-            }
-        })
+        .modify(ObservedNode::prune)
         .reflect(writer)
         .applied_objects()
         .filter_map(|node| std::future::ready(node.ok().map(|_| ())));
