@@ -45,8 +45,8 @@ fn main() {
     } else {
         sizes
     };
-    println!("| nodes | decisions | decide p50 / p99 / max | whole run |");
-    println!("| --- | --- | --- | --- |");
+    println!("| nodes | decisions | decide p50 / p99 / max | whole run | final status |");
+    println!("| --- | --- | --- | --- | --- |");
     for size in sizes {
         run(size);
     }
@@ -132,12 +132,14 @@ fn run(size: usize) {
     let whole = started.elapsed();
     timings.sort();
     let at = |q: f64| timings[((timings.len() - 1) as f64 * q).round() as usize];
+    let status_bytes = serde_json::to_vec(&upgrade.status).unwrap().len();
     println!(
-        "| {size} | {} | {:?} / {:?} / {:?} | {:?} |",
+        "| {size} | {} | {:?} / {:?} / {:?} | {:?} | {} kB |",
         timings.len(),
         at(0.5),
         at(0.99),
         timings[timings.len() - 1],
-        whole
+        whole,
+        status_bytes / 1000
     );
 }

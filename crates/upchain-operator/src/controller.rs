@@ -91,9 +91,10 @@ pub async fn run(
 ) {
     let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
-    // Nodes are cached pruned to what the decisions read.
+    // Nodes are cached pruned to what the decisions read, and listed in small pages: a
+    // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
     let (nodes, writer) = reflector::store();
-    let node_stream = watcher(nodes_api.clone(), watcher::Config::default())
+    let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
         .default_backoff()
         .modify(ObservedNode::prune)
         .reflect(writer)

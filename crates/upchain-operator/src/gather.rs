@@ -21,6 +21,30 @@ use upchain_core::{Needs, ObservedJob};
 /// How long a gate's HTTP source may take to answer.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Objects per page of a cluster-wide list (client-go's pager uses the same).
+const PAGE_SIZE: u32 = 500;
+
+/// Lists in pages, handing each page to `each`: a cluster-wide list of Pods holds one page
+/// in memory at a time, not the whole cluster.
+async fn list_paged<K>(
+    api: &Api<K>,
+    params: ListParams,
+    mut each: impl FnMut(Vec<K>),
+) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = params.limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await?;
+        each(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params.continue_token = Some(token),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Reads the gates' sources that `needs` asks for.
 pub async fn gate_inputs(
     client: &Client,
@@ -208,34 +232,34 @@ async fn helm_releases(client: &Client) -> Source<Vec<HelmRelease>> {
 
 async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {
     let api: Api<Deployment> = Api::all(client.clone());
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing Deployments: {}", describe(&e)))?;
-    Ok(list
-        .items
-        .iter()
-        .map(|d| {
-            let status = d.status.clone().unwrap_or_default();
-            let condition = |type_: &str| {
-                status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .find(|c| c.type_ == type_)
-                    .map(|c| (c.status == "True", c.reason.clone().unwrap_or_default()))
-            };
-            ObservedDeployment {
-                namespace: d.namespace().unwrap_or_default(),
-                name: d.name_any(),
-                replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-                updated: status.updated_replicas.unwrap_or(0),
-                available: status.available_replicas.unwrap_or(0),
-                available_condition: condition("Available").map(|(ok, _)| ok),
-                progressing_condition: condition("Progressing"),
-            }
-        })
-        .collect())
+    let mut deployments = Vec::new();
+    list_paged(&api, ListParams::default(), |page| {
+        deployments.extend(page.iter().map(observe_deployment));
+    })
+    .await
+    .map_err(|e| format!("listing Deployments: {}", describe(&e)))?;
+    Ok(deployments)
+}
+
+fn observe_deployment(d: &Deployment) -> ObservedDeployment {
+    let status = d.status.clone().unwrap_or_default();
+    let condition = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status == "True", c.reason.clone().unwrap_or_default()))
+    };
+    ObservedDeployment {
+        namespace: d.namespace().unwrap_or_default(),
+        name: d.name_any(),
+        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+        available_condition: condition("Available").map(|(ok, _)| ok),
+        progressing_condition: condition("Progressing"),
+    }
 }
 
 /// What the node Jobs need and is missing: the runner namespace, the script ConfigMap
@@ -331,53 +355,52 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
 /// run reaches its postflight.
 pub async fn postflight_inputs(client: &Client) -> Result<PostflightInputs, String> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let list = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))?;
-    let ready = |pod: &Pod| {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-    };
-    let phase = |pod: &Pod| {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default()
-    };
     let mut inputs = PostflightInputs::default();
-    for pod in &list.items {
-        if matches!(phase(pod).as_str(), "Succeeded" | "Failed") {
-            continue;
+    list_paged(&pods, ListParams::default(), |page| {
+        for pod in &page {
+            count_for_postflight(pod, &mut inputs);
         }
-        inputs.pods_expected += 1;
-        if ready(pod) {
-            inputs.pods_ready += 1;
-        }
-        let labels = pod.labels();
-        let component = labels.get("component").cloned().unwrap_or_default();
-        let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
-            && pod.namespace().as_deref() == Some("kube-system")
-            && [
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-            ]
-            .contains(&component.as_str());
-        if control_plane {
-            let spec = pod.spec.as_ref();
-            inputs.static_pods.push(StaticPod {
-                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-                component,
-                image: spec
-                    .and_then(|s| s.containers.first())
-                    .and_then(|c| c.image.clone())
-                    .unwrap_or_default(),
-                running: phase(pod) == "Running" && ready(pod),
-            });
-        }
-    }
+    })
+    .await
+    .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))?;
     Ok(inputs)
+}
+
+/// Adds one Pod to the postflight's counts: running Pods and their readiness, and the
+/// control plane's static Pods.
+fn count_for_postflight(pod: &Pod, inputs: &mut PostflightInputs) {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
+    if matches!(phase, "Succeeded" | "Failed") {
+        return;
+    }
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    inputs.pods_expected += 1;
+    if ready {
+        inputs.pods_ready += 1;
+    }
+    let labels = pod.labels();
+    let component = labels.get("component").cloned().unwrap_or_default();
+    let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
+        && pod.namespace().as_deref() == Some("kube-system")
+        && [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ]
+        .contains(&component.as_str());
+    if control_plane {
+        let spec = pod.spec.as_ref();
+        inputs.static_pods.push(StaticPod {
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            component,
+            image: spec
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            running: phase == "Running" && ready,
+        });
+    }
 }
