@@ -251,7 +251,7 @@ pub fn reconcile(store: &mut Store, state: &mut State) {
     workloads(store, &changed);
     daemonsets(store, &changed);
     jobs(store, state, &changed, now);
-    schedule(store, state, now);
+    schedule(store, state, &changed, now);
     // The kubelets also see the Pods bound in this very pass, so a Pod's start time is
     // taken from the moment it was bound.
     let changed: BTreeSet<Key> = changed.union(store.changed_so_far()).cloned().collect();
@@ -546,12 +546,13 @@ fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Time
 }
 
 fn affinity_allows(pod: &Value, node: &Value) -> bool {
-    let labels = labels_of(node);
+    let labels = &node["metadata"]["labels"];
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
     let selector_ok = pod["spec"]["nodeSelector"]
         .as_object()
         .into_iter()
         .flatten()
-        .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str());
+        .all(|(k, v)| label(k) == v.as_str());
     let terms = &pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
     let affinity_ok = match terms.as_array() {
@@ -561,14 +562,7 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .all(|r| {
-                    requirement_matches(
-                        r,
-                        labels
-                            .get(r["key"].as_str().unwrap_or_default())
-                            .map(String::as_str),
-                    )
-                })
+                .all(|r| requirement_matches(r, label(r["key"].as_str().unwrap_or_default())))
                 && term["matchFields"]
                     .as_array()
                     .into_iter()
@@ -611,11 +605,22 @@ fn placement_constraints(pod: &Value) -> String {
     )
 }
 
-/// Binds each unbound Pod to the feasible node with the fewest Pods (ties by name).
-fn schedule(store: &mut Store, state: &mut State, now: Timestamp) {
+/// Binds each unbound Pod to the feasible node with the fewest Pods (ties by name). Where
+/// a Pod may go depends only on the Pod and the nodes, so a Pod that could not be placed
+/// is tried again when a node changes, as the real scheduler's unschedulable queue does.
+fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Timestamp) {
+    let recent = store.changed_so_far();
+    let any_node_changed = changed.iter().chain(recent).any(|key| key.0 == "nodes");
     let pending: Vec<Value> = store
         .pods_on("")
         .filter(|p| !deleting(p) && !terminal(p))
+        .filter(|p| {
+            let key = (
+                "pods".to_owned(),
+                (namespace(p).to_owned(), name(p).to_owned()),
+            );
+            any_node_changed || changed.contains(&key) || recent.contains(&key)
+        })
         .cloned()
         .collect();
     if pending.is_empty() {
