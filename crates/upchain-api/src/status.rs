@@ -58,9 +58,16 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
 
-    /// One record per node this run has started, in the order they were started.
+    /// One record per node this run has started, in the order they were started; of the
+    /// nodes done, only the last 100 keep their record (see `upgradedNodes`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeRecord>,
+
+    /// Nodes this run upgraded whose records were folded to a name, oldest first, so that
+    /// the status of a run over thousands of nodes stays well under the API server's
+    /// object size limit. Their Jobs and Events keep the detail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgraded_nodes: Vec<String>,
 
     /// Why the run is Blocked or waiting: every reason, each saying what to fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

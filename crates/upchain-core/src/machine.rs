@@ -32,6 +32,11 @@ pub const DRAIN_POLL: Duration = Duration::from_secs(5);
 pub const WAIT_POLL: Duration = Duration::from_secs(30);
 /// Runs kept in status.history.
 pub const HISTORY_LIMIT: usize = 5;
+
+/// Done nodes that keep their full record in status; older ones fold into
+/// `upgradedNodes`. A record is about 300 bytes: 5,000 of them would pass etcd's 1.5 MiB
+/// object limit, and a status write past it fails.
+pub const DONE_RECORDS_KEPT: usize = 100;
 /// Safety bound on transitions taken in one decision.
 const MAX_TRANSITIONS: usize = 64;
 
@@ -237,6 +242,33 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
     }
+}
+
+/// Folds the oldest Done records past [`DONE_RECORDS_KEPT`] into `upgraded_nodes`.
+fn fold_done_records(status: &mut K8sUpgradeStatus) {
+    let done = status
+        .nodes
+        .iter()
+        .filter(|n| n.step == NodeStep::Done)
+        .count();
+    let mut surplus = done.saturating_sub(DONE_RECORDS_KEPT);
+    if surplus == 0 {
+        return;
+    }
+    let pinned = status.target_version.clone();
+    let mut kept = Vec::with_capacity(status.nodes.len() - surplus);
+    for record in std::mem::take(&mut status.nodes) {
+        if surplus > 0 && record.step == NodeStep::Done {
+            surplus -= 1;
+            // A record of an earlier target is history, not this run's progress.
+            if Some(&record.target_version) == pinned.as_ref() {
+                status.upgraded_nodes.push(record.name);
+            }
+        } else {
+            kept.push(record);
+        }
+    }
+    status.nodes = kept;
 }
 
 /// The nodes whose upgrade Jobs the next decision reads: those upgrading, and those
@@ -466,7 +498,7 @@ impl<'a> Machine<'a> {
         }
         // Before the run's first node every gate applies; between nodes, the node gate and
         // (waited out for a while first) the alert gate.
-        let first = self.status.nodes.is_empty();
+        let first = self.status.nodes.is_empty() && self.status.upgraded_nodes.is_empty();
         let verdicts = if first {
             gates::preflight(
                 self.spec,
@@ -881,6 +913,7 @@ impl<'a> Machine<'a> {
         }
         let now = Time(self.now);
         self.status.nodes.clear();
+        self.status.upgraded_nodes.clear();
         self.status.completed_at = None;
         self.status.started_at = Some(now.clone());
         self.status.last_progress_at = Some(now);
@@ -949,6 +982,7 @@ impl<'a> Machine<'a> {
                 waiting_for_pods: Vec::new(),
             };
             self.status.nodes.retain(|r| r.name != step.name);
+            self.status.upgraded_nodes.retain(|n| *n != step.name);
             self.status.nodes.push(record);
             started.push(step.name.clone());
         }
@@ -1286,6 +1320,7 @@ impl<'a> Machine<'a> {
 
     /// Fills in what is derived from the rest: conditions, summary columns, requeue.
     fn finish(mut self, previous: &K8sUpgradeStatus) -> Decision {
+        fold_done_records(&mut self.status);
         let generation = self.upgrade.metadata.generation;
         self.status.observed_generation = generation;
         let phase = self.status.phase.unwrap_or(Phase::Pending);
@@ -1313,7 +1348,8 @@ impl<'a> Machine<'a> {
             .nodes
             .iter()
             .filter(|n| n.step == NodeStep::Done && Some(&n.target_version) == pinned.as_ref())
-            .count();
+            .count()
+            + self.status.upgraded_nodes.len();
         let remaining = self
             .status
             .plan

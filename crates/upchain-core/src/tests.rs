@@ -719,6 +719,40 @@ fn drain_timeout_fails_with_the_pods_named() {
 }
 
 #[test]
+fn a_long_run_keeps_the_last_hundred_done_records_and_folds_the_rest_to_names() {
+    let workers = 260;
+    let mut nodes = vec![NodeFixture::control_plane("cp-0").build()];
+    nodes.extend((0..workers).map(|i| NodeFixture::worker(&format!("w-{i:03}")).build()));
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.nodes.max_unavailable = 20;
+    let mut run = Run::new(upgrade, World::new(nodes));
+    assert_eq!(
+        run.until(2000, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+    let status = run.status();
+    let done = status
+        .nodes
+        .iter()
+        .filter(|n| n.step == NodeStep::Done)
+        .count();
+    assert_eq!(done, crate::machine::DONE_RECORDS_KEPT);
+    assert_eq!(status.upgraded_nodes.len(), workers + 1 - done);
+    // Oldest first: the control plane went first, and the last worker keeps its record.
+    assert_eq!(status.upgraded_nodes[0], "cp-0");
+    assert_eq!(status.nodes.last().map(|n| n.name.as_str()), Some("w-259"));
+    let total = workers + 1;
+    assert_eq!(
+        status.progress.as_deref(),
+        Some(format!("{total}/{total}").as_str())
+    );
+    let gauges = crate::gauges::gauges(status);
+    assert_eq!(gauges.nodes["Done"], i64::try_from(total).expect("small"));
+    let size = serde_json::to_vec(status).expect("serializes").len();
+    assert!(size < 60_000, "status of {size} bytes for {total} nodes");
+}
+
+#[test]
 fn finalizer_waits_for_a_running_job_then_uncordons() {
     let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
     run.until(20, &[Phase::ControlPlane]);

@@ -56,6 +56,9 @@ pub struct Change {
     pub previous: Option<Value>,
 }
 
+/// etcd's default request size limit (1.5 MiB): a custom resource stored larger is refused.
+pub const MAX_OBJECT_BYTES: usize = 1_572_864;
+
 /// An API error, with the HTTP status and reason a real server would send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
@@ -604,6 +607,15 @@ impl Store {
         let Some(schema) = crd.and_then(|crd| admission::version_schema(crd, &rt.version)) else {
             return Ok(object);
         };
+        // etcd refuses a value over its request limit, and the API server passes that on.
+        let size = serde_json::to_vec(&object).map_or(0, |bytes| bytes.len());
+        if size > MAX_OBJECT_BYTES {
+            return Err(ApiError::Internal(format!(
+                "etcdserver: request is too large ({} \"{}\" is {size} bytes; the limit is {MAX_OBJECT_BYTES})",
+                rt.kind,
+                meta(&object, "name"),
+            )));
+        }
         admission::admit(schema, &object, old).map_err(|errors| {
             ApiError::Invalid(format!(
                 "{} \"{}\" is invalid: {}",
@@ -941,7 +953,7 @@ impl Store {
             PatchType::Json => patch::json_patch(&mut next, body).map_err(patch_error)?,
             PatchType::Apply => {
                 let key = (rt.id(), (namespace.to_owned(), name.to_owned()));
-                let mut ownership = self.ownership.remove(&key).unwrap_or_default();
+                let mut ownership = self.ownership.get(&key).cloned().unwrap_or_default();
                 // Status and the rest are owned separately, as with real subresources.
                 let manager = if status_only {
                     format!("{field_manager}/status")
@@ -953,9 +965,15 @@ impl Store {
                 } else {
                     body.clone()
                 };
-                let result = patch::apply(&mut next, &applied, &manager, force, &mut ownership);
-                self.ownership.insert(key, ownership);
-                result.map_err(patch_error)?;
+                patch::apply(&mut next, &applied, &manager, force, &mut ownership)
+                    .map_err(patch_error)?;
+                // Ownership changes only with a write that is stored: a refused apply
+                // leaves no trace.
+                let written = self.write(rt, namespace, name, current, next, status_only)?;
+                if self.object_at(&key).is_some() {
+                    self.ownership.insert(key, ownership);
+                }
+                return Ok(written);
             }
         }
         self.write(rt, namespace, name, current, next, status_only)

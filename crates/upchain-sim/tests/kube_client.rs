@@ -132,6 +132,25 @@ async fn custom_resources_and_server_side_apply_on_status() {
         )
         .await
         .expect("status applied");
+    // A status past etcd's limit is refused, as a real cluster refuses it.
+    let names: Vec<String> = (0..130_000).map(|i| format!("node-{i:06}")).collect();
+    let huge = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+        "status": {"upgradedNodes": names}});
+    match upgrades
+        .patch_status(
+            "u",
+            &PatchParams::apply("upchain").force(),
+            &Patch::Apply(&huge),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 500);
+            assert!(e.message.contains("request is too large"), "{}", e.message);
+        }
+        Err(other) => panic!("a 1.7 MB status must be refused with 500, got {other}"),
+        Ok(_) => panic!("a 1.7 MB status was stored"),
+    }
     // A spec write does not touch status; a status write does not touch spec or generation.
     upgrades
         .patch(
