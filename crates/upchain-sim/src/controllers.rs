@@ -183,19 +183,20 @@ fn terminal(pod: &Value) -> bool {
 
 /// The live Pods `owner` controls.
 fn controlled_pods(store: &Store, owner: &Value) -> Vec<Value> {
-    let owner_uid = uid(owner);
     store
-        .dependents_of(owner_uid)
-        .filter(|p| p["kind"] == "Pod")
-        .filter(|p| {
-            p["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["uid"].as_str() == Some(owner_uid) && r["controller"] == true)
-        })
+        .dependents_of(uid(owner))
+        .filter(|p| p["kind"] == "Pod" && controlled_by(p, owner))
         .cloned()
         .collect()
+}
+
+/// `object` names `owner` as its controller.
+fn controlled_by(object: &Value, owner: &Value) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["uid"].as_str() == Some(uid(owner)) && r["controller"] == true)
 }
 
 /// The objects of one type among `changed`, as they are now (gone ones left out).
@@ -372,37 +373,50 @@ fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
         if deleting(&ds) {
             continue;
         }
+        // Borrowed, not cloned: a DaemonSet has a Pod on every node.
         let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
-        let nodes: BTreeSet<String> = store.iter("nodes").map(|n| name(n).to_owned()).collect();
         let eligible: Vec<String> = store
             .iter("nodes")
             .filter(|n| taints_tolerated(n, tolerations))
             .map(|n| name(n).to_owned())
             .collect();
-        let owned: Vec<Value> = controlled_pods(store, &ds)
-            .into_iter()
-            .filter(|p| !deleting(p))
+        let owned: Vec<&Value> = store
+            .dependents_of(uid(&ds))
+            .filter(|p| p["kind"] == "Pod" && !deleting(p) && controlled_by(p, &ds))
             .collect();
         let covered: BTreeSet<&str> = owned
             .iter()
             .map(|p| text(p, &["spec", "nodeName"]))
             .collect();
-        for node in eligible.iter().filter(|n| !covered.contains(n.as_str())) {
+        let missing: Vec<String> = eligible
+            .iter()
+            .filter(|n| !covered.contains(n.as_str()))
+            .cloned()
+            .collect();
+        let orphaned: Vec<Value> = owned
+            .iter()
+            .filter(|p| {
+                let node = text(p, &["spec", "nodeName"]).to_owned();
+                store
+                    .object_at(&("nodes".to_owned(), (String::new(), node)))
+                    .is_none()
+            })
+            .map(|p| (*p).clone())
+            .collect();
+        let scheduled = owned.len();
+        let ready = owned.iter().filter(|p| phase(p) == "Running").count();
+        for node in missing {
             let mut pod = pod_from_template(&ds, &ds["spec"]["template"], None, &[]);
             pod["spec"]["nodeName"] = json!(node);
             let _ = store.create_own("v1", "Pod", pod);
         }
-        for pod in owned
-            .iter()
-            .filter(|p| !nodes.contains(text(p, &["spec", "nodeName"])))
-        {
+        for pod in &orphaned {
             let _ = store.delete_own(pod);
         }
-        let ready = owned.iter().filter(|p| phase(p) == "Running").count();
         let mut next = ds.clone();
         next["status"] = json!({
             "observedGeneration": ds["metadata"]["generation"], "desiredNumberScheduled": eligible.len(),
-            "currentNumberScheduled": owned.len(), "updatedNumberScheduled": owned.len(),
+            "currentNumberScheduled": scheduled, "updatedNumberScheduled": scheduled,
             "numberReady": ready, "numberAvailable": ready, "numberMisscheduled": 0,
         });
         let _ = store.write_own(next, true);
