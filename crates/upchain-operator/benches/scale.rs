@@ -42,9 +42,9 @@ fn main() {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reads / writes per node | Pod lists, Node lists | idle lists (10 s) | peak RSS |"
+        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reads / writes per node | operator CPU per node | Pod lists, Node lists | idle lists (10 s) | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for size in sizes {
         runtime.block_on(run(size));
     }
@@ -113,6 +113,23 @@ fn delta(
         .iter()
         .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
         .collect()
+}
+
+/// CPU seconds the operator process has used (user and system).
+fn cpu_seconds(operator: &Operator) -> f64 {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", operator.0.id())).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    // Clock ticks are 100 per second on Linux.
+    ticks / 100.0
 }
 
 /// The operator process's peak resident set (VmHWM) so far.
@@ -202,6 +219,7 @@ async fn run(size: usize) {
         peak_rss(&operator)
     );
     let before = sim.requests();
+    let cpu_before = cpu_seconds(&operator);
     let started = Instant::now();
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
         "metadata": {"name": "scale"},
@@ -223,6 +241,7 @@ async fn run(size: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total = started.elapsed();
+    let cpu = cpu_seconds(&operator) - cpu_before;
     let during = delta(&sim.requests(), &before);
     // Idle: no upgrade in flight, nothing should be listed.
     let idle_before = sim.requests();
@@ -263,7 +282,7 @@ async fn run(size: usize) {
         .sum();
     let per_node = |n: u64| n as f64 / size as f64;
     println!(
-        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | ≤{:.0} / ≤{:.0} ms | {:.1} / {:.1} | {}, {} | {idle_lists} | {rss} |",
+        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | ≤{:.0} / ≤{:.0} ms | {:.1} / {:.1} | {:.1} ms | {}, {} | {idle_lists} | {rss} |",
         human(total),
         quantile(&overheads, 0.5) * 1000.0,
         quantile(&overheads, 0.99) * 1000.0,
@@ -271,6 +290,7 @@ async fn run(size: usize) {
         reconcile_p99 * 1000.0,
         per_node(reads),
         per_node(writes),
+        cpu * 1000.0 / size as f64,
         lists(&during, "pods"),
         lists(&during, "nodes"),
     );
