@@ -589,25 +589,50 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
     selector_ok && affinity_ok
 }
 
-fn node_feasible(pod: &Value, node: &Value) -> bool {
+/// What the scheduler reads of a node, read once per pass rather than once per Pod: its
+/// name, labels and taints (for selectors, affinity and tolerations) and two conditions.
+struct NodeFacts {
+    node: Value,
+    ready: bool,
+    unschedulable: bool,
+    tainted: bool,
+}
+
+impl NodeFacts {
+    fn of(node: &Value) -> Self {
+        let taints = &node["spec"]["taints"];
+        Self {
+            node: json!({"metadata": {"name": name(node), "labels": node["metadata"]["labels"]},
+                         "spec": {"taints": taints}}),
+            ready: node_ready(node),
+            unschedulable: node["spec"]["unschedulable"].as_bool() == Some(true),
+            tainted: taints.as_array().is_some_and(|t| !t.is_empty()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        name(&self.node)
+    }
+}
+
+fn node_feasible(pod: &Value, facts: &NodeFacts) -> bool {
     let tolerations = &pod["spec"]["tolerations"];
-    let unschedulable = node["spec"]["unschedulable"].as_bool() == Some(true);
-    (node_ready(node)
+    (facts.ready
         || tolerates(
             tolerations,
             "node.kubernetes.io/not-ready",
             "",
             "NoSchedule",
         ))
-        && (!unschedulable
+        && (!facts.unschedulable
             || tolerates(
                 tolerations,
                 "node.kubernetes.io/unschedulable",
                 "",
                 "NoSchedule",
             ))
-        && taints_tolerated(node, tolerations)
-        && affinity_allows(pod, node)
+        && (!facts.tainted || taints_tolerated(&facts.node, tolerations))
+        && affinity_allows(pod, &facts.node)
 }
 
 /// What decides where a Pod may go: Pods alike in these share one feasibility check.
@@ -649,11 +674,12 @@ fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
             None => groups.push((constraints, vec![pod])),
         }
     }
+    let nodes: Vec<NodeFacts> = store.iter("nodes").map(NodeFacts::of).collect();
     for (_, pods) in groups {
-        let mut candidates: BinaryHeap<Reverse<(usize, String)>> = store
-            .iter("nodes")
+        let mut candidates: BinaryHeap<Reverse<(usize, String)>> = nodes
+            .iter()
             .filter(|n| node_feasible(&pods[0], n))
-            .map(|n| Reverse((store.pod_count_on(name(n)), name(n).to_owned())))
+            .map(|n| Reverse((store.pod_count_on(n.name()), n.name().to_owned())))
             .collect();
         for pod in pods {
             let mut next = pod.clone();
