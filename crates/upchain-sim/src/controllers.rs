@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::selector::{label_selector_matches, labels_of, requirement_matches};
 use crate::server::Shared;
-use crate::store::{Key, Store};
+use crate::store::{Key, Store, node_ready};
 
 /// How simulated nodes behave when an upgrade Job runs on their behalf.
 #[derive(Clone, Debug)]
@@ -212,14 +212,6 @@ fn changed_of(store: &Store, changed: &BTreeSet<Key>, id: &str) -> Vec<Value> {
 fn owner_reference(owner: &Value) -> Value {
     json!({"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": name(owner), "uid": uid(owner),
            "controller": true, "blockOwnerDeletion": true})
-}
-
-fn node_ready(node: &Value) -> bool {
-    node["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }
 
 fn set_node_ready(node: &mut Value, ready: bool, now: &str) {
@@ -589,29 +581,24 @@ fn affinity_allows(pod: &Value, node: &Value) -> bool {
     selector_ok && affinity_ok
 }
 
-/// What the scheduler reads of a node, read once per pass rather than once per Pod: its
-/// name, labels and taints (for selectors, affinity and tolerations) and two conditions.
-struct NodeFacts {
-    node: Value,
+/// What the scheduler reads of a node, read once per pass rather than once per Pod.
+struct NodeFacts<'a> {
+    node: &'a Value,
     ready: bool,
     unschedulable: bool,
     tainted: bool,
 }
 
-impl NodeFacts {
-    fn of(node: &Value) -> Self {
-        let taints = &node["spec"]["taints"];
+impl<'a> NodeFacts<'a> {
+    fn of(node: &'a Value) -> Self {
         Self {
-            node: json!({"metadata": {"name": name(node), "labels": node["metadata"]["labels"]},
-                         "spec": {"taints": taints}}),
+            node,
             ready: node_ready(node),
             unschedulable: node["spec"]["unschedulable"].as_bool() == Some(true),
-            tainted: taints.as_array().is_some_and(|t| !t.is_empty()),
+            tainted: node["spec"]["taints"]
+                .as_array()
+                .is_some_and(|t| !t.is_empty()),
         }
-    }
-
-    fn name(&self) -> &str {
-        name(&self.node)
     }
 }
 
@@ -631,8 +618,8 @@ fn node_feasible(pod: &Value, facts: &NodeFacts) -> bool {
                 "",
                 "NoSchedule",
             ))
-        && (!facts.tainted || taints_tolerated(&facts.node, tolerations))
-        && affinity_allows(pod, &facts.node)
+        && (!facts.tainted || taints_tolerated(facts.node, tolerations))
+        && affinity_allows(pod, facts.node)
 }
 
 /// What decides where a Pod may go: Pods alike in these share one feasibility check.
@@ -674,12 +661,24 @@ fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
             None => groups.push((constraints, vec![pod])),
         }
     }
-    let nodes: Vec<NodeFacts> = store.iter("nodes").map(NodeFacts::of).collect();
-    for (_, pods) in groups {
-        let mut candidates: BinaryHeap<Reverse<(usize, String)>> = nodes
+    // Which nodes each group may use is read while the nodes are borrowed; their loads are
+    // read afterwards, group by group, so each group sees the placements before it.
+    let names: Vec<String> = store.iter("nodes").map(|n| name(n).to_owned()).collect();
+    let feasible: Vec<Vec<usize>> = {
+        let nodes: Vec<NodeFacts> = store.iter("nodes").map(NodeFacts::of).collect();
+        groups
             .iter()
-            .filter(|n| node_feasible(&pods[0], n))
-            .map(|n| Reverse((store.pod_count_on(n.name()), n.name().to_owned())))
+            .map(|(_, pods)| {
+                (0..nodes.len())
+                    .filter(|&i| node_feasible(&pods[0], &nodes[i]))
+                    .collect()
+            })
+            .collect()
+    };
+    for ((_, pods), feasible) in groups.into_iter().zip(feasible) {
+        let mut candidates: BinaryHeap<Reverse<(usize, String)>> = feasible
+            .into_iter()
+            .map(|i| Reverse((store.pod_count_on(&names[i]), names[i].clone())))
             .collect();
         for pod in pods {
             let mut next = pod.clone();
