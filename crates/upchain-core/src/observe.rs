@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// A node as the plan and the phase machine see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,10 +167,9 @@ pub struct ObservedPod {
 }
 
 impl ObservedPod {
-    /// Reduces a Pod object to what a drain decides on.
-    pub fn from_pod(pod: &Pod) -> Self {
-        let metadata = &pod.metadata;
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    /// Reduces a Pod's metadata to what the drain decides on; whether the Pod has
+    /// finished is not in its metadata, so the caller says.
+    pub fn from_metadata(metadata: &ObjectMeta, finished: bool) -> Self {
         Self {
             namespace: metadata.namespace.clone().unwrap_or_default(),
             name: metadata.name.clone().unwrap_or_default(),
@@ -183,7 +183,7 @@ impl ObservedPod {
                 .annotations
                 .as_ref()
                 .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
-            finished: matches!(phase, Some("Succeeded" | "Failed")),
+            finished,
             terminating: metadata.deletion_timestamp.is_some(),
         }
     }

@@ -273,13 +273,22 @@ async fn observe(
         .flat_map(|s| &s.nodes)
         .filter(|n| n.step == NodeStep::Draining)
     {
+        // Metadata is all the drain reads once finished Pods are left out by the selector.
+        let selector = format!(
+            "spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed",
+            record.name
+        );
         let on_node = pods_api
-            .list(&ListParams::default().fields(&format!("spec.nodeName={}", record.name)))
+            .list_metadata(&ListParams::default().fields(&selector))
             .await
             .map_err(kube_error(format!("listing the Pods on {}", record.name)))?;
         pods.insert(
             record.name.clone(),
-            on_node.items.iter().map(ObservedPod::from_pod).collect(),
+            on_node
+                .items
+                .iter()
+                .map(|pod| ObservedPod::from_metadata(&pod.metadata, false))
+                .collect(),
         );
     }
     Ok(Observed {

@@ -342,7 +342,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"));
+    let wants_metadata = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
     match serve(&shared, &target, verb, &query, &headers, &body) {
+        Ok((code, value)) if wants_metadata && matches!(verb, Verb::Get | Verb::List) => {
+            json_response(code, &metadata_only(verb, value))
+        }
         Ok((code, value)) if wants_table && matches!(verb, Verb::Get | Verb::List) => {
             let objects = match verb {
                 Verb::List => value["items"].as_array().cloned().unwrap_or_default(),
@@ -368,6 +375,23 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         }
         Ok((code, value)) => json_response(code, &value),
         Err(error) => error_response(&error),
+    }
+}
+
+/// An object or a list as `PartialObjectMetadata`: what a client asking for metadata only
+/// gets, without the objects' spec and status.
+fn metadata_only(verb: Verb, value: Value) -> Value {
+    let partial = |object: &Value| {
+        json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+               "metadata": object["metadata"]})
+    };
+    match verb {
+        Verb::List => json!({
+            "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": value["metadata"],
+            "items": value["items"].as_array().into_iter().flatten().map(partial).collect::<Vec<_>>(),
+        }),
+        _ => partial(&value),
     }
 }
 

@@ -424,6 +424,23 @@ async fn lists_come_in_pages_that_together_hold_every_object() {
         }
     }
     assert_eq!(seen, 3, "the three filler Pods on worker-1");
+    // Metadata only, as a drain reads them: running Pods selected by node and phase.
+    let running = pods
+        .list_metadata(
+            &ListParams::default()
+                .fields("spec.nodeName=worker-1,status.phase!=Succeeded,status.phase!=Failed"),
+        )
+        .await
+        .expect("metadata list");
+    assert_eq!(running.items.len(), 3);
+    assert_eq!(running.types.kind, "PartialObjectMetadataList");
+    let finished = pods
+        .list_metadata(
+            &ListParams::default().fields("spec.nodeName=worker-1,status.phase=Succeeded"),
+        )
+        .await
+        .expect("metadata list");
+    assert!(finished.items.is_empty());
 
     // A token from before the kept history is refused as a real server refuses it.
     let first = cms.list(&ListParams::default().limit(5)).await.unwrap();
