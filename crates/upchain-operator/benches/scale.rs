@@ -115,6 +115,16 @@ fn delta(
         .collect()
 }
 
+/// A histogram bucket's upper bound in milliseconds; past the last one (the operator's
+/// largest bucket is 8.192 s), "over" it.
+fn bucket(seconds: f64) -> String {
+    if seconds.is_finite() {
+        format!("≤{:.0} ms", seconds * 1000.0)
+    } else {
+        "over 8192 ms".to_owned()
+    }
+}
+
 /// CPU seconds the operator process has used (user and system).
 fn cpu_seconds(operator: &Operator) -> f64 {
     let stat =
@@ -282,12 +292,12 @@ async fn run(size: usize) {
         .sum();
     let per_node = |n: u64| n as f64 / size as f64;
     println!(
-        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | ≤{:.0} / ≤{:.0} ms | {:.1} / {:.1} | {:.1} ms | {}, {} | {idle_lists} | {rss} |",
+        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} / {:.1} | {:.1} ms | {}, {} | {idle_lists} | {rss} |",
         human(total),
         quantile(&overheads, 0.5) * 1000.0,
         quantile(&overheads, 0.99) * 1000.0,
-        reconcile_p50 * 1000.0,
-        reconcile_p99 * 1000.0,
+        bucket(reconcile_p50),
+        bucket(reconcile_p99),
         per_node(reads),
         per_node(writes),
         cpu * 1000.0 / size as f64,

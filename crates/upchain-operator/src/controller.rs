@@ -99,7 +99,14 @@ pub async fn run(
         .modify(ObservedNode::prune)
         .reflect(writer)
         .applied_objects()
-        .filter_map(|node| std::future::ready(node.ok().map(|_| ())));
+        .filter_map(|node| {
+            // The watcher retries on its own (with backoff); a failing Node watch is still
+            // worth a line in the log, as a stale node cache holds the run back.
+            if let Err(error) = &node {
+                warn!(%error, "watching Nodes failed; retrying");
+            }
+            std::future::ready(node.ok().map(|_| ()))
+        });
 
     let controller = Controller::new(upgrades_api, watcher::Config::default());
     let upgrades = controller.store();
