@@ -181,13 +181,11 @@ fn terminal(pod: &Value) -> bool {
     matches!(phase(pod), "Succeeded" | "Failed")
 }
 
-/// The live Pods `owner` controls.
-fn controlled_pods(store: &Store, owner: &Value) -> Vec<Value> {
+/// The Pods `owner` controls, borrowed (a DaemonSet has one on every node).
+fn controlled_pods<'a>(store: &'a Store, owner: &'a Value) -> impl Iterator<Item = &'a Value> {
     store
         .dependents_of(uid(owner))
         .filter(|p| p["kind"] == "Pod" && controlled_by(p, owner))
-        .cloned()
-        .collect()
 }
 
 /// `object` names `owner` as its controller.
@@ -282,8 +280,8 @@ fn workloads(store: &mut Store, changed: &BTreeSet<Key>) {
             }
             let replicas = workload["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
             let owned: Vec<Value> = controlled_pods(store, &workload)
-                .into_iter()
                 .filter(|p| !deleting(p) && !terminal(p))
+                .cloned()
                 .collect();
             let stateful = kind.starts_with("statefulsets");
             if owned.len() < replicas {
@@ -365,16 +363,14 @@ fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
         if deleting(&ds) {
             continue;
         }
-        // Borrowed, not cloned: a DaemonSet has a Pod on every node.
         let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
         let eligible: Vec<String> = store
             .iter("nodes")
             .filter(|n| taints_tolerated(n, tolerations))
             .map(|n| name(n).to_owned())
             .collect();
-        let owned: Vec<&Value> = store
-            .dependents_of(uid(&ds))
-            .filter(|p| p["kind"] == "Pod" && !deleting(p) && controlled_by(p, &ds))
+        let owned: Vec<&Value> = controlled_pods(store, &ds)
+            .filter(|p| !deleting(p))
             .collect();
         let covered: BTreeSet<&str> = owned
             .iter()
@@ -387,12 +383,7 @@ fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
             .collect();
         let orphaned: Vec<Value> = owned
             .iter()
-            .filter(|p| {
-                let node = text(p, &["spec", "nodeName"]).to_owned();
-                store
-                    .object_at(&("nodes".to_owned(), (String::new(), node)))
-                    .is_none()
-            })
+            .filter(|p| store.node(text(p, &["spec", "nodeName"])).is_none())
             .map(|p| (*p).clone())
             .collect();
         let scheduled = owned.len();
@@ -468,7 +459,7 @@ fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Time
             }
             continue;
         }
-        let owned = controlled_pods(store, &job);
+        let owned: Vec<Value> = controlled_pods(store, &job).cloned().collect();
         let active: Vec<&Value> = owned
             .iter()
             .filter(|p| !terminal(p) && !deleting(p))
@@ -652,7 +643,6 @@ fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
     if pending.is_empty() {
         return;
     }
-    let node_count = store.iter("nodes").count();
     let mut groups: Vec<(String, Vec<Value>)> = Vec::new();
     for pod in pending {
         let constraints = placement_constraints(&pod);
@@ -684,7 +674,7 @@ fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
             let mut next = pod.clone();
             let Some(Reverse((load, node_name))) = candidates.pop() else {
                 next["status"]["conditions"] = json!([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                    "message": format!("0/{node_count} nodes are available: no node is Ready, schedulable, tolerated and allowed by the Pod's node selector and affinity")}]);
+                    "message": format!("0/{} nodes are available: no node is Ready, schedulable, tolerated and allowed by the Pod's node selector and affinity", names.len())}]);
                 let _ = store.write_own(next, true);
                 continue;
             };
@@ -842,11 +832,7 @@ fn kubelets(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
         .filter(|n| !n.is_empty())
         .collect::<BTreeSet<&str>>()
         .into_iter()
-        .filter_map(|n| {
-            store
-                .object_at(&("nodes".to_owned(), (String::new(), n.to_owned())))
-                .map(|node| (n.to_owned(), node.clone()))
-        })
+        .filter_map(|n| store.node(n).map(|node| (n.to_owned(), node.clone())))
         .collect();
     // Pods deleted while starting are forgotten.
     let present: BTreeSet<(String, String)> = pods

@@ -338,14 +338,12 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     if verb == Verb::Watch {
         return start_watch(&shared, &target, &query);
     }
-    let wants_table = headers
+    let accept = headers
         .get(header::ACCEPT)
         .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"));
-    let wants_metadata = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("as=PartialObjectMetadata"));
+        .unwrap_or_default();
+    let wants_table = accept.contains("as=Table");
+    let wants_metadata = accept.contains("as=PartialObjectMetadata");
     match serve(&shared, &target, verb, &query, &headers, &body) {
         Ok((code, value)) if wants_metadata && matches!(verb, Verb::Get | Verb::List) => {
             json_response(code, &metadata_only(verb, value))

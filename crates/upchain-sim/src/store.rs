@@ -559,6 +559,13 @@ impl Store {
         self.objects.get(&key.0).and_then(|o| o.get(&key.1))
     }
 
+    /// The node named `name`, borrowed.
+    pub fn node(&self, name: &str) -> Option<&Value> {
+        self.objects
+            .get("nodes")
+            .and_then(|o| o.get(&(String::new(), name.to_owned())))
+    }
+
     /// Every object of a type, borrowed.
     pub fn iter(&self, id: &str) -> impl Iterator<Item = &Value> {
         self.objects.get(id).into_iter().flat_map(|o| o.values())
@@ -674,22 +681,21 @@ impl Store {
     ) -> (Vec<Value>, Option<Slot>) {
         let id = rt.id();
         let objects = self.objects.get(&id);
+        let from = (after.map_or(Unbounded, Excluded), Unbounded);
         let candidates: Box<dyn Iterator<Item = (&Slot, &Value)>> =
             match fields.required_value("spec.nodeName") {
                 Some(node) if id == "pods" => Box::new(
                     self.pods_by_node
                         .get(node)
                         .into_iter()
-                        .flat_map(move |slots| match after {
-                            Some(after) => slots.range((Excluded(after), Unbounded)),
-                            None => slots.range::<Slot, _>(..),
-                        })
+                        .flat_map(move |slots| slots.range::<Slot, _>(from))
                         .filter_map(move |slot| Some((slot, objects?.get(slot)?))),
                 ),
-                _ => Box::new(objects.into_iter().flat_map(move |o| match after {
-                    Some(after) => o.range((Excluded(after), Unbounded)),
-                    None => o.range::<Slot, _>(..),
-                })),
+                _ => Box::new(
+                    objects
+                        .into_iter()
+                        .flat_map(move |o| o.range::<Slot, _>(from)),
+                ),
             };
         let mut matching = candidates
             .filter(|((ns, _), _)| namespace.is_none_or(|n| n == ns))
