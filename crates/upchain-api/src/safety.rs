@@ -206,10 +206,13 @@ pub struct WindowSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 7))]
     pub days: Vec<Weekday>,
-    /// Local time the window opens, `HH:MM` (24-hour clock).
+    /// Local time the window opens, `HH:MM` (24-hour clock). Default `00:00`.
+    #[serde(default = "default_window_start")]
     #[schemars(length(max = 5), regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
     pub start: String,
-    /// How long the window stays open (at most a week).
+    /// How long the window stays open (at most a week). Default 24h: with the default
+    /// start and no days, always open outside the blackouts.
+    #[serde(default = "default_window_duration")]
     #[schemars(
         with = "String",
         length(max = 32),
@@ -221,10 +224,40 @@ pub struct WindowSpec {
     #[serde(default = "default_time_zone")]
     #[schemars(length(min = 1, max = 64))]
     pub time_zone: String,
+    /// Date ranges, in `timeZone`, during which no node is started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub blackouts: Vec<Blackout>,
 }
 
 fn default_time_zone() -> String {
     "UTC".to_owned()
+}
+
+fn default_window_start() -> String {
+    "00:00".to_owned()
+}
+
+fn default_window_duration() -> Duration {
+    Duration::from(std::time::Duration::from_secs(24 * 3600))
+}
+
+/// Dates on which no node is started, whatever the window says (a change freeze, a
+/// holiday). A node already in progress is finished.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.end >= self.start").message("a blackout's end must not be before its start"))]
+pub struct Blackout {
+    /// First day of the blackout, `YYYY-MM-DD`, from 00:00 in the window's time zone.
+    #[schemars(length(max = 10), regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
+    pub start: String,
+    /// Last day of the blackout, `YYYY-MM-DD`, until 24:00 in the window's time zone.
+    #[schemars(length(max = 10), regex(pattern = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"))]
+    pub end: String,
+    /// Why, shown while the run waits (such as `year-end change freeze`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub reason: Option<String>,
 }
 
 /// A day of the week.

@@ -558,19 +558,25 @@ impl<'a> Machine<'a> {
         if let Some(window) = &self.spec.window {
             match window_state(window, self.now) {
                 Ok(WindowState::Open { .. }) => self.status.next_window_at = None,
-                Ok(WindowState::Closed { opens_at }) => {
+                Ok(WindowState::Closed { opens_at, blackout }) => {
                     self.unblock();
                     self.status.next_window_at = Some(Time(opens_at));
                     let wait =
                         Duration::try_from(opens_at.duration_since(self.now)).unwrap_or_default();
                     self.requeue_within(wait);
-                    return self.note(
-                        "OutsideWindow",
-                        format!(
-                            "outside the maintenance window; the next node starts when it \
-                             opens at {opens_at}"
+                    return match blackout {
+                        Some(blackout) => self.note(
+                            "InBlackout",
+                            format!("in the {blackout}; the next node starts at {opens_at}"),
                         ),
-                    );
+                        None => self.note(
+                            "OutsideWindow",
+                            format!(
+                                "outside the maintenance window; the next node starts when it \
+                                 opens at {opens_at}"
+                            ),
+                        ),
+                    };
                 }
                 Err(error) => return self.refuse("InvalidSpec", error),
             }

@@ -1097,6 +1097,36 @@ fn no_node_starts_outside_the_window_and_status_says_when_it_opens() {
 }
 
 #[test]
+fn no_node_starts_in_a_blackout_and_the_condition_names_it() {
+    let mut upgrade = quick("1.35.2");
+    // at(0) is 2027-01-15T08:00:00Z; the window is always open but for the blackout.
+    upgrade.spec.window = Some(
+        serde_json::from_value(serde_json::json!({"blackouts": [
+            {"start": "2027-01-14", "end": "2027-01-15", "reason": "release freeze"}]}))
+        .expect("window"),
+    );
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    let waiting = run.decide_once();
+    assert!(mutating(&waiting.actions).is_empty());
+    let ready = conditions::get(&waiting.status.conditions, types::READY).expect("Ready");
+    assert_eq!(ready.reason, "InBlackout");
+    assert!(
+        ready.message.contains("release freeze"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        waiting.requeue,
+        Some(std::time::Duration::from_secs(16 * 3600))
+    );
+    run.world.tick(16 * 3600);
+    assert!(
+        !mutating(&run.decide_once().actions).is_empty(),
+        "starts after it"
+    );
+}
+
+#[test]
 fn notifications_go_once_per_transition() {
     let mut upgrade = with_prometheus(quick("1.35.2"));
     upgrade.spec.notify = Some(

@@ -7,7 +7,7 @@ use jiff::{Span, Timestamp};
 use upchain_api::{Weekday, WindowSpec};
 
 /// Where `now` falls relative to the window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WindowState {
     /// Inside a window that closes at this instant.
     Open {
@@ -16,9 +16,60 @@ pub enum WindowState {
     },
     /// Outside; the next window opens at this instant.
     Closed {
-        /// When the next window opens.
+        /// When the next window opens (outside every blackout).
         opens_at: Timestamp,
+        /// The blackout in force now, described for a person, if that is why it is closed.
+        blackout: Option<String>,
     },
+}
+
+/// A blackout as instants: from `start` (inclusive) to `end` (exclusive).
+struct Blackout {
+    start: Timestamp,
+    end: Timestamp,
+    described: String,
+}
+
+fn blackouts(window: &WindowSpec, zone: &TimeZone) -> Result<Vec<Blackout>, String> {
+    window
+        .blackouts
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let date = |field: &str, text: &str| {
+                text.parse::<jiff::civil::Date>().map_err(|_| {
+                    format!(
+                        "spec.window.blackouts[{i}].{field} {text:?} is not a date; write                          YYYY-MM-DD, such as 2026-12-24"
+                    )
+                })
+            };
+            let first = date("start", &b.start)?;
+            let last = date("end", &b.end)?;
+            if last < first {
+                return Err(format!(
+                    "spec.window.blackouts[{i}] ends ({last}) before it starts ({first})"
+                ));
+            }
+            let midnight = |day: jiff::civil::Date| {
+                day.to_zoned(zone.clone())
+                    .map(|z| z.timestamp())
+                    .map_err(|e| format!("spec.window.blackouts[{i}]: {e}"))
+            };
+            let end = last
+                .checked_add(Span::new().days(1))
+                .map_err(|e| format!("spec.window.blackouts[{i}].end: {e}"))?;
+            let reason = b
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            Ok(Blackout {
+                start: midnight(first)?,
+                end: midnight(end)?,
+                described: format!("blackout {first} to {last}{reason}"),
+            })
+        })
+        .collect()
 }
 
 fn civil(day: Weekday) -> CivilWeekday {
@@ -33,7 +84,7 @@ fn civil(day: Weekday) -> CivilWeekday {
     }
 }
 
-/// Where `now` falls. Errors name the field to fix.
+/// Where `now` falls, blackouts included. Errors name the field to fix.
 pub fn window_state(window: &WindowSpec, now: Timestamp) -> Result<WindowState, String> {
     let zone = TimeZone::get(&window.time_zone).map_err(|_| {
         format!(
@@ -42,6 +93,50 @@ pub fn window_state(window: &WindowSpec, now: Timestamp) -> Result<WindowState, 
             window.time_zone
         )
     })?;
+    let blackouts = blackouts(window, &zone)?;
+    let in_force = |at: Timestamp| blackouts.iter().find(|b| b.start <= at && at < b.end);
+    let blackout = in_force(now).map(|b| b.described.clone());
+    // Step past blackouts and closed stretches until an instant that is in neither; each
+    // step moves forward, and there are at most 64 blackouts.
+    let mut at = now;
+    for _ in 0..=2 * blackouts.len() + 1 {
+        if let Some(b) = in_force(at) {
+            at = b.end;
+            continue;
+        }
+        match regular_state(window, &zone, at)? {
+            WindowState::Open { closes_at } => {
+                let closes_at = blackouts
+                    .iter()
+                    .map(|b| b.start)
+                    .filter(|start| *start > at)
+                    .fold(closes_at, Timestamp::min);
+                return Ok(if at == now {
+                    WindowState::Open { closes_at }
+                } else {
+                    WindowState::Closed {
+                        opens_at: at,
+                        blackout,
+                    }
+                });
+            }
+            WindowState::Closed { opens_at, .. } => {
+                if in_force(opens_at).is_none() {
+                    return Ok(WindowState::Closed { opens_at, blackout });
+                }
+                at = opens_at;
+            }
+        }
+    }
+    Err("spec.window never opens outside its blackouts".to_owned())
+}
+
+/// Where `at` falls relative to the days, start and duration alone.
+fn regular_state(
+    window: &WindowSpec,
+    zone: &TimeZone,
+    now: Timestamp,
+) -> Result<WindowState, String> {
     let (hour, minute) = window
         .start
         .split_once(':')
@@ -74,7 +169,10 @@ pub fn window_state(window: &WindowSpec, now: Timestamp) -> Result<WindowState, 
         }
     }
     next_open
-        .map(|opens_at| WindowState::Closed { opens_at })
+        .map(|opens_at| WindowState::Closed {
+            opens_at,
+            blackout: None,
+        })
         .ok_or_else(|| "spec.window never opens".to_owned())
 }
 
@@ -88,6 +186,7 @@ mod tests {
             start: start.to_owned(),
             duration: std::time::Duration::from_secs(hours * 3600).into(),
             time_zone: zone.to_owned(),
+            blackouts: Vec::new(),
         }
     }
 
@@ -102,7 +201,8 @@ mod tests {
         assert_eq!(
             window_state(&nightly, at("2026-11-22T12:00:00Z")),
             Ok(WindowState::Closed {
-                opens_at: at("2026-11-22T22:00:00Z")
+                opens_at: at("2026-11-22T22:00:00Z"),
+                blackout: None,
             })
         );
         assert_eq!(
@@ -120,7 +220,8 @@ mod tests {
         assert_eq!(
             window_state(&weekly, at("2026-11-22T12:00:00Z")),
             Ok(WindowState::Closed {
-                opens_at: at("2026-11-28T06:00:00Z")
+                opens_at: at("2026-11-28T06:00:00Z"),
+                blackout: None,
             })
         );
         assert!(matches!(
@@ -136,7 +237,8 @@ mod tests {
         assert_eq!(
             window_state(&nightly, at("2026-03-30T12:00:00Z")),
             Ok(WindowState::Closed {
-                opens_at: at("2026-03-30T21:00:00Z")
+                opens_at: at("2026-03-30T21:00:00Z"),
+                blackout: None,
             })
         );
     }
@@ -149,5 +251,73 @@ mod tests {
         )
         .expect_err("unknown zone");
         assert!(error.contains("not a known IANA time zone"), "{error}");
+    }
+
+    fn blackout(start: &str, end: &str) -> upchain_api::Blackout {
+        upchain_api::Blackout {
+            start: start.to_owned(),
+            end: end.to_owned(),
+            reason: Some("change freeze".to_owned()),
+        }
+    }
+
+    #[test]
+    fn no_node_starts_in_a_blackout_whatever_the_window_says() {
+        // Always open, except 2026-12-24 to 2026-12-26 in Berlin (UTC+1 in December).
+        let mut always = window(&[], "00:00", 24, "Europe/Berlin");
+        always.blackouts = vec![blackout("2026-12-24", "2026-12-26")];
+        assert_eq!(
+            window_state(&always, at("2026-12-25T12:00:00Z")),
+            Ok(WindowState::Closed {
+                opens_at: at("2026-12-26T23:00:00Z"),
+                blackout: Some("blackout 2026-12-24 to 2026-12-26 (change freeze)".to_owned()),
+            })
+        );
+        // The day before, the open window closes when the blackout begins.
+        assert_eq!(
+            window_state(&always, at("2026-12-23T12:00:00Z")),
+            Ok(WindowState::Open {
+                closes_at: at("2026-12-23T23:00:00Z")
+            })
+        );
+    }
+
+    #[test]
+    fn a_blackout_defers_to_the_first_regular_window_after_it() {
+        // Nightly 22:00 UTC for 3h; blacked out on 2026-11-23 and 2026-11-24.
+        let mut nightly = window(&[], "22:00", 3, "UTC");
+        nightly.blackouts = vec![blackout("2026-11-23", "2026-11-24")];
+        assert_eq!(
+            window_state(&nightly, at("2026-11-23T22:30:00Z")),
+            Ok(WindowState::Closed {
+                opens_at: at("2026-11-25T00:00:00Z"),
+                blackout: Some("blackout 2026-11-23 to 2026-11-24 (change freeze)".to_owned()),
+            }),
+            "the window that opened at 22:00 on the 24th is still open at midnight"
+        );
+        let mut weekly = window(&[Weekday::Sat], "01:00", 3, "UTC");
+        weekly.blackouts = vec![blackout("2026-11-28", "2026-11-28")];
+        assert_eq!(
+            window_state(&weekly, at("2026-11-23T12:00:00Z")),
+            Ok(WindowState::Closed {
+                opens_at: at("2026-12-05T01:00:00Z"),
+                blackout: None,
+            }),
+            "the Saturday in the blackout is passed over"
+        );
+    }
+
+    #[test]
+    fn a_malformed_blackout_is_explained() {
+        let mut nightly = window(&[], "22:00", 2, "UTC");
+        nightly.blackouts = vec![blackout("2026-12-31", "2026-12-01")];
+        let error = window_state(&nightly, at("2026-11-23T12:00:00Z")).expect_err("reversed");
+        assert!(error.contains("blackouts[0] ends"), "{error}");
+        nightly.blackouts = vec![blackout("2026-13-01", "2026-13-02")];
+        let error = window_state(&nightly, at("2026-11-23T12:00:00Z")).expect_err("bad date");
+        assert!(
+            error.contains("blackouts[0].start \"2026-13-01\" is not a date"),
+            "{error}"
+        );
     }
 }
