@@ -24,6 +24,8 @@ pub const GROUP: &str = "upchain.dev";
 pub const FIELD_MANAGER: &str = "upchain";
 /// Finalizer that keeps a K8sUpgrade until the nodes it cordoned are released.
 pub const FINALIZER: &str = "upchain.dev/cleanup";
+/// Annotation that approves a plan (spec.approval Manual): its value is the plan's hash.
+pub const APPROVE_ANNOTATION: &str = "upchain.dev/approve";
 /// Annotation whose new value retries a Failed run.
 pub const RETRY_ANNOTATION: &str = "upchain.dev/retry";
 /// Label naming the K8sUpgrade that owns a Job.

@@ -104,6 +104,25 @@ pub struct K8sUpgradeSpec {
     /// webhook. None when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifySpec>,
+
+    /// `Automatic` starts a run as soon as its checks pass. `Manual` shows the plan
+    /// (`status.plan`, `status.planHash`, `status.gates`) and starts nothing until the
+    /// `upchain.dev/approve` annotation carries the plan's hash; a plan that changes
+    /// (another target, a node added or upgraded by hand) needs a new approval.
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// Whether a run waits for a person to approve its plan.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum Approval {
+    /// Start as soon as the checks pass.
+    #[default]
+    Automatic,
+    /// Wait for the `upchain.dev/approve` annotation to carry the plan's hash.
+    Manual,
 }
 
 fn default_soak() -> Duration {

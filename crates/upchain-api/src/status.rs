@@ -94,6 +94,15 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_hash: Option<String>,
 
+    /// The plan hash a person approved for this run (spec.approval Manual).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_plan_hash: Option<String>,
+
+    /// The checks as last evaluated: before the run every gate, between nodes the node
+    /// gate, the alert gate and the health checks. Why one refuses is in blockedReasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateRecord>,
+
     /// The last few runs, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunRecord>,
@@ -310,6 +319,18 @@ pub struct SnapshotRecord {
     /// What happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// One check's verdict, as last evaluated.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateRecord {
+    /// The check: a gate's name (nodes, quiet, alerts, ...) or `healthCheck/<name>`.
+    pub name: String,
+    /// True when it lets the run through.
+    pub passed: bool,
+    /// What it looked at, in a few words.
+    pub evidence: String,
 }
 
 /// A finished run.

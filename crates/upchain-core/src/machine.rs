@@ -13,8 +13,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use upchain_api::{
-    DrainTimeoutAction, K8sUpgrade, K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole,
-    NodeStep, Phase, RETRY_ANNOTATION, RunRecord, SnapshotRecord,
+    APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, K8sUpgrade, K8sUpgradeSpec,
+    K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION, RunRecord,
+    SnapshotRecord,
 };
 
 use crate::conditions::{self, Desired, types};
@@ -477,9 +478,17 @@ impl<'a> Machine<'a> {
                 "spec.paused is true: no node is started until it is false",
             );
         }
-        if self.status.started_at.is_none() || !self.run_in_progress() {
+        let new_run = self.status.started_at.is_none() || !self.run_in_progress();
+        let retargeted = self.status.target_version.as_deref() != Some(&target.to_string());
+        if (new_run || retargeted) && !plan.is_complete() {
+            match self.approval(&plan) {
+                Some(hash) => self.status.approved_plan_hash = hash,
+                None => return self.await_approval(&plan, new_run),
+            }
+        }
+        if new_run {
             self.start_run(&plan);
-        } else if self.status.target_version.as_deref() != Some(&target.to_string()) {
+        } else if retargeted {
             self.event(
                 false,
                 "TargetChanged",
@@ -499,25 +508,11 @@ impl<'a> Machine<'a> {
         // Before the run's first node every gate applies; between nodes, the node gate and
         // (waited out for a while first) the alert gate.
         let first = self.status.nodes.is_empty() && self.status.upgraded_nodes.is_empty();
-        let verdicts = if first {
-            gates::preflight(
-                self.spec,
-                &self.observed.nodes,
-                &self.observed.gates,
-                target,
-                plan.kind,
-                &self.status.nodes,
-                self.now.as_second(),
-            )
-        } else {
-            vec![gates::nodes_gate(
-                &self.observed.nodes,
-                &self.spec.nodes.skip,
-                &self.status.nodes,
-            )]
-        };
+        let verdicts = self.gate_verdicts(first, &plan);
+        self.record_gates(&verdicts);
         let mut reasons = gates::reasons(&verdicts);
         if !first && let Some(alerts) = gates::alerts(&self.spec.gates, &self.observed.gates) {
+            self.record_gates(std::slice::from_ref(&alerts));
             if alerts.passed() {
                 self.status.alerts_waiting_since = None;
             } else if reasons.is_empty() && self.status.phase != Some(Phase::Blocked) {
@@ -586,6 +581,103 @@ impl<'a> Machine<'a> {
         }
         self.unblock();
         self.start_batch(&plan);
+    }
+
+    /// Before a run's first node every preflight gate; between nodes the node gate.
+    fn gate_verdicts(&self, first: bool, plan: &Plan) -> Vec<gates::Verdict> {
+        if first {
+            gates::preflight(
+                self.spec,
+                &self.observed.nodes,
+                &self.observed.gates,
+                plan.target,
+                plan.kind,
+                &self.status.nodes,
+                self.now.as_second(),
+            )
+        } else {
+            vec![gates::nodes_gate(
+                &self.observed.nodes,
+                &self.spec.nodes.skip,
+                &self.status.nodes,
+            )]
+        }
+    }
+
+    /// Replaces the records of these checks in status.gates with their verdicts.
+    fn record_gates(&mut self, verdicts: &[gates::Verdict]) {
+        for verdict in verdicts {
+            let record = GateRecord {
+                name: verdict.gate.to_owned(),
+                passed: verdict.passed(),
+                evidence: verdict.evidence.clone(),
+            };
+            match self.status.gates.iter_mut().find(|g| g.name == record.name) {
+                Some(existing) => *existing = record,
+                None => self.status.gates.push(record),
+            }
+        }
+    }
+
+    /// Whether the run may start on `plan`: `Some(hash approved)` when it may (None for
+    /// spec.approval Automatic), `None` while it waits for a person.
+    fn approval(&self, plan: &Plan) -> Option<Option<String>> {
+        if self.spec.approval == Approval::Automatic {
+            return Some(None);
+        }
+        let hash = plan.hash();
+        let approved = self
+            .upgrade
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPROVE_ANNOTATION))
+            .is_some_and(|value| value.trim() == hash);
+        approved.then_some(Some(hash))
+    }
+
+    /// spec.approval Manual: shows the plan and the checks' verdicts and waits, changing
+    /// nothing, until the approve annotation carries this plan's hash.
+    fn await_approval(&mut self, plan: &Plan, new_run: bool) {
+        let hash = plan.hash();
+        let verdicts = self.gate_verdicts(new_run, plan);
+        self.record_gates(&verdicts);
+        let refusing = verdicts.iter().filter(|v| !v.passed()).count();
+        let stale = self
+            .upgrade
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPROVE_ANNOTATION))
+            .map(|old| {
+                format!(
+                    " The annotation carries {old}, an earlier plan's hash: the plan changed \
+                     since it was approved."
+                )
+            })
+            .unwrap_or_default();
+        let message = format!(
+            "waiting for approval of plan {hash}: {} node(s) to {} ({} upgrade), {} of {} \
+             checks refusing now. Review status.plan and status.gates, then approve with: \
+             kubectl annotate k8su {} {APPROVE_ANNOTATION}={hash} --overwrite.{stale}",
+            plan.steps.len(),
+            plan.target,
+            plan.kind.as_str(),
+            refusing,
+            verdicts.len(),
+            self.name(),
+        );
+        let already_said = conditions::get(&self.status.conditions, types::READY)
+            .is_some_and(|c| c.reason == "AwaitingApproval" && c.message.contains(&hash));
+        if !already_said {
+            self.event(false, "AwaitingApproval", message.clone());
+        }
+        if new_run {
+            self.set_phase(Phase::Pending);
+            self.status.blocked_reasons.clear();
+        }
+        self.requeue_within(self.recheck_interval());
+        self.note("AwaitingApproval", message);
     }
 
     /// Leaves Blocked once nothing refuses any more.

@@ -1127,6 +1127,85 @@ fn no_node_starts_in_a_blackout_and_the_condition_names_it() {
 }
 
 #[test]
+fn a_manual_run_shows_its_plan_and_waits_for_the_plans_hash() {
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.approval = upchain_api::Approval::Manual;
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    for _ in 0..3 {
+        let waiting = run.decide_once();
+        assert!(
+            mutating(&waiting.actions).is_empty(),
+            "nothing before approval"
+        );
+        run.world.tick(60);
+    }
+    let status = run.status().clone();
+    assert_eq!(status.phase, Some(Phase::Pending));
+    assert!(status.started_at.is_none(), "no run starts before approval");
+    let names: Vec<&str> = status.plan.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["cp-0", "w-1", "w-3"]);
+    assert!(status.gates.iter().any(|g| g.name == "nodes" && g.passed));
+    let hash = status.plan_hash.clone().expect("hash");
+    let ready = conditions::get(&status.conditions, types::READY).expect("Ready");
+    assert_eq!(ready.reason, "AwaitingApproval");
+    assert!(
+        ready
+            .message
+            .contains(&format!("upchain.dev/approve={hash}"))
+    );
+
+    // An approval of another plan does not start it, and says why.
+    run.upgrade.metadata.annotations = Some(
+        [(
+            upchain_api::APPROVE_ANNOTATION.to_owned(),
+            "0123456789abcdef".to_owned(),
+        )]
+        .into(),
+    );
+    let stale = run.decide_once();
+    assert!(mutating(&stale.actions).is_empty());
+    let ready = conditions::get(&stale.status.conditions, types::READY).expect("Ready");
+    assert!(
+        ready.message.contains("earlier plan's hash"),
+        "{}",
+        ready.message
+    );
+
+    run.upgrade.metadata.annotations =
+        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash.clone())].into());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+    assert_eq!(
+        run.status().approved_plan_hash.as_deref(),
+        Some(hash.as_str())
+    );
+}
+
+#[test]
+fn a_new_target_needs_a_new_approval() {
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.approval = upchain_api::Approval::Manual;
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    run.decide_once();
+    let hash = run.status().plan_hash.clone().expect("hash");
+    run.upgrade.metadata.annotations =
+        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash)].into());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+
+    run.upgrade.spec.target_version = "1.35.3".to_owned();
+    for _ in 0..3 {
+        let waiting = run.decide_once();
+        assert!(mutating(&waiting.actions).is_empty());
+        run.world.tick(60);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Pending));
+    let hash = run.status().plan_hash.clone().expect("hash");
+    run.upgrade.metadata.annotations =
+        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash)].into());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+    assert_eq!(run.status().target_version.as_deref(), Some("v1.35.3"));
+}
+
+#[test]
 fn notifications_go_once_per_transition() {
     let mut upgrade = with_prometheus(quick("1.35.2"));
     upgrade.spec.notify = Some(

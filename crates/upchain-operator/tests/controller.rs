@@ -190,6 +190,12 @@ async fn wait_for(
     }
 }
 
+async fn current_status(cluster: &Cluster) -> upchain_api::K8sUpgradeStatus {
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    let upgrade = api.get("to-1-35").await.expect("get");
+    upgrade.status.expect("status")
+}
+
 async fn apply_upgrade(client: &Client, spec: serde_json::Value) {
     let api: Api<K8sUpgrade> = Api::all(client.clone());
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": "to-1-35"}, "spec": spec});
@@ -238,6 +244,16 @@ fn assert_every_node_upgraded(cluster: &Cluster) {
         assert_ne!(
             node["spec"]["unschedulable"], true,
             "{} left cordoned",
+            node["metadata"]["name"]
+        );
+    }
+}
+
+fn assert_nothing_cordoned(cluster: &Cluster) {
+    for node in cluster.sim.objects("nodes") {
+        assert_ne!(
+            node["spec"]["unschedulable"], true,
+            "{} is cordoned",
             node["metadata"]["name"]
         );
     }
@@ -339,13 +355,7 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
         .expect("Ready");
     assert_eq!(ready.reason, "VersionPolicy");
     assert!(cluster.sim.objects("jobs.batch").is_empty());
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true)
-    );
+    assert_nothing_cordoned(&cluster);
     // The corrected spec runs; worker-1's first Job fails and the second succeeds.
     apply_upgrade(
         &cluster.client,
@@ -943,14 +953,7 @@ async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
         exposition.contains("k8s_upgrade_blocked{upgrade=\"to-1-35\"} 1"),
         "{exposition}"
     );
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true),
-        "nothing cordoned"
-    );
+    assert_nothing_cordoned(&cluster);
     assert!(cluster.sim.objects("jobs.batch").is_empty(), "no Job");
 
     // Prometheus going down is a reason of its own, not a pass.
@@ -1075,13 +1078,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     assert_eq!(code, Some(0), "{text}");
     let (code, text) = tokio::task::block_in_place(|| check("1.37.0"));
     assert_eq!(code, Some(2), "{text}");
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true)
-    );
+    assert_nothing_cordoned(&cluster);
     assert!(cluster.sim.objects("jobs.batch").is_empty());
 }
 
@@ -1133,13 +1130,7 @@ async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_bl
     assert!(status.nodes.is_empty(), "no node was started");
     let exposition = cluster.operator.as_ref().expect("operator").metrics();
     assert!(exposition.contains("k8s_upgrade_snapshot_taken{upgrade=\"to-1-35\"} 0"));
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true)
-    );
+    assert_nothing_cordoned(&cluster);
 
     // The backup is repaired; the next attempt succeeds and the run goes on by itself.
     apply_cron_job("succeed").await;
@@ -1263,13 +1254,7 @@ async fn no_node_starts_outside_the_maintenance_window() {
                 .any(|c| c.type_ == "Progressing" && c.reason == "OutsideWindow")
     })
     .await;
-    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
-    let status = api
-        .get("to-1-35")
-        .await
-        .expect("get")
-        .status
-        .expect("status");
+    let status = current_status(&cluster).await;
     let opens = status.next_window_at.expect("next window").0;
     let expected = opened + jiff::SignedDuration::from_hours(24);
     assert!(
@@ -1280,13 +1265,7 @@ async fn no_node_starts_outside_the_maintenance_window() {
         status.nodes.is_empty(),
         "no node started outside the window"
     );
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true)
-    );
+    assert_nothing_cordoned(&cluster);
     // The window is widened to include now: the run starts.
     apply_upgrade(
         &cluster.client,
@@ -1312,11 +1291,57 @@ async fn a_missing_runner_namespace_blocks_with_what_to_create() {
         ["namespace node-upgrades is missing: the node Jobs need it (see spec.runner); create it"]
     );
     assert!(cluster.sim.objects("jobs.batch").is_empty());
-    assert!(
-        cluster
-            .sim
-            .objects("nodes")
-            .iter()
-            .all(|n| n["spec"]["unschedulable"] != true)
+    assert_nothing_cordoned(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_plan_waits_for_its_hash_and_a_blackout_holds_it() {
+    let cluster = cluster(1, 2).await;
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let blackout = json!({"timeZone": "UTC", "blackouts": [
+        {"start": today, "end": today, "reason": "release day"}]});
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "approval": "Manual", "window": blackout}),
+    )
+    .await;
+    wait_for(&cluster, "the plan awaiting approval", |s| {
+        s.plan_hash.is_some()
+            && s.gates.iter().any(|g| g.name == "nodes" && g.passed)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "AwaitingApproval")
+    })
+    .await;
+    let status = current_status(&cluster).await;
+    assert_eq!(status.plan.len(), 3, "every node is in the plan");
+    assert!(status.nodes.is_empty() && status.started_at.is_none());
+    let hash = status.plan_hash.expect("hash");
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    api.patch(
+        "to-1-35",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"upchain.dev/approve": hash}}})),
+    )
+    .await
+    .expect("approved");
+    // Approved, but today is blacked out: still nothing starts.
+    wait_for(&cluster, "the run held by the blackout", |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready" && c.reason == "InBlackout" && c.message.contains("release day")
+        })
+    })
+    .await;
+    assert_nothing_cordoned(&cluster);
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "approval": "Manual"}),
+    )
+    .await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert_eq!(
+        done.status.expect("status").approved_plan_hash.as_deref(),
+        Some(hash.as_str())
     );
+    assert_every_node_upgraded(&cluster);
 }
