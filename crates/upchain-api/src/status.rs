@@ -277,6 +277,28 @@ pub struct NodeRecord {
     /// While draining: the Pods still to leave the node (namespace/name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for_pods: Vec<String>,
+    /// While draining: the PodDisruptionBudgets (namespace/name) that allow no disruption
+    /// now and cover a Pod still to leave, which is what the drain waits on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_budgets: Vec<String>,
+    /// What the drain was going to do, computed before the node was cordoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_preview: Option<DrainPreview>,
+}
+
+/// What a drain will do, computed before the node is cordoned.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainPreview {
+    /// How many Pods are to be evicted (DaemonSet, mirror and finished Pods stay).
+    pub evict_count: i32,
+    /// The first of them (namespace/name), at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evict: Vec<String>,
+    /// PodDisruptionBudgets (namespace/name) covering a Pod to evict that allow no
+    /// disruption now: the drain waits on them (and fails or forces at drain.timeout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_by: Vec<String>,
 }
 
 /// A node still to be upgraded, as planned from the cluster's current state.

@@ -25,6 +25,8 @@ pub use machine::{
     Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock, needs,
     nodes_with_jobs_to_read,
 };
-pub use observe::{JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade};
+pub use observe::{
+    JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
+};
 pub use plan::{Exclusion, Plan, PlanError, plan};
 pub use version::{KubeVersion, VersionError};

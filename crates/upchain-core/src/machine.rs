@@ -38,6 +38,8 @@ pub const HISTORY_LIMIT: usize = 5;
 /// `upgradedNodes`. A record is about 300 bytes: 5,000 of them would pass etcd's 1.5 MiB
 /// object limit, and a status write past it fails.
 pub const DONE_RECORDS_KEPT: usize = 100;
+/// How a draining node's message starts while budgets hold it.
+const WAITING_ON_BUDGETS: &str = "waiting on PodDisruptionBudget(s)";
 /// Safety bound on transitions taken in one decision.
 const MAX_TRANSITIONS: usize = 64;
 
@@ -920,6 +922,7 @@ impl<'a> Machine<'a> {
                 record.step_started_at = now.clone();
                 record.failures = 0;
                 record.finished_at = None;
+                record.drain_preview = None;
                 record.message =
                     Some("retrying after the upchain.dev/retry annotation changed".to_owned());
                 retried.push(record.name.clone());
@@ -1078,6 +1081,8 @@ impl<'a> Machine<'a> {
                 finished_at: None,
                 message: None,
                 waiting_for_pods: Vec::new(),
+                waiting_for_budgets: Vec::new(),
+                drain_preview: None,
             };
             self.status.nodes.retain(|r| r.name != step.name);
             self.status.upgraded_nodes.retain(|n| *n != step.name);
@@ -1273,6 +1278,7 @@ impl<'a> Machine<'a> {
         record.step_started_at = Time(self.now);
         record.message = message;
         record.waiting_for_pods.clear();
+        record.waiting_for_budgets.clear();
         self.progressed();
     }
 
@@ -1285,16 +1291,49 @@ impl<'a> Machine<'a> {
 
     fn drain(&mut self, index: usize, cordoned: bool, batch: &[String]) {
         let record = self.status.nodes[index].clone();
+        let Some(pods) = self.observed.pods.get(&record.name) else {
+            // The operator lists the Pods of draining nodes; look again straight away, and
+            // cordon once the preview says what the drain will do.
+            return self.requeue_within(Duration::ZERO);
+        };
+        let progress = drain_progress(
+            pods,
+            self.observed.operator_pod.as_deref(),
+            &self.observed.budgets,
+        );
+        if record.drain_preview.is_none() {
+            let preview = progress.preview();
+            let blocked = if preview.blocked_by.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; PodDisruptionBudget(s) {} allow no disruption now and will hold the \
+                     drain until they do",
+                    preview.blocked_by.join(", ")
+                )
+            };
+            self.node_event(
+                !preview.blocked_by.is_empty(),
+                "DrainPreview",
+                &record.name,
+                format!(
+                    "draining {} evicts {} Pod(s){}{blocked}",
+                    record.name,
+                    preview.evict_count,
+                    if preview.evict.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", preview.evict.join(", "))
+                    }
+                ),
+            );
+            self.status.nodes[index].drain_preview = Some(preview);
+        }
         if !cordoned {
             self.act(Action::Cordon {
                 node: record.name.clone(),
             });
         }
-        let Some(pods) = self.observed.pods.get(&record.name) else {
-            // The operator lists the Pods of draining nodes; look again straight away.
-            return self.requeue_within(Duration::ZERO);
-        };
-        let progress = drain_progress(pods, self.observed.operator_pod.as_deref());
         if cordoned && progress.is_done() {
             self.status.nodes[index].attempts += 1;
             self.enter(index, NodeStep::Upgrading, None);
@@ -1327,7 +1366,22 @@ impl<'a> Machine<'a> {
                 grace_period_seconds: self.spec.drain.grace_period_seconds,
             });
         }
-        self.status.nodes[index].waiting_for_pods = progress.waiting;
+        let record = &mut self.status.nodes[index];
+        if !progress.blocked_by.is_empty() {
+            record.message = Some(format!(
+                "{WAITING_ON_BUDGETS} {} that allow no disruption now; scale up or relax them, \
+                 or see drain.onTimeout",
+                progress.blocked_by.join(", ")
+            ));
+        } else if record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with(WAITING_ON_BUDGETS))
+        {
+            record.message = None;
+        }
+        record.waiting_for_pods = progress.waiting;
+        record.waiting_for_budgets = progress.blocked_by;
         self.requeue_within(DRAIN_POLL);
     }
 

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::{Selector, SelectorExt};
 
 /// A node as the plan and the phase machine see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +166,51 @@ pub struct ObservedPod {
     pub finished: bool,
     /// Already being deleted.
     pub terminating: bool,
+    /// Its labels, which PodDisruptionBudgets select on.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A PodDisruptionBudget, reduced to what the drain preview reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedBudget {
+    /// Namespace (a budget covers Pods of its own namespace only).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Which Pods it covers; None covers none (a null selector, or one that cannot be read).
+    pub selector: Option<Selector>,
+    /// `status.disruptionsAllowed`: 0 refuses every eviction of a Pod it covers.
+    pub disruptions_allowed: i32,
+}
+
+impl ObservedBudget {
+    /// Reduces a PodDisruptionBudget; an empty selector covers every Pod of its namespace.
+    pub fn from_budget(budget: &PodDisruptionBudget) -> Self {
+        Self {
+            namespace: budget.metadata.namespace.clone().unwrap_or_default(),
+            name: budget.metadata.name.clone().unwrap_or_default(),
+            selector: budget
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .and_then(|s| Selector::try_from(s).ok()),
+            disruptions_allowed: budget.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+        }
+    }
+
+    /// True when it covers `pod`.
+    pub fn covers(&self, pod: &ObservedPod) -> bool {
+        self.namespace == pod.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&pod.labels))
+    }
+
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 impl ObservedPod {
@@ -185,6 +232,7 @@ impl ObservedPod {
                 .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
             finished,
             terminating: metadata.deletion_timestamp.is_some(),
+            labels: metadata.labels.clone().unwrap_or_default(),
         }
     }
 
@@ -222,6 +270,8 @@ pub struct Observed {
     pub pods: BTreeMap<String, Vec<ObservedPod>>,
     /// The other K8sUpgrade objects.
     pub others: Vec<OtherUpgrade>,
+    /// The PodDisruptionBudgets, read while a node drains.
+    pub budgets: Vec<ObservedBudget>,
     /// The operator's own Pod (namespace/name), evicted last when its node is drained.
     pub operator_pod: Option<String>,
     /// What the gates look at; gathered only when [`crate::needs`] asks for it.

@@ -10,7 +10,9 @@ use upchain_api::{K8sUpgrade, K8sUpgradeStatus, NodeStep, Phase, RETRY_ANNOTATIO
 use crate::conditions::{self, types};
 use crate::job::excluded_nodes;
 use crate::machine::{Action, Decision, decide, finalize, holds_lock};
-use crate::observe::{JobState, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade};
+use crate::observe::{
+    JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
+};
 use crate::testing::{NodeFixture, upgrade};
 use crate::version::KubeVersion;
 
@@ -26,6 +28,7 @@ fn pod(namespace: &str, name: &str) -> ObservedPod {
         mirror: false,
         finished: false,
         terminating: false,
+        labels: BTreeMap::new(),
     }
 }
 
@@ -48,6 +51,8 @@ struct World {
     /// Snapshot Jobs and their states; `snapshot_outcome` is what the next one does.
     snapshot_jobs: BTreeMap<String, JobState>,
     snapshot_outcome: Option<JobState>,
+    /// PodDisruptionBudgets: one that allows no disruption refuses evictions it covers.
+    budgets: Vec<ObservedBudget>,
 }
 
 impl World {
@@ -75,6 +80,7 @@ impl World {
             snapshot_template: Ok(Default::default()),
             snapshot_jobs: BTreeMap::new(),
             snapshot_outcome: Some(JobState::Succeeded),
+            budgets: Vec::new(),
         }
     }
 
@@ -107,6 +113,7 @@ impl World {
                 .map(|n| (n.to_owned(), self.pods.get(n).cloned().unwrap_or_default()))
                 .collect(),
             others: self.others.clone(),
+            budgets: self.budgets.clone(),
             operator_pod: None,
             gates: self.gates.clone(),
             snapshot: Some(crate::snapshot::SnapshotInputs {
@@ -134,7 +141,18 @@ impl World {
             match action {
                 Action::Cordon { node } => self.node_mut(node).unschedulable = true,
                 Action::Uncordon { node } => self.node_mut(node).unschedulable = false,
-                Action::Evict { node, pods, .. } | Action::DeletePods { node, pods } => {
+                Action::Evict { node, pods, .. } => {
+                    let budgets = &self.budgets;
+                    if let Some(list) = self.pods.get_mut(node) {
+                        list.retain(|p| {
+                            !pods.contains(&p.key())
+                                || budgets
+                                    .iter()
+                                    .any(|b| b.disruptions_allowed <= 0 && b.covers(p))
+                        });
+                    }
+                }
+                Action::DeletePods { node, pods } => {
                     if let Some(list) = self.pods.get_mut(node) {
                         list.retain(|p| !pods.contains(&p.key()));
                     }
@@ -681,8 +699,12 @@ fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
 #[test]
 fn drain_evicts_pods_and_waits_for_them() {
     let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    // The first decision records the node as Draining; the next sees its Pods, records the
+    // drain preview and cordons.
     let first = run.decide_once();
-    assert!(first.actions.contains(&Action::Cordon {
+    assert_eq!(first.requeue, Some(std::time::Duration::ZERO));
+    let previewed = run.decide_once();
+    assert!(previewed.actions.contains(&Action::Cordon {
         node: "cp-0".into()
     }));
     let second = run.decide_once();
@@ -1092,7 +1114,7 @@ fn no_node_starts_outside_the_window_and_status_says_when_it_opens() {
     );
     run.world.tick(14 * 3600);
     let open = run.decide_once();
-    assert!(!mutating(&open.actions).is_empty(), "the first node starts");
+    assert!(!open.status.nodes.is_empty(), "the first node starts");
     assert!(open.status.next_window_at.is_none());
 }
 
@@ -1121,7 +1143,7 @@ fn no_node_starts_in_a_blackout_and_the_condition_names_it() {
     );
     run.world.tick(16 * 3600);
     assert!(
-        !mutating(&run.decide_once().actions).is_empty(),
+        !run.decide_once().status.nodes.is_empty(),
         "starts after it"
     );
 }
@@ -1203,6 +1225,92 @@ fn a_new_target_needs_a_new_approval() {
         Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash)].into());
     assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
     assert_eq!(run.status().target_version.as_deref(), Some("v1.35.3"));
+}
+
+#[test]
+fn the_drain_preview_comes_before_the_cordon_and_names_what_holds_the_drain() {
+    let mut world = World::new(small_cluster());
+    world
+        .pods
+        .get_mut("w-1")
+        .expect("w-1")
+        .iter_mut()
+        .for_each(|p| {
+            p.labels.insert("app".to_owned(), "web".to_owned());
+        });
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+        match_expressions: None,
+    };
+    world.budgets.push(ObservedBudget {
+        namespace: "apps".to_owned(),
+        name: "web".to_owned(),
+        selector: kube_core::Selector::try_from(selector).ok(),
+        disruptions_allowed: 0,
+    });
+    let mut run = Run::new(quick("1.35.2"), world);
+    let mut cordoned_with_preview = BTreeSet::new();
+    let mut previews = Vec::new();
+    for _ in 0..200 {
+        let decision = run.decide_once();
+        for action in &decision.actions {
+            match action {
+                Action::Cordon { node } => {
+                    let record = decision.status.nodes.iter().find(|r| &r.name == node);
+                    assert!(
+                        record.is_some_and(|r| r.drain_preview.is_some()),
+                        "{node} cordoned before its drain preview"
+                    );
+                    cordoned_with_preview.insert(node.clone());
+                }
+                Action::Event(e) if e.reason == "DrainPreview" => previews.push(e.clone()),
+                _ => {}
+            }
+        }
+        let w1 = decision.status.nodes.iter().find(|r| r.name == "w-1");
+        if w1.is_some_and(|r| !r.waiting_for_budgets.is_empty()) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 60)) as i64);
+    }
+    let record = run
+        .status()
+        .nodes
+        .iter()
+        .find(|r| r.name == "w-1")
+        .expect("w-1 started")
+        .clone();
+    let preview = record.drain_preview.expect("preview");
+    assert_eq!(preview.evict, ["apps/web-w-1"]);
+    assert_eq!(preview.blocked_by, ["apps/web"]);
+    assert_eq!(record.waiting_for_pods, ["apps/web-w-1"]);
+    assert_eq!(record.waiting_for_budgets, ["apps/web"]);
+    assert!(
+        record
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("apps/web"))
+    );
+    let w1_preview = previews
+        .iter()
+        .find(|e| e.node.as_deref() == Some("w-1"))
+        .expect("an Event");
+    assert!(w1_preview.warning && w1_preview.message.contains("allow no disruption"));
+    assert!(cordoned_with_preview.contains("cp-0") && cordoned_with_preview.contains("w-1"));
+
+    // The budget makes room: the drain goes on and the node's message clears.
+    run.world.budgets[0].disruptions_allowed = 1;
+    run.world.tick(5);
+    let moving = run.decide_once();
+    let record = moving
+        .status
+        .nodes
+        .iter()
+        .find(|r| r.name == "w-1")
+        .expect("w-1");
+    assert!(record.waiting_for_budgets.is_empty());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -26,8 +27,8 @@ use upchain_core::job::bounded_name;
 use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
-    Action, JobState, Needs, Observed, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
-    decide, finalize, holds_lock,
+    Action, JobState, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod,
+    OtherUpgrade, decide, finalize, holds_lock,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -298,7 +299,21 @@ async fn observe(
                 .collect(),
         );
     }
+    // Budgets are read with the Pods they cover, only while a node drains.
+    let budgets = if pods.is_empty() {
+        Vec::new()
+    } else {
+        let api: Api<PodDisruptionBudget> = Api::all(ctx.client.clone());
+        let mut budgets = Vec::new();
+        gather::list_paged(&api, ListParams::default(), |page| {
+            budgets.extend(page.iter().map(ObservedBudget::from_budget));
+        })
+        .await
+        .map_err(kube_error("listing PodDisruptionBudgets"))?;
+        budgets
+    };
     Ok(Observed {
+        budgets,
         nodes: ctx
             .nodes
             .state()

@@ -26,7 +26,7 @@ const PAGE_SIZE: u32 = 500;
 
 /// Lists in pages, handing each page to `each`: a cluster-wide list of Pods holds one page
 /// in memory at a time, not the whole cluster.
-async fn list_paged<K>(
+pub(crate) async fn list_paged<K>(
     api: &Api<K>,
     params: ListParams,
     mut each: impl FnMut(Vec<K>),

@@ -247,7 +247,7 @@ pub fn reconcile(store: &mut Store, state: &mut State) {
     // taken from the moment it was bound.
     let changed: BTreeSet<Key> = changed.union(store.changed_so_far()).cloned().collect();
     kubelets(store, state, &changed, now);
-    disruption_budgets(store, &changed);
+    disruption_budgets(store, &changed, now);
 }
 
 fn pod_from_template(
@@ -975,7 +975,8 @@ fn int_or_percent(value: &Value, total: usize, round_up: bool) -> Option<usize> 
 }
 
 /// Recomputes the budgets of every namespace where a Pod or a budget changed.
-fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>) {
+fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>, now: Timestamp) {
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
     let namespaces: BTreeSet<&str> = changed
         .iter()
         .filter(|(kind, _)| kind == "pods" || kind == "poddisruptionbudgets.policy")
@@ -1003,12 +1004,22 @@ fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>) {
             )
         };
         let allowed = healthy.saturating_sub(desired);
+        let condition_status = if allowed > 0 { "True" } else { "False" };
+        // As the API server requires of every condition: the time it last changed.
+        let previous = &pdb["status"]["conditions"][0];
+        let changed_at = if previous["status"] == condition_status {
+            previous["lastTransitionTime"].as_str().unwrap_or(&stamp)
+        } else {
+            &stamp
+        };
         let mut next = pdb.clone();
         next["status"] = json!({
             "observedGeneration": pdb["metadata"]["generation"], "expectedPods": expected,
             "currentHealthy": healthy, "desiredHealthy": desired, "disruptionsAllowed": allowed,
-            "conditions": [{"type": "DisruptionAllowed", "status": if allowed > 0 { "True" } else { "False" },
-                "reason": if allowed > 0 { "SufficientPods" } else { "InsufficientPods" }}],
+            "conditions": [{"type": "DisruptionAllowed", "status": condition_status,
+                "reason": if allowed > 0 { "SufficientPods" } else { "InsufficientPods" },
+                "message": "", "lastTransitionTime": changed_at,
+                "observedGeneration": pdb["metadata"]["generation"]}],
         });
         let _ = store.write_own(next, true);
     }
