@@ -284,6 +284,35 @@ pub struct NodeRecord {
     /// What the drain was going to do, computed before the node was cordoned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_preview: Option<DrainPreview>,
+    /// How the node's last upgrade Job ended, kept after the Job itself is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_result: Option<JobResult>,
+}
+
+/// How an upgrade Job ended: the evidence that outlives the Job's TTL.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    /// The Job's name.
+    pub job: String,
+    /// True when it succeeded.
+    pub succeeded: bool,
+    /// The container's exit code, when its Pod could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// When the container started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The last lines of its log (at most 10 lines of 200 characters), with anything that
+    /// looks like a secret replaced by `[redacted]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_tail: Vec<String>,
+    /// Why the Pod or its log could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What a drain will do, computed before the node is cordoned.

@@ -88,6 +88,7 @@ fn run(size: usize) {
             .map(|(name, _)| ObservedJob {
                 name: name.clone(),
                 state: JobState::Succeeded,
+                evidence: None,
             })
             .collect();
         let before = Instant::now();

@@ -6,6 +6,7 @@
 
 pub mod conditions;
 pub mod drain;
+pub mod evidence;
 pub mod gates;
 pub mod gauges;
 pub mod job;
@@ -22,8 +23,8 @@ mod testing;
 mod tests;
 
 pub use machine::{
-    Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock, needs,
-    nodes_with_jobs_to_read,
+    Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock,
+    jobs_awaiting_evidence, needs, nodes_with_jobs_to_read,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,

@@ -286,6 +286,17 @@ pub fn nodes_with_jobs_to_read(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
         .collect()
 }
 
+/// The Jobs whose Pods' evidence (exit code, times, log) the next decision records: those
+/// of nodes still Upgrading, which the decision will move past their Job once it ended.
+pub fn jobs_awaiting_evidence(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
+    status
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .filter(|n| n.step == NodeStep::Upgrading)
+        .filter_map(|n| n.job.as_deref())
+        .collect()
+}
+
 /// Decides the next status and actions for `upgrade` given what was observed at `now`.
 pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Decision {
     // Status times have second resolution; deciding at that resolution keeps a decision
@@ -1083,6 +1094,7 @@ impl<'a> Machine<'a> {
                 waiting_for_pods: Vec::new(),
                 waiting_for_budgets: Vec::new(),
                 drain_preview: None,
+                job_result: None,
             };
             self.status.nodes.retain(|r| r.name != step.name);
             self.status.upgraded_nodes.retain(|n| *n != step.name);
@@ -1406,7 +1418,15 @@ impl<'a> Machine<'a> {
                 ),
             );
         }
-        match self.observed.job(&name).map(|j| &j.state) {
+        let observed = self.observed.job(&name);
+        if let Some(job) = observed.filter(|j| j.state != JobState::Running) {
+            self.status.nodes[index].job_result = Some(crate::evidence::job_result(
+                &name,
+                &job.state,
+                job.evidence.as_ref(),
+            ));
+        }
+        match observed.map(|j| &j.state) {
             None => {
                 let node_ip = self
                     .node(&record.name)

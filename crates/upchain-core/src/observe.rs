@@ -149,6 +149,8 @@ pub struct ObservedJob {
     pub name: String,
     /// Its state.
     pub state: JobState,
+    /// What its Pod left: read once the Job has finished, while its node is Upgrading.
+    pub evidence: Option<crate::evidence::JobEvidence>,
 }
 
 /// A Pod on a node being drained.

@@ -103,9 +103,25 @@ impl World {
                 .jobs
                 .iter()
                 .filter(|(_, (node, _, _))| job_nodes.contains(&node.as_str()))
-                .map(|(name, (_, _, state))| ObservedJob {
+                .map(|(name, (node, _, state))| ObservedJob {
                     name: name.clone(),
                     state: state.clone(),
+                    evidence: (*state != JobState::Running).then(|| {
+                        let succeeded = *state == JobState::Succeeded;
+                        crate::evidence::JobEvidence {
+                            exit_code: Some(if succeeded { 0 } else { 1 }),
+                            started_at: Some(at(self.clock - 1)),
+                            finished_at: Some(at(self.clock)),
+                            log: Ok(format!(
+                                "upgrading {node}\nssh key passphrase: s3cret-value\n{}\n",
+                                if succeeded {
+                                    "done"
+                                } else {
+                                    "E: kubeadm not found"
+                                }
+                            )),
+                        }
+                    }),
                 })
                 .collect(),
             pods: draining
@@ -122,6 +138,7 @@ impl World {
                     Some(ObservedJob {
                         name: s.job.clone(),
                         state: self.snapshot_jobs.get(&s.job)?.clone(),
+                        evidence: None,
                     })
                 }),
             }),
@@ -771,7 +788,17 @@ fn a_long_run_keeps_the_last_hundred_done_records_and_folds_the_rest_to_names() 
     let gauges = crate::gauges::gauges(status);
     assert_eq!(gauges.nodes["Done"], i64::try_from(total).expect("small"));
     let size = serde_json::to_vec(status).expect("serializes").len();
-    assert!(size < 60_000, "status of {size} bytes for {total} nodes");
+    assert!(size < 100_000, "status of {size} bytes for {total} nodes");
+    // The worst case stays below etcd's 1.5 MiB: a hundred records with a full drain
+    // preview and log tail each, and 5,000 folded names of a 63-character host name.
+    let mut worst = status.nodes.last().expect("a record").clone();
+    let long = "x".repeat(crate::evidence::LOG_LINE_CHARS);
+    worst.job_result.as_mut().expect("result").log_tail = vec![long; crate::evidence::LOG_LINES];
+    worst.drain_preview.as_mut().expect("preview").evict =
+        vec!["n".repeat(2 * 63 + 1); crate::drain::PREVIEW_NAMES];
+    let record = serde_json::to_vec(&worst).expect("serializes").len();
+    let worst_status = record * crate::machine::DONE_RECORDS_KEPT + 5_000 * 66;
+    assert!(worst_status < 1_400_000, "{record} bytes per record");
 }
 
 #[test]
@@ -1311,6 +1338,55 @@ fn the_drain_preview_comes_before_the_cordon_and_names_what_holds_the_drain() {
         .expect("w-1");
     assert!(record.waiting_for_budgets.is_empty());
     assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}
+
+#[test]
+fn every_node_keeps_its_jobs_exit_code_times_and_redacted_log() {
+    let mut world = World::new(small_cluster());
+    world.failing.insert("w-1".to_owned(), 1);
+    let mut run = Run::new(quick("1.35.2"), world);
+    let mut failed_result = None;
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        if let Some(result) = decision
+            .status
+            .nodes
+            .iter()
+            .filter_map(|n| n.job_result.as_ref())
+            .find(|r| !r.succeeded)
+        {
+            failed_result.get_or_insert(result.clone());
+        }
+        if decision.status.phase == Some(Phase::Succeeded) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600)) as i64);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    let failed = failed_result.expect("the failed attempt was recorded");
+    assert_eq!(failed.exit_code, Some(1));
+    assert!(
+        failed
+            .log_tail
+            .iter()
+            .any(|l| l.contains("kubeadm not found"))
+    );
+    for record in &run.status().nodes {
+        let result = record.job_result.as_ref().expect("a result per node");
+        assert!(
+            result.succeeded && result.exit_code == Some(0),
+            "{result:?}"
+        );
+        assert_eq!(result.job, record.job.clone().expect("job"));
+        assert!(result.started_at.is_some() && result.finished_at.is_some());
+        assert_eq!(result.log_tail.last().map(String::as_str), Some("done"));
+        assert!(
+            result.log_tail.iter().all(|l| !l.contains("s3cret")),
+            "{:?}",
+            result.log_tail
+        );
+    }
 }
 
 #[test]

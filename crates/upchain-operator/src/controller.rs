@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, LogParams, Patch, PatchParams};
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -22,6 +22,7 @@ use upchain_api::{
     FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, NodeStep, UPGRADE_ANNOTATION, UPGRADE_LABEL,
     UPGRADE_UID_ANNOTATION,
 };
+use upchain_core::evidence::{self, JobEvidence};
 use upchain_core::job::bounded_name;
 
 use crate::gather;
@@ -250,8 +251,9 @@ async fn observe_jobs(
         let labels: Vec<String> = nodes.iter().map(|n| bounded_name(&[n])).collect();
         selector.push_str(&format!(",{NODE_LABEL} in ({})", labels.join(",")));
     }
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
-    Ok(jobs_api
+    let namespace = &upgrade.spec.runner.namespace;
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut jobs: Vec<ObservedJob> = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(kube_error("listing the upgrade's Jobs"))?
@@ -260,7 +262,17 @@ async fn observe_jobs(
         // A Job left by an earlier K8sUpgrade of the same name is not this one's.
         .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
         .map(observe_job)
-        .collect())
+        .collect();
+    if scope == Jobs::InFlight {
+        let upgrading = upchain_core::jobs_awaiting_evidence(upgrade.status.as_ref());
+        for job in jobs
+            .iter_mut()
+            .filter(|j| j.state != JobState::Running && upgrading.contains(&j.name.as_str()))
+        {
+            job.evidence = job_evidence(&ctx.client, namespace, &job.name).await;
+        }
+    }
+    Ok(jobs)
 }
 
 /// What the cluster shows; gate sources only as far as `needs` asks.
@@ -385,7 +397,50 @@ pub(crate) fn observe_job(job: &Job) -> ObservedJob {
     ObservedJob {
         name: job.name_any(),
         state,
+        evidence: None,
     }
+}
+
+/// What a finished Job's Pod left: its container's exit code and times, and the end of its
+/// log. Read once, when the decision is about to move the node past its Job.
+async fn job_evidence(client: &Client, namespace: &str, job: &str) -> Option<JobEvidence> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await;
+    let pod = match listed {
+        // The last Pod the Job ran is the one that decided how it ended.
+        Ok(list) => list
+            .items
+            .into_iter()
+            .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))?,
+        Err(error) => {
+            warn!(job, %error, "reading the Pod of a finished Job");
+            return None;
+        }
+    };
+    let terminated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let params = LogParams {
+        tail_lines: Some(i64::try_from(evidence::LOG_LINES * 4).unwrap_or(40)),
+        limit_bytes: Some(evidence::LOG_BYTES),
+        ..LogParams::default()
+    };
+    let log = pods
+        .logs(&pod.name_any(), &params)
+        .await
+        .map_err(|e| gather::describe(&e));
+    Some(JobEvidence {
+        exit_code: terminated.map(|t| t.exit_code),
+        started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
+        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+        log,
+    })
 }
 
 async fn write_status(

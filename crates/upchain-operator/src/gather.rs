@@ -78,7 +78,7 @@ pub async fn gate_inputs(
     inputs
 }
 
-fn describe(error: &kube::Error) -> String {
+pub(crate) fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
         other => other.to_string(),

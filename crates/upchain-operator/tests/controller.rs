@@ -343,6 +343,12 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
         .behaviour()
         .failing_jobs
         .insert("worker-1".into(), 1);
+    // A careless script echoes a secret.
+    cluster
+        .sim
+        .behaviour()
+        .extra_log_lines
+        .insert("worker-1".into(), vec!["SSH_PASSWORD=hunter2".into()]);
     // A downgrade is refused before anything is touched.
     apply_upgrade(&cluster.client, json!({"targetVersion": "1.34.1"})).await;
     let refused = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(20)).await;
@@ -371,6 +377,20 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
         .find(|n| n.name == "worker-1")
         .expect("record");
     assert_eq!((worker.attempts, worker.failures), (2, 1));
+    // The second Job's evidence outlives it, without the secret.
+    let result = worker.job_result.expect("the Job's result");
+    assert_eq!(Some(&result.job), worker.job.as_ref());
+    assert!(
+        result.succeeded && result.exit_code == Some(0),
+        "{result:?}"
+    );
+    assert!(result.started_at.is_some() && result.finished_at.is_some());
+    let log = result.log_tail.join("\n");
+    assert!(log.contains("kubelet v1.35.2 restarted; done"), "{log}");
+    assert!(
+        log.contains("SSH_PASSWORD=[redacted]") && !log.contains("hunter2"),
+        "{log}"
+    );
     assert!(
         cluster
             .sim

@@ -90,6 +90,9 @@ pub struct State {
     pub never_return: BTreeSet<String>,
     /// Upgrade Jobs for a node that fail, with how many failures are left.
     pub failing_jobs: BTreeMap<String, u32>,
+    /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
+    /// script echoes.
+    pub extra_log_lines: BTreeMap<String, Vec<String>>,
     /// Every scheduling decision, in order.
     pub placements: Vec<Placement>,
     /// When each upgraded node came back Ready at its new version.
@@ -109,6 +112,7 @@ impl State {
             behaviour,
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
+            extra_log_lines: BTreeMap::new(),
             placements: Vec::new(),
             rejoins: Vec::new(),
             timers: Vec::new(),
@@ -724,7 +728,8 @@ fn pod_status(
     let state = match exit_code {
         None => json!({"running": {"startedAt": stamp}}),
         Some(code) => {
-            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "finishedAt": stamp}})
+            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": pod["status"]["startTime"].as_str().unwrap_or(stamp), "finishedAt": stamp}})
         }
     };
     let containers: Vec<Value> = pod["spec"]["containers"]
@@ -907,11 +912,32 @@ fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
                 node,
                 version,
             } => {
+                let extra = state
+                    .extra_log_lines
+                    .get(&node)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut log = format!(
+                    "[upgrade-node] {node}: upgrading to {version}\n[upgrade-node] {node}: \
+                     installing kubeadm {version}\n"
+                );
+                for line in extra {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
                 if let Some(left) = state.failing_jobs.get_mut(&node).filter(|left| **left > 0) {
                     *left -= 1;
+                    log.push_str(&format!(
+                        "E: Version '{version}-1.1' for 'kubeadm' was not found\n"
+                    ));
+                    store.append_log(&namespace, &pod, &log);
                     finish_pod(store, &namespace, &pod, false, &stamp);
                     continue;
                 }
+                log.push_str(&format!(
+                    "[upgrade-node] {node}: kubeadm upgrade done; restarting the kubelet\n"
+                ));
+                store.append_log(&namespace, &pod, &log);
                 update_node(store, &node, |n| set_node_ready(n, false, &stamp));
                 let at = now
                     .saturating_add(
@@ -950,6 +976,11 @@ fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
                 if returns {
                     state.rejoins.push((node.clone(), now));
                 }
+                store.append_log(
+                    &namespace,
+                    &pod,
+                    &format!("[upgrade-node] {node}: kubelet {kubelet} restarted; done\n"),
+                );
                 finish_pod(store, &namespace, &pod, true, &stamp);
             }
             Timer::Finish {

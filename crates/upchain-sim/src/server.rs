@@ -266,6 +266,20 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             );
         }
         ["healthz" | "readyz" | "livez"] => return (StatusCode::OK, "ok").into_response(),
+        ["api", "v1", "namespaces", namespace, "pods", pod, "log"] if method == Method::GET => {
+            let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
+            return match shared.store().pod_log(
+                namespace,
+                pod,
+                number("tailLines"),
+                number("limitBytes"),
+            ) {
+                Ok(log) => {
+                    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], log).into_response()
+                }
+                Err(error) => error_response(&error),
+            };
+        }
         ["api"] => return json_response(200, &shared.store().registry().core_versions()),
         ["apis"] => return json_response(200, &shared.store().registry().groups()),
         ["openapi", "v3"] => return json_response(200, &shared.store().registry().openapi_index()),

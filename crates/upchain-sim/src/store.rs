@@ -283,6 +283,8 @@ pub struct Store {
     /// Every moment a node became unschedulable, with the state of every node then: the
     /// record the chaos tests check the invariants against.
     pub cordons: Vec<CordonMoment>,
+    /// What each Pod's container printed, by (namespace, name), as `pods/log` serves it.
+    logs: HashMap<(String, String), String>,
 }
 
 /// The cluster at the instant a node was cordoned.
@@ -376,7 +378,61 @@ impl Store {
             clock,
             stubborn_pdbs: BTreeSet::new(),
             cordons: Vec::new(),
+            logs: HashMap::new(),
         }
+    }
+
+    /// Appends to what a Pod's container printed.
+    pub fn append_log(&mut self, namespace: &str, pod: &str, text: &str) {
+        self.logs
+            .entry((namespace.to_owned(), pod.to_owned()))
+            .or_default()
+            .push_str(text);
+    }
+
+    /// A Pod's log, as `GET pods/{name}/log` serves it: the last `tail_lines` lines, then
+    /// at most the last `limit_bytes` bytes. 404 when the Pod does not exist.
+    pub fn pod_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        tail_lines: Option<usize>,
+        limit_bytes: Option<usize>,
+    ) -> Result<String, ApiError> {
+        let pods = self.type_by_id("pods").ok_or_else(|| ApiError::NotFound {
+            kind: "resource".into(),
+            name: "pods".into(),
+        })?;
+        self.get(&pods, namespace, pod)?;
+        let log = self
+            .logs
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .map(String::as_str)
+            .unwrap_or_default();
+        let mut start = 0;
+        if let Some(tail) = tail_lines {
+            let lines: Vec<usize> = log
+                .trim_end_matches('\n')
+                .match_indices('\n')
+                .map(|(i, _)| i + 1)
+                .collect();
+            if lines.len() >= tail {
+                start = if tail == 0 {
+                    log.len()
+                } else {
+                    lines[lines.len() - tail]
+                };
+            }
+        }
+        let mut text = &log[start..];
+        if let Some(limit) = limit_bytes.filter(|l| *l < text.len()) {
+            let mut cut = text.len() - limit;
+            while !text.is_char_boundary(cut) {
+                cut += 1;
+            }
+            text = &text[cut..];
+        }
+        Ok(text.to_owned())
     }
 
     /// The served types.
@@ -1433,6 +1489,26 @@ mod tests {
                 .code(),
             404
         );
+    }
+
+    #[test]
+    fn pod_logs_are_served_from_their_tail() {
+        let mut s = store();
+        let pods = rt(&s, "pods");
+        s.create(
+            &pods,
+            "default",
+            json!({"metadata": {"name": "job-pod"}}),
+            true,
+        )
+        .expect("pod");
+        s.append_log("default", "job-pod", "one\ntwo\nthree\n");
+        let log = |tail, limit| s.pod_log("default", "job-pod", tail, limit).expect("log");
+        assert_eq!(log(None, None), "one\ntwo\nthree\n");
+        assert_eq!(log(Some(2), None), "two\nthree\n");
+        assert_eq!(log(Some(9), None), "one\ntwo\nthree\n");
+        assert_eq!(log(Some(2), Some(7)), "\nthree\n");
+        assert!(s.pod_log("default", "gone", None, None).is_err());
     }
 
     #[test]

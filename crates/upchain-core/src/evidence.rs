@@ -1,0 +1,170 @@
+//! What a finished upgrade Job leaves in the node's status record: exit code, times and
+//! the tail of its log, bounded in size and with anything that looks like a secret removed.
+
+use std::sync::LazyLock;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use regex::Regex;
+use upchain_api::JobResult;
+
+use crate::observe::JobState;
+
+/// Log lines kept per Job: enough to see how it ended, small enough that a hundred node
+/// records stay far below the API server's object size limit.
+pub const LOG_LINES: usize = 10;
+/// Characters kept per log line.
+pub const LOG_LINE_CHARS: usize = 200;
+/// Bytes of log the operator asks the API server for.
+pub const LOG_BYTES: i64 = 16 * 1024;
+const REDACTED: &str = "[redacted]";
+
+/// What the operator read of a finished Job's Pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEvidence {
+    /// The container's exit code.
+    pub exit_code: Option<i32>,
+    /// When the container started.
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// The end of its log, or why it could not be read.
+    pub log: Result<String, String>,
+}
+
+/// `key=value` and `key: value` where the key names a secret.
+static SECRET_ASSIGNMENT: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)((?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|credential)s?[\x22']?\s*[:=]\s*)\S+",
+    )
+    .ok()
+});
+/// `Authorization: Bearer ...`, `Basic ...` and bare bearer tokens.
+static BEARER: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}").ok());
+/// Long runs of base64 or hex: keys, tokens and certificates.
+static OPAQUE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"[A-Za-z0-9+/_-]{40,}={0,2}").ok());
+
+/// The last [`LOG_LINES`] lines of `log`, each cut to [`LOG_LINE_CHARS`], with secrets
+/// removed: PEM blocks entirely, values assigned to secret-sounding keys, bearer tokens and
+/// long opaque strings. A pattern that failed to compile drops the whole log rather than
+/// risk printing a secret.
+pub fn log_tail(log: &str) -> Vec<String> {
+    let (Some(assignment), Some(bearer), Some(opaque)) =
+        (SECRET_ASSIGNMENT.as_ref(), BEARER.as_ref(), OPAQUE.as_ref())
+    else {
+        return vec![REDACTED.to_owned()];
+    };
+    let mut kept = Vec::new();
+    let mut in_pem = false;
+    for line in log.lines() {
+        if line.contains("-----BEGIN ") {
+            in_pem = !line.contains("-----END ");
+            kept.push(REDACTED.to_owned());
+            continue;
+        }
+        if in_pem {
+            in_pem = !line.contains("-----END ");
+            continue;
+        }
+        let line = assignment.replace_all(line, format!("${{1}}{REDACTED}"));
+        let line = bearer.replace_all(&line, format!("${{1}} {REDACTED}"));
+        let line = opaque.replace_all(&line, REDACTED);
+        kept.push(line.chars().take(LOG_LINE_CHARS).collect());
+    }
+    let skip = kept.len().saturating_sub(LOG_LINES);
+    kept.split_off(skip)
+}
+
+/// The record of a Job that ended in `state`, from what was read of its Pod.
+pub fn job_result(job: &str, state: &JobState, evidence: Option<&JobEvidence>) -> JobResult {
+    let (log_tail, note) = match evidence.map(|e| &e.log) {
+        Some(Ok(log)) => (self::log_tail(log), None),
+        Some(Err(error)) => (
+            Vec::new(),
+            Some(format!("the log could not be read: {error}")),
+        ),
+        None => (
+            Vec::new(),
+            Some("the Job's Pod was not found; its log is gone".to_owned()),
+        ),
+    };
+    JobResult {
+        job: job.to_owned(),
+        succeeded: *state == JobState::Succeeded,
+        exit_code: evidence.and_then(|e| e.exit_code),
+        started_at: evidence.and_then(|e| e.started_at).map(Time),
+        finished_at: evidence.and_then(|e| e.finished_at).map(Time),
+        log_tail,
+        note,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_last_lines_cut_to_length() {
+        let log: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        let tail = log_tail(&log);
+        assert_eq!(tail.len(), LOG_LINES);
+        assert_eq!(tail[0], "line 20");
+        assert_eq!(tail[LOG_LINES - 1], "line 29");
+        let long = log_tail(&"x ".repeat(500));
+        assert_eq!(long[0].chars().count(), LOG_LINE_CHARS);
+    }
+
+    #[test]
+    fn secrets_never_reach_the_record() {
+        let log = "\
+connecting to 10.0.0.7
+export DB_PASSWORD=hunter2 and token: abc123
+curl -H 'Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig'
+-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACDdvPvG
+-----END OPENSSH PRIVATE KEY-----
+cert data MIIDXTCCAkWgAwIBAgIJAKoK/heBjcOuMA0GCSqGSIb3DQEBBQUAMEUxCzAJBgNV
+E: Version '1.35.2-1.1' for 'kubeadm' was not found
+";
+        let tail = log_tail(log).join("\n");
+        for secret in [
+            "hunter2",
+            "abc123",
+            "eyJhbGci",
+            "b3BlbnNzaC1rZXkt",
+            "QyNTUxOQ",
+            "MIIDXTCC",
+        ] {
+            assert!(!tail.contains(secret), "{secret} leaked into\n{tail}");
+        }
+        assert!(tail.contains("DB_PASSWORD=[redacted]"), "{tail}");
+        assert!(tail.contains("connecting to 10.0.0.7"));
+        assert!(
+            tail.contains("for 'kubeadm' was not found"),
+            "the cause survives"
+        );
+    }
+
+    #[test]
+    fn a_missing_pod_or_log_is_said() {
+        let failed = JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "".into(),
+        };
+        let gone = job_result("j", &failed, None);
+        assert!(!gone.succeeded && gone.exit_code.is_none());
+        assert!(gone.note.is_some_and(|n| n.contains("not found")));
+        let evidence = JobEvidence {
+            exit_code: Some(1),
+            started_at: None,
+            finished_at: None,
+            log: Err("403 Forbidden".into()),
+        };
+        let unread = job_result("j", &failed, Some(&evidence));
+        assert_eq!(unread.exit_code, Some(1));
+        assert!(unread.note.is_some_and(|n| n.contains("403")));
+    }
+}
