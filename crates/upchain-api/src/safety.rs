@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::KubeSchema;
 use kube::core::Duration;
 use serde::{Deserialize, Serialize};
@@ -53,6 +54,14 @@ pub struct GatesSpec {
     /// with fewer updated replicas than available ones (10% tolerance, for autoscaling).
     #[serde(default = "default_true")]
     pub workloads: bool,
+
+    /// Your own checks: a CEL expression over objects of any kind, evaluated before the
+    /// run and again before every node. A check that fails for longer than its timeout
+    /// blocks the run with its name, the object and what the expression returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("every health check needs its own name"))]
+    pub health_checks: Vec<HealthCheck>,
 }
 
 impl Default for GatesSpec {
@@ -64,8 +73,58 @@ impl Default for GatesSpec {
             compatibility: CompatibilityGate::default(),
             helm: false,
             workloads: true,
+            health_checks: Vec::new(),
         }
     }
+}
+
+/// A check of your own: every object it selects must make `expression` true.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.objectName) && has(self.selector))").message("a health check selects by objectName or by selector, not both"))]
+pub struct HealthCheck {
+    /// The check's name, as status, Events and blocked reasons show it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// apiVersion of the objects, such as `v1`, `apps/v1` or `ceph.rook.io/v1`.
+    #[schemars(length(min = 1, max = 253))]
+    pub api_version: String,
+    /// Kind of the objects, such as `Node`, `Deployment` or `CephCluster`.
+    #[schemars(length(min = 1, max = 63))]
+    pub kind: String,
+    /// Namespace of the objects; every namespace when unset (ignored for cluster-scoped
+    /// kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// One object by name. With neither this nor `selector`, every object of the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub object_name: Option<String>,
+    /// The objects whose labels match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// A CEL expression over the object, bound to `self`, that is true when it is
+    /// healthy, such as `self.status.ceph.health == 'HEALTH_OK'`. At least one object
+    /// must be selected.
+    #[schemars(length(min = 1, max = 2048))]
+    pub expression: String,
+    /// How long the check may fail before the run is Blocked; until then the next node
+    /// waits (a storage cluster recovering after a node came back, say).
+    #[serde(default = "default_health_check_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub timeout: Duration,
+}
+
+fn default_health_check_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(10 * 60))
 }
 
 fn default_quiet_period() -> Duration {

@@ -78,6 +78,11 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts_waiting_since: Option<Time>,
 
+    /// Since when a health check has been failing (each blocks the run once its own
+    /// timeout has passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_checks_failing_since: Option<Time>,
+
     /// When the maintenance window next opens, while the run waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_window_at: Option<Time>,

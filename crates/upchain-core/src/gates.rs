@@ -16,7 +16,7 @@ use crate::version::KubeVersion;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// The gate's name, as `upchain check` prints it.
-    pub gate: &'static str,
+    pub gate: String,
     /// What the gate looked at, in a few words.
     pub evidence: String,
     /// Why it refuses; empty when it passes.
@@ -48,6 +48,8 @@ pub struct GateInputs {
     pub deployments: Option<Source<Vec<ObservedDeployment>>>,
     /// What the node Jobs need and is missing (namespace, script ConfigMap, SSH Secret).
     pub runner_missing: Option<Vec<String>>,
+    /// The objects each health check selected.
+    pub health_checks: Option<crate::health::HealthInputs>,
 }
 
 /// An alert from Prometheus's `/api/v1/alerts`.
@@ -249,9 +251,9 @@ pub fn image_tag(image: &str) -> Option<&str> {
     name.split_once(':').map(|(_, tag)| tag)
 }
 
-fn verdict(gate: &'static str, evidence: String, reasons: Vec<String>) -> Verdict {
+fn verdict(gate: &str, evidence: String, reasons: Vec<String>) -> Verdict {
     Verdict {
-        gate,
+        gate: gate.to_owned(),
         evidence,
         reasons,
     }

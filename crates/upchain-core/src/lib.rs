@@ -9,6 +9,7 @@ pub mod drain;
 pub mod evidence;
 pub mod gates;
 pub mod gauges;
+pub mod health;
 pub mod job;
 pub mod machine;
 pub mod observe;

@@ -219,6 +219,8 @@ pub struct Needs {
     pub preflight: bool,
     /// Prometheus alerts (before each node).
     pub alerts: bool,
+    /// The objects the health checks select (before the run and before each node).
+    pub health_checks: bool,
     /// The snapshot CronJob and Job.
     pub snapshot: bool,
     /// The postflight's inputs.
@@ -242,6 +244,9 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
         preflight,
         alerts: spec.gates.prometheus.is_some()
             && (preflight || at_boundary || status.phase == Some(Phase::Postflight)),
+        health_checks: !spec.gates.health_checks.is_empty()
+            && !spec.paused
+            && (preflight || at_boundary),
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
     }
@@ -477,6 +482,9 @@ impl<'a> Machine<'a> {
                 return self.refuse("InvalidSpec", format!("spec.targetVersion: {error}"));
             }
         };
+        if let Err(error) = crate::health::validate(&self.spec.gates.health_checks) {
+            return self.refuse("InvalidSpec", error);
+        }
         let plan = match plan(target, &self.spec.nodes, &self.observed.nodes) {
             Ok(plan) => plan,
             Err(error) => return self.refuse("VersionPolicy", error.to_string()),
@@ -521,9 +529,33 @@ impl<'a> Machine<'a> {
         // Before the run's first node every gate applies; between nodes, the node gate and
         // (waited out for a while first) the alert gate.
         let first = self.status.nodes.is_empty() && self.status.upgraded_nodes.is_empty();
+        if !self.gate_sources_read() {
+            // A node finished within this decision and the next one's checks were not
+            // read for it: look again at once, with them.
+            self.requeue_within(Duration::ZERO);
+            return self.note("ReadingChecks", "reading the checks before the next node");
+        }
         let verdicts = self.gate_verdicts(first, &plan);
         self.record_gates(&verdicts);
         let mut reasons = gates::reasons(&verdicts);
+        if let Some(waiting) = self.health_checks(&mut reasons) {
+            self.requeue_within(self.recheck_interval().min(waiting));
+            let failing: Vec<String> = self
+                .status
+                .gates
+                .iter()
+                .filter(|g| g.name.starts_with("healthCheck/") && !g.passed)
+                .map(|g| g.name.clone())
+                .collect();
+            return self.note(
+                "WaitingForHealthChecks",
+                format!(
+                    "the next node waits for {} to pass (the run is Blocked once a check's \
+                     timeout has passed)",
+                    failing.join(", ")
+                ),
+            );
+        }
         if !first && let Some(alerts) = gates::alerts(&self.spec.gates, &self.observed.gates) {
             self.record_gates(std::slice::from_ref(&alerts));
             if alerts.passed() {
@@ -594,6 +626,59 @@ impl<'a> Machine<'a> {
         }
         self.unblock();
         self.start_batch(&plan);
+    }
+
+    /// True when every configured check that reads a source outside the API (alerts,
+    /// health checks) had its source read for this decision.
+    fn gate_sources_read(&self) -> bool {
+        let gates = &self.observed.gates;
+        (self.spec.gates.prometheus.is_none() || gates.alerts.is_some())
+            && (self.spec.gates.health_checks.is_empty() || gates.health_checks.is_some())
+    }
+
+    /// Judges the health checks: a failing one adds its reasons once its timeout has
+    /// passed (or at once when something else already refuses); until then the run waits,
+    /// and this returns how long until the first timeout.
+    fn health_checks(&mut self, reasons: &mut Vec<String>) -> Option<Duration> {
+        let inputs = self.observed.gates.health_checks.as_ref()?;
+        let mut verdicts = Vec::new();
+        let mut overdue = Vec::new();
+        let mut pending = Vec::new();
+        let since = self
+            .status
+            .health_checks_failing_since
+            .clone()
+            .unwrap_or(Time(self.now));
+        let waited = self.elapsed(&since);
+        let blocked = self.status.phase == Some(Phase::Blocked) || !reasons.is_empty();
+        for (index, check) in self.spec.gates.health_checks.iter().enumerate() {
+            let Some(objects) = inputs.get(&check.name) else {
+                continue;
+            };
+            let verdict = crate::health::verdict(index, check, objects);
+            let timeout = Duration::from(check.timeout);
+            if !verdict.passed() {
+                if blocked || waited >= timeout {
+                    overdue.extend(verdict.reasons.iter().cloned());
+                } else {
+                    pending.push((timeout - waited, verdict.reasons.clone()));
+                }
+            }
+            verdicts.push(verdict);
+        }
+        self.record_gates(&verdicts);
+        if overdue.is_empty() && pending.is_empty() {
+            self.status.health_checks_failing_since = None;
+            return None;
+        }
+        self.status.health_checks_failing_since = Some(since);
+        reasons.extend(overdue);
+        if !reasons.is_empty() {
+            // Blocked anyway: list every failing check.
+            reasons.extend(pending.into_iter().flat_map(|(_, r)| r));
+            return None;
+        }
+        pending.iter().map(|(left, _)| *left).min()
     }
 
     /// Before a run's first node every preflight gate; between nodes the node gate.

@@ -84,8 +84,18 @@ impl World {
         }
     }
 
-    /// What the operator would observe, given the status it is about to decide from.
-    fn observe(&self, status: Option<&K8sUpgradeStatus>) -> Observed {
+    /// What the operator would observe, given the K8sUpgrade it is about to decide from:
+    /// sources outside the API only as far as `needs` asks for them.
+    fn observe(&self, upgrade: &K8sUpgrade) -> Observed {
+        let status = upgrade.status.as_ref();
+        let needs = crate::needs(upgrade);
+        let mut gates = self.gates.clone();
+        if !needs.alerts {
+            gates.alerts = None;
+        }
+        if !needs.health_checks {
+            gates.health_checks = None;
+        }
         let draining: Vec<&str> = status
             .map(|s| {
                 s.nodes
@@ -131,7 +141,7 @@ impl World {
             others: self.others.clone(),
             budgets: self.budgets.clone(),
             operator_pod: None,
-            gates: self.gates.clone(),
+            gates,
             snapshot: Some(crate::snapshot::SnapshotInputs {
                 template: self.snapshot_template.clone(),
                 job: status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
@@ -275,7 +285,7 @@ impl Run {
 
     fn decide_once(&mut self) -> Decision {
         let now = at(self.world.clock);
-        let observed = self.world.observe(self.upgrade.status.as_ref());
+        let observed = self.world.observe(&self.upgrade);
         let decision = decide(&self.upgrade, &observed, now);
         check_invariants(&self.upgrade, &self.world, &decision);
         check_idempotent(&self.upgrade, &observed, now, &decision);
@@ -808,12 +818,12 @@ fn finalizer_waits_for_a_running_job_then_uncordons() {
     while run.status().nodes[0].step != NodeStep::Upgrading {
         run.decide_once();
     }
-    let observed = run.world.observe(run.upgrade.status.as_ref());
+    let observed = run.world.observe(&run.upgrade);
     let waiting = finalize(&run.upgrade, &observed);
     assert_eq!(waiting.waiting_for_jobs.len(), 1);
     assert!(waiting.actions.is_empty(), "no uncordon while the Job runs");
     run.world.tick(10);
-    let observed = run.world.observe(run.upgrade.status.as_ref());
+    let observed = run.world.observe(&run.upgrade);
     let release = finalize(&run.upgrade, &observed);
     assert!(release.can_let_go());
     let job = run.status().nodes[0].job.clone().expect("job");
@@ -827,7 +837,7 @@ fn finalizer_waits_for_a_running_job_then_uncordons() {
         ]
     );
     run.world.apply(&release.actions);
-    let observed = run.world.observe(run.upgrade.status.as_ref());
+    let observed = run.world.observe(&run.upgrade);
     assert_eq!(finalize(&run.upgrade, &observed), Default::default());
 }
 
@@ -1006,8 +1016,13 @@ fn alerts_between_nodes_are_waited_out_then_block() {
     // Alerts start firing while the first node soaks: the next one waits.
     run.world.gates.alerts = Some(Ok(vec![firing("HighErrorRate")]));
     run.world.tick(60);
+    // The node finishes soaking within a decision whose alerts were not read (the
+    // operator reads them at node boundaries): it looks again at once, with them.
+    let finished = run.decide_once();
+    assert_eq!(finished.status.nodes[0].step, NodeStep::Done);
+    assert_eq!(finished.requeue, Some(std::time::Duration::ZERO));
+    assert_eq!(finished.status.nodes.len(), 1, "no node started unchecked");
     let waiting = run.decide_once();
-    assert_eq!(waiting.status.nodes[0].step, NodeStep::Done);
     assert!(mutating(&waiting.actions).is_empty());
     assert_eq!(
         waiting.status.nodes.len(),
@@ -1387,6 +1402,112 @@ fn every_node_keeps_its_jobs_exit_code_times_and_redacted_log() {
             result.log_tail
         );
     }
+}
+
+fn ceph_check(upgrade: &mut K8sUpgrade, timeout: &str) {
+    upgrade.spec.gates.health_checks = vec![
+        serde_json::from_value(
+            serde_json::json!({"name": "ceph", "apiVersion": "ceph.rook.io/v1",
+            "kind": "CephCluster", "namespace": "rook-ceph",
+            "expression": "self.status.ceph.health == 'HEALTH_OK'", "timeout": timeout}),
+        )
+        .expect("check"),
+    ];
+}
+
+fn ceph_health(world: &mut World, health: &str) {
+    world.gates.health_checks = Some(
+        [(
+            "ceph".to_owned(),
+            Ok(vec![
+                serde_json::json!({"metadata": {"name": "rook-ceph", "namespace": "rook-ceph"},
+                "status": {"ceph": {"health": health}}}),
+            ]),
+        )]
+        .into(),
+    );
+}
+
+#[test]
+fn a_failing_health_check_blocks_before_the_run_and_a_passing_one_lets_it_through() {
+    let mut upgrade = quick("1.35.2");
+    ceph_check(&mut upgrade, "0s");
+    let mut world = World::new(small_cluster());
+    ceph_health(&mut world, "HEALTH_WARN");
+    let mut run = Run::new(upgrade, world);
+    assert_eq!(run.until(5, &[Phase::Blocked]), Phase::Blocked);
+    assert_eq!(
+        run.status().blocked_reasons,
+        ["health check ceph: CephCluster rook-ceph/rook-ceph: \
+          `self.status.ceph.health == 'HEALTH_OK'` is false"]
+    );
+    assert!(
+        run.status()
+            .gates
+            .iter()
+            .any(|g| g.name == "healthCheck/ceph" && !g.passed)
+    );
+    ceph_health(&mut run.world, "HEALTH_OK");
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}
+
+#[test]
+fn between_nodes_a_failing_health_check_is_waited_for_then_blocks() {
+    let mut upgrade = quick("1.35.2");
+    ceph_check(&mut upgrade, "10m");
+    let mut world = World::new(small_cluster());
+    ceph_health(&mut world, "HEALTH_OK");
+    let mut run = Run::new(upgrade, world);
+    // The control plane is done; Ceph is recovering when the next node would start.
+    run.until(200, &[Phase::Workers]);
+    ceph_health(&mut run.world, "HEALTH_WARN");
+    let mut waited = false;
+    for _ in 0..100 {
+        let decision = run.decide_once();
+        let ready = conditions::get(&decision.status.conditions, types::READY).expect("Ready");
+        if ready.reason == "WaitingForHealthChecks" {
+            waited = true;
+            assert!(
+                ready.message.contains("healthCheck/ceph"),
+                "{}",
+                ready.message
+            );
+        }
+        if decision.status.phase == Some(Phase::Blocked) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 60)) as i64);
+    }
+    assert!(waited, "the check was waited for first");
+    assert_eq!(run.status().phase, Some(Phase::Blocked));
+    let active = run
+        .status()
+        .nodes
+        .iter()
+        .filter(|n| n.step.is_active())
+        .count();
+    assert_eq!(active, 0, "no node started while the check failed");
+    ceph_health(&mut run.world, "HEALTH_OK");
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}
+
+#[test]
+fn a_malformed_health_check_expression_is_refused_and_nothing_is_touched() {
+    let mut upgrade = quick("1.35.2");
+    ceph_check(&mut upgrade, "0s");
+    upgrade.spec.gates.health_checks[0].expression = "self.status.ceph.health ==".to_owned();
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    let refused = run.decide_once();
+    assert!(mutating(&refused.actions).is_empty());
+    assert_eq!(refused.status.phase, Some(Phase::Failed));
+    let ready = conditions::get(&refused.status.conditions, types::READY).expect("Ready");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.contains("healthChecks[0] (ceph)"),
+        "{}",
+        ready.message
+    );
 }
 
 #[test]

@@ -42,12 +42,13 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         Needs {
             preflight: true,
             alerts: true,
+            health_checks: true,
             snapshot: false,
             postflight: false,
         },
     )
     .await;
-    let verdicts = upchain_core::gates::preflight(
+    let mut verdicts = upchain_core::gates::preflight(
         &upgrade.spec,
         &nodes,
         &inputs,
@@ -56,6 +57,12 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         &[],
         jiff::Timestamp::now().as_second(),
     );
+    if let Some(objects) = &inputs.health_checks {
+        verdicts.extend(upchain_core::health::verdicts(
+            &upgrade.spec.gates.health_checks,
+            objects,
+        ));
+    }
     let mut text = format!(
         "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade):\n",
         plan.kind.as_str(),

@@ -8,9 +8,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, Secret};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams};
+use kube::core::Selector;
+use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
-use upchain_api::K8sUpgrade;
+use upchain_api::{HealthCheck, K8sUpgrade};
 use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, DeprecatedApi, GateInputs, HelmRelease,
     ObservedDeployment, PostflightInputs, Source, StaticPod,
@@ -59,6 +61,16 @@ pub async fn gate_inputs(
     {
         inputs.alerts = Some(alerts(http, &prometheus.url).await);
     }
+    if needs.health_checks && !gates.health_checks.is_empty() {
+        let mut objects = BTreeMap::new();
+        for check in &gates.health_checks {
+            objects.insert(
+                check.name.clone(),
+                health_check_objects(client, check).await,
+            );
+        }
+        inputs.health_checks = Some(objects);
+    }
     if !needs.preflight {
         return inputs;
     }
@@ -76,6 +88,66 @@ pub async fn gate_inputs(
         inputs.deployments = Some(deployments(client).await);
     }
     inputs
+}
+
+/// The objects a health check selects, found through discovery so that any kind works,
+/// custom resources included. A read that takes longer than [`SOURCE_TIMEOUT`] fails.
+async fn health_check_objects(
+    client: &Client,
+    check: &HealthCheck,
+) -> Source<Vec<serde_json::Value>> {
+    let read = async {
+        let (group, version) = check
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", check.api_version.as_str()));
+        let kind = GroupVersionKind::gvk(group, version, &check.kind);
+        let (resource, capabilities) =
+            kube::discovery::pinned_kind(client, &kind)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{} {} is not served by this cluster ({})",
+                        check.api_version,
+                        check.kind,
+                        describe(&e)
+                    )
+                })?;
+        let api: Api<DynamicObject> = match (&capabilities.scope, &check.namespace) {
+            (Scope::Namespaced, Some(namespace)) => {
+                Api::namespaced_with(client.clone(), namespace, &resource)
+            }
+            _ => Api::all_with(client.clone(), &resource),
+        };
+        let objects = match &check.object_name {
+            Some(name) => api
+                .get_opt(name)
+                .await
+                .map_err(|e| describe(&e))?
+                .into_iter()
+                .collect(),
+            None => {
+                let mut params = ListParams::default();
+                if let Some(selector) = &check.selector {
+                    let selector = Selector::try_from(selector.clone())
+                        .map_err(|e| format!("its selector is invalid: {e}"))?;
+                    params = params.labels_from(&selector);
+                }
+                let mut objects = Vec::new();
+                list_paged(&api, params, |page| objects.extend(page))
+                    .await
+                    .map_err(|e| describe(&e))?;
+                objects
+            }
+        };
+        objects
+            .iter()
+            .map(|o| serde_json::to_value(o).map_err(|e| e.to_string()))
+            .collect()
+    };
+    tokio::time::timeout(SOURCE_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", SOURCE_TIMEOUT.as_secs())))
 }
 
 pub(crate) fn describe(error: &kube::Error) -> String {

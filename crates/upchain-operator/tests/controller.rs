@@ -1430,3 +1430,84 @@ async fn the_drain_preview_names_the_budget_a_drain_waits_on() {
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
     assert_every_node_upgraded(&cluster);
 }
+
+/// A CephCluster custom resource, as Rook serves it, reporting `health`.
+async fn ceph_cluster(client: &Client, health: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "cephclusters.ceph.rook.io"},
+        "spec": {"group": "ceph.rook.io", "scope": "Namespaced",
+            "names": {"kind": "CephCluster", "plural": "cephclusters", "singular": "cephcluster"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .expect("CRD");
+    crds.patch(
+        "cephclusters.ceph.rook.io",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("CRD applied");
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("ceph.rook.io", "v1", "CephCluster"),
+        "cephclusters",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "rook-ceph", &resource);
+    let object = json!({"apiVersion": "ceph.rook.io/v1", "kind": "CephCluster",
+        "metadata": {"name": "rook-ceph", "namespace": "rook-ceph"},
+        "status": {"ceph": {"health": health}}});
+    api.patch(
+        "rook-ceph",
+        &PatchParams::apply("test"),
+        &Patch::Apply(&object),
+    )
+    .await
+    .expect("CephCluster applied");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_cel_health_check_blocks_with_its_reason_and_a_passing_one_lets_the_run_through()
+{
+    let cluster = cluster(1, 2).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "rook-ceph"}})).unwrap(),
+        )
+        .await
+        .expect("namespace");
+    ceph_cluster(&cluster.client, "HEALTH_WARN").await;
+    let check = json!({"name": "ceph", "apiVersion": "ceph.rook.io/v1", "kind": "CephCluster",
+        "namespace": "rook-ceph", "objectName": "rook-ceph",
+        "expression": "self.status.ceph.health == 'HEALTH_OK'", "timeout": "0s"});
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s",
+            "gates": {"healthChecks": [check], "recheckInterval": "5s"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let status = blocked.status.expect("status");
+    assert_eq!(
+        status.blocked_reasons,
+        ["health check ceph: CephCluster rook-ceph/rook-ceph: \
+          `self.status.ceph.health == 'HEALTH_OK'` is false"]
+    );
+    assert!(status.nodes.is_empty());
+    assert_nothing_cordoned(&cluster);
+    ceph_cluster(&cluster.client, "HEALTH_OK").await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert!(
+        done.status
+            .expect("status")
+            .gates
+            .iter()
+            .any(|g| g.name == "healthCheck/ceph" && g.passed)
+    );
+    assert_every_node_upgraded(&cluster);
+}
