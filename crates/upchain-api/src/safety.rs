@@ -62,6 +62,88 @@ pub struct GatesSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("every health check needs its own name"))]
     pub health_checks: Vec<HealthCheck>,
+
+    /// Alertmanager silences for the node in progress, so that its NotReady alerts do not
+    /// page anyone while it is upgraded on purpose. Off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silences: Option<SilencesSpec>,
+}
+
+/// Silences the operator keeps in Alertmanager while a node is worked on: created when the
+/// node starts, extended in short steps while it is in progress (never past `maxDuration`
+/// from the node's start), and expired when it is done. A silence the operator cannot
+/// expire (it was stopped, Alertmanager was down) ends by itself within `extendBy`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.extendBy) <= duration(self.maxDuration)").message("silences.extendBy must not be longer than silences.maxDuration"))]
+pub struct SilencesSpec {
+    /// Base URL of Alertmanager, such as `http://alertmanager-operated.monitoring:9093`.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("gates.silences.alertmanagerUrl must start with http:// or https://"))]
+    pub alertmanager_url: String,
+    /// Which alerts are silenced, besides the node matcher the operator adds. Default:
+    /// `alertname=~KubeNodeNotReady|KubeNodeUnreachable|KubeNodeReadinessFlapping`.
+    #[serde(default = "default_silence_matchers")]
+    #[schemars(length(min = 1, max = 16))]
+    pub matchers: Vec<SilenceMatcher>,
+    /// The alert label that carries the node's name; the silence matches it exactly.
+    #[serde(default = "default_node_label")]
+    #[schemars(length(min = 1, max = 128))]
+    pub node_label: String,
+    /// How far ahead each extension reaches (and so how long a silence outlives an
+    /// operator that stopped).
+    #[serde(default = "default_extend_by")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("silences.extendBy must be at least 1m"))]
+    pub extend_by: Duration,
+    /// A node's silence never reaches past this long after the node started, however
+    /// long the node takes.
+    #[serde(default = "default_max_silence")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub max_duration: Duration,
+}
+
+/// One Alertmanager matcher.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SilenceMatcher {
+    /// The label name.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// The value, or a regular expression when `isRegex`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+    /// `value` is a regular expression.
+    #[serde(default)]
+    pub is_regex: bool,
+}
+
+fn default_silence_matchers() -> Vec<SilenceMatcher> {
+    vec![SilenceMatcher {
+        name: "alertname".to_owned(),
+        value: "KubeNodeNotReady|KubeNodeUnreachable|KubeNodeReadinessFlapping".to_owned(),
+        is_regex: true,
+    }]
+}
+
+fn default_node_label() -> String {
+    "node".to_owned()
+}
+
+fn default_extend_by() -> Duration {
+    Duration::from(std::time::Duration::from_secs(15 * 60))
+}
+
+fn default_max_silence() -> Duration {
+    Duration::from(std::time::Duration::from_secs(2 * 3600))
 }
 
 impl Default for GatesSpec {
@@ -74,6 +156,7 @@ impl Default for GatesSpec {
             helm: false,
             workloads: true,
             health_checks: Vec::new(),
+            silences: None,
         }
     }
 }

@@ -83,6 +83,10 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_checks_failing_since: Option<Time>,
 
+    /// The Alertmanager silences in force for the nodes in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub silences: Vec<SilenceRecord>,
+
     /// When the maintenance window next opens, while the run waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_window_at: Option<Time>,
@@ -375,6 +379,18 @@ pub struct SnapshotRecord {
     /// What happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// A silence the operator keeps in Alertmanager for a node in progress.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SilenceRecord {
+    /// The node it silences.
+    pub node: String,
+    /// Alertmanager's silence ID.
+    pub id: String,
+    /// When it ends unless extended.
+    pub ends_at: Time,
 }
 
 /// One check's verdict, as last evaluated.

@@ -25,7 +25,7 @@ mod tests;
 
 pub use machine::{
     Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock,
-    jobs_awaiting_evidence, needs, nodes_with_jobs_to_read,
+    jobs_awaiting_evidence, needs, nodes_with_jobs_to_read, record_silences,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use upchain_api::{
     APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, K8sUpgrade, K8sUpgradeSpec,
     K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION, RunRecord,
-    SnapshotRecord,
+    SilenceRecord, SnapshotRecord,
 };
 
 use crate::conditions::{self, Desired, types};
@@ -78,6 +78,23 @@ pub enum Action {
     DeleteJob {
         /// The Job, in the runner namespace.
         name: String,
+    },
+    /// Create the node's Alertmanager silence, or extend it (same ID), until `ends_at`;
+    /// the operator records the ID Alertmanager returns in status.silences.
+    Silence {
+        /// The node.
+        node: String,
+        /// The silence to extend; None creates one.
+        id: Option<String>,
+        /// When it is to end.
+        ends_at: Timestamp,
+    },
+    /// Expire the Alertmanager silence of a node no longer in progress.
+    ExpireSilence {
+        /// The node.
+        node: String,
+        /// The silence.
+        id: String,
     },
     /// Record an Event on the K8sUpgrade.
     Event(Event),
@@ -300,6 +317,25 @@ pub fn jobs_awaiting_evidence(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
         .filter(|n| n.step == NodeStep::Upgrading)
         .filter_map(|n| n.job.as_deref())
         .collect()
+}
+
+/// Records in `status` the silences the operator placed in Alertmanager for the decision's
+/// `Action::Silence`s (the ID is Alertmanager's, known only once it answered).
+pub fn record_silences(status: &mut K8sUpgradeStatus, placed: Vec<SilenceRecord>) {
+    for record in placed {
+        // A node that left progress within the decision keeps no record.
+        if !status
+            .nodes
+            .iter()
+            .any(|n| n.name == record.node && n.step.is_active())
+        {
+            continue;
+        }
+        match status.silences.iter_mut().find(|s| s.node == record.node) {
+            Some(existing) => *existing = record,
+            None => status.silences.push(record),
+        }
+    }
 }
 
 /// Decides the next status and actions for `upgrade` given what was observed at `now`.
@@ -1575,8 +1611,81 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Keeps one Alertmanager silence per node in progress: created when the node starts,
+    /// extended by `extendBy` once half of it is used (never past `maxDuration` from the
+    /// node's start), and expired once the node is no longer in progress.
+    fn silences(&mut self) {
+        let spec = self.spec.gates.silences.as_ref();
+        let active: Vec<(String, Timestamp)> = self
+            .status
+            .nodes
+            .iter()
+            .filter(|n| n.step.is_active() && spec.is_some())
+            .map(|n| (n.name.clone(), n.started_at.0))
+            .collect();
+        let (kept, ended): (Vec<SilenceRecord>, Vec<SilenceRecord>) =
+            std::mem::take(&mut self.status.silences)
+                .into_iter()
+                .partition(|r| active.iter().any(|(node, _)| *node == r.node));
+        self.status.silences = kept;
+        for record in ended {
+            self.node_event(
+                false,
+                "SilenceExpired",
+                &record.node,
+                format!(
+                    "expiring the Alertmanager silence {} of {}, which is no longer in progress",
+                    record.id, record.node
+                ),
+            );
+            self.act(Action::ExpireSilence {
+                node: record.node,
+                id: record.id,
+            });
+        }
+        let Some(spec) = spec else {
+            return;
+        };
+        let extend_by = Duration::from(spec.extend_by);
+        let step = jiff::SignedDuration::try_from(extend_by).unwrap_or_default();
+        let cap =
+            jiff::SignedDuration::try_from(Duration::from(spec.max_duration)).unwrap_or_default();
+        for (node, started) in active {
+            let hard_end = started.saturating_add(cap).unwrap_or(started);
+            let wanted = self
+                .now
+                .saturating_add(step)
+                .unwrap_or(self.now)
+                .min(hard_end);
+            let record = self
+                .status
+                .silences
+                .iter()
+                .find(|r| r.node == node)
+                .cloned();
+            let left = record.as_ref().map_or(Duration::ZERO, |r| {
+                Duration::try_from(r.ends_at.0.duration_since(self.now)).unwrap_or_default()
+            });
+            if left > extend_by / 2 {
+                self.requeue_within(left - extend_by / 2);
+                continue;
+            }
+            if wanted <= record.as_ref().map_or(self.now, |r| r.ends_at.0) {
+                continue; // at its cap: the silence ends on its own
+            }
+            // The operator says so in an Event once Alertmanager answered with the ID.
+            self.act(Action::Silence {
+                node,
+                id: record.map(|r| r.id),
+                ends_at: wanted,
+            });
+            self.requeue_within(extend_by / 2);
+        }
+    }
+
     /// Fills in what is derived from the rest: conditions, summary columns, requeue.
     fn finish(mut self, previous: &K8sUpgradeStatus) -> Decision {
+        self.silences();
         fold_done_records(&mut self.status);
         let generation = self.upgrade.metadata.generation;
         self.status.observed_generation = generation;
@@ -1816,6 +1925,22 @@ pub fn finalize(upgrade: &K8sUpgrade, observed: &Observed) -> Finalization {
             .filter(|job| job.state != JobState::Running)
             .map(|job| Action::DeleteJob {
                 name: job.name.clone(),
+            }),
+    );
+    // A node whose Job still runs keeps its silence until it lapses.
+    finalization.actions.extend(
+        status
+            .silences
+            .iter()
+            .filter(|s| {
+                !status
+                    .nodes
+                    .iter()
+                    .any(|r| r.name == s.node && job_running(r))
+            })
+            .map(|s| Action::ExpireSilence {
+                node: s.node.clone(),
+                id: s.id.clone(),
             }),
     );
     finalization

@@ -53,6 +53,17 @@ struct World {
     snapshot_outcome: Option<JobState>,
     /// PodDisruptionBudgets: one that allows no disruption refuses evictions it covers.
     budgets: Vec<ObservedBudget>,
+    /// Alertmanager's silences, by ID.
+    silences: BTreeMap<String, ModelSilence>,
+}
+
+/// A silence in the model's Alertmanager; times in seconds on the world's clock.
+#[derive(Clone, Debug)]
+struct ModelSilence {
+    node: String,
+    created: i64,
+    ends_at: i64,
+    extensions: u32,
 }
 
 impl World {
@@ -81,6 +92,7 @@ impl World {
             snapshot_jobs: BTreeMap::new(),
             snapshot_outcome: Some(JobState::Succeeded),
             budgets: Vec::new(),
+            silences: BTreeMap::new(),
         }
     }
 
@@ -163,9 +175,40 @@ impl World {
             .expect("node exists")
     }
 
-    fn apply(&mut self, actions: &[Action]) {
+    /// Carries out `actions`; returns the silences placed, as the operator records them.
+    fn apply(&mut self, actions: &[Action]) -> Vec<upchain_api::SilenceRecord> {
+        let mut placed = Vec::new();
         for action in actions {
             match action {
+                Action::Silence { node, id, ends_at } => {
+                    let now = self.clock;
+                    let live = id
+                        .as_ref()
+                        .filter(|id| self.silences.get(*id).is_some_and(|s| s.ends_at > now));
+                    let id = match live {
+                        Some(id) => id.clone(),
+                        None => format!("silence-{}", self.silences.len() + 1),
+                    };
+                    let silence = self.silences.entry(id.clone()).or_insert(ModelSilence {
+                        node: node.clone(),
+                        created: now,
+                        ends_at: 0,
+                        extensions: 0,
+                    });
+                    silence.ends_at = ends_at.as_second() - at(0).as_second();
+                    silence.extensions += 1;
+                    placed.push(upchain_api::SilenceRecord {
+                        node: node.clone(),
+                        id,
+                        ends_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(*ends_at),
+                    });
+                }
+                Action::ExpireSilence { id, .. } => {
+                    let now = self.clock;
+                    if let Some(silence) = self.silences.get_mut(id) {
+                        silence.ends_at = silence.ends_at.min(now);
+                    }
+                }
                 Action::Cordon { node } => self.node_mut(node).unschedulable = true,
                 Action::Uncordon { node } => self.node_mut(node).unschedulable = false,
                 Action::Evict { node, pods, .. } => {
@@ -225,6 +268,7 @@ impl World {
                 Action::Event(_) | Action::Notify(_) => {}
             }
         }
+        placed
     }
 
     /// Time passes: running Jobs finish, upgrading their node (or failing).
@@ -289,8 +333,10 @@ impl Run {
         let decision = decide(&self.upgrade, &observed, now);
         check_invariants(&self.upgrade, &self.world, &decision);
         check_idempotent(&self.upgrade, &observed, now, &decision);
-        self.world.apply(&decision.actions);
-        self.upgrade.status = Some(decision.status.clone());
+        let placed = self.world.apply(&decision.actions);
+        let mut status = decision.status.clone();
+        crate::record_silences(&mut status, placed);
+        self.upgrade.status = Some(status);
         self.decisions += 1;
         decision
     }
@@ -836,7 +882,7 @@ fn finalizer_waits_for_a_running_job_then_uncordons() {
             Action::DeleteJob { name: job }
         ]
     );
-    run.world.apply(&release.actions);
+    let _ = run.world.apply(&release.actions);
     let observed = run.world.observe(&run.upgrade);
     assert_eq!(finalize(&run.upgrade, &observed), Default::default());
 }
@@ -1507,6 +1553,100 @@ fn a_malformed_health_check_expression_is_refused_and_nothing_is_touched() {
         ready.message.contains("healthChecks[0] (ceph)"),
         "{}",
         ready.message
+    );
+}
+
+fn with_silences(mut upgrade: K8sUpgrade, extend_by: &str, cap: &str) -> K8sUpgrade {
+    upgrade.spec.gates.silences = Some(
+        serde_json::from_value(
+            serde_json::json!({"alertmanagerUrl": "http://alertmanager:9093",
+            "extendBy": extend_by, "maxDuration": cap}),
+        )
+        .expect("silences"),
+    );
+    upgrade
+}
+
+/// Decides until `phase`, checking at every instant that no silence reaches further than
+/// `extend_by` ahead (what an operator killed then would leave) nor past its node's cap.
+fn run_checking_silences(run: &mut Run, phase: Phase, extend_by: i64, cap: i64) {
+    for _ in 0..2000 {
+        let decision = run.decide_once();
+        let now = run.world.clock;
+        for silence in run.world.silences.values() {
+            assert!(silence.ends_at <= now + extend_by, "{silence:?} at {now}");
+            let record = run
+                .status()
+                .nodes
+                .iter()
+                .find(|n| n.name == silence.node)
+                .expect("a silenced node has a record");
+            let started = record.started_at.0.as_second() - at(0).as_second();
+            assert!(silence.ends_at <= started + cap, "{silence:?} past its cap");
+            assert!(silence.created >= started);
+        }
+        if decision.status.phase == Some(phase) {
+            return;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 120)) as i64);
+    }
+    panic!("never reached {phase:?}");
+}
+
+#[test]
+fn each_node_in_progress_is_silenced_and_its_silence_ends_when_it_is_done() {
+    let mut run = Run::new(
+        with_silences(quick("1.35.2"), "5m", "30m"),
+        World::new(small_cluster()),
+    );
+    run_checking_silences(&mut run, Phase::Succeeded, 300, 1800);
+    let status = run.status().clone();
+    assert!(status.silences.is_empty(), "{:?}", status.silences);
+    let silenced: BTreeSet<&str> = run
+        .world
+        .silences
+        .values()
+        .map(|s| s.node.as_str())
+        .collect();
+    assert_eq!(silenced, BTreeSet::from(["cp-0", "w-1", "w-3"]));
+    for silence in run.world.silences.values() {
+        let record = status
+            .nodes
+            .iter()
+            .find(|n| n.name == silence.node)
+            .expect("record");
+        let finished = record.finished_at.as_ref().expect("done").0.as_second() - at(0).as_second();
+        assert!(
+            silence.ends_at <= finished,
+            "{silence:?} outlived its node, done at {finished}"
+        );
+    }
+}
+
+#[test]
+fn a_silence_is_extended_in_steps_and_never_past_its_cap() {
+    let mut world = World::new(small_cluster());
+    world.never_return.insert("cp-0".to_owned());
+    let mut run = Run::new(with_silences(quick("1.35.2"), "5m", "20m"), world);
+    // cp-0 never comes back: it fails after rejoinTimeout (30m), long past the 20m cap.
+    run_checking_silences(&mut run, Phase::Failed, 300, 1200);
+    let silence = run
+        .world
+        .silences
+        .values()
+        .find(|s| s.node == "cp-0")
+        .expect("silenced");
+    assert!(silence.extensions >= 4, "{silence:?}");
+    let started = run.status().nodes[0].started_at.0.as_second() - at(0).as_second();
+    assert_eq!(
+        silence.ends_at,
+        started + 1200,
+        "it ran to its cap and stopped"
+    );
+    assert!(
+        run.status().silences.is_empty(),
+        "a failed node is not silenced"
     );
 }
 

@@ -19,8 +19,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 use upchain_api::{
-    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, NodeStep, UPGRADE_ANNOTATION, UPGRADE_LABEL,
-    UPGRADE_UID_ANNOTATION,
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, NodeStep, SilenceRecord, UPGRADE_ANNOTATION,
+    UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
 use upchain_core::evidence::{self, JobEvidence};
 use upchain_core::job::bounded_name;
@@ -199,7 +199,15 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
                 ctx.lock_released.send(()).ok();
             }
         }
-        carry_out(&upgrade, &decision.actions, ctx).await?;
+        let placed = carry_out(&upgrade, &decision.actions, ctx).await?;
+        if !placed.is_empty() {
+            // The silences' IDs are Alertmanager's: on record once it answered.
+            let mut status = decision.status.clone();
+            upchain_core::record_silences(&mut status, placed);
+            if status != decision.status {
+                write_status(&upgrade, &status, ctx).await?;
+            }
+        }
         Ok(decision
             .requeue
             .map_or_else(Requeue::await_change, |after| {
@@ -515,8 +523,13 @@ async fn evict(ctx: &Context, key: String, grace_period_seconds: Option<i64>) ->
     Ok(())
 }
 
-/// Carries out the decision's actions in order.
-async fn carry_out(upgrade: &K8sUpgrade, actions: &[Action], ctx: &Context) -> Result<(), Error> {
+/// Carries out the decision's actions in order; returns the Alertmanager silences placed.
+async fn carry_out(
+    upgrade: &K8sUpgrade,
+    actions: &[Action],
+    ctx: &Context,
+) -> Result<Vec<SilenceRecord>, Error> {
+    let mut placed = Vec::new();
     for action in actions {
         match action {
             Action::Cordon { node } => set_unschedulable(ctx, node, true).await?,
@@ -569,11 +582,88 @@ async fn carry_out(upgrade: &K8sUpgrade, actions: &[Action], ctx: &Context) -> R
                     Err(error) => return Err(kube_error(format!("deleting Job {name}"))(error)),
                 }
             }
+            Action::Silence { node, id, ends_at } => {
+                if let Some(record) = silence(upgrade, node, id.as_deref(), *ends_at, ctx).await {
+                    placed.push(record);
+                }
+            }
+            Action::ExpireSilence { node, id } => {
+                let Some(spec) = &upgrade.spec.gates.silences else {
+                    continue;
+                };
+                if let Err(error) = crate::silences::expire(&ctx.http, spec, id).await {
+                    silence_failed(upgrade, node, &error, ctx).await;
+                }
+            }
             Action::Event(event) => publish(upgrade, event, ctx).await,
             Action::Notify(notification) => notify(upgrade, notification, ctx).await,
         }
     }
-    Ok(())
+    Ok(placed)
+}
+
+/// Creates or extends a node's silence. Best effort, like notifications: an Alertmanager
+/// that cannot be reached costs a Warning Event, not the upgrade.
+async fn silence(
+    upgrade: &K8sUpgrade,
+    node: &str,
+    id: Option<&str>,
+    ends_at: jiff::Timestamp,
+    ctx: &Context,
+) -> Option<SilenceRecord> {
+    let spec = upgrade.spec.gates.silences.as_ref()?;
+    match crate::silences::put(&ctx.http, spec, &upgrade.name_any(), node, id, ends_at).await {
+        Ok(new_id) => {
+            info!(node, id = new_id, %ends_at, "node alerts silenced");
+            if id != Some(new_id.as_str()) {
+                let event = upchain_core::Event {
+                    warning: false,
+                    reason: "Silenced",
+                    message: format!(
+                        "silenced {node}'s node alerts in Alertmanager (silence {new_id}) while \
+                         it is upgraded: extended in steps of {}, never more than {} after the \
+                         node started, expired when it is done",
+                        human(spec.extend_by),
+                        human(spec.max_duration),
+                    ),
+                    node: Some(node.to_owned()),
+                };
+                publish(upgrade, &event, ctx).await;
+            }
+            let id = new_id;
+            Some(SilenceRecord {
+                node: node.to_owned(),
+                id,
+                ends_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ends_at),
+            })
+        }
+        Err(error) => {
+            silence_failed(upgrade, node, &error, ctx).await;
+            None
+        }
+    }
+}
+
+/// A spec duration as a person writes it, such as `15m`.
+fn human(duration: kube::core::Duration) -> String {
+    let seconds = std::time::Duration::from(duration).as_secs();
+    upchain_core::gates::human(i64::try_from(seconds).unwrap_or(i64::MAX))
+}
+
+async fn silence_failed(
+    upgrade: &K8sUpgrade,
+    node: &str,
+    error: &crate::silences::SilenceError,
+    ctx: &Context,
+) {
+    warn!(node, %error, "Alertmanager silence");
+    let event = upchain_core::Event {
+        warning: true,
+        reason: "SilenceFailed",
+        message: error.to_string(),
+        node: Some(node.to_owned()),
+    };
+    publish(upgrade, &event, ctx).await;
 }
 
 /// Notifications are best effort: a failure is logged and counted, never fatal. The

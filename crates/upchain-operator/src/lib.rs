@@ -7,3 +7,4 @@ pub mod gather;
 pub mod install;
 pub mod metrics;
 pub mod notify;
+pub mod silences;

@@ -241,6 +241,11 @@ impl Sim {
         format!("{}/prometheus", self.url())
     }
 
+    /// Base URL of the simulated Alertmanager (its silences API is under `/api/v2`).
+    pub fn alertmanager_url(&self) -> String {
+        format!("{}/alertmanager", self.url())
+    }
+
     /// URL of the simulated Slack-compatible webhook.
     pub fn webhook_url(&self) -> String {
         format!("{}/webhook", self.url())
