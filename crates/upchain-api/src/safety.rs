@@ -340,6 +340,56 @@ fn default_snapshot_timeout() -> Duration {
     Duration::from(std::time::Duration::from_secs(15 * 60))
 }
 
+/// Jobs run once per run: `pre` before the first node is touched (after the gates and
+/// the snapshot), `post` after the postflight passed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksSpec {
+    /// Runs before the first node. Its failure blocks the run (nothing was touched); it is
+    /// retried every gates.recheckInterval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<HookSpec>,
+    /// Runs after the postflight passed. Its failure fails the run with the hook's reason;
+    /// a new value of the `upchain.dev/retry` annotation runs it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<HookSpec>,
+}
+
+/// A Job to run once, from a template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HookSpec {
+    /// Namespace the Job is created in.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// A batch/v1 JobTemplateSpec (`metadata` and `spec`, as in a CronJob's
+    /// `jobTemplate`). It is checked when the hook is due; one that is not a valid
+    /// template fails the spec with the reason.
+    #[schemars(schema_with = "free_form_object")]
+    pub template: serde_json::Value,
+    /// How long the Job may run before it counts as failed.
+    #[serde(default = "default_hook_timeout")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from(std::time::Duration::from_secs(30 * 60))
+}
+
+/// An object whose fields the API server keeps as given: a Job template's full schema
+/// would add hundreds of kilobytes to the CRD.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
 /// When nodes may be started. A node already in progress is finished outside it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -4,7 +4,7 @@ use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{GatesSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, WindowSpec};
+use crate::{GatesSpec, HooksSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, WindowSpec};
 
 /// Label kubeadm puts on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
@@ -111,6 +111,10 @@ pub struct K8sUpgradeSpec {
     /// (another target, a node added or upgraded by hand) needs a new approval.
     #[serde(default)]
     pub approval: Approval,
+
+    /// Jobs run once before the first node (`pre`) and once after the postflight (`post`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSpec>,
 }
 
 /// Whether a run waits for a person to approve its plan.

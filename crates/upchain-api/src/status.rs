@@ -95,6 +95,10 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
 
+    /// This run's hook Jobs (spec.hooks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+
     /// The nodes still to upgrade, in order, as last computed from the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedNode>,
@@ -376,6 +380,48 @@ pub struct SnapshotRecord {
     /// recheck interval under the next number.
     #[serde(default)]
     pub attempt: i32,
+    /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Which hook.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum HookKind {
+    /// Before the first node.
+    Pre,
+    /// After the postflight.
+    Post,
+}
+
+impl HookKind {
+    /// Lowercase name, as in Job names and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Pre => "pre",
+            HookKind::Post => "post",
+        }
+    }
+}
+
+/// A hook Job of this run.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookRecord {
+    /// Pre or Post.
+    pub kind: HookKind,
+    /// The Job (namespace/name).
+    pub job: String,
+    /// 1 for the first Job; a retried hook runs under the next number.
+    pub attempt: i32,
+    /// When it started.
+    pub started_at: Time,
+    /// When it finished (or was given up on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// True once the Job succeeded.
+    #[serde(default)]
+    pub succeeded: bool,
     /// What happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

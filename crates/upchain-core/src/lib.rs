@@ -10,6 +10,7 @@ pub mod evidence;
 pub mod gates;
 pub mod gauges;
 pub mod health;
+pub mod hooks;
 pub mod job;
 pub mod machine;
 pub mod observe;

@@ -13,9 +13,9 @@ use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use upchain_api::{
-    APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, K8sUpgrade, K8sUpgradeSpec,
-    K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION, RunRecord,
-    SilenceRecord, SnapshotRecord,
+    APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, HookKind, HookRecord, K8sUpgrade,
+    K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION,
+    RunRecord, SilenceRecord, SnapshotRecord,
 };
 
 use crate::conditions::{self, Desired, types};
@@ -131,7 +131,7 @@ impl NotifyKind {
             "RunStarted" => Some(Self::Started),
             "Blocked" => Some(Self::Blocked),
             "Stalled" => Some(Self::Stalled),
-            "NodeFailed" | "InvalidSpec" | "VersionPolicy" => Some(Self::Failed),
+            "NodeFailed" | "InvalidSpec" | "VersionPolicy" | "HookFailed" => Some(Self::Failed),
             "Succeeded" => Some(Self::Succeeded),
             _ => None,
         }
@@ -242,6 +242,8 @@ pub struct Needs {
     pub snapshot: bool,
     /// The postflight's inputs.
     pub postflight: bool,
+    /// The hook Jobs in progress (status.hooks).
+    pub hooks: bool,
 }
 
 /// What to gather for `upgrade`, from its spec and last status: sources the gates read
@@ -266,6 +268,7 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
             && (preflight || at_boundary),
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
+        hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
     }
 }
 
@@ -365,6 +368,15 @@ pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Deci
         }
     }
     machine.finish(&previous)
+}
+
+/// Whether a hook lets the run go on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HookProgress {
+    /// It succeeded, or there is none.
+    Done,
+    /// It runs, or failed: the step said so.
+    Waiting,
 }
 
 /// Why the run is where it is, for the conditions.
@@ -521,6 +533,13 @@ impl<'a> Machine<'a> {
         if let Err(error) = crate::health::validate(&self.spec.gates.health_checks) {
             return self.refuse("InvalidSpec", error);
         }
+        for kind in [HookKind::Pre, HookKind::Post] {
+            if let Some(Err(error)) = crate::hooks::hook(self.spec.hooks.as_ref(), kind)
+                .map(|h| crate::hooks::template(h, kind))
+            {
+                return self.refuse("InvalidSpec", error);
+            }
+        }
         let plan = match plan(target, &self.spec.nodes, &self.observed.nodes) {
             Ok(plan) => plan,
             Err(error) => return self.refuse("VersionPolicy", error.to_string()),
@@ -659,6 +678,9 @@ impl<'a> Machine<'a> {
         }
         if first && self.spec.snapshot.is_some() && !self.snapshot_verified() {
             return self.snapshot();
+        }
+        if first && self.hook(HookKind::Pre) == HookProgress::Waiting {
+            return;
         }
         self.unblock();
         self.start_batch(&plan);
@@ -823,6 +845,15 @@ impl<'a> Machine<'a> {
         self.status.blocked_reasons.clear();
     }
 
+    /// How long a failed one-off Job (snapshot, pre-run hook) waits before its next
+    /// attempt, counted from when it failed; None once the recheck interval has passed.
+    fn retry_wait(&self, failed_at: Option<&Time>, started_at: &Time) -> Option<Duration> {
+        let waited = self.elapsed(failed_at.unwrap_or(started_at));
+        self.recheck_interval()
+            .checked_sub(waited)
+            .filter(|left| !left.is_zero())
+    }
+
     fn recheck_interval(&self) -> Duration {
         Duration::from(self.spec.gates.recheck_interval)
     }
@@ -873,14 +904,11 @@ impl<'a> Machine<'a> {
             Some(record) if record.completed_at.is_none() => record.attempt,
             Some(record) => {
                 // The previous attempt failed: retry once the recheck interval has passed.
-                let failed_at = record
-                    .completed_at
-                    .clone()
-                    .unwrap_or(record.started_at.clone());
-                let waited = self.elapsed(&failed_at);
-                if waited < self.recheck_interval() {
+                if let Some(left) =
+                    self.retry_wait(record.completed_at.as_ref(), &record.started_at)
+                {
                     let reason = record.message.clone().unwrap_or_default();
-                    self.requeue_within(self.recheck_interval() - waited);
+                    self.requeue_within(left);
                     return self.block(vec![reason]);
                 }
                 record.attempt + 1
@@ -925,7 +953,7 @@ impl<'a> Machine<'a> {
             name: self.name(),
             uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
         };
-        let job = crate::snapshot::render_snapshot_job(&template, owner, &spec.namespace, &name);
+        let job = crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
         let state = inputs
             .and_then(|i| i.job.as_ref())
             .filter(|job| job.name == name)
@@ -997,6 +1025,161 @@ impl<'a> Machine<'a> {
             self.status.phase,
             None | Some(Phase::Pending | Phase::Succeeded | Phase::Failed)
         ) || self.status.nodes.iter().any(|n| n.step == NodeStep::Failed)
+            || self.failed_post_hook().is_some()
+    }
+
+    /// This run's post-run hook, when it failed: the run stays Failed until a retry.
+    fn failed_post_hook(&self) -> Option<&HookRecord> {
+        self.status
+            .hooks
+            .iter()
+            .find(|h| h.kind == HookKind::Post && h.completed_at.is_some() && !h.succeeded)
+    }
+
+    /// Runs the hook of `kind` (spec.hooks) once per run: Done when it succeeded or there is
+    /// none. A failed pre-run hook blocks (nothing was touched) and is retried every recheck
+    /// interval; a failed post-run hook fails the run until the retry annotation.
+    fn hook(&mut self, kind: HookKind) -> HookProgress {
+        let Some(spec) = crate::hooks::hook(self.spec.hooks.as_ref(), kind).cloned() else {
+            return HookProgress::Done;
+        };
+        let Ok(template) = crate::hooks::template(&spec, kind) else {
+            return HookProgress::Waiting; // refused with the reason before the plan
+        };
+        let current = self.status.hooks.iter().find(|h| h.kind == kind).cloned();
+        let attempt = match &current {
+            None => 1,
+            Some(record) if record.succeeded => return HookProgress::Done,
+            Some(record) if record.completed_at.is_none() => record.attempt,
+            Some(record) => {
+                let message = record.message.clone().unwrap_or_default();
+                if kind == HookKind::Post {
+                    self.fail_on_hook(message);
+                    return HookProgress::Waiting;
+                }
+                if let Some(left) =
+                    self.retry_wait(record.completed_at.as_ref(), &record.started_at)
+                {
+                    self.block(vec![message]);
+                    self.requeue_within(left);
+                    return HookProgress::Waiting;
+                }
+                record.attempt + 1
+            }
+        };
+        let run_started = self
+            .status
+            .started_at
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        let name = crate::hooks::job_name(self.name(), kind, run_started, attempt);
+        let job = format!("{}/{name}", spec.namespace);
+        if current.as_ref().is_none_or(|r| r.job != job) {
+            self.status.hooks.retain(|h| h.kind != kind);
+            self.status.hooks.push(HookRecord {
+                kind,
+                job: job.clone(),
+                attempt,
+                started_at: Time(self.now),
+                completed_at: None,
+                succeeded: false,
+                message: None,
+            });
+            self.unblock();
+            self.progressed();
+            self.event(
+                false,
+                "HookStarted",
+                format!("running the {}-run hook Job {job}", kind.as_str()),
+            );
+        }
+        let state = self
+            .observed
+            .hook_jobs
+            .iter()
+            .find(|j| j.name == name)
+            .map(|j| j.state.clone());
+        let started = self
+            .status
+            .hooks
+            .iter()
+            .find(|h| h.kind == kind)
+            .map_or(Time(self.now), |h| h.started_at.clone());
+        let timeout = Duration::from(spec.timeout);
+        let waited = self.elapsed(&started);
+        let failure = match state {
+            Some(JobState::Succeeded) => {
+                self.complete_hook(kind, true, "the Job succeeded".to_owned());
+                self.progressed();
+                self.event(
+                    false,
+                    "HookSucceeded",
+                    format!("the {}-run hook Job {job} succeeded", kind.as_str()),
+                );
+                return HookProgress::Done;
+            }
+            Some(JobState::Failed { reason, message }) => format!(
+                "the {}-run hook Job {job} failed ({reason}: {message})",
+                kind.as_str()
+            ),
+            _ if waited >= timeout => format!(
+                "the {}-run hook Job {job} did not finish within {}",
+                kind.as_str(),
+                gates::human(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
+            ),
+            _ => {
+                let owner = Owner {
+                    name: self.name(),
+                    uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+                };
+                let job =
+                    crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
+                self.act(Action::CreateJob(Box::new(job)));
+                self.requeue_within(timeout - waited);
+                self.note(
+                    "RunningHook",
+                    format!(
+                        "waiting for the {}-run hook Job {}",
+                        kind.as_str(),
+                        spec.namespace
+                    ),
+                );
+                return HookProgress::Waiting;
+            }
+        };
+        let failure = match kind {
+            HookKind::Pre => format!(
+                "{failure}; no node was touched. Check its logs; it is retried every recheck \
+                 interval"
+            ),
+            HookKind::Post => format!(
+                "{failure}; every node was upgraded. Check its logs, fix the cause, then set \
+                 a new value on the {RETRY_ANNOTATION} annotation to run it again"
+            ),
+        };
+        self.complete_hook(kind, false, failure.clone());
+        match kind {
+            HookKind::Pre => self.block(vec![failure]),
+            HookKind::Post => {
+                self.event(true, "HookFailed", failure.clone());
+                self.fail_on_hook(failure);
+            }
+        }
+        HookProgress::Waiting
+    }
+
+    fn complete_hook(&mut self, kind: HookKind, succeeded: bool, message: String) {
+        let now = Time(self.now);
+        if let Some(record) = self.status.hooks.iter_mut().find(|h| h.kind == kind) {
+            record.completed_at = Some(now);
+            record.succeeded = succeeded;
+            record.message = Some(message);
+        }
+    }
+
+    fn fail_on_hook(&mut self, message: String) {
+        self.set_phase(Phase::Failed);
+        self.note("HookFailed", message);
     }
 
     /// The K8sUpgrade this one must wait for, if any.
@@ -1033,6 +1216,7 @@ impl<'a> Machine<'a> {
     }
 
     fn handle_retry(&mut self) {
+        self.retry_hook();
         let Some(value) = self
             .upgrade
             .metadata
@@ -1067,6 +1251,33 @@ impl<'a> Machine<'a> {
                 "Retrying",
                 format!("retrying {}", retried.join(", ")),
             );
+        }
+    }
+
+    /// The retry annotation runs a failed post-run hook again, as its next attempt.
+    fn retry_hook(&mut self) {
+        let value = self
+            .upgrade
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RETRY_ANNOTATION));
+        if value.is_none() || self.status.handled_retry.as_ref() == value {
+            return;
+        }
+        let now = Time(self.now);
+        if let Some(record) = self
+            .status
+            .hooks
+            .iter_mut()
+            .find(|h| h.kind == HookKind::Post && h.completed_at.is_some() && !h.succeeded)
+        {
+            record.attempt += 1;
+            record.started_at = now;
+            record.completed_at = None;
+            record.message = Some("retrying after the upchain.dev/retry annotation changed".into());
+            self.set_phase(Phase::Postflight);
+            self.progressed();
         }
     }
 
@@ -1147,6 +1358,7 @@ impl<'a> Machine<'a> {
         let now = Time(self.now);
         self.status.nodes.clear();
         self.status.upgraded_nodes.clear();
+        self.status.hooks.clear();
         self.status.completed_at = None;
         self.status.started_at = Some(now.clone());
         self.status.last_progress_at = Some(now);
@@ -1187,7 +1399,9 @@ impl<'a> Machine<'a> {
             started_at: self.status.started_at.clone(),
             finished_at: Some(Time(self.now)),
             failed_node: failed.map(|n| n.name.clone()),
-            reason: failed.and_then(|n| n.message.clone()),
+            reason: failed
+                .and_then(|n| n.message.clone())
+                .or_else(|| self.failed_post_hook().and_then(|h| h.message.clone())),
         })
     }
 
@@ -1234,6 +1448,9 @@ impl<'a> Machine<'a> {
     }
 
     fn postflight(&mut self) {
+        if let Some(message) = self.failed_post_hook().and_then(|h| h.message.clone()) {
+            return self.fail_on_hook(message);
+        }
         self.set_phase(Phase::Postflight);
         let not_ready: Vec<&str> = self
             .observed
@@ -1282,6 +1499,9 @@ impl<'a> Machine<'a> {
                     reasons.join("; ")
                 ),
             );
+        }
+        if self.hook(HookKind::Post) == HookProgress::Waiting {
+            return;
         }
         let now = Time(self.now);
         self.set_phase(Phase::Succeeded);

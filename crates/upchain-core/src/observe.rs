@@ -280,6 +280,8 @@ pub struct Observed {
     pub gates: crate::gates::GateInputs,
     /// The etcd snapshot's CronJob template and Job; gathered while the run needs it.
     pub snapshot: Option<crate::snapshot::SnapshotInputs>,
+    /// The hook Jobs named in status.hooks that are not finished, when they exist.
+    pub hook_jobs: Vec<ObservedJob>,
     /// What the postflight looks at; gathered in the Postflight phase.
     pub postflight: Option<crate::gates::PostflightInputs>,
 }

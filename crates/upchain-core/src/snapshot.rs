@@ -29,8 +29,8 @@ pub fn snapshot_job_name(upgrade: &str, run_started: i64, attempt: i32) -> Strin
     ])
 }
 
-/// The Job that takes the snapshot: the CronJob's template, labelled as the run's.
-pub fn render_snapshot_job(
+/// A Job made from a template (the snapshot CronJob's, a hook's), labelled as the run's.
+pub fn job_from_template(
     template: &JobTemplateSpec,
     owner: Owner<'_>,
     namespace: &str,
@@ -73,7 +73,7 @@ mod tests {
             }),
         };
         let name = snapshot_job_name("to-1-35", 1_790_000_000, 1);
-        let job = render_snapshot_job(
+        let job = job_from_template(
             &template,
             Owner {
                 name: "to-1-35",

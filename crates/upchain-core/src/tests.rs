@@ -55,6 +55,9 @@ struct World {
     budgets: Vec<ObservedBudget>,
     /// Alertmanager's silences, by ID.
     silences: BTreeMap<String, ModelSilence>,
+    /// Hook Jobs and their states; `hook_outcome` is how the next ones end.
+    hook_jobs: BTreeMap<String, JobState>,
+    hook_outcome: JobState,
 }
 
 /// A silence in the model's Alertmanager; times in seconds on the world's clock.
@@ -93,6 +96,8 @@ impl World {
             snapshot_outcome: Some(JobState::Succeeded),
             budgets: Vec::new(),
             silences: BTreeMap::new(),
+            hook_jobs: BTreeMap::new(),
+            hook_outcome: JobState::Succeeded,
         }
     }
 
@@ -165,6 +170,19 @@ impl World {
                 }),
             }),
             postflight: Some(Default::default()),
+            hook_jobs: status
+                .iter()
+                .flat_map(|s| &s.hooks)
+                .filter(|h| h.completed_at.is_none())
+                .filter_map(|h| {
+                    let name = h.job.split_once('/').map_or(h.job.as_str(), |(_, n)| n);
+                    Some(ObservedJob {
+                        name: name.to_owned(),
+                        state: self.hook_jobs.get(name)?.clone(),
+                        evidence: None,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -237,6 +255,16 @@ impl World {
                     let name = job.metadata.name.clone().expect("named");
                     self.snapshot_jobs.entry(name).or_insert(JobState::Running);
                 }
+                Action::CreateJob(job)
+                    if !job
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(upchain_api::NODE_LABEL)) =>
+                {
+                    let name = job.metadata.name.clone().expect("named");
+                    self.hook_jobs.entry(name).or_insert(JobState::Running);
+                }
                 Action::CreateJob(job) => {
                     let name = job.metadata.name.clone().expect("named");
                     let env = &job
@@ -274,6 +302,11 @@ impl World {
     /// Time passes: running Jobs finish, upgrading their node (or failing).
     fn tick(&mut self, seconds: i64) {
         self.clock += seconds.max(1);
+        for state in self.hook_jobs.values_mut() {
+            if *state == JobState::Running {
+                *state = self.hook_outcome.clone();
+            }
+        }
         if let Some(outcome) = &self.snapshot_outcome {
             for state in self.snapshot_jobs.values_mut() {
                 if *state == JobState::Running {
@@ -401,12 +434,25 @@ fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &Decision) {
     let active_names: Vec<&str> = active.iter().map(|n| n.name.as_str()).collect();
 
     for action in &decision.actions {
-        if let Action::CreateJob(job) = action
-            && !job
-                .metadata
-                .name
+        let node_job = |job: &k8s_openapi::api::batch::v1::Job| {
+            job.metadata
+                .labels
                 .as_ref()
-                .is_some_and(|n| n.contains("etcd-snapshot"))
+                .is_some_and(|l| l.contains_key(upchain_api::NODE_LABEL))
+        };
+        if let Action::CreateJob(job) = action
+            && !node_job(job)
+        {
+            // The snapshot and hook Jobs come from the user's templates: they run only
+            // while no node is out of service.
+            assert!(
+                active_names.is_empty(),
+                "{:?} while {active_names:?} in progress",
+                job.metadata.name
+            );
+        }
+        if let Action::CreateJob(job) = action
+            && node_job(job)
         {
             // Invariant 1: the Job avoids every node being drained or upgraded.
             let excluded = excluded_nodes(job);
@@ -1647,6 +1693,127 @@ fn a_silence_is_extended_in_steps_and_never_past_its_cap() {
     assert!(
         run.status().silences.is_empty(),
         "a failed node is not silenced"
+    );
+}
+
+fn with_hooks(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    let hook = serde_json::json!({"namespace": "ops", "timeout": "10m", "template": {"spec": {
+        "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}});
+    upgrade.spec.hooks = Some(
+        serde_json::from_value(serde_json::json!({"pre": hook, "post": hook})).expect("hooks"),
+    );
+    upgrade
+}
+
+#[test]
+fn the_pre_hook_runs_before_the_first_node_and_the_post_hook_after_the_postflight() {
+    let mut run = Run::new(with_hooks(quick("1.35.2")), World::new(small_cluster()));
+    let mut order = Vec::new();
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        for action in &decision.actions {
+            match action {
+                Action::Event(e) if e.reason.starts_with("Hook") || e.reason == "NodeStarted" => {
+                    order.push(e.reason);
+                }
+                _ => {}
+            }
+        }
+        if decision.status.phase == Some(Phase::Succeeded) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600)) as i64);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    assert_eq!(order.first(), Some(&"HookStarted"));
+    assert_eq!(order.get(1), Some(&"HookSucceeded"));
+    assert_eq!(order[2], "NodeStarted");
+    assert_eq!(&order[order.len() - 2..], ["HookStarted", "HookSucceeded"]);
+    let hooks = &run.status().hooks;
+    assert_eq!(hooks.len(), 2);
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.succeeded && h.job.starts_with("ops/test-"))
+    );
+}
+
+#[test]
+fn a_failed_pre_hook_blocks_untouched_and_a_failed_post_hook_fails_the_run_until_a_retry() {
+    let mut world = World::new(small_cluster());
+    world.hook_outcome = JobState::Failed {
+        reason: "BackoffLimitExceeded".into(),
+        message: "exit 3".into(),
+    };
+    let mut run = Run::new(with_hooks(quick("1.35.2")), world);
+    assert_eq!(run.until(20, &[Phase::Blocked]), Phase::Blocked);
+    assert!(run.status().nodes.is_empty(), "no node touched");
+    assert!(run.status().blocked_reasons[0].contains("pre-run hook Job ops/"));
+    assert!(run.status().blocked_reasons[0].contains("exit 3"));
+    // The hook is fixed: the retried pre hook passes, the post hook fails.
+    run.world.hook_outcome = JobState::Succeeded;
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        if decision
+            .status
+            .hooks
+            .iter()
+            .any(|h| h.kind == upchain_api::HookKind::Pre && h.succeeded)
+        {
+            break;
+        }
+        run.world.tick(30);
+    }
+    run.world.hook_outcome = JobState::Failed {
+        reason: "DeadlineExceeded".into(),
+        message: "too slow".into(),
+    };
+    assert_eq!(run.until(300, &[Phase::Failed]), Phase::Failed);
+    let ready = conditions::get(&run.status().conditions, types::READY).expect("Ready");
+    assert_eq!(ready.reason, "HookFailed");
+    assert!(ready.message.contains("post-run hook") && ready.message.contains("too slow"));
+    // It stays Failed, starting nothing, until the retry annotation.
+    for _ in 0..5 {
+        let still = run.decide_once();
+        assert_eq!(still.status.phase, Some(Phase::Failed));
+        assert!(mutating(&still.actions).is_empty());
+        run.world.tick(60);
+    }
+    run.world.hook_outcome = JobState::Succeeded;
+    run.upgrade.metadata.annotations = Some([(RETRY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    assert_eq!(run.until(50, &[Phase::Succeeded]), Phase::Succeeded);
+    let post = run
+        .status()
+        .hooks
+        .iter()
+        .find(|h| h.kind == upchain_api::HookKind::Post)
+        .expect("post");
+    assert_eq!(post.attempt, 2);
+}
+
+#[test]
+fn a_hook_template_without_containers_fails_the_spec_before_anything() {
+    let mut upgrade = with_hooks(quick("1.35.2"));
+    upgrade
+        .spec
+        .hooks
+        .as_mut()
+        .expect("hooks")
+        .pre
+        .as_mut()
+        .expect("pre")
+        .template = serde_json::json!({"spec": {"template": {"spec": {"containers": []}}}});
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    let refused = run.decide_once();
+    assert_eq!(refused.status.phase, Some(Phase::Failed));
+    assert!(mutating(&refused.actions).is_empty());
+    let ready = conditions::get(&refused.status.conditions, types::READY).expect("Ready");
+    assert!(
+        ready
+            .message
+            .contains("spec.hooks.pre.template has no containers")
     );
 }
 

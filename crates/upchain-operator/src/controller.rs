@@ -334,6 +334,11 @@ async fn observe(
     };
     Ok(Observed {
         budgets,
+        hook_jobs: if needs.hooks {
+            hook_jobs(upgrade, ctx).await?
+        } else {
+            Vec::new()
+        },
         nodes: ctx
             .nodes
             .state()
@@ -360,6 +365,30 @@ async fn observe(
             None
         },
     })
+}
+
+/// The hook Jobs that status.hooks says are running, read by name.
+async fn hook_jobs(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Vec<ObservedJob>, Error> {
+    let mut jobs = Vec::new();
+    for record in upgrade
+        .status
+        .iter()
+        .flat_map(|s| &s.hooks)
+        .filter(|h| h.completed_at.is_none())
+    {
+        let (namespace, name) = split_key(&record.job);
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+        let job = api
+            .get_opt(name)
+            .await
+            .map_err(kube_error(format!("reading the hook Job {}", record.job)))?;
+        jobs.extend(
+            job.filter(|j| j.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
+                .as_ref()
+                .map(observe_job),
+        );
+    }
+    Ok(jobs)
 }
 
 /// The other K8sUpgrades, read fresh when there are any: the lock they may hold is in

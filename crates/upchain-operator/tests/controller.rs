@@ -190,6 +190,17 @@ async fn wait_for(
     }
 }
 
+async fn annotate(cluster: &Cluster, key: &str, value: &str) {
+    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
+    api.patch(
+        "to-1-35",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+    )
+    .await
+    .expect("annotated");
+}
+
 async fn current_status(cluster: &Cluster) -> upchain_api::K8sUpgradeStatus {
     let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
     let upgrade = api.get("to-1-35").await.expect("get");
@@ -641,14 +652,7 @@ async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
     );
     assert_ne!(node("worker-2")["spec"]["unschedulable"], true);
     // The cause is fixed; a new retry value resumes the run.
-    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
-    api.patch(
-        "to-1-35",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"upchain.dev/retry": "1"}}})),
-    )
-    .await
-    .expect("annotate");
+    annotate(&cluster, "upchain.dev/retry", "1").await;
     wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
     assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
@@ -1337,14 +1341,7 @@ async fn a_manual_plan_waits_for_its_hash_and_a_blackout_holds_it() {
     assert_eq!(status.plan.len(), 3, "every node is in the plan");
     assert!(status.nodes.is_empty() && status.started_at.is_none());
     let hash = status.plan_hash.expect("hash");
-    let api: Api<K8sUpgrade> = Api::all(cluster.client.clone());
-    api.patch(
-        "to-1-35",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"upchain.dev/approve": hash}}})),
-    )
-    .await
-    .expect("approved");
+    annotate(&cluster, "upchain.dev/approve", &hash).await;
     // Approved, but today is blacked out: still nothing starts.
     wait_for(&cluster, "the run held by the blackout", |s| {
         s.conditions.iter().any(|c| {
@@ -1574,4 +1571,70 @@ async fn each_node_is_silenced_in_alertmanager_while_upgraded_even_across_an_ope
     assert!(reasons.iter().any(|r| r == "Silenced"), "{reasons:?}");
     assert!(reasons.iter().any(|r| r == "SilenceExpired"), "{reasons:?}");
     assert_every_node_upgraded(&cluster);
+}
+
+fn hook(outcome: &str) -> serde_json::Value {
+    json!({"namespace": "default", "timeout": "1m", "template": {"spec": {"backoffLimit": 0,
+        "template": {"metadata": {"annotations": {"sim.upchain.dev/outcome": outcome}},
+            "spec": {"restartPolicy": "Never",
+                "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hooks_run_before_and_after_and_a_failed_post_hook_fails_the_run_until_retried() {
+    let cluster = cluster(1, 2).await;
+    let spec = |post: &str| {
+        json!({"targetVersion": "1.35.2", "soak": "0s",
+            "hooks": {"pre": hook("succeed"), "post": hook(post)}})
+    };
+    apply_upgrade(&cluster.client, spec("fail")).await;
+    let failed = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(90)).await;
+    let status = failed.status.expect("status");
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(ready.reason, "HookFailed");
+    assert!(
+        ready.message.contains("post-run hook Job default/"),
+        "{}",
+        ready.message
+    );
+    assert!(
+        ready.message.contains("upchain.dev/retry"),
+        "{}",
+        ready.message
+    );
+    let pre = status
+        .hooks
+        .iter()
+        .find(|h| h.kind == upchain_api::HookKind::Pre)
+        .expect("pre hook");
+    assert!(pre.succeeded);
+    // The pre hook ran before any node was cordoned.
+    let first_cordon = cluster
+        .sim
+        .cordons()
+        .first()
+        .map(|c| c.at)
+        .expect("a cordon");
+    let pre_done = pre.completed_at.as_ref().expect("done").0;
+    assert!(
+        pre_done.as_second() <= first_cordon.as_second(),
+        "{pre_done} vs {first_cordon}"
+    );
+    assert_every_node_upgraded(&cluster);
+    // Fixed and retried: the post hook runs again, as attempt 2, and the run succeeds.
+    apply_upgrade(&cluster.client, spec("succeed")).await;
+    annotate(&cluster, "upchain.dev/retry", "1").await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(60)).await;
+    let post = done
+        .status
+        .expect("status")
+        .hooks
+        .into_iter()
+        .find(|h| h.kind == upchain_api::HookKind::Post)
+        .expect("post hook");
+    assert!(post.succeeded && post.attempt == 2, "{post:?}");
 }
