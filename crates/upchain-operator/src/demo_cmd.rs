@@ -88,8 +88,13 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         },
     ));
     let upgrades: Api<K8sUpgrade> = Api::all(client.clone());
+    // The simulated cluster's Alertmanager takes the node silences, so the demo shows
+    // them created, extended and expired.
+    let silences =
+        json!({"alertmanagerUrl": sim.alertmanager_url(), "extendBy": "2m", "maxDuration": "30m"});
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": NAME},
-        "spec": {"targetVersion": args.target, "soak": format!("{}s", args.soak_seconds)}});
+        "spec": {"targetVersion": args.target, "soak": format!("{}s", args.soak_seconds),
+                 "gates": {"silences": silences}}});
     upgrades
         .patch(
             NAME,
@@ -108,6 +113,8 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
 
     let started = Instant::now();
     let mut last = String::new();
+    let mut previewed = std::collections::BTreeSet::new();
+    let mut silences_seen: Vec<(String, bool)> = Vec::new();
     let status = loop {
         let status = upgrades
             .get(NAME)
@@ -125,12 +132,52 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
                 .current_step
                 .map_or("-", upchain_api::NodeStep::as_str)
         );
+        let elapsed = started.elapsed().as_secs_f64();
         if line != last {
-            write(
-                out,
-                format!("{:>6.1}s  {line}\n", started.elapsed().as_secs_f64()),
-            )?;
+            write(out, format!("{elapsed:>6.1}s  {line}\n"))?;
             last = line;
+        }
+        for node in &status.nodes {
+            if let Some(preview) = node.drain_preview.as_ref()
+                && previewed.insert(node.name.clone())
+            {
+                write(
+                    out,
+                    format!(
+                        "{elapsed:>6.1}s    {}\n",
+                        describe_preview(&node.name, preview)
+                    ),
+                )?;
+            }
+        }
+        for silence in sim.surroundings().silences.iter() {
+            let known = silences_seen.iter_mut().find(|(id, _)| *id == silence.id);
+            let node = silence
+                .matchers
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["value"].as_str())
+                .unwrap_or("?");
+            let said = match known {
+                None => {
+                    silences_seen.push((silence.id.clone(), silence.expired));
+                    Some(format!(
+                        "silence {} created in Alertmanager for {node}",
+                        silence.id
+                    ))
+                }
+                Some((_, expired)) if !*expired && silence.expired => {
+                    *expired = true;
+                    Some(format!(
+                        "silence {} for {node} expired: the node is done",
+                        silence.id
+                    ))
+                }
+                Some(_) => None,
+            };
+            if let Some(said) = said {
+                write(out, format!("{elapsed:>6.1}s    {said}\n"))?;
+            }
         }
         if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
             break status;
@@ -165,10 +212,28 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     }
 }
 
+/// A drain preview in a line: how many Pods it evicts, and what would hold it.
+fn describe_preview(node: &str, preview: &upchain_api::DrainPreview) -> String {
+    let blocked = if preview.blocked_by.is_empty() {
+        "no PodDisruptionBudget blocks it".to_owned()
+    } else {
+        format!("blocked by {}", preview.blocked_by.join(", "))
+    };
+    format!(
+        "drain preview for {node}: evicts {} Pod(s){}; {blocked}",
+        preview.evict_count,
+        if preview.evict.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", preview.evict.join(", "))
+        }
+    )
+}
+
 fn summary(out: &mut impl Write, status: &K8sUpgradeStatus, took: Duration) -> Result<(), Error> {
     let mut text = format!(
-        "\n{:<14} {:<14} {:<9} {:<9} {:<9} TOOK\n",
-        "NODE", "ROLE", "BEFORE", "AFTER", "RESULT"
+        "\n{:<14} {:<14} {:<9} {:<9} {:<9} {:<6} {:<5} LAST LOG LINE\n",
+        "NODE", "ROLE", "BEFORE", "AFTER", "RESULT", "TOOK", "EXIT"
     );
     for node in &status.nodes {
         let seconds = node
@@ -176,13 +241,20 @@ fn summary(out: &mut impl Write, status: &K8sUpgradeStatus, took: Duration) -> R
             .as_ref()
             .map(|end| end.0.duration_since(node.started_at.0).as_secs())
             .map_or_else(|| "-".to_owned(), |s| format!("{s}s"));
+        let result = node.job_result.as_ref();
         text += &format!(
-            "{:<14} {:<14} {:<9} {:<9} {:<9} {seconds}\n",
+            "{:<14} {:<14} {:<9} {:<9} {:<9} {seconds:<6} {:<5} {}\n",
             node.name,
             node.role.as_str(),
             node.version_before,
             node.version_after.as_deref().unwrap_or("-"),
             node.step.as_str(),
+            result
+                .and_then(|r| r.exit_code)
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            result
+                .and_then(|r| r.log_tail.last())
+                .map_or("-", String::as_str),
         );
     }
     let phase = status.phase.map_or("Pending", Phase::as_str);

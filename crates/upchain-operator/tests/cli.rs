@@ -262,6 +262,15 @@ fn demo_upgrades_the_simulated_cluster_and_exits_0() {
     );
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("Succeeded in"), "{}", out.stdout);
+    // The drain preview, and each node's Alertmanager silence created and expired.
+    for line in [
+        "drain preview for worker-1: evicts 0 Pod(s); no PodDisruptionBudget blocks it",
+        "silence silence-1 created in Alertmanager for cp-1",
+        "silence silence-1 for cp-1 expired: the node is done",
+        "silence silence-3 for worker-2 expired: the node is done",
+    ] {
+        assert!(out.stdout.contains(line), "no {line:?} in\n{}", out.stdout);
+    }
     for node in ["cp-1", "worker-1", "worker-2"] {
         let row = out
             .stdout
@@ -271,6 +280,10 @@ fn demo_upgrades_the_simulated_cluster_and_exits_0() {
         assert!(
             row.contains("v1.34.2") && row.contains("v1.35.2") && row.contains("Done"),
             "{row}"
+        );
+        assert!(
+            row.ends_with("kubelet v1.35.2 restarted; done"),
+            "the Job's last line: {row}"
         );
     }
 }
