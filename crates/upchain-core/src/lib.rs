@@ -26,7 +26,7 @@ mod tests;
 
 pub use machine::{
     Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock,
-    jobs_awaiting_evidence, needs, nodes_with_jobs_to_read, record_silences,
+    jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read, record_silences,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,

@@ -322,6 +322,37 @@ pub fn jobs_awaiting_evidence(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
         .collect()
 }
 
+/// The nodes whose Pods the next decision reads: those draining, and, when the decision
+/// may reach a node boundary (no node draining or upgrading), the next batch's nodes, so
+/// that the decision that starts a node records its drain preview and cordons it in one
+/// go rather than one reconcile later.
+pub fn nodes_to_read_pods_of(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Vec<String> {
+    let status = upgrade.status.as_ref();
+    let draining: Vec<String> = status
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .filter(|n| n.step == NodeStep::Draining)
+        .map(|n| n.name.clone())
+        .collect();
+    let at_boundary = status.is_none_or(|s| {
+        !s.nodes
+            .iter()
+            .any(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
+    });
+    let finished = status
+        .and_then(|s| s.phase)
+        .is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed));
+    if !at_boundary || upgrade.spec.paused || finished {
+        return draining;
+    }
+    let Ok(target) = KubeVersion::parse_target(&upgrade.spec.target_version) else {
+        return draining;
+    };
+    plan(target, &upgrade.spec.nodes, nodes)
+        .map(|plan| plan.next_batch().map(|step| step.name.clone()).collect())
+        .unwrap_or(draining)
+}
+
 /// Records in `status` the silences the operator placed in Alertmanager for the decision's
 /// `Action::Silence`s (the ID is Alertmanager's, known only once it answered).
 pub fn record_silences(status: &mut K8sUpgradeStatus, placed: Vec<SilenceRecord>) {

@@ -113,15 +113,7 @@ impl World {
         if !needs.health_checks {
             gates.health_checks = None;
         }
-        let draining: Vec<&str> = status
-            .map(|s| {
-                s.nodes
-                    .iter()
-                    .filter(|n| n.step == NodeStep::Draining)
-                    .map(|n| n.name.as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let draining = crate::nodes_to_read_pods_of(upgrade, &self.nodes);
         // Only the Jobs the operator reads, so the invariants hold on that view.
         let job_nodes = crate::nodes_with_jobs_to_read(status);
         Observed {
@@ -153,7 +145,10 @@ impl World {
                 .collect(),
             pods: draining
                 .into_iter()
-                .map(|n| (n.to_owned(), self.pods.get(n).cloned().unwrap_or_default()))
+                .map(|n| {
+                    let pods = self.pods.get(&n).cloned().unwrap_or_default();
+                    (n, pods)
+                })
                 .collect(),
             others: self.others.clone(),
             budgets: self.budgets.clone(),
@@ -818,14 +813,13 @@ fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
 #[test]
 fn drain_evicts_pods_and_waits_for_them() {
     let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
-    // The first decision records the node as Draining; the next sees its Pods, records the
-    // drain preview and cordons.
+    // The next batch's Pods were read with the decision that starts it: it records the
+    // drain preview and cordons at once.
     let first = run.decide_once();
-    assert_eq!(first.requeue, Some(std::time::Duration::ZERO));
-    let previewed = run.decide_once();
-    assert!(previewed.actions.contains(&Action::Cordon {
+    assert!(first.actions.contains(&Action::Cordon {
         node: "cp-0".into()
     }));
+    assert!(first.status.nodes[0].drain_preview.is_some());
     let second = run.decide_once();
     let evicted = second.actions.iter().find_map(|a| match a {
         Action::Evict { node, pods, .. } if node == "cp-0" => Some(pods.clone()),

@@ -19,7 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 use upchain_api::{
-    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, NodeStep, SilenceRecord, UPGRADE_ANNOTATION,
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, SilenceRecord, UPGRADE_ANNOTATION,
     UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
 use upchain_core::evidence::{self, JobEvidence};
@@ -295,23 +295,21 @@ async fn observe(
     // Pods are read only for the nodes being drained, never cached cluster-wide.
     let mut pods = std::collections::BTreeMap::new();
     let pods_api: Api<Pod> = Api::all(ctx.client.clone());
-    for record in upgrade
-        .status
+    let nodes: Vec<ObservedNode> = ctx
+        .nodes
+        .state()
         .iter()
-        .flat_map(|s| &s.nodes)
-        .filter(|n| n.step == NodeStep::Draining)
-    {
+        .map(|n| ObservedNode::from_node(n))
+        .collect();
+    for node in upchain_core::nodes_to_read_pods_of(upgrade, &nodes) {
         // Metadata is all the drain reads once finished Pods are left out by the selector.
-        let selector = format!(
-            "spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed",
-            record.name
-        );
+        let selector = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
         let on_node = pods_api
             .list_metadata(&ListParams::default().fields(&selector))
             .await
-            .map_err(kube_error(format!("listing the Pods on {}", record.name)))?;
+            .map_err(kube_error(format!("listing the Pods on {node}")))?;
         pods.insert(
-            record.name.clone(),
+            node,
             on_node
                 .items
                 .iter()
@@ -339,12 +337,7 @@ async fn observe(
         } else {
             Vec::new()
         },
-        nodes: ctx
-            .nodes
-            .state()
-            .iter()
-            .map(|n| ObservedNode::from_node(n))
-            .collect(),
+        nodes,
         jobs,
         pods,
         others: other_upgrades(&name, ctx).await?,
