@@ -250,7 +250,8 @@ pub struct Needs {
 /// are only queried while a gate will look at them.
 pub fn needs(upgrade: &K8sUpgrade) -> Needs {
     let spec = &upgrade.spec;
-    let status = upgrade.status.clone().unwrap_or_default();
+    let none = K8sUpgradeStatus::default();
+    let status = upgrade.status.as_ref().unwrap_or(&none);
     let at_boundary = !status.nodes.iter().any(|n| n.step.is_active());
     let retargeted = KubeVersion::parse_target(&spec.target_version)
         .is_ok_and(|t| status.target_version.as_deref() != Some(&t.to_string()));

@@ -25,9 +25,12 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Objects per page of a cluster-wide list (client-go's pager uses the same).
 const PAGE_SIZE: u32 = 500;
+/// Full Pods per page: 500 real Pods decode to about 6 MB, most of a large run's peak
+/// memory, so the postflight reads them a hundred at a time.
+const POD_PAGE_SIZE: u32 = 100;
 
-/// Lists in pages, handing each page to `each`: a cluster-wide list of Pods holds one page
-/// in memory at a time, not the whole cluster.
+/// Lists in pages (of `params.limit`, else [`PAGE_SIZE`]), handing each page to `each`: a
+/// cluster-wide list of Pods holds one page in memory at a time, not the whole cluster.
 pub(crate) async fn list_paged<K>(
     api: &Api<K>,
     params: ListParams,
@@ -36,7 +39,11 @@ pub(crate) async fn list_paged<K>(
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let mut params = params.limit(PAGE_SIZE);
+    let mut params = if params.limit.is_some() {
+        params
+    } else {
+        params.limit(PAGE_SIZE)
+    };
     loop {
         let page = api.list(&params).await?;
         each(page.items);
@@ -428,7 +435,7 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
 pub async fn postflight_inputs(client: &Client) -> Result<PostflightInputs, String> {
     let pods: Api<Pod> = Api::all(client.clone());
     let mut inputs = PostflightInputs::default();
-    list_paged(&pods, ListParams::default(), |page| {
+    list_paged(&pods, ListParams::default().limit(POD_PAGE_SIZE), |page| {
         for pod in &page {
             count_for_postflight(pod, &mut inputs);
         }
