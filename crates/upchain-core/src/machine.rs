@@ -589,10 +589,12 @@ impl<'a> Machine<'a> {
         let new_run = self.status.started_at.is_none() || !self.run_in_progress();
         let retargeted = self.status.target_version.as_deref() != Some(&target.to_string());
         if (new_run || retargeted) && !plan.is_complete() {
-            match self.approval(&plan) {
-                Some(hash) => self.status.approved_plan_hash = hash,
-                None => return self.await_approval(&plan, new_run),
+            let manual = self.spec.approval == Approval::Manual;
+            let approved = self.annotation(APPROVE_ANNOTATION).map(str::trim);
+            if manual && approved != Some(plan.hash().as_str()) {
+                return self.await_approval(&plan, new_run);
             }
+            self.status.approved_plan_hash = manual.then(|| plan.hash());
         }
         if new_run {
             self.start_run(&plan);
@@ -625,15 +627,8 @@ impl<'a> Machine<'a> {
         let verdicts = self.gate_verdicts(first, &plan);
         self.record_gates(&verdicts);
         let mut reasons = gates::reasons(&verdicts);
-        if let Some(waiting) = self.health_checks(&mut reasons) {
+        if let Some((waiting, failing)) = self.health_checks(&mut reasons) {
             self.requeue_within(self.recheck_interval().min(waiting));
-            let failing: Vec<String> = self
-                .status
-                .gates
-                .iter()
-                .filter(|g| g.name.starts_with("healthCheck/") && !g.passed)
-                .map(|g| g.name.clone())
-                .collect();
             return self.note(
                 "WaitingForHealthChecks",
                 format!(
@@ -728,8 +723,8 @@ impl<'a> Machine<'a> {
 
     /// Judges the health checks: a failing one adds its reasons once its timeout has
     /// passed (or at once when something else already refuses); until then the run waits,
-    /// and this returns how long until the first timeout.
-    fn health_checks(&mut self, reasons: &mut Vec<String>) -> Option<Duration> {
+    /// and this returns how long until the first timeout and the checks waited for.
+    fn health_checks(&mut self, reasons: &mut Vec<String>) -> Option<(Duration, Vec<String>)> {
         let inputs = self.observed.gates.health_checks.as_ref()?;
         let mut verdicts = Vec::new();
         let mut overdue = Vec::new();
@@ -751,7 +746,11 @@ impl<'a> Machine<'a> {
                 if blocked || waited >= timeout {
                     overdue.extend(verdict.reasons.iter().cloned());
                 } else {
-                    pending.push((timeout - waited, verdict.reasons.clone()));
+                    pending.push((
+                        timeout - waited,
+                        verdict.gate.clone(),
+                        verdict.reasons.clone(),
+                    ));
                 }
             }
             verdicts.push(verdict);
@@ -765,10 +764,14 @@ impl<'a> Machine<'a> {
         reasons.extend(overdue);
         if !reasons.is_empty() {
             // Blocked anyway: list every failing check.
-            reasons.extend(pending.into_iter().flat_map(|(_, r)| r));
+            reasons.extend(pending.into_iter().flat_map(|(_, _, r)| r));
             return None;
         }
-        pending.iter().map(|(left, _)| *left).min()
+        let first_timeout = pending.iter().map(|(left, _, _)| *left).min()?;
+        Some((
+            first_timeout,
+            pending.into_iter().map(|(_, gate, _)| gate).collect(),
+        ))
     }
 
     /// Before a run's first node every preflight gate; between nodes the node gate.
@@ -807,21 +810,10 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Whether the run may start on `plan`: `Some(hash approved)` when it may (None for
-    /// spec.approval Automatic), `None` while it waits for a person.
-    fn approval(&self, plan: &Plan) -> Option<Option<String>> {
-        if self.spec.approval == Approval::Automatic {
-            return Some(None);
-        }
-        let hash = plan.hash();
-        let approved = self
-            .upgrade
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(APPROVE_ANNOTATION))
-            .is_some_and(|value| value.trim() == hash);
-        approved.then_some(Some(hash))
+    /// The value of one of the K8sUpgrade's annotations.
+    fn annotation(&self, key: &str) -> Option<&'a str> {
+        let annotations = self.upgrade.metadata.annotations.as_ref()?;
+        annotations.get(key).map(String::as_str)
     }
 
     /// spec.approval Manual: shows the plan and the checks' verdicts and waits, changing
@@ -832,11 +824,7 @@ impl<'a> Machine<'a> {
         self.record_gates(&verdicts);
         let refusing = verdicts.iter().filter(|v| !v.passed()).count();
         let stale = self
-            .upgrade
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(APPROVE_ANNOTATION))
+            .annotation(APPROVE_ANNOTATION)
             .map(|old| {
                 format!(
                     " The annotation carries {old}, an earlier plan's hash: the plan changed \
@@ -1164,17 +1152,13 @@ impl<'a> Machine<'a> {
                     name: self.name(),
                     uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
                 };
-                let job =
+                let rendered =
                     crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
-                self.act(Action::CreateJob(Box::new(job)));
+                self.act(Action::CreateJob(Box::new(rendered)));
                 self.requeue_within(timeout - waited);
                 self.note(
                     "RunningHook",
-                    format!(
-                        "waiting for the {}-run hook Job {}",
-                        kind.as_str(),
-                        spec.namespace
-                    ),
+                    format!("waiting for the {}-run hook Job {job}", kind.as_str()),
                 );
                 return HookProgress::Waiting;
             }
@@ -1247,22 +1231,30 @@ impl<'a> Machine<'a> {
             .map(|o| o.name.clone())
     }
 
+    /// A new value of the retry annotation retries the failed nodes from their drain, and a
+    /// failed post-run hook as its next attempt.
     fn handle_retry(&mut self) {
-        self.retry_hook();
-        let Some(value) = self
-            .upgrade
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(RETRY_ANNOTATION))
-        else {
+        let Some(value) = self.annotation(RETRY_ANNOTATION) else {
             return;
         };
-        if self.status.handled_retry.as_ref() == Some(value) {
+        if self.status.handled_retry.as_deref() == Some(value) {
             return;
         }
-        self.status.handled_retry = Some(value.clone());
+        self.status.handled_retry = Some(value.to_owned());
         let now = Time(self.now);
+        if let Some(hook) = self
+            .status
+            .hooks
+            .iter_mut()
+            .find(|h| h.kind == HookKind::Post && h.completed_at.is_some() && !h.succeeded)
+        {
+            hook.attempt += 1;
+            hook.started_at = now.clone();
+            hook.completed_at = None;
+            hook.message = Some("retrying after the upchain.dev/retry annotation changed".into());
+            self.set_phase(Phase::Postflight);
+            self.progressed();
+        }
         let mut retried = Vec::new();
         for record in &mut self.status.nodes {
             if record.step == NodeStep::Failed {
@@ -1283,33 +1275,6 @@ impl<'a> Machine<'a> {
                 "Retrying",
                 format!("retrying {}", retried.join(", ")),
             );
-        }
-    }
-
-    /// The retry annotation runs a failed post-run hook again, as its next attempt.
-    fn retry_hook(&mut self) {
-        let value = self
-            .upgrade
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(RETRY_ANNOTATION));
-        if value.is_none() || self.status.handled_retry.as_ref() == value {
-            return;
-        }
-        let now = Time(self.now);
-        if let Some(record) = self
-            .status
-            .hooks
-            .iter_mut()
-            .find(|h| h.kind == HookKind::Post && h.completed_at.is_some() && !h.succeeded)
-        {
-            record.attempt += 1;
-            record.started_at = now;
-            record.completed_at = None;
-            record.message = Some("retrying after the upchain.dev/retry annotation changed".into());
-            self.set_phase(Phase::Postflight);
-            self.progressed();
         }
     }
 

@@ -698,10 +698,9 @@ async fn silence(
                 };
                 publish(upgrade, &event, ctx).await;
             }
-            let id = new_id;
             Some(SilenceRecord {
                 node: node.to_owned(),
-                id,
+                id: new_id,
                 ends_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ends_at),
             })
         }

@@ -36,6 +36,14 @@ fn failed<'a>(spec: &'a SilencesSpec, what: &'static str) -> impl Fn(String) -> 
     }
 }
 
+/// An Alertmanager v2 API URL.
+fn endpoint(spec: &SilencesSpec, path: &str) -> String {
+    format!(
+        "{}/api/v2/{path}",
+        spec.alertmanager_url.trim_end_matches('/')
+    )
+}
+
 /// Creates the node's silence (or extends `id`) until `ends_at`; returns its ID, which is
 /// new when Alertmanager had already let the old one expire.
 pub async fn put(
@@ -70,12 +78,8 @@ pub async fn put(
         #[serde(rename = "silenceID")]
         silence_id: String,
     }
-    let url = format!(
-        "{}/api/v2/silences",
-        spec.alertmanager_url.trim_end_matches('/')
-    );
     let response = http
-        .post(&url)
+        .post(endpoint(spec, "silences"))
         .timeout(TIMEOUT)
         .json(&body)
         .send()
@@ -95,12 +99,8 @@ pub async fn expire(
     spec: &SilencesSpec,
     id: &str,
 ) -> Result<(), SilenceError> {
-    let url = format!(
-        "{}/api/v2/silence/{id}",
-        spec.alertmanager_url.trim_end_matches('/')
-    );
     let response = http
-        .delete(&url)
+        .delete(endpoint(spec, &format!("silence/{id}")))
         .timeout(TIMEOUT)
         .send()
         .await

@@ -129,7 +129,7 @@ pub struct Silence {
     pub id: String,
     /// Its matchers, as posted.
     pub matchers: Value,
-    /// When it was created (RFC 3339, on the cluster's clock).
+    /// When it was created, on the cluster's clock.
     pub created_at: jiff::Timestamp,
     /// When it ends: as posted, or the moment it was expired.
     pub ends_at: jiff::Timestamp,
