@@ -136,6 +136,43 @@ pub fn version_schema<'a>(crd: &'a Value, version: &str) -> Option<&'a Value> {
         .filter(|s| s.is_object())
 }
 
+/// Paths (`.status.foo`) of the fields in `value` that `schema` does not declare, where it
+/// neither preserves unknown fields nor takes any map key (`additionalProperties`).
+pub fn undeclared_fields(schema: &Value, value: &Value, path: &str, found: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(fields) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, field) in fields {
+                let child = format!("{path}.{key}");
+                match (properties.and_then(|p| p.get(key)), additional) {
+                    (Some(declared), _) | (None, Some(declared)) => {
+                        undeclared_fields(declared, field, &child, found);
+                    }
+                    (None, None)
+                        if properties.is_some()
+                            || schema.get("type") == Some(&Value::from("object")) =>
+                    {
+                        found.push(child);
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    undeclared_fields(item_schema, item, &format!("{path}[{i}]"), found);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Defaults `object` from `schema` and checks it; the errors, or the defaulted object.
 pub fn admit(schema: &Value, object: &Value, old: Option<&Value>) -> Result<Value, Vec<String>> {
     let defaulted = apply_defaults(schema, object);

@@ -93,6 +93,9 @@ pub struct State {
     /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
     /// script echoes.
     pub extra_log_lines: BTreeMap<String, Vec<String>>,
+    /// A container injected first into every Job Pod, as a service mesh's admission
+    /// webhook does (such as `istio-proxy`): the Pod's log then needs a container name.
+    pub sidecar: Option<String>,
     /// Every scheduling decision, in order.
     pub placements: Vec<Placement>,
     /// When each upgraded node came back Ready at its new version.
@@ -113,6 +116,7 @@ impl State {
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
             extra_log_lines: BTreeMap::new(),
+            sidecar: None,
             placements: Vec::new(),
             rejoins: Vec::new(),
             timers: Vec::new(),
@@ -524,7 +528,7 @@ fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Time
         } else if active.is_empty() {
             let job_name = name(&job).to_owned();
             let controller_uid = uid(&job).to_owned();
-            let pod = pod_from_template(
+            let mut pod = pod_from_template(
                 &job,
                 &job["spec"]["template"],
                 None,
@@ -534,6 +538,11 @@ fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: Time
                     ("batch.kubernetes.io/controller-uid", &controller_uid),
                 ],
             );
+            if let (Some(sidecar), Some(containers)) =
+                (&state.sidecar, pod["spec"]["containers"].as_array_mut())
+            {
+                containers.insert(0, json!({"name": sidecar, "image": "sidecar"}));
+            }
             let _ = store.create_own("v1", "Pod", pod);
         }
         let finished = !status["conditions"].is_null();
@@ -698,16 +707,19 @@ fn schedule(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>, now: 
     }
 }
 
-/// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod.
+/// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod, from whichever container has them
+/// (an injected sidecar may come first).
 fn upgrade_env(pod: &Value) -> Option<(String, String)> {
-    let env = pod["spec"]["containers"][0]["env"].as_array()?;
-    let value = |key: &str| {
-        env.iter()
-            .find(|e| e["name"] == key)
-            .and_then(|e| e["value"].as_str())
-            .map(str::to_owned)
-    };
-    Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
+    pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
+        let env = c["env"].as_array()?;
+        let value = |key: &str| {
+            env.iter()
+                .find(|e| e["name"] == key)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_owned)
+        };
+        Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
+    })
 }
 
 /// A stable, distinct address per Pod, derived from its uid.

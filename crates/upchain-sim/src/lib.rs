@@ -13,6 +13,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod table;
+pub mod validation;
 
 pub use clock::Clock;
 pub use sim::{Sim, SimConfig, SimError};

@@ -380,6 +380,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             return match shared.store().pod_log(
                 namespace,
                 pod,
+                query.get("container").map(String::as_str),
                 number("tailLines"),
                 number("limitBytes"),
             ) {

@@ -391,11 +391,13 @@ impl Store {
     }
 
     /// A Pod's log, as `GET pods/{name}/log` serves it: the last `tail_lines` lines, then
-    /// at most the last `limit_bytes` bytes. 404 when the Pod does not exist.
+    /// at most the last `limit_bytes` bytes. 404 when the Pod does not exist; 400 when it
+    /// has several containers and `container` names none of them, as a real server answers.
     pub fn pod_log(
         &self,
         namespace: &str,
         pod: &str,
+        container: Option<&str>,
         tail_lines: Option<usize>,
         limit_bytes: Option<usize>,
     ) -> Result<String, ApiError> {
@@ -403,7 +405,27 @@ impl Store {
             kind: "resource".into(),
             name: "pods".into(),
         })?;
-        self.get(&pods, namespace, pod)?;
+        let object = self.get(&pods, namespace, pod)?;
+        let containers: Vec<&str> = object["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        match container {
+            None if containers.len() > 1 => {
+                return Err(ApiError::BadRequest(format!(
+                    "a container name must be specified for pod {pod}, choose one of: [{}]",
+                    containers.join(" ")
+                )));
+            }
+            Some(name) if !containers.contains(&name) => {
+                return Err(ApiError::BadRequest(format!(
+                    "container {name} is not valid for pod {pod}"
+                )));
+            }
+            _ => {}
+        }
         let log = self
             .logs
             .get(&(namespace.to_owned(), pod.to_owned()))
@@ -669,6 +691,14 @@ impl Store {
         object: Value,
         old: Option<&Value>,
     ) -> Result<Value, ApiError> {
+        let errors = crate::validation::builtin_errors(rt, &object, old);
+        if !errors.is_empty() {
+            return Err(crate::validation::refusal(
+                rt,
+                meta(&object, "name"),
+                &errors,
+            ));
+        }
         let object = if rt.id() == "secrets" {
             secret_string_data(object)
         } else {
@@ -699,6 +729,35 @@ impl Store {
                 errors.join("; ")
             ))
         })
+    }
+
+    /// A server-side apply builds a typed object from the CRD's schema: a field the
+    /// installed schema does not declare fails the whole apply with a 500, where other
+    /// writes would have pruned it (a CRD older than its controller).
+    fn check_declared(&self, rt: &ResourceType, applied: &Value) -> Result<(), ApiError> {
+        let crd_name = format!("{}.{}", rt.plural, rt.group);
+        let Some(schema) = self
+            .objects
+            .get("customresourcedefinitions.apiextensions.k8s.io")
+            .and_then(|crds| crds.get(&(String::new(), crd_name)))
+            .and_then(|crd| admission::version_schema(crd, &rt.version))
+        else {
+            return Ok(());
+        };
+        let mut undeclared = Vec::new();
+        admission::undeclared_fields(schema, applied, "", &mut undeclared);
+        undeclared.retain(|path| {
+            !path.starts_with(".metadata")
+                && !path.starts_with(".apiVersion")
+                && !path.starts_with(".kind")
+        });
+        match undeclared.first() {
+            None => Ok(()),
+            Some(path) => Err(ApiError::Internal(format!(
+                "failed to create typed patch object ({}.{}, Kind={}) {}: field not declared in schema",
+                rt.group, rt.version, rt.kind, path
+            ))),
+        }
     }
 
     /// Reads one object.
@@ -1039,6 +1098,7 @@ impl Store {
                 } else {
                     body.clone()
                 };
+                self.check_declared(rt, &applied)?;
                 patch::apply(&mut next, &applied, &manager, force, &mut ownership)
                     .map_err(patch_error)?;
                 // Ownership changes only with a write that is stored: a refused apply
@@ -1503,12 +1563,15 @@ mod tests {
         )
         .expect("pod");
         s.append_log("default", "job-pod", "one\ntwo\nthree\n");
-        let log = |tail, limit| s.pod_log("default", "job-pod", tail, limit).expect("log");
+        let log = |tail, limit| {
+            s.pod_log("default", "job-pod", None, tail, limit)
+                .expect("log")
+        };
         assert_eq!(log(None, None), "one\ntwo\nthree\n");
         assert_eq!(log(Some(2), None), "two\nthree\n");
         assert_eq!(log(Some(9), None), "one\ntwo\nthree\n");
         assert_eq!(log(Some(2), Some(7)), "\nthree\n");
-        assert!(s.pod_log("default", "gone", None, None).is_err());
+        assert!(s.pod_log("default", "gone", None, None, None).is_err());
     }
 
     #[test]
