@@ -70,7 +70,11 @@ pub fn set(
             Some(c) if !transitioned => c.last_transition_time.clone(),
             _ => Time(now),
         },
-        message: desired.message,
+        message: match crate::text::bounded(&desired.message, crate::text::CONDITION_MESSAGE_BYTES)
+        {
+            std::borrow::Cow::Borrowed(_) => desired.message,
+            std::borrow::Cow::Owned(cut) => cut,
+        },
         observed_generation: generation,
         reason: desired.reason.to_owned(),
         status: status.to_owned(),

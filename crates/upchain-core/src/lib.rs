@@ -16,6 +16,8 @@ pub mod machine;
 pub mod observe;
 pub mod plan;
 pub mod snapshot;
+pub mod template;
+pub mod text;
 pub mod version;
 pub mod window;
 

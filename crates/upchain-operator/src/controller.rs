@@ -23,7 +23,7 @@ use upchain_api::{
     UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
 use upchain_core::evidence::{self, JobEvidence};
-use upchain_core::job::bounded_name;
+use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
 
 use crate::gather;
 use crate::metrics::Metrics;
@@ -487,10 +487,11 @@ async fn job_evidence(client: &Client, namespace: &str, job: &str) -> Option<Job
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_deref())
-        .and_then(|c| c.first())
+        .and_then(|c| c.iter().find(|c| c.name == RUNNER_CONTAINER))
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref());
     let params = LogParams {
+        container: Some(RUNNER_CONTAINER.to_owned()),
         tail_lines: Some(i64::try_from(evidence::LOG_LINES * 4).unwrap_or(40)),
         limit_bytes: Some(evidence::LOG_BYTES),
         ..LogParams::default()
@@ -771,7 +772,13 @@ async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, ctx: &Contex
                     EventType::Normal
                 },
                 reason: event.reason.to_owned(),
-                note: Some(event.message.clone()),
+                note: Some(
+                    upchain_core::text::bounded(
+                        &event.message,
+                        upchain_core::text::EVENT_NOTE_BYTES,
+                    )
+                    .into_owned(),
+                ),
                 action: event.reason.to_owned(),
                 // The node an Event is about keeps its own series: the recorder groups
                 // Events by reason and related object, not by message.
