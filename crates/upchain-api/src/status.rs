@@ -149,6 +149,19 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase, in the order a run passes through them, then the two that stop it.
+    pub const ALL: [Phase; 9] = [
+        Phase::Pending,
+        Phase::Preflight,
+        Phase::Snapshot,
+        Phase::ControlPlane,
+        Phase::Workers,
+        Phase::Postflight,
+        Phase::Succeeded,
+        Phase::Blocked,
+        Phase::Failed,
+    ];
+
     /// The phase's name as it appears in status and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -72,10 +72,19 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Nodes whose duration was already observed, so each is counted once.
     timed: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+    /// When this process started: only nodes finished since are observed.
+    since: jiff::Timestamp,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::since(jiff::Timestamp::now())
+    }
+}
+
+impl Metrics {
+    /// Metrics that observe the duration of nodes finished at or after `since`.
+    pub fn since(since: jiff::Timestamp) -> Self {
         let mut registry = Registry::default();
         let metrics = Self {
             in_flight: Family::default(),
@@ -96,6 +105,7 @@ impl Default for Metrics {
             leader: Gauge::default(),
             ready: AtomicBool::new(false),
             timed: std::sync::Mutex::default(),
+            since,
             registry: Registry::default(),
         };
         registry.register(
@@ -194,17 +204,7 @@ impl Metrics {
         self.last_progress
             .get_or_create(&label)
             .set(g.last_progress_timestamp);
-        for phase in [
-            Phase::Pending,
-            Phase::Preflight,
-            Phase::Snapshot,
-            Phase::ControlPlane,
-            Phase::Workers,
-            Phase::Postflight,
-            Phase::Succeeded,
-            Phase::Blocked,
-            Phase::Failed,
-        ] {
+        for phase in Phase::ALL {
             let label = PhaseLabel {
                 upgrade: upgrade.to_owned(),
                 phase: phase.as_str().to_owned(),
@@ -224,7 +224,9 @@ impl Metrics {
         }
         let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
         for node in status.nodes.iter().filter(|n| n.step == NodeStep::Done) {
-            let Some(finished) = &node.finished_at else {
+            // A node finished before this process started was observed by the process
+            // that finished it: after a restart or a failover it is not counted again.
+            let Some(finished) = node.finished_at.as_ref().filter(|f| f.0 >= self.since) else {
                 continue;
             };
             if timed.insert((
@@ -256,8 +258,22 @@ impl Metrics {
         ] {
             family.remove(&label);
         }
-        self.phase.clear();
-        self.nodes.clear();
+        for phase in Phase::ALL {
+            self.phase.remove(&PhaseLabel {
+                upgrade: upgrade.to_owned(),
+                phase: phase.as_str().to_owned(),
+            });
+        }
+        for state in NODE_STATES {
+            self.nodes.remove(&StateLabel {
+                upgrade: upgrade.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+        self.timed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(name, _, _)| name != upgrade);
     }
 
     /// Counts a reconcile and its latency.
@@ -346,4 +362,101 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use upchain_api::{NodeRecord, NodeRole, UpgradeKind};
+
+    fn at(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(seconds).unwrap()
+    }
+
+    fn done(name: &str, finished: i64) -> NodeRecord {
+        NodeRecord {
+            name: name.into(),
+            role: NodeRole::Worker,
+            first_control_plane: false,
+            kind: UpgradeKind::Patch,
+            target_version: "1.35.2".into(),
+            version_before: "v1.35.1".into(),
+            version_after: Some("v1.35.2".into()),
+            step: NodeStep::Done,
+            step_started_at: Time(at(finished - 60)),
+            cordoned: false,
+            attempts: 1,
+            failures: 0,
+            job: None,
+            started_at: Time(at(finished - 60)),
+            finished_at: Some(Time(at(finished))),
+            message: None,
+            waiting_for_pods: Vec::new(),
+            waiting_for_budgets: Vec::new(),
+            drain_preview: None,
+            job_result: None,
+        }
+    }
+
+    fn status(phase: Phase, nodes: Vec<NodeRecord>) -> K8sUpgradeStatus {
+        K8sUpgradeStatus {
+            phase: Some(phase),
+            nodes,
+            ..K8sUpgradeStatus::default()
+        }
+    }
+
+    fn lines_with(metrics: &Metrics, needle: &str) -> Vec<String> {
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn deleting_one_upgrade_keeps_the_others_series() {
+        let metrics = Metrics::since(at(1_000));
+        metrics.record_status("failed-run", &status(Phase::Failed, Vec::new()));
+        metrics.record_status("gone", &status(Phase::Succeeded, Vec::new()));
+        metrics.forget("gone");
+        assert!(lines_with(&metrics, "upgrade=\"gone\"").is_empty());
+        assert!(
+            lines_with(&metrics, "k8s_upgrade_phase{")
+                .iter()
+                .any(|l| l.contains("upgrade=\"failed-run\"")
+                    && l.contains("phase=\"Failed\"")
+                    && l.ends_with(" 1")),
+            "the Failed series of another upgrade survives: {}",
+            metrics.encode()
+        );
+        assert!(!lines_with(&metrics, "k8s_upgrade_nodes{upgrade=\"failed-run\"").is_empty());
+    }
+
+    #[test]
+    fn a_node_is_timed_once_and_never_again_after_a_restart() {
+        let count = |metrics: &Metrics| {
+            lines_with(metrics, "k8s_upgrade_node_duration_seconds_count")
+                .iter()
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .sum::<u64>()
+        };
+        let run = status(Phase::Workers, vec![done("w-0", 900), done("w-1", 1_100)]);
+        let metrics = Metrics::since(at(1_000));
+        metrics.record_status("u", &run);
+        metrics.record_status("u", &run);
+        assert_eq!(
+            count(&metrics),
+            1,
+            "w-1 only: w-0 finished before the start"
+        );
+        // A restarted operator (or a new leader) sees both records again.
+        let restarted = Metrics::since(at(1_200));
+        restarted.record_status("u", &run);
+        assert_eq!(count(&restarted), 0);
+    }
 }
