@@ -23,16 +23,9 @@ pub fn template(spec: &HookSpec, kind: HookKind) -> Result<JobTemplateSpec, Stri
             kind.as_str()
         )
     })?;
-    let has_containers = template
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .is_some_and(|p| !p.containers.is_empty());
-    if !has_containers {
-        return Err(format!(
-            "spec.hooks.{}.template has no containers: set spec.template.spec.containers",
-            kind.as_str()
-        ));
+    let field = format!("spec.hooks.{}.template", kind.as_str());
+    if let Some(error) = crate::template::job_template_error(&template, &field) {
+        return Err(error);
     }
     Ok(template)
 }

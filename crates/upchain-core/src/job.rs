@@ -25,6 +25,9 @@ const MAX_NAME: usize = 63;
 const SCRIPT_PATH: &str = "/etc/upchain/script/upgrade-node.sh";
 /// Where the SSH key is mounted in the Job's container.
 const SSH_KEY_PATH: &str = "/etc/upchain/ssh/id";
+/// The node Job's container, named when its log and exit code are read: a Pod may also
+/// hold an injected sidecar.
+pub const RUNNER_CONTAINER: &str = "upgrade";
 /// Unprivileged user of the runner image.
 const RUNNER_UID: i64 = 65532;
 
@@ -99,15 +102,32 @@ pub fn bounded_name(parts: &[&str]) -> String {
     format!("{head}-{hash}")
 }
 
-/// The deterministic name of a node's upgrade Job for one attempt.
-pub fn job_name(upgrade: &str, node: &str, target: KubeVersion, attempt: i32) -> String {
+/// The deterministic name of a node's upgrade Job for one attempt. It ends in a tag of
+/// the K8sUpgrade's uid: a K8sUpgrade deleted and applied again under the same name never
+/// meets the finished Jobs of the old one (kept for their TTL), whose Pod templates are
+/// immutable and may differ.
+pub fn job_name(owner: Owner<'_>, node: &str, target: KubeVersion, attempt: i32) -> String {
+    let uid_tag = hex_prefix(&Sha256::digest(owner.uid.as_bytes()), 6);
+    bounded_name(&[
+        owner.name,
+        node,
+        &target.to_string(),
+        &attempt.to_string(),
+        &uid_tag,
+    ])
+}
+
+/// The name node Jobs had before they carried the uid tag: a Job an earlier upchain
+/// started under it keeps it until it ends, so an operator upgraded mid-run never starts
+/// a second Job for the same node.
+pub fn untagged_job_name(upgrade: &str, node: &str, target: KubeVersion, attempt: i32) -> String {
     bounded_name(&[upgrade, node, &target.to_string(), &attempt.to_string()])
 }
 
 impl NodeJob<'_> {
     /// The Job's name.
     pub fn name(&self) -> String {
-        job_name(self.owner.name, self.node, self.target, self.attempt)
+        job_name(self.owner, self.node, self.target, self.attempt)
     }
 
     /// Renders the Job.
@@ -175,7 +195,7 @@ impl NodeJob<'_> {
         };
 
         let container = Container {
-            name: "upgrade".to_owned(),
+            name: RUNNER_CONTAINER.to_owned(),
             image: Some(self.runner.image.clone()),
             command: Some(vec![
                 "/bin/bash".to_owned(),
@@ -360,7 +380,7 @@ mod tests {
         let rendered = job(&runner, "w-1", &batch).render();
         assert_eq!(
             rendered.metadata.name.as_deref(),
-            Some("to-1-35-w-1-v1-35-2-1")
+            Some("to-1-35-w-1-v1-35-2-1-4a49ac")
         );
         assert_eq!(
             rendered.metadata.namespace.as_deref(),
@@ -402,10 +422,31 @@ mod tests {
     #[test]
     fn long_names_are_shortened_with_a_hash() {
         let node = "a".repeat(200);
-        let a = job_name("upgrade", &node, KubeVersion::new(1, 35, 2), 1);
-        let b = job_name("upgrade", &node, KubeVersion::new(1, 35, 2), 2);
+        let owner = Owner {
+            name: "upgrade",
+            uid: "uid-1",
+        };
+        let a = job_name(owner, &node, KubeVersion::new(1, 35, 2), 1);
+        let b = job_name(owner, &node, KubeVersion::new(1, 35, 2), 2);
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_recreated_upgrade_of_the_same_name_gets_other_job_names() {
+        let target = KubeVersion::new(1, 35, 2);
+        let old = Owner {
+            name: "to-1-35",
+            uid: "3f0c1a52-0000-4000-8000-000000000001",
+        };
+        let new = Owner {
+            uid: "9b7e44d0-0000-4000-8000-000000000002",
+            ..old
+        };
+        let name = job_name(old, "worker-1", target, 1);
+        assert!(name.starts_with("to-1-35-worker-1-v1-35-2-1-"), "{name}");
+        assert_ne!(name, job_name(new, "worker-1", target, 1));
+        assert_eq!(name, job_name(old, "worker-1", target, 1));
     }
 
     proptest! {

@@ -21,7 +21,7 @@ use upchain_api::{
 use crate::conditions::{self, Desired, types};
 use crate::drain::drain_progress;
 use crate::gates;
-use crate::job::{NodeJob, Owner, job_name};
+use crate::job::{NodeJob, Owner, job_name, untagged_job_name};
 use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade};
 use crate::plan::{Plan, plan};
 use crate::version::KubeVersion;
@@ -937,10 +937,19 @@ impl<'a> Machine<'a> {
         let name = crate::snapshot::snapshot_job_name(self.name(), run_started, attempt);
         let inputs = self.observed.snapshot.as_ref();
         let template = match inputs.map(|i| &i.template) {
-            Some(Ok(template)) => template.clone(),
+            Some(Ok(template)) => {
+                let field = format!("CronJob {}/{} jobTemplate", spec.namespace, spec.cron_job);
+                if let Some(error) = crate::template::job_template_error(template, &field) {
+                    return self.block(vec![format!(
+                        "the etcd snapshot cannot be taken: {error}; fix the CronJob"
+                    )]);
+                }
+                template.clone()
+            }
             Some(Err(error)) => {
                 return self.block(vec![format!(
-                    "the etcd snapshot cannot be taken: CronJob {}/{} could not be read                      ({error}); fix spec.snapshot or create the CronJob",
+                    "the etcd snapshot cannot be taken: CronJob {}/{} could not be read \
+                     ({error}); fix spec.snapshot or create the CronJob",
                     spec.namespace, spec.cron_job
                 )]);
             }
@@ -1743,7 +1752,16 @@ impl<'a> Machine<'a> {
                 format!("has an unreadable target {}", record.target_version),
             );
         };
-        let name = job_name(self.name(), &record.name, target, record.attempts);
+        let upgrade = self.upgrade;
+        let owner = Owner {
+            name: upgrade.metadata.name.as_deref().unwrap_or_default(),
+            uid: upgrade.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let untagged = untagged_job_name(owner.name, &record.name, target, record.attempts);
+        let name = match &record.job {
+            Some(job) if *job == untagged => untagged,
+            _ => job_name(owner, &record.name, target, record.attempts),
+        };
         if record.job.as_deref() != Some(&name) {
             self.status.nodes[index].job = Some(name.clone());
             self.node_event(
@@ -1771,10 +1789,7 @@ impl<'a> Machine<'a> {
                     .and_then(|n| n.internal_ip.clone())
                     .unwrap_or_default();
                 let job = NodeJob {
-                    owner: Owner {
-                        name: self.name(),
-                        uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
-                    },
+                    owner,
                     runner: &self.spec.runner,
                     node: &record.name,
                     node_ip: &node_ip,

@@ -32,6 +32,13 @@ fn pod(namespace: &str, name: &str) -> ObservedPod {
     }
 }
 
+/// The jobTemplate of a cluster's etcd backup CronJob.
+fn backup_template() -> k8s_openapi::api::batch::v1::JobTemplateSpec {
+    serde_json::from_value(serde_json::json!({"spec": {"template": {"spec": {
+        "restartPolicy": "OnFailure", "containers": [{"name": "backup", "image": "etcd"}]}}}}))
+    .expect("template")
+}
+
 /// A model cluster: applies actions the way the API server and kubelets would.
 #[derive(Clone, Debug)]
 struct World {
@@ -91,7 +98,7 @@ impl World {
             others: Vec::new(),
             clock: 0,
             gates: Default::default(),
-            snapshot_template: Ok(Default::default()),
+            snapshot_template: Ok(backup_template()),
             snapshot_jobs: BTreeMap::new(),
             snapshot_outcome: Some(JobState::Succeeded),
             budgets: Vec::new(),
@@ -427,6 +434,22 @@ fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &Decision) {
     let before = upgrade.status.clone().unwrap_or_default();
     let active: Vec<_> = status.nodes.iter().filter(|n| n.step.is_active()).collect();
     let active_names: Vec<&str> = active.iter().map(|n| n.name.as_str()).collect();
+
+    // What a person reads is written as prose: no run of spaces from a lost line
+    // continuation.
+    let texts = status
+        .blocked_reasons
+        .iter()
+        .chain(status.conditions.iter().map(|c| &c.message))
+        .chain(status.nodes.iter().filter_map(|n| n.message.as_ref()))
+        .chain(decision.actions.iter().filter_map(|a| match a {
+            Action::Event(event) => Some(&event.message),
+            Action::Notify(notification) => Some(&notification.text),
+            _ => None,
+        }));
+    for text in texts {
+        assert!(!text.contains("  "), "a run of spaces in {text:?}");
+    }
 
     for action in &decision.actions {
         let node_job = |job: &k8s_openapi::api::batch::v1::Job| {
@@ -1210,9 +1233,31 @@ fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
     let blocked = run.decide_once();
     assert!(
         blocked.status.blocked_reasons[0]
-            .contains("CronJob kube-system/etcd-backup could not be read")
+            .contains("CronJob kube-system/etcd-backup could not be read (cronjobs.batch")
     );
     assert!(mutating(&blocked.actions).is_empty());
+}
+
+#[test]
+fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_job() {
+    let mut world = World::new(small_cluster());
+    let mut template = backup_template();
+    template.metadata = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        labels: Some([("backup".to_owned(), "x".repeat(70))].into()),
+        ..Default::default()
+    });
+    world.snapshot_template = Ok(template);
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    let reason = &blocked.status.blocked_reasons[0];
+    assert!(
+        reason
+            .contains("CronJob kube-system/etcd-backup jobTemplate.metadata.labels: label backup=")
+            && reason.ends_with("fix the CronJob"),
+        "{reason}"
+    );
+    assert!(mutating(&blocked.actions).is_empty(), "no Job created");
 }
 
 #[test]
@@ -1788,27 +1833,35 @@ fn a_failed_pre_hook_blocks_untouched_and_a_failed_post_hook_fails_the_run_until
 }
 
 #[test]
-fn a_hook_template_without_containers_fails_the_spec_before_anything() {
-    let mut upgrade = with_hooks(quick("1.35.2"));
-    upgrade
-        .spec
-        .hooks
-        .as_mut()
-        .expect("hooks")
-        .pre
-        .as_mut()
-        .expect("pre")
-        .template = serde_json::json!({"spec": {"template": {"spec": {"containers": []}}}});
-    let mut run = Run::new(upgrade, World::new(small_cluster()));
-    let refused = run.decide_once();
-    assert_eq!(refused.status.phase, Some(Phase::Failed));
-    assert!(mutating(&refused.actions).is_empty());
-    let ready = conditions::get(&refused.status.conditions, types::READY).expect("Ready");
-    assert!(
-        ready
-            .message
-            .contains("spec.hooks.pre.template has no containers")
-    );
+fn a_hook_template_the_api_server_would_refuse_fails_the_spec_before_anything() {
+    for (template, expected) in [
+        (
+            serde_json::json!({"spec": {"template": {"spec": {"containers": []}}}}),
+            "spec.hooks.pre.template has no containers",
+        ),
+        (
+            serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            "spec.hooks.pre.template.spec.template.spec.restartPolicy is unset (Always)",
+        ),
+    ] {
+        let mut upgrade = with_hooks(quick("1.35.2"));
+        upgrade
+            .spec
+            .hooks
+            .as_mut()
+            .expect("hooks")
+            .pre
+            .as_mut()
+            .expect("pre")
+            .template = template;
+        let mut run = Run::new(upgrade, World::new(small_cluster()));
+        let refused = run.decide_once();
+        assert_eq!(refused.status.phase, Some(Phase::Failed));
+        assert!(mutating(&refused.actions).is_empty());
+        let ready = conditions::get(&refused.status.conditions, types::READY).expect("Ready");
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(ready.message.contains(expected), "{}", ready.message);
+    }
 }
 
 #[test]
@@ -1851,4 +1904,55 @@ fn notifications_go_once_per_transition() {
     assert_eq!(kinds, ["started", "blocked", "succeeded"]);
     assert!(sent[1].text.contains("KubeNodeNotReady"));
     assert!(sent.iter().all(|n| n.text.starts_with("K8sUpgrade test ")));
+}
+
+#[test]
+fn a_node_job_started_under_the_untagged_name_is_followed_not_doubled() {
+    // An upchain from before Job names carried the uid tag started this node's Job; the
+    // new one takes over mid-run.
+    let world = World::new(small_cluster());
+    let mut run = Run::new(quick("1.35.2"), world);
+    for _ in 0..20 {
+        run.decide_once();
+        if run
+            .status_or_default()
+            .nodes
+            .iter()
+            .any(|n| n.step == NodeStep::Upgrading)
+        {
+            break;
+        }
+        run.world.tick(1);
+    }
+    let status = run.upgrade.status.as_mut().expect("status");
+    let record = status
+        .nodes
+        .iter_mut()
+        .find(|n| n.step == NodeStep::Upgrading)
+        .expect("a node upgrading");
+    let tagged = record.job.clone().expect("job");
+    let untagged = crate::job::untagged_job_name(
+        "test",
+        &record.name,
+        crate::KubeVersion::new(1, 35, 2),
+        record.attempts,
+    );
+    record.job = Some(untagged.clone());
+    let job = run.world.jobs.remove(&tagged).expect("running job");
+    run.world.jobs.insert(untagged.clone(), job);
+    let next = run.decide_once();
+    assert!(
+        !next
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::CreateJob(_))),
+        "a second Job for the node: {:?}",
+        next.actions
+    );
+    assert!(
+        next.status
+            .nodes
+            .iter()
+            .any(|n| n.job.as_ref() == Some(&untagged))
+    );
 }

@@ -279,6 +279,23 @@ fn kubelet(node: &serde_json::Value) -> &str {
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrades_every_node_through_drains_and_jobs() {
     let cluster = cluster(1, 3).await;
+    // A finished Job left (within its TTL) by a deleted K8sUpgrade of the same name and
+    // target, under the name its first node Job had: its Pod template is immutable.
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> =
+        Api::namespaced(cluster.client.clone(), "upchain-system");
+    let leftover = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "to-1-35-worker-1-v1-35-2-1",
+            "labels": {"upchain.dev/upgrade": "to-1-35", "upchain.dev/node": "worker-1"},
+            "annotations": {"upchain.dev/upgrade": "to-1-35", "upchain.dev/upgrade-uid": "an-old-uid"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "upgrade", "image": "runner:old"}]}}}});
+    jobs.patch(
+        "to-1-35-worker-1-v1-35-2-1",
+        &PatchParams::apply("earlier-upchain"),
+        &Patch::Apply(&leftover),
+    )
+    .await
+    .expect("leftover Job");
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s"}),
@@ -360,6 +377,8 @@ async fn a_failing_job_is_retried_and_a_refused_spec_changes_nothing() {
         .behaviour()
         .extra_log_lines
         .insert("worker-1".into(), vec!["SSH_PASSWORD=hunter2".into()]);
+    // A service mesh injects a sidecar into every Job Pod: logs are read by container.
+    cluster.sim.behaviour().sidecar = Some("istio-proxy".into());
     // A downgrade is refused before anything is touched.
     apply_upgrade(&cluster.client, json!({"targetVersion": "1.34.1"})).await;
     let refused = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(20)).await;
