@@ -342,17 +342,27 @@ pub struct DrainSpec {
     #[schemars(range(min = 0, max = 3600))]
     pub grace_period_seconds: Option<i64>,
 
-    /// Evict Pods that use emptyDir volumes (their emptyDir data is lost).
-    #[serde(default = "default_true")]
+    /// Evict Pods that use emptyDir volumes, losing that data. Off by default, as with
+    /// `kubectl drain`: such a Pod blocks the run before its node is cordoned, named in
+    /// status.blockedReasons, until it is moved or this is set.
+    #[serde(default)]
     pub delete_empty_dir_data: bool,
 
+    /// Evict Pods that no controller (ReplicaSet, StatefulSet, Job...) manages: nothing
+    /// recreates them. Off by default, as `kubectl drain` without `--force`: such a Pod
+    /// blocks the run before its node is cordoned, named in status.blockedReasons.
+    #[serde(default)]
+    pub evict_unmanaged_pods: bool,
+
     /// What happens when the drain times out: `Fail` stops the upgrade with the names
-    /// of the Pods that would not leave; `Force` deletes them without the Eviction API.
+    /// of the Pods that would not leave; `Force` deletes them without the Eviction API,
+    /// ignoring their PodDisruptionBudgets, and carries on.
     #[serde(default)]
     pub on_timeout: DrainTimeoutAction,
 
-    /// Delete (rather than evict) a single-replica Pod whose PodDisruptionBudget allows
-    /// no disruption, which would otherwise block the drain forever. Off by default.
+    /// Delete (rather than evict) a Pod whose PodDisruptionBudget allows no disruption
+    /// and expects a single Pod, which no eviction can ever move: the drain deletes it at
+    /// once, with a Warning Event, instead of waiting for the timeout. Off by default.
     #[serde(default)]
     pub delete_pdb_blocked_single_replica_pods: bool,
 }
@@ -362,7 +372,8 @@ impl Default for DrainSpec {
         Self {
             timeout: default_drain_timeout(),
             grace_period_seconds: None,
-            delete_empty_dir_data: true,
+            delete_empty_dir_data: false,
+            evict_unmanaged_pods: false,
             on_timeout: DrainTimeoutAction::default(),
             delete_pdb_blocked_single_replica_pods: false,
         }
@@ -371,10 +382,6 @@ impl Default for DrainSpec {
 
 fn default_drain_timeout() -> Duration {
     Duration::from(std::time::Duration::from_secs(15 * 60))
-}
-
-fn default_true() -> bool {
-    true
 }
 
 /// What a drain does when it times out.

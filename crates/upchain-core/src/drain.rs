@@ -1,6 +1,6 @@
 //! Which Pods a drain evicts, and which it is still waiting on.
 
-use upchain_api::DrainPreview;
+use upchain_api::{DrainPreview, DrainSpec};
 
 use crate::observe::{ObservedBudget, ObservedPod};
 
@@ -12,11 +12,18 @@ pub const PREVIEW_NAMES: usize = 20;
 pub struct DrainProgress {
     /// Pods to evict now (namespace/name).
     pub evict: Vec<String>,
+    /// Pods to delete now rather than evict (namespace/name): single replicas that a
+    /// PodDisruptionBudget would hold forever, with `deletePdbBlockedSingleReplicaPods`.
+    pub delete: Vec<String>,
     /// Pods the drain still waits for (namespace/name), evicted or not.
     pub waiting: Vec<String>,
     /// PodDisruptionBudgets (namespace/name) that allow no disruption now and cover a Pod
     /// not yet leaving: the Eviction API refuses those Pods until the budget allows it.
     pub blocked_by: Vec<String>,
+    /// Pods no controller manages, held back without `evictUnmanagedPods`.
+    pub unmanaged: Vec<String>,
+    /// Pods with emptyDir data, held back without `deleteEmptyDirData`.
+    pub with_empty_dir: Vec<String>,
 }
 
 impl DrainProgress {
@@ -33,15 +40,54 @@ impl DrainProgress {
             blocked_by: self.blocked_by.clone(),
         }
     }
+
+    /// Why the drain of `node` would lose what nothing brings back, each with the field
+    /// that allows it; empty when the drain may go ahead.
+    pub fn held_reasons(&self, node: &str) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.unmanaged.is_empty() {
+            reasons.push(format!(
+                "node {node} runs Pod(s) that no controller manages, which nothing would \
+                 recreate once evicted: {}; move them, or set spec.drain.evictUnmanagedPods: \
+                 true to evict them anyway",
+                names(&self.unmanaged)
+            ));
+        }
+        if !self.with_empty_dir.is_empty() {
+            reasons.push(format!(
+                "node {node} runs Pod(s) with emptyDir volumes, whose data an eviction \
+                 deletes: {}; set spec.drain.deleteEmptyDirData: true to evict them anyway",
+                names(&self.with_empty_dir)
+            ));
+        }
+        reasons
+    }
+}
+
+/// The first Pod names of a list, and how many more there are.
+fn names(pods: &[String]) -> String {
+    let shown = pods
+        .iter()
+        .take(PREVIEW_NAMES)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    match pods.len().saturating_sub(PREVIEW_NAMES) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// DaemonSet Pods (they would come straight back), mirror Pods (the Eviction API cannot
-/// remove them) and finished Pods stay; every other Pod must leave. The operator's own
-/// Pod is evicted last, once nothing else is left, so it never dies before its work.
+/// remove them) and finished Pods stay; every other Pod must leave. As with `kubectl
+/// drain`, a Pod no controller manages and a Pod with emptyDir data are evicted only when
+/// `options` allow it; otherwise they hold the drain. The operator's own Pod is evicted
+/// last, once nothing else is left, so it never dies before its work.
 pub fn drain_progress(
     pods: &[ObservedPod],
     operator_pod: Option<&str>,
     budgets: &[ObservedBudget],
+    options: &DrainSpec,
 ) -> DrainProgress {
     let must_leave: Vec<&ObservedPod> = pods
         .iter()
@@ -49,6 +95,32 @@ pub fn drain_progress(
         .collect();
     let is_operator = |p: &ObservedPod| operator_pod == Some(p.key().as_str());
     let others_left = must_leave.iter().any(|p| !is_operator(p));
+    let leaving = |p: &&&ObservedPod| !p.terminating;
+    let held_unmanaged = |p: &ObservedPod| p.unmanaged && !options.evict_unmanaged_pods;
+    let held_empty_dir = |p: &ObservedPod| p.empty_dir && !options.delete_empty_dir_data;
+    let keys = |filter: &dyn Fn(&ObservedPod) -> bool| -> Vec<String> {
+        let mut keys: Vec<String> = must_leave
+            .iter()
+            .filter(leaving)
+            .filter(|p| filter(p))
+            .map(|p| p.key())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let blocking = |p: &ObservedPod| {
+        budgets
+            .iter()
+            .filter(|b| b.disruptions_allowed <= 0 && b.covers(p))
+            .collect::<Vec<_>>()
+    };
+    // A single replica behind a budget that allows no disruption never leaves by eviction.
+    let deletable = |p: &ObservedPod| {
+        options.delete_pdb_blocked_single_replica_pods
+            && !held_unmanaged(p)
+            && !held_empty_dir(p)
+            && blocking(p).iter().any(|b| b.expected_pods <= 1)
+    };
     let mut blocked_by: Vec<String> = budgets
         .iter()
         .filter(|b| b.disruptions_allowed <= 0)
@@ -56,18 +128,21 @@ pub fn drain_progress(
         .map(ObservedBudget::key)
         .collect();
     blocked_by.sort();
-    let mut progress = DrainProgress {
-        waiting: must_leave.iter().map(|p| p.key()).collect(),
-        evict: must_leave
-            .iter()
-            .filter(|p| !(p.terminating || (others_left && is_operator(p))))
-            .map(|p| p.key())
-            .collect(),
+    let mut waiting: Vec<String> = must_leave.iter().map(|p| p.key()).collect();
+    waiting.sort();
+    DrainProgress {
+        waiting,
+        evict: keys(&|p| {
+            !(held_unmanaged(p)
+                || held_empty_dir(p)
+                || deletable(p)
+                || (others_left && is_operator(p)))
+        }),
+        delete: keys(&deletable),
         blocked_by,
-    };
-    progress.waiting.sort();
-    progress.evict.sort();
-    progress
+        unmanaged: keys(&held_unmanaged),
+        with_empty_dir: keys(&held_empty_dir),
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +157,8 @@ mod tests {
             mirror: false,
             finished: false,
             terminating: false,
+            unmanaged: false,
+            empty_dir: false,
             labels: [("app".to_owned(), name.to_owned())].into(),
         }
     }
@@ -107,7 +184,7 @@ mod tests {
                 ..pod("leaving")
             },
         ];
-        let progress = drain_progress(&pods, None, &[]);
+        let progress = drain_progress(&pods, None, &[], &DrainSpec::default());
         assert_eq!(progress.evict, ["apps/web"]);
         assert_eq!(progress.waiting, ["apps/leaving", "apps/web"]);
         assert!(!progress.is_done());
@@ -116,15 +193,88 @@ mod tests {
     #[test]
     fn evicts_the_operator_last() {
         let pods = vec![pod("upchain"), pod("web")];
-        let first = drain_progress(&pods, Some("apps/upchain"), &[]);
+        let first = drain_progress(&pods, Some("apps/upchain"), &[], &DrainSpec::default());
         assert_eq!(first.evict, ["apps/web"]);
-        let last = drain_progress(&pods[..1], Some("apps/upchain"), &[]);
+        let last = drain_progress(&pods[..1], Some("apps/upchain"), &[], &DrainSpec::default());
         assert_eq!(last.evict, ["apps/upchain"]);
     }
 
     #[test]
+    fn unmanaged_pods_and_empty_dir_data_are_held_unless_allowed_as_kubectl_drain_does() {
+        let pods = vec![
+            ObservedPod {
+                unmanaged: true,
+                ..pod("debug")
+            },
+            ObservedPod {
+                empty_dir: true,
+                ..pod("cache")
+            },
+            pod("web"),
+        ];
+        let held = drain_progress(&pods, None, &[], &DrainSpec::default());
+        assert_eq!(held.evict, ["apps/web"]);
+        assert_eq!(held.unmanaged, ["apps/debug"]);
+        assert_eq!(held.with_empty_dir, ["apps/cache"]);
+        assert_eq!(held.waiting.len(), 3, "held Pods still hold the drain");
+        let reasons = held.held_reasons("w-1");
+        assert!(
+            reasons[0].contains("apps/debug")
+                && reasons[0].contains("spec.drain.evictUnmanagedPods: true")
+        );
+        assert!(
+            reasons[1].contains("apps/cache")
+                && reasons[1].contains("spec.drain.deleteEmptyDirData: true")
+        );
+
+        let allowed = DrainSpec {
+            evict_unmanaged_pods: true,
+            delete_empty_dir_data: true,
+            ..DrainSpec::default()
+        };
+        let free = drain_progress(&pods, None, &[], &allowed);
+        assert_eq!(free.evict, ["apps/cache", "apps/debug", "apps/web"]);
+        assert!(free.held_reasons("w-1").is_empty());
+    }
+
+    #[test]
+    fn a_single_replica_behind_a_budget_that_allows_nothing_is_deleted_only_when_allowed() {
+        let single = ObservedBudget {
+            expected_pods: 1,
+            ..budget("apps", "db-pdb", "db", 0)
+        };
+        let pods = vec![pod("db"), pod("web")];
+        let waits = drain_progress(
+            &pods,
+            None,
+            std::slice::from_ref(&single),
+            &DrainSpec::default(),
+        );
+        assert!(waits.delete.is_empty());
+        assert_eq!(
+            waits.evict,
+            ["apps/db", "apps/web"],
+            "the eviction is tried, and refused"
+        );
+        let allowed = DrainSpec {
+            delete_pdb_blocked_single_replica_pods: true,
+            ..DrainSpec::default()
+        };
+        let deletes = drain_progress(&pods, None, std::slice::from_ref(&single), &allowed);
+        assert_eq!(deletes.delete, ["apps/db"]);
+        assert_eq!(deletes.evict, ["apps/web"]);
+        // A budget over several replicas lets the drain wait for its room instead.
+        let several = budget("apps", "db-pdb", "db", 0);
+        assert!(
+            drain_progress(&pods, None, &[several], &allowed)
+                .delete
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn empty_node_is_drained() {
-        assert!(drain_progress(&[], None, &[]).is_done());
+        assert!(drain_progress(&[], None, &[], &DrainSpec::default()).is_done());
     }
 
     fn budget(namespace: &str, name: &str, app: &str, allowed: i32) -> ObservedBudget {
@@ -137,6 +287,7 @@ mod tests {
             name: name.into(),
             selector: kube_core::Selector::try_from(selector).ok(),
             disruptions_allowed: allowed,
+            expected_pods: 2,
         }
     }
 
@@ -156,7 +307,7 @@ mod tests {
             budget("other", "db-pdb", "db", 0),
             budget("apps", "cache-pdb", "cache", 0),
         ];
-        let progress = drain_progress(&pods, None, &budgets);
+        let progress = drain_progress(&pods, None, &budgets, &DrainSpec::default());
         assert_eq!(
             progress.blocked_by,
             ["apps/db-pdb"],
@@ -171,7 +322,7 @@ mod tests {
     #[test]
     fn a_preview_lists_a_bounded_number_of_pods() {
         let pods: Vec<ObservedPod> = (0..50).map(|i| pod(&format!("p{i:02}"))).collect();
-        let preview = drain_progress(&pods, None, &[]).preview();
+        let preview = drain_progress(&pods, None, &[], &DrainSpec::default()).preview();
         assert_eq!(preview.evict_count, 50);
         assert_eq!(preview.evict.len(), PREVIEW_NAMES);
     }

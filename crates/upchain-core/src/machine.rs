@@ -40,6 +40,10 @@ pub const HISTORY_LIMIT: usize = 5;
 pub const DONE_RECORDS_KEPT: usize = 100;
 /// How a draining node's message starts while budgets hold it.
 const WAITING_ON_BUDGETS: &str = "waiting on PodDisruptionBudget(s)";
+/// How a draining node's message begins while Pods the drain options forbid evicting hold it.
+const WAITING_ON_HELD: &str = "the drain holds back Pods it may not evict:";
+/// How a draining node's message begins while it deletes single replicas budgets hold.
+const DELETING_BLOCKED: &str = "deleting single-replica Pod(s)";
 /// Safety bound on transitions taken in one decision.
 const MAX_TRANSITIONS: usize = 64;
 
@@ -709,8 +713,29 @@ impl<'a> Machine<'a> {
         if first && self.hook(HookKind::Pre) == HookProgress::Waiting {
             return;
         }
+        let held = self.held_in_next_batch(&plan);
+        if !held.is_empty() {
+            return self.block(held);
+        }
         self.unblock();
         self.start_batch(&plan);
+    }
+
+    /// Why a node of the next batch may not be drained yet: Pods whose eviction would
+    /// lose what nothing brings back, unless the spec allows it (the drain's options).
+    fn held_in_next_batch(&self, plan: &Plan) -> Vec<String> {
+        plan.next_batch()
+            .filter_map(|step| Some((step, self.observed.pods.get(&step.name)?)))
+            .flat_map(|(step, pods)| {
+                drain_progress(
+                    pods,
+                    self.observed.operator_pod.as_deref(),
+                    &self.observed.budgets,
+                    &self.spec.drain,
+                )
+                .held_reasons(&step.name)
+            })
+            .collect()
     }
 
     /// True when every configured check that reads a source outside the API (alerts,
@@ -1659,6 +1684,7 @@ impl<'a> Machine<'a> {
             pods,
             self.observed.operator_pod.as_deref(),
             &self.observed.budgets,
+            &self.spec.drain,
         );
         if record.drain_preview.is_none() {
             let preview = progress.preview();
@@ -1718,25 +1744,56 @@ impl<'a> Machine<'a> {
                     pods: progress.waiting.clone(),
                 }),
             }
-        } else if !progress.evict.is_empty() {
-            self.act(Action::Evict {
-                node: record.name.clone(),
-                pods: progress.evict.clone(),
-                grace_period_seconds: self.spec.drain.grace_period_seconds,
-            });
+        } else {
+            if !progress.evict.is_empty() {
+                self.act(Action::Evict {
+                    node: record.name.clone(),
+                    pods: progress.evict.clone(),
+                    grace_period_seconds: self.spec.drain.grace_period_seconds,
+                });
+            }
+            if !progress.delete.is_empty() {
+                let message = format!(
+                    "{DELETING_BLOCKED} {}: their PodDisruptionBudget allows no disruption \
+                     and expects one Pod, so no eviction can ever move them \
+                     (spec.drain.deletePdbBlockedSingleReplicaPods)",
+                    progress.delete.join(", "),
+                );
+                if record.message.as_ref() != Some(&message) {
+                    self.node_event(
+                        true,
+                        "DeletingBlockedPods",
+                        &record.name,
+                        format!("{} {message}", record.name),
+                    );
+                }
+                self.status.nodes[index].message = Some(message);
+                self.act(Action::DeletePods {
+                    node: record.name.clone(),
+                    pods: progress.delete.clone(),
+                });
+            }
         }
+        let held = progress.held_reasons(&record.name);
         let record = &mut self.status.nodes[index];
-        if !progress.blocked_by.is_empty() {
+        if !held.is_empty() {
+            record.message = Some(format!(
+                "{WAITING_ON_HELD} {}; or see drain.onTimeout",
+                held.join("; ")
+            ));
+        } else if !progress.delete.is_empty() {
+            // Said above.
+        } else if !progress.blocked_by.is_empty() {
             record.message = Some(format!(
                 "{WAITING_ON_BUDGETS} {} that allow no disruption now; scale up or relax them, \
                  or see drain.onTimeout",
                 progress.blocked_by.join(", ")
             ));
-        } else if record
-            .message
-            .as_deref()
-            .is_some_and(|m| m.starts_with(WAITING_ON_BUDGETS))
-        {
+        } else if record.message.as_deref().is_some_and(|m| {
+            [WAITING_ON_BUDGETS, WAITING_ON_HELD, DELETING_BLOCKED]
+                .iter()
+                .any(|prefix| m.starts_with(prefix))
+        }) {
             record.message = None;
         }
         record.waiting_for_pods = progress.waiting;

@@ -2,9 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::{Selector, SelectorExt};
 
 /// A node as the plan and the phase machine see it.
@@ -168,6 +167,10 @@ pub struct ObservedPod {
     pub finished: bool,
     /// Already being deleted.
     pub terminating: bool,
+    /// No controller owns it: nothing recreates it once it is evicted.
+    pub unmanaged: bool,
+    /// It mounts an emptyDir volume, whose data an eviction deletes.
+    pub empty_dir: bool,
     /// Its labels, which PodDisruptionBudgets select on.
     pub labels: BTreeMap<String, String>,
 }
@@ -183,6 +186,9 @@ pub struct ObservedBudget {
     pub selector: Option<Selector>,
     /// `status.disruptionsAllowed`: 0 refuses every eviction of a Pod it covers.
     pub disruptions_allowed: i32,
+    /// `status.expectedPods`: 1 for a budget over a single replica, which an eviction can
+    /// never satisfy.
+    pub expected_pods: i32,
 }
 
 impl ObservedBudget {
@@ -197,6 +203,7 @@ impl ObservedBudget {
                 .and_then(|s| s.selector.clone())
                 .and_then(|s| Selector::try_from(s).ok()),
             disruptions_allowed: budget.status.as_ref().map_or(0, |s| s.disruptions_allowed),
+            expected_pods: budget.status.as_ref().map_or(0, |s| s.expected_pods),
         }
     }
 
@@ -216,24 +223,33 @@ impl ObservedBudget {
 }
 
 impl ObservedPod {
-    /// Reduces a Pod's metadata to what the drain decides on; whether the Pod has
-    /// finished is not in its metadata, so the caller says.
-    pub fn from_metadata(metadata: &ObjectMeta, finished: bool) -> Self {
+    /// Reduces a Pod to what the drain decides on.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let metadata = &pod.metadata;
+        let owners = metadata.owner_references.as_deref().unwrap_or_default();
+        let controller = owners.iter().find(|o| o.controller == Some(true));
         Self {
             namespace: metadata.namespace.clone().unwrap_or_default(),
             name: metadata.name.clone().unwrap_or_default(),
-            daemonset: metadata
-                .owner_references
-                .as_deref()
-                .unwrap_or_default()
-                .iter()
-                .any(|o| o.kind == "DaemonSet" && o.controller == Some(true)),
+            daemonset: controller.is_some_and(|o| o.kind == "DaemonSet"),
             mirror: metadata
                 .annotations
                 .as_ref()
                 .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
-            finished,
+            finished: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|p| p == "Succeeded" || p == "Failed"),
             terminating: metadata.deletion_timestamp.is_some(),
+            unmanaged: controller.is_none(),
+            empty_dir: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.volumes.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .any(|v| v.empty_dir.is_some()),
             labels: metadata.labels.clone().unwrap_or_default(),
         }
     }

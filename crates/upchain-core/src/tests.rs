@@ -28,6 +28,8 @@ fn pod(namespace: &str, name: &str) -> ObservedPod {
         mirror: false,
         finished: false,
         terminating: false,
+        unmanaged: false,
+        empty_dir: false,
         labels: BTreeMap::new(),
     }
 }
@@ -37,6 +39,22 @@ fn backup_template() -> k8s_openapi::api::batch::v1::JobTemplateSpec {
     serde_json::from_value(serde_json::json!({"spec": {"template": {"spec": {
         "restartPolicy": "OnFailure", "containers": [{"name": "backup", "image": "etcd"}]}}}}))
     .expect("template")
+}
+
+/// A PodDisruptionBudget `apps/{app}` over the Pods labelled `app={app}`, allowing no
+/// disruption now, expecting `expected_pods`.
+fn budget_allowing_nothing(app: &str, expected_pods: i32) -> ObservedBudget {
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+        match_expressions: None,
+    };
+    ObservedBudget {
+        namespace: "apps".to_owned(),
+        name: app.to_owned(),
+        selector: kube_core::Selector::try_from(selector).ok(),
+        disruptions_allowed: 0,
+        expected_pods,
+    }
 }
 
 /// A model cluster: applies actions the way the API server and kubelets would.
@@ -877,6 +895,102 @@ fn drain_timeout_fails_with_the_pods_named() {
 }
 
 #[test]
+fn a_drain_on_timeout_force_deletes_the_pods_that_would_not_leave_and_goes_on() {
+    let mut world = World::new(small_cluster());
+    let mut stuck = pod("db", "postgres-0");
+    stuck.terminating = true;
+    world.pods.get_mut("cp-0").expect("cp-0").push(stuck);
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.drain.on_timeout = upchain_api::DrainTimeoutAction::Force;
+    let mut run = Run::new(upgrade, world);
+    let mut deleted = Vec::new();
+    for _ in 0..400 {
+        let decision = run.decide_once();
+        deleted.extend(decision.actions.iter().filter_map(|a| match a {
+            Action::DeletePods { node, pods } => Some((node.clone(), pods.clone())),
+            _ => None,
+        }));
+        if decision.status.phase == Some(Phase::Succeeded) {
+            break;
+        }
+        let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+        run.world.tick(i64::try_from(wait).expect("small"));
+    }
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    assert_eq!(
+        deleted,
+        [("cp-0".to_owned(), vec!["db/postgres-0".to_owned()])],
+        "deleted once, after the timeout"
+    );
+}
+
+#[test]
+fn pods_a_drain_would_lose_block_the_run_before_their_node_is_cordoned() {
+    let mut world = World::new(small_cluster());
+    let on_cp = world.pods.get_mut("cp-0").expect("cp-0");
+    on_cp.push(ObservedPod {
+        unmanaged: true,
+        ..pod("default", "debug-shell")
+    });
+    on_cp.push(ObservedPod {
+        empty_dir: true,
+        ..pod("apps", "cache-0")
+    });
+    let mut run = Run::new(quick("1.35.2"), world);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    assert!(mutating(&blocked.actions).is_empty(), "nothing touched");
+    let reasons = blocked.status.blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("default/debug-shell")
+            && reasons.contains("spec.drain.evictUnmanagedPods: true"),
+        "{reasons}"
+    );
+    assert!(
+        reasons.contains("apps/cache-0") && reasons.contains("spec.drain.deleteEmptyDirData: true"),
+        "{reasons}"
+    );
+    // The SRE allows both; the next recheck starts the node.
+    run.upgrade.spec.drain.evict_unmanaged_pods = true;
+    run.upgrade.spec.drain.delete_empty_dir_data = true;
+    assert_eq!(
+        run.until(400, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+}
+
+#[test]
+fn a_single_replica_a_budget_holds_forever_is_deleted_when_the_spec_allows() {
+    let mut world = World::new(small_cluster());
+    world.pods.get_mut("cp-0").expect("cp-0").push(ObservedPod {
+        labels: [("app".to_owned(), "anubis".to_owned())].into(),
+        ..pod("apps", "anubis-0")
+    });
+    world.budgets.push(budget_allowing_nothing("anubis", 1));
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.drain.delete_pdb_blocked_single_replica_pods = true;
+    let mut run = Run::new(upgrade, world);
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        let decision = run.decide_once();
+        events.extend(decision.actions.iter().filter_map(|a| match a {
+            Action::Event(e) if e.reason == "DeletingBlockedPods" => Some(e.message.clone()),
+            _ => None,
+        }));
+        if !events.is_empty() {
+            break;
+        }
+        run.world.tick(1);
+    }
+    assert!(events[0].contains("apps/anubis-0"), "{events:?}");
+    assert_eq!(
+        run.until(400, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded,
+        "no drain timeout"
+    );
+}
+
+#[test]
 fn a_long_run_keeps_the_last_hundred_done_records_and_folds_the_rest_to_names() {
     let workers = 260;
     let mut nodes = vec![NodeFixture::control_plane("cp-0").build()];
@@ -1411,16 +1525,7 @@ fn the_drain_preview_comes_before_the_cordon_and_names_what_holds_the_drain() {
         .for_each(|p| {
             p.labels.insert("app".to_owned(), "web".to_owned());
         });
-    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
-        match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
-        match_expressions: None,
-    };
-    world.budgets.push(ObservedBudget {
-        namespace: "apps".to_owned(),
-        name: "web".to_owned(),
-        selector: kube_core::Selector::try_from(selector).ok(),
-        disruptions_allowed: 0,
-    });
+    world.budgets.push(budget_allowing_nothing("web", 2));
     let mut run = Run::new(quick("1.35.2"), world);
     let mut cordoned_with_preview = BTreeSet::new();
     let mut previews = Vec::new();

@@ -336,19 +336,16 @@ async fn observe(
         .map(|n| ObservedNode::from_node(n))
         .collect();
     for node in upchain_core::nodes_to_read_pods_of(upgrade, &nodes) {
-        // Metadata is all the drain reads once finished Pods are left out by the selector.
+        // Whole Pods (the drain reads their volumes), finished ones left out by the
+        // selector; only the nodes of one batch are read.
         let selector = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
         let on_node = pods_api
-            .list_metadata(&ListParams::default().fields(&selector))
+            .list(&ListParams::default().fields(&selector))
             .await
             .map_err(kube_error(format!("listing the Pods on {node}")))?;
         pods.insert(
             node,
-            on_node
-                .items
-                .iter()
-                .map(|pod| ObservedPod::from_metadata(&pod.metadata, false))
-                .collect(),
+            on_node.items.iter().map(ObservedPod::from_pod).collect(),
         );
     }
     // Budgets are read with the Pods they cover, only while a node drains.
@@ -624,8 +621,10 @@ async fn carry_out(
                     let (namespace, name) = split_key(key);
                     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
                     match api.delete(name, &DeleteParams::default()).await {
-                        Ok(_) | Err(kube::Error::Api(_)) => {}
-                        Err(error) => return Err(kube_error(format!("deleting {key}"))(error)),
+                        Ok(_) => info!(pod = %key, "deleted"),
+                        // Already gone is what the delete wanted.
+                        Err(kube::Error::Api(e)) if e.code == 404 => {}
+                        Err(error) => return Err(kube_error(format!("deleting Pod {key}"))(error)),
                     }
                 }
             }

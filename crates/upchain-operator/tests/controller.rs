@@ -944,6 +944,18 @@ async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
         ("KubeNodeNotReady".into(), "firing".into()),
         ("Watchdog".into(), "firing".into()),
     ];
+    // Enough further alerts that the Blocked Event's text is over the 1,024 bytes a real
+    // API server takes in an Event note.
+    let noisy: Vec<String> = (0..8)
+        .map(|i| format!("NodeFilesystemWillFillWithinFourHours{i}"))
+        .collect();
+    for name in &noisy {
+        cluster
+            .sim
+            .surroundings()
+            .alerts
+            .push((name.clone(), "firing".into()));
+    }
     cluster.sim.surroundings().deprecated_apis = vec![(
         "flowcontrol.apiserver.k8s.io".into(),
         "v1beta3".into(),
@@ -990,7 +1002,22 @@ async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
             "missing {words:?} in {reasons:#?}"
         );
     }
-    assert_eq!(reasons.len(), expected.len(), "{reasons:#?}");
+    assert_eq!(reasons.len(), expected.len() + noisy.len(), "{reasons:#?}");
+    // `kubectl describe` shows the Blocked Event, cut to what the API server takes; the
+    // full list is in status.
+    let blocked_event = cluster
+        .sim
+        .objects("events.events.k8s.io")
+        .into_iter()
+        .find(|e| e["reason"] == "Blocked" && e["regarding"]["name"] == "to-1-35")
+        .expect("a Blocked Event was recorded");
+    let note = blocked_event["note"].as_str().unwrap_or_default();
+    assert!(note.len() <= 1024, "{note}");
+    assert!(
+        note.contains("alert KubeNodeNotReady is firing")
+            && note.ends_with("in the K8sUpgrade's status]"),
+        "{note}"
+    );
     let exposition = cluster.operator.as_ref().expect("operator").metrics();
     assert!(
         exposition.contains("k8s_upgrade_blocked{upgrade=\"to-1-35\"} 1"),
@@ -1656,4 +1683,47 @@ async fn hooks_run_before_and_after_and_a_failed_post_hook_fails_the_run_until_r
         .find(|h| h.kind == upchain_api::HookKind::Post)
         .expect("post hook");
     assert!(post.succeeded && post.attempt == 2, "{post:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_that_times_out_with_force_deletes_what_would_not_leave_and_retries_a_failed_delete()
+ {
+    let cluster = cluster(1, 2).await;
+    // CoreDNS's budget never allows an eviction, and every delete fails for a while.
+    cluster
+        .sim
+        .store()
+        .stubborn_pdbs
+        .insert("kube-system/coredns".into());
+    cluster
+        .sim
+        .faults()
+        .error_rate
+        .insert(upchain_sim::server::Verb::Delete, 1.0);
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s",
+            "drain": {"timeout": "10s", "onTimeout": "Force"}}),
+    )
+    .await;
+    // A failed delete is an error of the reconcile, counted and retried, not swallowed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = cluster.operator.as_ref().expect("operator").metrics();
+        if metrics
+            .lines()
+            .any(|l| l.starts_with("upchain_reconcile_errors_total{") && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed delete was counted: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.sim.faults().error_rate.clear();
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
 }
