@@ -10,7 +10,9 @@ const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// Every sample name /metrics can carry: each family's name with its type's suffixes.
 fn exported() -> BTreeSet<String> {
-    let metrics = upchain_operator::metrics::Metrics::default();
+    // Started before the node below finished, so its duration is observed.
+    let started = "2026-11-22T23:00:00Z".parse().expect("timestamp");
+    let metrics = upchain_operator::metrics::Metrics::since(started);
     // Families only list their type once they hold a series: fill each one.
     let status: upchain_api::K8sUpgradeStatus = serde_json::from_value(serde_json::json!({
         "phase": "Workers", "startedAt": "2026-11-22T23:00:00Z", "lastProgressAt": "2026-11-22T23:10:00Z",

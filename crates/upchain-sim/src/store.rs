@@ -1524,7 +1524,8 @@ mod tests {
             .create(
                 &jobs,
                 "default",
-                json!({"metadata": {"name": "j", "finalizers": ["x/y"]}}),
+                json!({"metadata": {"name": "j", "finalizers": ["x/y"]}, "spec": {"template": {"spec": {
+                    "restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]}}}}),
                 false,
             )
             .expect("job");
