@@ -51,6 +51,71 @@ pub fn crd() -> CustomResourceDefinition {
     K8sUpgrade::crd()
 }
 
+/// What the installed CRD lacks of the one this build generates: the fields (such as
+/// `status.nodes[].jobResult`) its schema does not declare, or that it serves no version
+/// this build reads. Empty when the installed CRD is this one or a newer one. A server-side
+/// apply of a field the schema lacks fails whole, so the operator checks this at start-up.
+pub fn crd_fields_missing(installed: &CustomResourceDefinition) -> Vec<String> {
+    let generated = crd();
+    let Some(ours) = generated.spec.versions.first() else {
+        return Vec::new();
+    };
+    let served = installed
+        .spec
+        .versions
+        .iter()
+        .find(|v| v.name == ours.name && v.served);
+    let Some(theirs) = served else {
+        return vec![format!(
+            "the version {}/{} (not served)",
+            generated.spec.group, ours.name
+        )];
+    };
+    let schema = |v: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion| {
+        v.schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .and_then(|s| serde_json::to_value(s).ok())
+            .unwrap_or_default()
+    };
+    let mut missing = Vec::new();
+    missing_properties(&schema(ours), &schema(theirs), "", &mut missing);
+    missing
+}
+
+/// Property paths declared in `ours` and not in `theirs`, stopping at the first missing
+/// level (the fields under a missing one are missing with it).
+fn missing_properties(
+    ours: &serde_json::Value,
+    theirs: &serde_json::Value,
+    path: &str,
+    missing: &mut Vec<String>,
+) {
+    if theirs.get("x-kubernetes-preserve-unknown-fields") == Some(&serde_json::Value::Bool(true)) {
+        return;
+    }
+    if let (Some(items), Some(their_items)) = (ours.get("items"), theirs.get("items")) {
+        missing_properties(items, their_items, &format!("{path}[]"), missing);
+    }
+    let Some(properties) = ours
+        .get("properties")
+        .and_then(serde_json::Value::as_object)
+    else {
+        return;
+    };
+    for (name, schema) in properties {
+        let child = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        match theirs.get("properties").and_then(|p| p.get(name)) {
+            Some(their_schema) => missing_properties(schema, their_schema, &child, missing),
+            None => missing.push(child),
+        }
+    }
+}
+
 /// The CRD as YAML, exactly as `upchain crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&crd())

@@ -297,3 +297,31 @@ fn every_example_k8supgrade_is_admitted() {
     }
     assert!(admitted >= 3, "only {admitted} examples found");
 }
+
+#[test]
+fn an_installed_crd_older_than_the_binary_is_named_by_the_fields_it_lacks() {
+    assert!(upchain_api::crd_fields_missing(&upchain_api::crd()).is_empty());
+    // The CRD of an earlier release: no step records and no drain option of this one.
+    let mut old = serde_json::to_value(upchain_api::crd()).unwrap();
+    let schema = &mut old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+    schema["status"]["properties"]["nodes"]["items"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("jobResult");
+    schema["spec"]["properties"]["drain"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("evictUnmanagedPods");
+    let old: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(old).unwrap();
+    assert_eq!(
+        upchain_api::crd_fields_missing(&old),
+        ["spec.drain.evictUnmanagedPods", "status.nodes[].jobResult"]
+    );
+    let mut unserved = upchain_api::crd();
+    unserved.spec.versions[0].served = false;
+    assert_eq!(
+        upchain_api::crd_fields_missing(&unserved),
+        ["the version upchain.dev/v1alpha1 (not served)"]
+    );
+}

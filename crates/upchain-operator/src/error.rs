@@ -42,6 +42,19 @@ pub enum Error {
         "cannot connect to the cluster: {0}; pass --kubeconfig or run in a Pod with a service account"
     )]
     Connect(String),
+    /// Leader election failed although the cluster answered.
+    #[error(
+        "leader election failed: {source}; the Lease upchain-leader lives in namespace \
+         {namespace}: check that it exists and that upchain may get, create and update Leases \
+         there, or choose another with --lease-namespace (--leader-election false runs a \
+         single replica without one)"
+    )]
+    LeaderElection {
+        /// The Lease's namespace.
+        namespace: String,
+        /// Why.
+        source: kube_lease_manager::LeaseManagerError,
+    },
     /// The metrics address could not be bound.
     #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
     Listen {
@@ -70,6 +83,7 @@ impl Error {
             | Error::BadInput { .. }
             | Error::Refused(_)
             | Error::Connect(_)
+            | Error::LeaderElection { .. }
             | Error::Listen { .. } => 2,
             Error::Sim(
                 upchain_sim::SimError::Version(_) | upchain_sim::SimError::Listen { .. },

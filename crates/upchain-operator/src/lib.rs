@@ -8,3 +8,4 @@ pub mod install;
 pub mod metrics;
 pub mod notify;
 pub mod silences;
+pub mod startup;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use upchain_operator::controller::{self, LeaseSettings, Settings};
 use upchain_operator::metrics::{self, Metrics};
+use upchain_operator::startup;
 
 use crate::cli::RunArgs;
 use crate::error::Error;
@@ -33,14 +34,23 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
         source,
     })?;
     eprintln!("upchain controller running; metrics on http://{bound}/metrics; Ctrl-C stops it");
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| args.pod_namespace.clone())
+        .unwrap_or_else(|| "upchain-system".to_owned());
+    let waited = tokio::select! {
+        () = startup::ready(&client, args.leader_election.then_some(lease_namespace.as_str())) => true,
+        () = shutdown_signal() => false,
+    };
+    if !waited {
+        let _ = stop.send(true);
+        return Ok(());
+    }
     if args.leader_election {
         let lease = LeaseSettings {
             name: "upchain-leader".to_owned(),
-            namespace: args
-                .lease_namespace
-                .clone()
-                .or_else(|| args.pod_namespace.clone())
-                .unwrap_or_else(|| "upchain-system".to_owned()),
+            namespace: lease_namespace.clone(),
             identity: args
                 .pod_name
                 .clone()
@@ -51,7 +61,10 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
         };
         controller::run_with_leader_election(client, settings, metrics, lease, shutdown_signal())
             .await
-            .map_err(|e| Error::Connect(format!("leader election: {e}")))?;
+            .map_err(|source| Error::LeaderElection {
+                namespace: lease_namespace,
+                source,
+            })?;
     } else {
         controller::run(client, settings, metrics, shutdown_signal()).await;
     }

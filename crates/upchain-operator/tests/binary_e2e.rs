@@ -47,24 +47,28 @@ fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
     }
 }
 
-#[test]
-fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    let _sim = upchain(&[
+/// `upchain sim` with `args`, once it has written its kubeconfig into `dir`.
+fn sim(dir: &Path, args: &[&str]) -> (Process, std::path::PathBuf) {
+    let kubeconfig = dir.join("kubeconfig");
+    let mut all = vec![
         "sim",
-        "--nodes",
-        "1+3",
-        "--upgrade-seconds",
-        "1",
         "--listen",
         "127.0.0.1:0",
         "--kubeconfig",
         kubeconfig.to_str().unwrap(),
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let process = upchain(&all);
     until("the kubeconfig", Duration::from_secs(20), || {
         kubeconfig.exists()
     });
+    (process, kubeconfig)
+}
+
+#[test]
+fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_sim, kubeconfig) = sim(dir.path(), &["--nodes", "1+3", "--upgrade-seconds", "1"]);
     let crd = Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml");
     kubectl(
         &kubeconfig,
@@ -151,4 +155,98 @@ fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
         );
     }
     assert!(field(".status.conditions[?(@.type==\"Ready\")].status") == "True");
+}
+
+/// `upchain run` started first, as the README's "Running the controller" does: it waits
+/// for the CRD, names an outdated one by the fields it lacks, waits for the Lease's
+/// namespace, and leads once both are there. It never exits, and never blames the
+/// kubeconfig.
+#[test]
+fn upchain_run_started_before_its_crd_and_namespace_waits_for_them_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_sim, kubeconfig) = sim(dir.path(), &["--nodes", "1+1"]);
+    let log = dir.path().join("upchain.log");
+    let mut operator = Process(
+        Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args([
+                "--log",
+                "upchain_operator=info",
+                "run",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("upchain starts"),
+    );
+    let said = |words: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(words)
+    };
+    until("the missing CRD named", Duration::from_secs(30), || {
+        said(
+            "the K8sUpgrade CRD (k8supgrades.upchain.dev) is not installed: apply this release's CRD with `kubectl apply --server-side -f crds/`",
+        )
+    });
+
+    // An earlier release's CRD, without a field this one writes.
+    let mut old: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["drain"]["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("evictUnmanagedPods");
+    let old_crd = dir.path().join("old-crd.json");
+    std::fs::write(&old_crd, old.to_string()).unwrap();
+    kubectl(
+        &kubeconfig,
+        &["apply", "--server-side", "-f", old_crd.to_str().unwrap()],
+    );
+    until("the outdated CRD named", Duration::from_secs(30), || {
+        said(
+            "the installed K8sUpgrade CRD is older than this upchain and lacks spec.drain.evictUnmanagedPods",
+        )
+    });
+
+    let crd = Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            crd.to_str().unwrap(),
+        ],
+    );
+    until(
+        "the missing Lease namespace named",
+        Duration::from_secs(30),
+        || {
+            said(
+                "the namespace upchain-system, where replicas compete for the leader Lease, does not exist: create it (`kubectl create namespace upchain-system`), or choose another with --lease-namespace",
+            )
+        },
+    );
+    assert!(
+        operator.0.try_wait().unwrap().is_none(),
+        "upchain run exited: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    let runner = Path::new(REPO).join("deploy/examples/upchain-system.yaml");
+    kubectl(&kubeconfig, &["apply", "-f", runner.to_str().unwrap()]);
+    until("leading", Duration::from_secs(30), || {
+        said("leading: acting on the cluster")
+    });
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!log.contains("kubeconfig"), "{log}");
 }
