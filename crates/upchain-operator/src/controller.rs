@@ -11,7 +11,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, EvictParams, ListParams, LogParams, Patch, PatchParams};
-use kube::runtime::controller::Action as Requeue;
+use kube::runtime::controller::{Action as Requeue, Error as ControllerError};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -46,20 +46,57 @@ pub enum Error {
         /// The client's error.
         source: kube::Error,
     },
+    /// The API server refused an object as invalid (422): the same object would be
+    /// refused again, so it is retried only slowly, or when the K8sUpgrade changes.
+    #[error(
+        "{action} was refused by the API server: {message}; retried when the K8sUpgrade \
+         changes, or in {}s",
+        REFUSED_RETRY.as_secs()
+    )]
+    Refused {
+        /// What was being done.
+        action: String,
+        /// The API server's reason.
+        message: String,
+    },
 }
 
 impl Error {
     /// A bounded label for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
         match self {
-            Error::Kube { .. } | Error::Gather(_) => "api",
+            Error::Kube { .. } => "api",
+            Error::Gather(_) => "gather",
+            Error::Refused { .. } => "refused",
+        }
+    }
+
+    /// When to reconcile again after the `failures`-th failure in a row: exponential
+    /// backoff from 1 s to 5 minutes (jitter is added by the caller), except for a
+    /// refusal, which no quick retry can mend.
+    fn retry_after(&self, failures: u32) -> Duration {
+        match self {
+            Error::Refused { .. } => REFUSED_RETRY,
+            Error::Kube { .. } | Error::Gather(_) => {
+                Duration::from_secs(1u64 << failures.saturating_sub(1).min(8))
+                    .min(Duration::from_secs(300))
+            }
         }
     }
 }
 
+/// How long an object the API server refused as invalid waits before it is tried again.
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
+
 fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
-    move |source| Error::Kube { action, source }
+    move |source| match source {
+        kube::Error::Api(status) if status.code == 422 => Error::Refused {
+            action,
+            message: status.message,
+        },
+        source => Error::Kube { action, source },
+    }
 }
 
 /// What the controller needs to know about its own deployment.
@@ -130,17 +167,21 @@ pub async fn run(
     // Nodes are cached pruned to what the decisions read, and listed in small pages: a
     // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
     let (nodes, writer) = reflector::store();
+    let node_health = metrics.clone();
     let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
         .default_backoff()
         .modify(ObservedNode::prune)
         .reflect(writer)
         .applied_objects()
-        .filter_map(|node| {
+        .filter_map(move |node| {
             // The watcher retries on its own (with backoff); a failing Node watch is still
             // worth a line in the log, as a stale node cache holds the run back.
             if let Err(error) = &node {
                 warn!(%error, "watching Nodes failed; retrying");
             }
+            node_health
+                .health
+                .watched("Node", node.is_ok(), std::time::Instant::now());
             std::future::ready(node.ok().map(|_| ()))
         });
 
@@ -157,11 +198,12 @@ pub async fn run(
         upgrades: upgrades.clone(),
         nodes,
         failures: Mutex::new(HashMap::new()),
-        metrics,
+        metrics: metrics.clone(),
         http: reqwest::Client::new(),
         lock_released,
     });
     let jobs_api: Api<Job> = Api::all(client.clone());
+    let health = metrics.clone();
     controller
         // Not `.owns()`: node Jobs carry no owner reference (see UPGRADE_ANNOTATION), but
         // name their K8sUpgrade in an annotation.
@@ -183,9 +225,16 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
-            if let Err(error) = result {
-                warn!(%error, "reconcile failed");
+            // Reconcile errors are logged by error_policy; the watches' own are here.
+            let watch_failed = matches!(result, Err(ControllerError::QueueError(_)));
+            if let Err(ControllerError::QueueError(error)) = &result {
+                warn!(%error, "watching K8sUpgrades or their Jobs failed; retrying");
             }
+            health.health.watched(
+                "K8sUpgrade and Job",
+                !watch_failed,
+                std::time::Instant::now(),
+            );
             std::future::ready(())
         })
         .await;
@@ -194,7 +243,12 @@ pub async fn run(
 #[instrument(skip_all, fields(upgrade = %upgrade.name_any()))]
 async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeue, Error> {
     let started = std::time::Instant::now();
+    let name = upgrade.name_any();
+    ctx.metrics.health.reconciling(&name, true, started);
     let result = reconcile_once(upgrade, &ctx).await;
+    ctx.metrics
+        .health
+        .reconciling(&name, false, std::time::Instant::now());
     let category = result.as_ref().err().map(Error::category);
     ctx.metrics
         .reconciled(started.elapsed().as_secs_f64(), category);
@@ -262,7 +316,7 @@ fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> R
     let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let count = failures.entry(upgrade.name_any()).or_insert(0);
     *count = count.saturating_add(1);
-    let base = Duration::from_secs(1u64 << (*count - 1).min(8)).min(Duration::from_secs(300));
+    let base = error.retry_after(*count);
     let jitter = base.mul_f64(fastrand::f64() * 0.2);
     warn!(upgrade = %upgrade.name_any(), category = error.category(), %error, retry_in = ?base + jitter, "reconcile failed");
     Requeue::requeue(base + jitter)
@@ -633,13 +687,29 @@ async fn carry_out(
                 let name = job.metadata.name.clone().unwrap_or_default();
                 let api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
                 // Server-side apply creates the Job or adopts the one already there.
-                api.patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(job.as_ref()),
-                )
-                .await
-                .map_err(kube_error(format!("creating Job {namespace}/{name}")))?;
+                let created = api
+                    .patch(
+                        &name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(job.as_ref()),
+                    )
+                    .await
+                    .map_err(kube_error(format!("creating Job {namespace}/{name}")));
+                if let Err(error @ Error::Refused { .. }) = &created {
+                    let event = upchain_core::Event {
+                        warning: true,
+                        reason: "JobRefused",
+                        message: error.to_string(),
+                        node: job
+                            .metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(upchain_api::NODE_ANNOTATION))
+                            .cloned(),
+                    };
+                    publish(upgrade, &event, ctx).await;
+                }
+                created?;
             }
             Action::DeleteJob { name } => {
                 let api: Api<Job> =
@@ -921,4 +991,33 @@ pub async fn run_with_leader_election(
     drop(leading);
     let _ = lease_task.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("refused", "Invalid")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_refused_object_waits_for_a_change_and_a_failed_call_backs_off_quickly() {
+        let refused = kube_error("creating Job upchain-system/j")(api_error(422));
+        assert_eq!(refused.category(), "refused");
+        assert_eq!(refused.retry_after(1), REFUSED_RETRY);
+        assert!(
+            refused
+                .to_string()
+                .contains("retried when the K8sUpgrade changes")
+        );
+        let failed = kube_error("creating Job upchain-system/j")(api_error(500));
+        assert_eq!(failed.category(), "api");
+        let backoff: Vec<u64> = (1..=10).map(|n| failed.retry_after(n).as_secs()).collect();
+        assert_eq!(backoff, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]);
+    }
 }

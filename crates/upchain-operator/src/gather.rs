@@ -411,6 +411,12 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
             .spec
             .map(|s| s.job_template)
             .ok_or_else(|| "the CronJob has no spec".to_owned()),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
+            "{} (403): upchain may not read CronJobs in {ns}; with the Helm chart, set \
+             features.snapshotNamespace={ns}",
+            e.message,
+            ns = spec.namespace
+        )),
         Err(e) => Err(describe(&e)),
     };
     let job = match upgrade.status.as_ref().and_then(|s| s.snapshot.as_ref()) {

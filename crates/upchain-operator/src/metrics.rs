@@ -1,9 +1,12 @@
 //! `/metrics`, `/healthz` and `/readyz`: the seed's gauge names, one series per K8sUpgrade
 //! (label `upgrade`), so its alerts keep working.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -51,6 +54,75 @@ struct NotificationLabel {
     result: String,
 }
 
+/// A watch failing for this long without a break makes the controller unhealthy: its
+/// caches, and so its decisions, no longer follow the cluster.
+const WATCH_FAILING_LIMIT: Duration = Duration::from_secs(5 * 60);
+/// A reconcile running this long is stuck: every API call it makes times out well before.
+const RECONCILE_STUCK_LIMIT: Duration = Duration::from_secs(10 * 60);
+
+/// What `/healthz` answers: whether the controller's watches and reconciles are alive. A
+/// kubelet restarts the operator when they are not.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Watches whose last event was an error, and since when they fail.
+    failing_watches: Mutex<HashMap<&'static str, Instant>>,
+    /// Reconciles under way, by K8sUpgrade, and when they began.
+    reconciling: Mutex<HashMap<String, Instant>>,
+}
+
+impl Health {
+    /// Records one event of `watch`: an error starts (or continues) a failing spell.
+    pub fn watched(&self, watch: &'static str, ok: bool, now: Instant) {
+        let mut failing = lock(&self.failing_watches);
+        if ok {
+            failing.remove(watch);
+        } else {
+            failing.entry(watch).or_insert(now);
+        }
+    }
+
+    /// Records that a reconcile of `upgrade` began (`true`) or ended.
+    pub fn reconciling(&self, upgrade: &str, running: bool, now: Instant) {
+        let mut reconciling = lock(&self.reconciling);
+        if running {
+            reconciling.insert(upgrade.to_owned(), now);
+        } else {
+            reconciling.remove(upgrade);
+        }
+    }
+
+    /// What is wrong at `now`; empty when healthy.
+    pub fn problems(&self, now: Instant) -> Vec<String> {
+        let mut problems: Vec<String> = lock(&self.failing_watches)
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= WATCH_FAILING_LIMIT)
+            .map(|(watch, since)| {
+                format!(
+                    "the {watch} watch has failed for {}s",
+                    now.duration_since(*since).as_secs()
+                )
+            })
+            .collect();
+        problems.extend(
+            lock(&self.reconciling)
+                .iter()
+                .filter(|(_, since)| now.duration_since(**since) >= RECONCILE_STUCK_LIMIT)
+                .map(|(upgrade, since)| {
+                    format!(
+                        "the reconcile of {upgrade} has run for {}s",
+                        now.duration_since(*since).as_secs()
+                    )
+                }),
+        );
+        problems.sort();
+        problems
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -74,6 +146,8 @@ pub struct Metrics {
     timed: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
     /// When this process started: only nodes finished since are observed.
     since: jiff::Timestamp,
+    /// What `/healthz` answers.
+    pub health: Health,
 }
 
 impl Default for Metrics {
@@ -106,6 +180,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             timed: std::sync::Mutex::default(),
             since,
+            health: Health::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -342,7 +417,20 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get({
+                let metrics = metrics.clone();
+                move || async move {
+                    let problems = metrics.health.problems(Instant::now());
+                    if problems.is_empty() {
+                        (StatusCode::OK, "ok".to_owned()).into_response()
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n")).into_response()
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || async move {
@@ -416,6 +504,37 @@ mod tests {
             .filter(|l| l.contains(needle))
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn health_fails_on_a_watch_failing_for_minutes_or_a_reconcile_that_never_ends() {
+        let health = Health::default();
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        health.watched("nodes", false, at(0));
+        health.watched("nodes", false, at(200));
+        assert!(
+            health.problems(at(299)).is_empty(),
+            "a short spell is retried"
+        );
+        assert_eq!(
+            health.problems(at(300)),
+            ["the nodes watch has failed for 300s"]
+        );
+        health.watched("nodes", true, at(301));
+        assert!(
+            health.problems(at(400)).is_empty(),
+            "one good event ends the spell"
+        );
+
+        health.reconciling("to-1-35", true, at(0));
+        assert!(health.problems(at(599)).is_empty());
+        assert_eq!(
+            health.problems(at(600)),
+            ["the reconcile of to-1-35 has run for 600s"]
+        );
+        health.reconciling("to-1-35", false, at(601));
+        assert!(health.problems(at(900)).is_empty());
     }
 
     #[test]
