@@ -1,0 +1,143 @@
+//! What a decision is made of: the actions the operator carries out, the Events and
+//! notifications it publishes, and the next status.
+
+use super::*;
+
+/// Something the operator must do to the cluster, or record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Mark the node unschedulable.
+    Cordon {
+        /// The node.
+        node: String,
+    },
+    /// Mark the node schedulable again.
+    Uncordon {
+        /// The node.
+        node: String,
+    },
+    /// Evict these Pods (namespace/name) through the Eviction API, respecting PDBs.
+    Evict {
+        /// The node being drained.
+        node: String,
+        /// The Pods.
+        pods: Vec<String>,
+        /// Grace period override, from spec.drain.gracePeriodSeconds.
+        grace_period_seconds: Option<i64>,
+    },
+    /// Delete these Pods without the Eviction API (drain timed out with onTimeout: Force).
+    DeletePods {
+        /// The node being drained.
+        node: String,
+        /// The Pods.
+        pods: Vec<String>,
+    },
+    /// Create the Job, or adopt it if it already exists (its name is deterministic).
+    CreateJob(Box<Job>),
+    /// Delete a finished node Job (its Pods go with it), when its K8sUpgrade is deleted.
+    DeleteJob {
+        /// The Job, in the runner namespace.
+        name: String,
+    },
+    /// Create the node's Alertmanager silence, or extend it (same ID), until `ends_at`;
+    /// the operator records the ID Alertmanager returns in status.silences.
+    Silence {
+        /// The node.
+        node: String,
+        /// The silence to extend; None creates one.
+        id: Option<String>,
+        /// When it is to end.
+        ends_at: Timestamp,
+    },
+    /// Expire the Alertmanager silence of a node no longer in progress.
+    ExpireSilence {
+        /// The node.
+        node: String,
+        /// The silence.
+        id: String,
+    },
+    /// Record an Event on the K8sUpgrade.
+    Event(Event),
+    /// Send a notification to the configured webhook.
+    Notify(Notification),
+}
+
+impl Action {
+    /// True for actions that change the cluster (everything but Events and notifications).
+    pub fn is_mutating(&self) -> bool {
+        !matches!(self, Action::Event(_) | Action::Notify(_))
+    }
+}
+
+/// What a notification is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyKind {
+    /// A run started.
+    Started,
+    /// A gate refused the run.
+    Blocked,
+    /// No progress for stallTimeout.
+    Stalled,
+    /// A node or the spec failed the run.
+    Failed,
+    /// Every node runs the target.
+    Succeeded,
+}
+
+impl NotifyKind {
+    /// The notification kind an Event reason stands for, if any.
+    pub(super) fn for_reason(reason: &str) -> Option<Self> {
+        match reason {
+            "RunStarted" => Some(Self::Started),
+            "Blocked" => Some(Self::Blocked),
+            "Stalled" => Some(Self::Stalled),
+            "NodeFailed" | "InvalidSpec" | "VersionPolicy" | "HookFailed" => Some(Self::Failed),
+            "Succeeded" => Some(Self::Succeeded),
+            _ => None,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Blocked => "blocked",
+            Self::Stalled => "stalled",
+            Self::Failed => "failed",
+            Self::Succeeded => "succeeded",
+        }
+    }
+}
+
+/// A notification: sent once per transition, never carrying a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    /// What it is about.
+    pub kind: NotifyKind,
+    /// The text, naming the K8sUpgrade.
+    pub text: String,
+}
+
+/// An Event to record on the K8sUpgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason, a bounded set.
+    pub reason: &'static str,
+    /// What happened, for a person.
+    pub message: String,
+    /// The node it is about, if any: Events about different nodes are kept apart.
+    pub node: Option<String>,
+}
+
+/// What one reconcile decided: the next status, what to do, and when to look again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The status to write (server-side apply on /status) before the actions.
+    pub status: K8sUpgradeStatus,
+    /// The actions to carry out, in order.
+    pub actions: Vec<Action>,
+    /// Reconcile again after this long even if nothing changes; None waits for a change.
+    pub requeue: Option<Duration>,
+}

@@ -1,0 +1,287 @@
+//! The phase machine: `decide(upgrade, observed, now) -> Decision`.
+//!
+//! Every step is level-based: it compares what the status intends with what the cluster
+//! shows and emits the actions that close the gap. The operator persists the decision's
+//! status before it carries out the actions, so the intent (the node in progress and its
+//! step) is on record before any cordon, eviction or Job. Repeating a decision against an
+//! unchanged cluster repeats only idempotent actions (same cordon, same Job name).
+
+mod checks;
+mod decision;
+mod finalize;
+mod lock;
+mod needs;
+mod node_steps;
+mod one_off;
+mod postflight;
+mod run;
+mod silences;
+mod summary;
+
+pub use decision::{Action, Decision, Event, Notification, NotifyKind};
+pub use finalize::{Finalization, finalize};
+pub use lock::holds_lock;
+pub use needs::{
+    Needs, jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read,
+};
+use one_off::HookProgress;
+pub use silences::record_silences;
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{
+    APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, HookKind, HookRecord, K8sUpgrade,
+    K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION,
+    RunRecord, SilenceRecord, SnapshotRecord,
+};
+
+use crate::conditions::{self, Desired, types};
+use crate::drain::drain_progress;
+use crate::gates;
+use crate::job::{NodeJob, Owner, job_name, untagged_job_name};
+use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade};
+use crate::plan::{Plan, plan};
+use crate::version::KubeVersion;
+use crate::window::{WindowState, window_state};
+
+/// How often a drain re-checks its Pods while they leave.
+pub const DRAIN_POLL: Duration = Duration::from_secs(5);
+/// How often a K8sUpgrade waiting for another one, or for postflight, looks again.
+pub const WAIT_POLL: Duration = Duration::from_secs(30);
+/// Runs kept in status.history.
+pub const HISTORY_LIMIT: usize = 5;
+
+/// Done nodes that keep their full record in status; older ones fold into
+/// `upgradedNodes`. A record is about 300 bytes: 5,000 of them would pass etcd's 1.5 MiB
+/// object limit, and a status write past it fails.
+pub const DONE_RECORDS_KEPT: usize = 100;
+/// What a step returns once it has made its change: the transition ends there.
+const STOP: ControlFlow<()> = ControlFlow::Break(());
+/// Safety bound on transitions taken in one decision.
+const MAX_TRANSITIONS: usize = 64;
+
+/// The snapshot record, if it belongs to the run that started at `run_started`: a record
+/// from an earlier run says nothing about this one.
+fn of_this_run<'a>(
+    record: Option<&'a SnapshotRecord>,
+    run_started: Option<&Time>,
+) -> Option<&'a SnapshotRecord> {
+    let run_started = run_started.map_or(0, |t| t.0.as_second());
+    record.filter(|s| s.started_at.0.as_second() >= run_started)
+}
+
+/// Decides the next status and actions for `upgrade` given what was observed at `now`.
+pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Decision {
+    // Status times have second resolution; deciding at that resolution keeps a decision
+    // equal to its own round trip through the API server.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let previous = upgrade.status.clone().unwrap_or_default();
+    let mut machine = Machine {
+        upgrade,
+        spec: &upgrade.spec,
+        observed,
+        nodes: observed.nodes_by_name(),
+        now,
+        status: previous.clone(),
+        actions: Vec::new(),
+        requeue: None,
+        state: State::default(),
+    };
+    for _ in 0..MAX_TRANSITIONS {
+        let before = machine.status.clone();
+        machine.actions.retain(|a| !a.is_mutating());
+        machine.requeue = None;
+        let _ = machine.step();
+        if machine.status == before {
+            break;
+        }
+    }
+    machine.finish(&previous)
+}
+
+/// Why the run is where it is, for the conditions.
+#[derive(Clone, Debug, Default)]
+struct State {
+    reason: &'static str,
+    message: String,
+}
+
+struct Machine<'a> {
+    upgrade: &'a K8sUpgrade,
+    spec: &'a K8sUpgradeSpec,
+    observed: &'a Observed,
+    /// The observed nodes by name: looked up once per record on every step.
+    nodes: HashMap<&'a str, &'a ObservedNode>,
+    now: Timestamp,
+    status: K8sUpgradeStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+    state: State,
+}
+
+impl<'a> Machine<'a> {
+    fn node(&self, name: &str) -> Option<&'a ObservedNode> {
+        self.nodes.get(name).copied()
+    }
+
+    fn name(&self) -> &str {
+        self.upgrade.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+        self.record(Event {
+            warning,
+            reason,
+            message,
+            node: None,
+        });
+    }
+
+    fn node_event(&mut self, warning: bool, reason: &'static str, node: &str, message: String) {
+        self.record(Event {
+            warning,
+            reason,
+            message,
+            node: Some(node.to_owned()),
+        });
+    }
+
+    /// Records an Event, and notifies when it is a transition people are told about.
+    fn record(&mut self, event: Event) {
+        if let Some(kind) = NotifyKind::for_reason(event.reason)
+            && self.spec.notify.is_some()
+        {
+            let notification = Action::Notify(Notification {
+                kind,
+                text: format!(
+                    "K8sUpgrade {} {}: {}",
+                    self.name(),
+                    kind.as_str(),
+                    event.message
+                ),
+            });
+            self.act(notification);
+        }
+        self.act(Action::Event(event));
+    }
+
+    fn act(&mut self, action: Action) {
+        if !self.actions.contains(&action) {
+            self.actions.push(action);
+        }
+    }
+
+    fn requeue_within(&mut self, after: Duration) {
+        self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
+    }
+
+    fn note(&mut self, reason: &'static str, message: impl Into<String>) {
+        self.state = State {
+            reason,
+            message: message.into(),
+        };
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        self.status.phase = Some(phase);
+    }
+
+    fn progressed(&mut self) {
+        self.status.last_progress_at = Some(Time(self.now));
+    }
+
+    fn elapsed(&self, since: &Time) -> Duration {
+        Duration::try_from(self.now.duration_since(since.0)).unwrap_or_default()
+    }
+
+    /// One transition (or none, at a fixpoint): the first step with something to do
+    /// makes its change and ends the transition; `decide` repeats until nothing changes.
+    fn step(&mut self) -> ControlFlow<()> {
+        self.handle_retry();
+        self.advance_nodes_in_progress()?;
+        // At a node boundary from here on.
+        self.release_skipped_failures();
+        self.stop_at_a_failed_node()?;
+        self.stay_succeeded()?;
+        self.wait_for_the_running_upgrade()?;
+        let plan = self.plan_from_a_valid_spec()?;
+        self.stop_while_paused()?;
+        self.start_or_retarget_the_run(&plan)?;
+        self.postflight_once_complete(&plan)?;
+        let first = self.before_the_first_node();
+        self.read_the_checks_first()?;
+        self.check_gates(first, &plan)?;
+        self.wait_for_the_window()?;
+        self.take_the_snapshot(first)?;
+        self.run_the_pre_hook(first)?;
+        self.hold_pods_the_drain_would_lose(&plan)?;
+        self.unblock();
+        self.start_batch(&plan);
+        ControlFlow::Continue(())
+    }
+
+    /// The value of one of the K8sUpgrade's annotations.
+    fn annotation(&self, key: &str) -> Option<&'a str> {
+        let annotations = self.upgrade.metadata.annotations.as_ref()?;
+        annotations.get(key).map(String::as_str)
+    }
+
+    /// Leaves Blocked once nothing refuses any more.
+    fn unblock(&mut self) {
+        if self.status.phase == Some(Phase::Blocked) {
+            self.event(false, "Unblocked", "every check passes again".to_owned());
+            self.set_phase(Phase::Preflight);
+        }
+        self.status.blocked_reasons.clear();
+    }
+
+    fn recheck_interval(&self) -> Duration {
+        Duration::from(self.spec.gates.recheck_interval)
+    }
+
+    /// Blocked: nothing is changed, every reason is listed, the gates are rechecked.
+    fn block(&mut self, reasons: Vec<String>) {
+        if self.status.phase != Some(Phase::Blocked) || self.status.blocked_reasons != reasons {
+            self.event(
+                true,
+                "Blocked",
+                format!("nothing was changed: {}", reasons.join("; ")),
+            );
+        }
+        self.status.blocked_reasons = reasons;
+        self.set_phase(Phase::Blocked);
+        self.requeue_within(self.recheck_interval());
+        self.note("GatesFailed", self.status.blocked_reasons.join("; "));
+    }
+
+    fn spec_target_unchanged(&self) -> bool {
+        KubeVersion::parse_target(&self.spec.target_version)
+            .is_ok_and(|t| self.status.target_version.as_deref() == Some(&t.to_string()))
+    }
+
+    fn run_in_progress(&self) -> bool {
+        !matches!(
+            self.status.phase,
+            None | Some(Phase::Pending | Phase::Succeeded | Phase::Failed)
+        ) || self.status.nodes.iter().any(|n| n.step == NodeStep::Failed)
+            || self.failed_post_hook().is_some()
+    }
+
+    /// Refuses the spec: nothing is mutated, and the run waits for a corrected spec.
+    fn refuse(&mut self, reason: &'static str, message: String) {
+        let already_said = conditions::get(&self.status.conditions, types::READY)
+            .is_some_and(|c| c.reason == reason && c.message == message);
+        if self.status.phase != Some(Phase::Failed) || !already_said {
+            self.event(true, reason, format!("{message}; nothing was changed"));
+        }
+        self.status.plan.clear();
+        self.status.plan_hash = None;
+        self.set_phase(Phase::Failed);
+        self.note(reason, message);
+    }
+}

@@ -1,0 +1,425 @@
+//! One node's steps: start, drain, upgrade Job, rejoin, soak, done or failed.
+
+use super::*;
+
+/// How a draining node's message starts while budgets hold it.
+pub(super) const WAITING_ON_BUDGETS: &str = "waiting on PodDisruptionBudget(s)";
+/// How a draining node's message begins while Pods the drain options forbid evicting hold it.
+pub(super) const WAITING_ON_HELD: &str = "the drain holds back Pods it may not evict:";
+/// How a draining node's message begins while it deletes single replicas budgets hold.
+pub(super) const DELETING_BLOCKED: &str = "deleting single-replica Pod(s)";
+
+impl<'a> Machine<'a> {
+    pub(super) fn start_batch(&mut self, plan: &Plan) {
+        let now = Time(self.now);
+        let mut started = Vec::new();
+        for step in plan.next_batch() {
+            let record = NodeRecord {
+                name: step.name.clone(),
+                role: step.role,
+                first_control_plane: step.first_control_plane,
+                kind: step.kind,
+                target_version: plan.target.to_string(),
+                version_before: step.version.to_string(),
+                version_after: None,
+                step: NodeStep::Draining,
+                step_started_at: now.clone(),
+                cordoned: true,
+                attempts: 0,
+                failures: 0,
+                job: None,
+                started_at: now.clone(),
+                finished_at: None,
+                message: None,
+                waiting_for_pods: Vec::new(),
+                waiting_for_budgets: Vec::new(),
+                drain_preview: None,
+                job_result: None,
+            };
+            self.status.nodes.retain(|r| r.name != step.name);
+            self.status.upgraded_nodes.retain(|n| *n != step.name);
+            self.status.nodes.push(record);
+            started.push(step.name.clone());
+        }
+        self.progressed();
+        for node in &started {
+            self.node_event(
+                false,
+                "NodeStarted",
+                node,
+                format!("cordoning and draining {node} (target {})", plan.target),
+            );
+        }
+    }
+
+    pub(super) fn advance_node(&mut self, index: usize, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        let Some(node) = self.node(&record.name) else {
+            self.enter(
+                index,
+                NodeStep::Done,
+                Some("the node left the cluster during its upgrade".to_owned()),
+            );
+            let record = &mut self.status.nodes[index];
+            record.cordoned = false;
+            record.finished_at = Some(Time(self.now));
+            let name = record.name.clone();
+            return self.node_event(
+                true,
+                "NodeRemoved",
+                &name,
+                format!("node {name} left the cluster during its upgrade"),
+            );
+        };
+        let target = KubeVersion::parse_target(&record.target_version).ok();
+        let at_target =
+            target.is_some_and(|t| KubeVersion::parse_reported(&node.kubelet_version) == Ok(t));
+        match record.step {
+            NodeStep::Draining => self.drain(index, node.unschedulable, batch),
+            NodeStep::Upgrading => self.upgrade_node(index, batch),
+            NodeStep::Rejoining => {
+                if node.unschedulable {
+                    self.act(Action::Uncordon {
+                        node: record.name.clone(),
+                    });
+                } else {
+                    self.status.nodes[index].cordoned = false;
+                }
+                if node.ready && at_target && !node.unschedulable {
+                    self.enter(index, NodeStep::Soaking, None);
+                    self.node_event(
+                        false,
+                        "NodeRejoined",
+                        &record.name,
+                        format!("{} is Ready at {}", record.name, record.target_version),
+                    );
+                    return;
+                }
+                let timeout = Duration::from(self.spec.rejoin_timeout);
+                let waited = self.elapsed(&record.step_started_at);
+                if waited >= timeout {
+                    return self.fail_node(
+                        index,
+                        format!(
+                            "did not come back Ready with kubelet {} within {}s after its upgrade \
+                             Job succeeded (kubelet reports {}, Ready={}); check the kubelet on \
+                             the node (journalctl -u kubelet)",
+                            record.target_version,
+                            timeout.as_secs(),
+                            node.kubelet_version,
+                            node.ready
+                        ),
+                    );
+                }
+                self.requeue_within(timeout - waited);
+            }
+            NodeStep::Soaking => {
+                if !(node.ready && at_target) {
+                    self.enter(
+                        index,
+                        NodeStep::Rejoining,
+                        Some("left Ready while soaking".to_owned()),
+                    );
+                    return self.node_event(
+                        true,
+                        "NodeNotReady",
+                        &record.name,
+                        format!("{} left Ready while soaking", record.name),
+                    );
+                }
+                let soak = Duration::from(self.spec.soak);
+                let soaked = self.elapsed(&record.step_started_at);
+                if soaked >= soak {
+                    let record = &mut self.status.nodes[index];
+                    record.version_after = Some(node.kubelet_version.clone());
+                    record.finished_at = Some(Time(self.now));
+                    self.enter(index, NodeStep::Done, None);
+                    let name = self.status.nodes[index].name.clone();
+                    return self.node_event(
+                        false,
+                        "NodeUpgraded",
+                        &name,
+                        format!("{name} runs {}", node.kubelet_version),
+                    );
+                }
+                self.requeue_within(soak - soaked);
+            }
+            NodeStep::Done | NodeStep::Failed => {}
+        }
+    }
+
+    pub(super) fn enter(&mut self, index: usize, step: NodeStep, message: Option<String>) {
+        let record = &mut self.status.nodes[index];
+        record.step = step;
+        record.step_started_at = Time(self.now);
+        record.message = message;
+        record.waiting_for_pods.clear();
+        record.waiting_for_budgets.clear();
+        self.progressed();
+    }
+
+    pub(super) fn fail_node(&mut self, index: usize, message: String) {
+        let name = self.status.nodes[index].name.clone();
+        self.enter(index, NodeStep::Failed, Some(message.clone()));
+        self.status.nodes[index].finished_at = Some(Time(self.now));
+        self.node_event(true, "NodeFailed", &name, format!("{name} {message}"));
+    }
+
+    pub(super) fn drain(&mut self, index: usize, cordoned: bool, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        let Some(pods) = self.observed.pods.get(&record.name) else {
+            // The operator lists the Pods of draining nodes; look again straight away, and
+            // cordon once the preview says what the drain will do.
+            return self.requeue_within(Duration::ZERO);
+        };
+        let progress = drain_progress(
+            pods,
+            self.observed.operator_pod.as_deref(),
+            &self.observed.budgets,
+            &self.spec.drain,
+        );
+        if record.drain_preview.is_none() {
+            let preview = progress.preview();
+            let blocked = if preview.blocked_by.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; PodDisruptionBudget(s) {} allow no disruption now and will hold the \
+                     drain until they do",
+                    preview.blocked_by.join(", ")
+                )
+            };
+            self.node_event(
+                !preview.blocked_by.is_empty(),
+                "DrainPreview",
+                &record.name,
+                format!(
+                    "draining {} evicts {} Pod(s){}{blocked}",
+                    record.name,
+                    preview.evict_count,
+                    if preview.evict.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", preview.evict.join(", "))
+                    }
+                ),
+            );
+            self.status.nodes[index].drain_preview = Some(preview);
+        }
+        if !cordoned {
+            self.act(Action::Cordon {
+                node: record.name.clone(),
+            });
+        }
+        if cordoned && progress.is_done() {
+            self.status.nodes[index].attempts += 1;
+            self.enter(index, NodeStep::Upgrading, None);
+            return self.upgrade_node(index, batch);
+        }
+        let timeout = Duration::from(self.spec.drain.timeout);
+        let waited = self.elapsed(&record.step_started_at);
+        if waited >= timeout {
+            match self.spec.drain.on_timeout {
+                DrainTimeoutAction::Fail => {
+                    return self.fail_node(
+                        index,
+                        format!(
+                            "drain timed out after {}s; these Pods did not leave: {}. A \
+                             PodDisruptionBudget that allows no disruption is the usual cause",
+                            timeout.as_secs(),
+                            progress.waiting.join(", ")
+                        ),
+                    );
+                }
+                DrainTimeoutAction::Force => self.act(Action::DeletePods {
+                    node: record.name.clone(),
+                    pods: progress.waiting.clone(),
+                }),
+            }
+        } else {
+            if !progress.evict.is_empty() {
+                self.act(Action::Evict {
+                    node: record.name.clone(),
+                    pods: progress.evict.clone(),
+                    grace_period_seconds: self.spec.drain.grace_period_seconds,
+                });
+            }
+            if !progress.delete.is_empty() {
+                let message = format!(
+                    "{DELETING_BLOCKED} {}: their PodDisruptionBudget allows no disruption \
+                     and expects one Pod, so no eviction can ever move them \
+                     (spec.drain.deletePdbBlockedSingleReplicaPods)",
+                    progress.delete.join(", "),
+                );
+                if record.message.as_ref() != Some(&message) {
+                    self.node_event(
+                        true,
+                        "DeletingBlockedPods",
+                        &record.name,
+                        format!("{} {message}", record.name),
+                    );
+                }
+                self.status.nodes[index].message = Some(message);
+                self.act(Action::DeletePods {
+                    node: record.name.clone(),
+                    pods: progress.delete.clone(),
+                });
+            }
+        }
+        let held = progress.held_reasons(&record.name);
+        let record = &mut self.status.nodes[index];
+        if !held.is_empty() {
+            record.message = Some(format!(
+                "{WAITING_ON_HELD} {}; or see drain.onTimeout",
+                held.join("; ")
+            ));
+        } else if !progress.delete.is_empty() {
+            // Said above.
+        } else if !progress.blocked_by.is_empty() {
+            record.message = Some(format!(
+                "{WAITING_ON_BUDGETS} {} that allow no disruption now; scale up or relax them, \
+                 or see drain.onTimeout",
+                progress.blocked_by.join(", ")
+            ));
+        } else if record.message.as_deref().is_some_and(|m| {
+            [WAITING_ON_BUDGETS, WAITING_ON_HELD, DELETING_BLOCKED]
+                .iter()
+                .any(|prefix| m.starts_with(prefix))
+        }) {
+            record.message = None;
+        }
+        record.waiting_for_pods = progress.waiting;
+        record.waiting_for_budgets = progress.blocked_by;
+        self.requeue_within(DRAIN_POLL);
+    }
+
+    pub(super) fn upgrade_node(&mut self, index: usize, batch: &[String]) {
+        let record = self.status.nodes[index].clone();
+        let Ok(target) = KubeVersion::parse_target(&record.target_version) else {
+            return self.fail_node(
+                index,
+                format!("has an unreadable target {}", record.target_version),
+            );
+        };
+        let upgrade = self.upgrade;
+        let owner = Owner {
+            name: upgrade.metadata.name.as_deref().unwrap_or_default(),
+            uid: upgrade.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let untagged = untagged_job_name(owner.name, &record.name, target, record.attempts);
+        let name = match &record.job {
+            Some(job) if *job == untagged => untagged,
+            _ => job_name(owner, &record.name, target, record.attempts),
+        };
+        if record.job.as_deref() != Some(&name) {
+            self.status.nodes[index].job = Some(name.clone());
+            self.node_event(
+                false,
+                "JobCreated",
+                &record.name,
+                format!(
+                    "upgrade Job {name} for {} (attempt {})",
+                    record.name, record.attempts
+                ),
+            );
+        }
+        let observed = self.observed.job(&name);
+        if let Some(job) = observed.filter(|j| j.state != JobState::Running) {
+            self.status.nodes[index].job_result = Some(crate::evidence::job_result(
+                &name,
+                &job.state,
+                job.evidence.as_ref(),
+            ));
+        }
+        match observed.map(|j| &j.state) {
+            None => {
+                let node_ip = self
+                    .node(&record.name)
+                    .and_then(|n| n.internal_ip.clone())
+                    .unwrap_or_default();
+                let job = NodeJob {
+                    owner,
+                    runner: &self.spec.runner,
+                    node: &record.name,
+                    node_ip: &node_ip,
+                    role: record.role,
+                    first_control_plane: record.first_control_plane,
+                    kind: record.kind,
+                    target,
+                    attempt: record.attempts,
+                    batch,
+                }
+                .render();
+                self.act(Action::CreateJob(Box::new(job)));
+            }
+            Some(JobState::Running) => {}
+            Some(JobState::Succeeded) => {
+                self.enter(index, NodeStep::Rejoining, None);
+                self.node_event(
+                    false,
+                    "JobSucceeded",
+                    &record.name,
+                    format!("upgrade Job {name} succeeded; uncordoning {}", record.name),
+                );
+            }
+            Some(JobState::Failed { reason, message }) => {
+                let failures = record.failures + 1;
+                self.status.nodes[index].failures = failures;
+                let detail = format!("upgrade Job {name} failed ({reason}: {message})");
+                if failures < self.spec.runner.attempts {
+                    self.status.nodes[index].attempts += 1;
+                    self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
+                    self.node_event(
+                        true,
+                        "JobFailed",
+                        &record.name,
+                        format!(
+                            "{detail}; retrying ({} of {} attempts used)",
+                            failures, self.spec.runner.attempts
+                        ),
+                    );
+                } else {
+                    self.fail_node(
+                        index,
+                        format!(
+                            "{detail} after {failures} attempt(s); the node is left cordoned. \
+                             See kubectl -n {} logs job/{name}",
+                            self.spec.runner.namespace
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The nodes in progress take their next step; the run waits on them.
+    pub(super) fn advance_nodes_in_progress(&mut self) -> ControlFlow<()> {
+        let active: Vec<usize> = (0..self.status.nodes.len())
+            .filter(|&i| self.status.nodes[i].step.is_active())
+            .collect();
+        let Some(&first) = active.first() else {
+            return ControlFlow::Continue(());
+        };
+        let batch: Vec<String> = active
+            .iter()
+            .map(|&i| self.status.nodes[i].name.clone())
+            .collect();
+        for &i in &active {
+            self.advance_node(i, &batch);
+        }
+        if self.status.nodes.iter().any(|n| n.step == NodeStep::Failed) {
+            self.fail_on_node();
+            return STOP;
+        }
+        self.set_phase(match self.status.nodes[first].role {
+            NodeRole::ControlPlane => Phase::ControlPlane,
+            NodeRole::Worker => Phase::Workers,
+        });
+        let step = self.status.nodes[first].step;
+        self.note(
+            "NodeInProgress",
+            format!("{} is {}", batch.join(", "), step.as_str()),
+        );
+        STOP
+    }
+}

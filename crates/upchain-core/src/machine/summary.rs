@@ -1,0 +1,222 @@
+//! The end of every decision: conditions, progress, stall, notifications, and the
+//! Events that say what changed.
+
+use super::*;
+
+/// Folds the oldest Done records past [`DONE_RECORDS_KEPT`] into `upgraded_nodes`.
+pub(super) fn fold_done_records(status: &mut K8sUpgradeStatus) {
+    let done = status
+        .nodes
+        .iter()
+        .filter(|n| n.step == NodeStep::Done)
+        .count();
+    let mut surplus = done.saturating_sub(DONE_RECORDS_KEPT);
+    if surplus == 0 {
+        return;
+    }
+    let pinned = status.target_version.clone();
+    let mut kept = Vec::with_capacity(status.nodes.len() - surplus);
+    for record in std::mem::take(&mut status.nodes) {
+        if surplus > 0 && record.step == NodeStep::Done {
+            surplus -= 1;
+            // A record of an earlier target is history, not this run's progress.
+            if Some(&record.target_version) == pinned.as_ref() {
+                status.upgraded_nodes.push(record.name);
+            }
+        } else {
+            kept.push(record);
+        }
+    }
+    status.nodes = kept;
+}
+
+impl<'a> Machine<'a> {
+    /// Fills in what is derived from the rest: conditions, summary columns, requeue.
+    pub(super) fn finish(mut self, previous: &K8sUpgradeStatus) -> Decision {
+        self.silences();
+        fold_done_records(&mut self.status);
+        let generation = self.upgrade.metadata.generation;
+        self.status.observed_generation = generation;
+        let phase = self.status.phase.unwrap_or(Phase::Pending);
+        if self.status.phase.is_none() {
+            self.status.phase = Some(Phase::Pending);
+        }
+
+        let active: Vec<&NodeRecord> = self
+            .status
+            .nodes
+            .iter()
+            .filter(|n| n.step.is_active())
+            .collect();
+        self.status.current_node = (!active.is_empty()).then(|| {
+            active
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        self.status.current_step = active.first().map(|n| n.step);
+        let pinned = self.status.target_version.clone();
+        let done = self
+            .status
+            .nodes
+            .iter()
+            .filter(|n| n.step == NodeStep::Done && Some(&n.target_version) == pinned.as_ref())
+            .count()
+            + self.status.upgraded_nodes.len();
+        let remaining = self
+            .status
+            .plan
+            .iter()
+            .filter(|p| !active.iter().any(|a| a.name == p.name))
+            .count()
+            + active.len();
+        self.status.progress = self
+            .status
+            .started_at
+            .is_some()
+            .then(|| format!("{done}/{}", done + remaining));
+
+        let running = matches!(
+            phase,
+            Phase::Preflight
+                | Phase::Snapshot
+                | Phase::ControlPlane
+                | Phase::Workers
+                | Phase::Postflight
+        );
+        let State { reason, message } = self.state.clone();
+        let (reason, message) = if reason.is_empty() {
+            ("Pending", "waiting for the first check".to_owned())
+        } else {
+            (reason, message)
+        };
+        let now = self.now;
+        let conditions = &mut self.status.conditions;
+        conditions::set(
+            conditions,
+            if phase == Phase::Succeeded {
+                Desired::yes(types::READY, "Succeeded", message.clone())
+            } else {
+                Desired::no(types::READY, reason, message.clone())
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            conditions,
+            if running && !self.spec.paused {
+                Desired::yes(types::PROGRESSING, reason, message.clone())
+            } else {
+                Desired::no(types::PROGRESSING, reason, message.clone())
+            },
+            generation,
+            now,
+        );
+        conditions::set(
+            conditions,
+            if phase == Phase::Blocked {
+                Desired::yes(types::BLOCKED, "GatesFailed", message.clone())
+            } else {
+                Desired::no(types::BLOCKED, "GatesPass", "no check refuses the run")
+            },
+            generation,
+            now,
+        );
+        let this_run = of_this_run(
+            self.status.snapshot.as_ref(),
+            self.status.started_at.as_ref(),
+        );
+        let snapshot = match (&self.spec.snapshot, this_run) {
+            (None, _) => Desired::no(
+                types::SNAPSHOT_TAKEN,
+                "NotConfigured",
+                "no etcd snapshot is configured for this run",
+            ),
+            (Some(_), Some(record)) if record.verified => Desired::yes(
+                types::SNAPSHOT_TAKEN,
+                "Verified",
+                format!("etcd snapshot Job {} succeeded", record.job),
+            ),
+            (Some(_), Some(record)) => Desired::no(
+                types::SNAPSHOT_TAKEN,
+                if record.completed_at.is_some() {
+                    "Failed"
+                } else {
+                    "InProgress"
+                },
+                record
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("etcd snapshot Job {} is running", record.job)),
+            ),
+            (Some(_), None) => Desired::no(
+                types::SNAPSHOT_TAKEN,
+                "Pending",
+                "the etcd snapshot is taken before the first node",
+            ),
+        };
+        conditions::set(conditions, snapshot, generation, now);
+
+        let stall_timeout = Duration::from(self.spec.stall_timeout);
+        let quiet_for = self
+            .status
+            .last_progress_at
+            .as_ref()
+            .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
+        // Waiting for the maintenance window is not a stall: it is the plan.
+        let waiting_for_window = self.status.next_window_at.is_some();
+        let stalled = running
+            && !self.spec.paused
+            && !waiting_for_window
+            && quiet_for.is_some_and(|q| q >= stall_timeout);
+        if stalled && !conditions::is_true(&previous.conditions, types::STALLED) {
+            let step = self.status.current_step.map_or("none", NodeStep::as_str);
+            self.event(
+                true,
+                "Stalled",
+                format!(
+                    "no progress for {}s (phase {}, node {} at step {step})",
+                    stall_timeout.as_secs(),
+                    phase.as_str(),
+                    self.status.current_node.as_deref().unwrap_or("none"),
+                ),
+            );
+        }
+        let conditions = &mut self.status.conditions;
+        conditions::set(
+            conditions,
+            if stalled {
+                Desired::yes(
+                    types::STALLED,
+                    "NoProgress",
+                    format!("no progress for at least {}s", stall_timeout.as_secs()),
+                )
+            } else {
+                Desired::no(
+                    types::STALLED,
+                    "Progressing",
+                    "progress within spec.stallTimeout",
+                )
+            },
+            generation,
+            now,
+        );
+        if running
+            && !stalled
+            && !waiting_for_window
+            && let Some(quiet) = quiet_for
+        {
+            self.requeue_within(stall_timeout.saturating_sub(quiet));
+        }
+
+        let mut actions = self.actions;
+        // Events last: they describe what the mutating actions are doing.
+        actions.sort_by_key(|a| !a.is_mutating());
+        Decision {
+            status: self.status,
+            actions,
+            requeue: self.requeue,
+        }
+    }
+}
