@@ -12,18 +12,125 @@ pub(super) enum HookProgress {
     Waiting,
 }
 
+/// The part of a one-off Job's status record (snapshot, hook) its lifecycle reads.
+pub(super) struct OneOffRecord<'r> {
+    attempt: i32,
+    completed_at: Option<&'r Time>,
+    succeeded: bool,
+    message: Option<&'r str>,
+}
+
+impl<'r> From<&'r SnapshotRecord> for OneOffRecord<'r> {
+    fn from(r: &'r SnapshotRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            completed_at: r.completed_at.as_ref(),
+            succeeded: r.verified,
+            message: r.message.as_deref(),
+        }
+    }
+}
+
+impl<'r> From<&'r HookRecord> for OneOffRecord<'r> {
+    fn from(r: &'r HookRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            completed_at: r.completed_at.as_ref(),
+            succeeded: r.succeeded,
+            message: r.message.as_deref(),
+        }
+    }
+}
+
+/// What a one-off Job's record says to do next.
+pub(super) enum NextAttempt {
+    /// It succeeded in this run.
+    Done,
+    /// Run this attempt, or keep watching it.
+    Run(i32),
+    /// The last attempt failed; `retry_in` is how long until the next one, None where
+    /// none comes by itself.
+    Failed {
+        message: String,
+        retry_in: Option<Duration>,
+    },
+}
+
+/// How this attempt's Job stands.
+pub(super) enum JobOutcome {
+    Succeeded,
+    /// It failed or did not finish in time: why, as "failed (...)" or "did not finish
+    /// within ...".
+    Failed(String),
+    /// Not finished; the timeout is this far off.
+    Running(Duration),
+}
+
 impl<'a> Machine<'a> {
-    /// How long a failed one-off Job (snapshot, pre-run hook) waits before its next
-    /// attempt, counted from when it failed; None once the recheck interval has passed.
-    pub(super) fn retry_wait(
+    /// The attempt a one-off Job is at: the first, the one under way, or, once the last
+    /// failed, the next after the recheck interval (when `retried`).
+    pub(super) fn next_attempt(
         &self,
-        failed_at: Option<&Time>,
-        started_at: &Time,
-    ) -> Option<Duration> {
-        let waited = self.elapsed(failed_at.unwrap_or(started_at));
-        self.recheck_interval()
+        record: Option<OneOffRecord<'_>>,
+        retried: bool,
+    ) -> NextAttempt {
+        let Some(record) = record else {
+            return NextAttempt::Run(1);
+        };
+        if record.succeeded {
+            return NextAttempt::Done;
+        }
+        let Some(failed_at) = record.completed_at else {
+            return NextAttempt::Run(record.attempt);
+        };
+        let message = record.message.unwrap_or_default().to_owned();
+        if !retried {
+            return NextAttempt::Failed {
+                message,
+                retry_in: None,
+            };
+        }
+        let waited = self.elapsed(failed_at);
+        match self
+            .recheck_interval()
             .checked_sub(waited)
             .filter(|left| !left.is_zero())
+        {
+            Some(left) => NextAttempt::Failed {
+                message,
+                retry_in: Some(left),
+            },
+            None => NextAttempt::Run(record.attempt + 1),
+        }
+    }
+
+    /// The outcome of the Job observed for this attempt, judged against its timeout.
+    pub(super) fn job_outcome(
+        &self,
+        state: Option<&JobState>,
+        started: &Time,
+        timeout: Duration,
+    ) -> JobOutcome {
+        let waited = self.elapsed(started);
+        match state {
+            Some(JobState::Succeeded) => JobOutcome::Succeeded,
+            Some(JobState::Failed { reason, message }) => {
+                JobOutcome::Failed(format!("failed ({reason}: {message})"))
+            }
+            _ if waited >= timeout => JobOutcome::Failed(format!(
+                "did not finish within {}",
+                gates::human(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
+            )),
+            _ => JobOutcome::Running(timeout - waited),
+        }
+    }
+
+    /// The run's start in seconds, which one-off Job names carry (one set per run).
+    fn run_started(&self) -> i64 {
+        self.status
+            .started_at
+            .as_ref()
+            .map_or(0, |t| t.0.as_second())
     }
 
     /// True when this run's snapshot Job succeeded.
@@ -42,32 +149,20 @@ impl<'a> Machine<'a> {
         let Some(spec) = self.spec.snapshot.clone() else {
             return;
         };
-        let run_started = self
-            .status
-            .started_at
-            .as_ref()
-            .map_or(0, |t| t.0.as_second());
         let current = of_this_run(
             self.status.snapshot.as_ref(),
             self.status.started_at.as_ref(),
         )
         .cloned();
-        let attempt = match &current {
-            None => 1,
-            Some(record) if record.completed_at.is_none() => record.attempt,
-            Some(record) => {
-                // The previous attempt failed: retry once the recheck interval has passed.
-                if let Some(left) =
-                    self.retry_wait(record.completed_at.as_ref(), &record.started_at)
-                {
-                    let reason = record.message.clone().unwrap_or_default();
-                    self.requeue_within(left);
-                    return self.block(vec![reason]);
-                }
-                record.attempt + 1
+        let attempt = match self.next_attempt(current.as_ref().map(OneOffRecord::from), true) {
+            NextAttempt::Done => return,
+            NextAttempt::Run(attempt) => attempt,
+            NextAttempt::Failed { message, retry_in } => {
+                self.requeue_within(retry_in.unwrap_or_default());
+                return self.block(vec![message]);
             }
         };
-        let name = crate::snapshot::snapshot_job_name(self.name(), run_started, attempt);
+        let name = crate::snapshot::snapshot_job_name(self.name(), self.run_started(), attempt);
         let inputs = self.observed.snapshot.as_ref();
         let template = match inputs.map(|i| &i.template) {
             Some(Ok(template)) => {
@@ -94,8 +189,8 @@ impl<'a> Machine<'a> {
         };
         self.unblock();
         self.set_phase(Phase::Snapshot);
-        let is_new = current.as_ref().is_none_or(|r| r.job != name);
-        if is_new {
+        let job = format!("{}/{name}", spec.namespace);
+        if current.as_ref().is_none_or(|r| r.job != name) {
             self.status.snapshot = Some(SnapshotRecord {
                 job: name.clone(),
                 started_at: Time(self.now),
@@ -108,70 +203,63 @@ impl<'a> Machine<'a> {
             self.event(
                 false,
                 "SnapshotStarted",
-                format!("taking an etcd snapshot with Job {}/{name}", spec.namespace),
+                format!("taking an etcd snapshot with Job {job}"),
             );
         }
-        let owner = Owner {
-            name: self.name(),
-            uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
-        };
-        let job = crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
         let state = inputs
             .and_then(|i| i.job.as_ref())
-            .filter(|job| job.name == name)
-            .map(|job| job.state.clone());
+            .filter(|observed| observed.name == name)
+            .map(|observed| &observed.state);
+        let started = self
+            .status
+            .snapshot
+            .as_ref()
+            .map_or(Time(self.now), |r| r.started_at.clone());
+        let outcome = self.job_outcome(state, &started, Duration::from(spec.timeout));
         let now = Time(self.now);
-        let Some(record) = self.status.snapshot.as_mut() else {
-            return;
-        };
-        let started = record.started_at.clone();
-        match state {
-            Some(JobState::Succeeded) => {
-                record.verified = true;
-                record.completed_at = Some(now);
-                record.message = Some("the snapshot Job succeeded".to_owned());
+        match outcome {
+            JobOutcome::Succeeded => {
+                if let Some(record) = self.status.snapshot.as_mut() {
+                    record.verified = true;
+                    record.completed_at = Some(now);
+                    record.message = Some("the snapshot Job succeeded".to_owned());
+                }
                 self.progressed();
                 self.event(
                     false,
                     "SnapshotTaken",
-                    format!("etcd snapshot Job {}/{name} succeeded", spec.namespace),
+                    format!("etcd snapshot Job {job} succeeded"),
                 );
                 self.set_phase(Phase::Preflight);
             }
-            Some(JobState::Failed { reason, message }) => {
+            JobOutcome::Failed(how) => {
+                let check = if how.starts_with("failed") {
+                    "Check its logs"
+                } else {
+                    "Check why it hangs"
+                };
                 let why = format!(
-                    "the etcd snapshot Job {}/{name} failed ({reason}: {message}); no node was \
-                     touched. Check its logs; it is retried every recheck interval",
-                    spec.namespace
+                    "the etcd snapshot Job {job} {how}; no node was touched. {check}; it is \
+                     retried every recheck interval"
                 );
-                record.completed_at = Some(now);
-                record.message = Some(why.clone());
+                if let Some(record) = self.status.snapshot.as_mut() {
+                    record.completed_at = Some(now);
+                    record.message = Some(why.clone());
+                }
                 self.block(vec![why]);
             }
-            _ => {
-                let timeout = Duration::from(spec.timeout);
-                let waited = self.elapsed(&started);
-                if waited >= timeout {
-                    let why = format!(
-                        "the etcd snapshot Job {}/{name} did not finish within {}; no node \
-                         was touched. Check why it hangs; it is retried every recheck interval",
-                        spec.namespace,
-                        gates::human(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
-                    );
-                    if let Some(record) = self.status.snapshot.as_mut() {
-                        record.completed_at = Some(Time(self.now));
-                        record.message = Some(why.clone());
-                    }
-                    return self.block(vec![why]);
-                }
-                self.act(Action::CreateJob(Box::new(job)));
-                self.requeue_within(timeout - waited);
+            JobOutcome::Running(left) => {
+                let owner = Owner {
+                    name: self.name(),
+                    uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+                };
+                let rendered =
+                    crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
+                self.act(Action::CreateJob(Box::new(rendered)));
+                self.requeue_within(left);
                 self.note(
                     "Snapshot",
-                    format!(
-                        "waiting for the etcd snapshot Job {}/{name}",
-                        spec.namespace
-                    ),
+                    format!("waiting for the etcd snapshot Job {job}"),
                 );
             }
         }
@@ -196,32 +284,28 @@ impl<'a> Machine<'a> {
             return HookProgress::Waiting; // refused with the reason before the plan
         };
         let current = self.status.hooks.iter().find(|h| h.kind == kind).cloned();
-        let attempt = match &current {
-            None => 1,
-            Some(record) if record.succeeded => return HookProgress::Done,
-            Some(record) if record.completed_at.is_none() => record.attempt,
-            Some(record) => {
-                let message = record.message.clone().unwrap_or_default();
-                if kind == HookKind::Post {
-                    self.fail_on_hook(message);
-                    return HookProgress::Waiting;
-                }
-                if let Some(left) =
-                    self.retry_wait(record.completed_at.as_ref(), &record.started_at)
-                {
-                    self.block(vec![message]);
-                    self.requeue_within(left);
-                    return HookProgress::Waiting;
-                }
-                record.attempt + 1
+        // A failed post-run hook waits for the retry annotation; a pre-run hook retries.
+        let retried = kind == HookKind::Pre;
+        let attempt = match self.next_attempt(current.as_ref().map(OneOffRecord::from), retried) {
+            NextAttempt::Done => return HookProgress::Done,
+            NextAttempt::Run(attempt) => attempt,
+            NextAttempt::Failed {
+                message,
+                retry_in: None,
+            } => {
+                self.fail_on_hook(message);
+                return HookProgress::Waiting;
+            }
+            NextAttempt::Failed {
+                message,
+                retry_in: Some(left),
+            } => {
+                self.block(vec![message]);
+                self.requeue_within(left);
+                return HookProgress::Waiting;
             }
         };
-        let run_started = self
-            .status
-            .started_at
-            .as_ref()
-            .map_or(0, |t| t.0.as_second());
-        let name = crate::hooks::job_name(self.name(), kind, run_started, attempt);
+        let name = crate::hooks::job_name(self.name(), kind, self.run_started(), attempt);
         let job = format!("{}/{name}", spec.namespace);
         if current.as_ref().is_none_or(|r| r.job != job) {
             self.status.hooks.retain(|h| h.kind != kind);
@@ -247,17 +331,15 @@ impl<'a> Machine<'a> {
             .hook_jobs
             .iter()
             .find(|j| j.name == name)
-            .map(|j| j.state.clone());
+            .map(|j| &j.state);
         let started = self
             .status
             .hooks
             .iter()
             .find(|h| h.kind == kind)
             .map_or(Time(self.now), |h| h.started_at.clone());
-        let timeout = Duration::from(spec.timeout);
-        let waited = self.elapsed(&started);
-        let failure = match state {
-            Some(JobState::Succeeded) => {
+        let failure = match self.job_outcome(state, &started, Duration::from(spec.timeout)) {
+            JobOutcome::Succeeded => {
                 self.complete_hook(kind, true, "the Job succeeded".to_owned());
                 self.progressed();
                 self.event(
@@ -267,16 +349,8 @@ impl<'a> Machine<'a> {
                 );
                 return HookProgress::Done;
             }
-            Some(JobState::Failed { reason, message }) => format!(
-                "the {}-run hook Job {job} failed ({reason}: {message})",
-                kind.as_str()
-            ),
-            _ if waited >= timeout => format!(
-                "the {}-run hook Job {job} did not finish within {}",
-                kind.as_str(),
-                gates::human(i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX))
-            ),
-            _ => {
+            JobOutcome::Failed(how) => format!("the {}-run hook Job {job} {how}", kind.as_str()),
+            JobOutcome::Running(left) => {
                 let owner = Owner {
                     name: self.name(),
                     uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
@@ -284,7 +358,7 @@ impl<'a> Machine<'a> {
                 let rendered =
                     crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
                 self.act(Action::CreateJob(Box::new(rendered)));
-                self.requeue_within(timeout - waited);
+                self.requeue_within(left);
                 self.note(
                     "RunningHook",
                     format!("waiting for the {}-run hook Job {job}", kind.as_str()),
