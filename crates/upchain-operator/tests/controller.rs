@@ -1005,12 +1005,23 @@ async fn gates_block_with_every_reason_touch_nothing_and_clear_by_themselves() {
     assert_eq!(reasons.len(), expected.len() + noisy.len(), "{reasons:#?}");
     // `kubectl describe` shows the Blocked Event, cut to what the API server takes; the
     // full list is in status.
-    let blocked_event = cluster
-        .sim
-        .objects("events.events.k8s.io")
-        .into_iter()
-        .find(|e| e["reason"] == "Blocked" && e["regarding"]["name"] == "to-1-35")
-        .expect("a Blocked Event was recorded");
+    // The Event follows the status write that said Blocked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let blocked_event = loop {
+        let found = cluster
+            .sim
+            .objects("events.events.k8s.io")
+            .into_iter()
+            .find(|e| e["reason"] == "Blocked" && e["regarding"]["name"] == "to-1-35");
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Blocked Event was recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let note = blocked_event["note"].as_str().unwrap_or_default();
     assert!(note.len() <= 1024, "{note}");
     assert!(
