@@ -6,8 +6,12 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-use upchain_api::{DEFAULT_CONTAINERD_FLOORS, GatesSpec, K8sUpgradeSpec, NodeRecord, UpgradeKind};
+use upchain_api::{
+    DEFAULT_CONTAINERD_FLOORS, GatesSpec, K8sUpgradeSpec, NodeRecord, RunnerSpec, UpgradeKind,
+};
 
 use crate::observe::ObservedNode;
 use crate::version::KubeVersion;
@@ -46,8 +50,8 @@ pub struct GateInputs {
     pub helm_releases: Option<Source<Vec<HelmRelease>>>,
     /// Deployments.
     pub deployments: Option<Source<Vec<ObservedDeployment>>>,
-    /// What the node Jobs need and is missing (namespace, script ConfigMap, SSH Secret).
-    pub runner_missing: Option<Vec<String>>,
+    /// What exists of what the node Jobs need (namespace, script ConfigMap, SSH Secret).
+    pub runner: Option<RunnerFacts>,
     /// The objects each health check selected.
     pub health_checks: Option<crate::health::HealthInputs>,
 }
@@ -149,6 +153,30 @@ pub struct ObservedDeployment {
     pub available_condition: Option<bool>,
     /// The Progressing condition, when reported, with its reason.
     pub progressing_condition: Option<(bool, String)>,
+}
+
+impl ObservedDeployment {
+    /// Reduces a Deployment to what the workloads gate and the addon matrix read.
+    pub fn from_deployment(d: &Deployment) -> Self {
+        let status = d.status.clone().unwrap_or_default();
+        let condition = |type_: &str| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status == "True", c.reason.clone().unwrap_or_default()))
+        };
+        ObservedDeployment {
+            namespace: d.metadata.namespace.clone().unwrap_or_default(),
+            name: d.metadata.name.clone().unwrap_or_default(),
+            replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
+            updated: status.updated_replicas.unwrap_or(0),
+            available: status.available_replicas.unwrap_or(0),
+            available_condition: condition("Available").map(|(ok, _)| ok),
+            progressing_condition: condition("Progressing"),
+        }
+    }
 }
 
 /// The addon matrix and what each addon runs.
@@ -629,9 +657,48 @@ pub fn workloads_gate(deployments: &Source<Vec<ObservedDeployment>>) -> Verdict 
     )
 }
 
+/// What exists of what the node Jobs need, as the operator read it (the SSH Secret by
+/// metadata only); each an error when it could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunnerFacts {
+    /// The runner namespace exists.
+    pub namespace: Source<bool>,
+    /// The data keys of the script ConfigMap; None when there is no such ConfigMap.
+    pub script_keys: Source<Option<Vec<String>>>,
+    /// The SSH Secret exists.
+    pub ssh_secret: Source<bool>,
+}
+
+/// What the node Jobs need and is missing, each named as a person would create it.
+fn runner_missing(runner: &RunnerSpec, facts: &RunnerFacts) -> Vec<String> {
+    let namespace = &runner.namespace;
+    let unreadable = |what: String, error: &str| format!("{what} (could not be read: {error})");
+    match &facts.namespace {
+        Ok(true) => {}
+        Ok(false) => return vec![format!("namespace {namespace}")],
+        Err(error) => return vec![unreadable(format!("namespace {namespace}"), error)],
+    }
+    let mut missing = Vec::new();
+    let script = &runner.script_config_map;
+    let config_map = format!("ConfigMap {namespace}/{}", script.name);
+    match &facts.script_keys {
+        Ok(Some(keys)) if keys.contains(&script.key) => {}
+        Ok(Some(_)) => missing.push(format!("key {} of {config_map}", script.key)),
+        Ok(None) => missing.push(format!("{config_map} (the node script)")),
+        Err(error) => missing.push(unreadable(config_map, error)),
+    }
+    let secret = format!("Secret {namespace}/{}", runner.ssh_secret.name);
+    match &facts.ssh_secret {
+        Ok(true) => {}
+        Ok(false) => missing.push(format!("{secret} (the SSH key)")),
+        Err(error) => missing.push(unreadable(secret, error)),
+    }
+    missing
+}
+
 /// What the node Jobs need exists.
-pub fn runner_gate(missing: &[String], namespace: &str) -> Verdict {
-    let reasons = missing
+pub fn runner_gate(runner: &RunnerSpec, facts: &RunnerFacts) -> Verdict {
+    let reasons = runner_missing(runner, facts)
         .iter()
         .map(|what| {
             format!("{what} is missing: the node Jobs need it (see spec.runner); create it")
@@ -639,7 +706,10 @@ pub fn runner_gate(missing: &[String], namespace: &str) -> Verdict {
         .collect();
     verdict(
         "runner",
-        format!("namespace {namespace}, the script ConfigMap and the SSH Secret exist"),
+        format!(
+            "namespace {}, the script ConfigMap and the SSH Secret exist",
+            runner.namespace
+        ),
         reasons,
     )
 }
@@ -659,8 +729,8 @@ pub fn preflight(
         nodes_gate(nodes, &spec.nodes.skip, records),
         quiet_gate(nodes, Duration::from(gates.quiet_period), now, records),
     ];
-    if let Some(missing) = &inputs.runner_missing {
-        verdicts.push(runner_gate(missing, &spec.runner.namespace));
+    if let Some(facts) = &inputs.runner {
+        verdicts.push(runner_gate(&spec.runner, facts));
     }
     verdicts.extend(alerts(gates, inputs));
     if kind == UpgradeKind::Minor {
@@ -710,6 +780,47 @@ pub struct PostflightInputs {
     pub pods_expected: usize,
     /// Of those, how many are Ready.
     pub pods_ready: usize,
+}
+
+impl PostflightInputs {
+    /// Adds one Pod to the counts: running Pods and their readiness, and the control
+    /// plane's static Pods (kube-system, tier control-plane, by component).
+    pub fn count(&mut self, pod: &Pod) {
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        if matches!(phase, "Succeeded" | "Failed") {
+            return;
+        }
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        self.pods_expected += 1;
+        if ready {
+            self.pods_ready += 1;
+        }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let component = labels.get("component").cloned().unwrap_or_default();
+        let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
+            && pod.metadata.namespace.as_deref() == Some("kube-system")
+            && [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+            ]
+            .contains(&component.as_str());
+        if control_plane {
+            let spec = pod.spec.as_ref();
+            self.static_pods.push(StaticPod {
+                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+                component,
+                image: spec
+                    .and_then(|s| s.containers.first())
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default(),
+                running: phase == "Running" && ready,
+            });
+        }
+    }
 }
 
 /// A control-plane static Pod.
@@ -1031,18 +1142,42 @@ mod tests {
 
     #[test]
     fn missing_runner_prerequisites_refuse_by_name() {
-        let verdict = runner_gate(
-            &["Secret upchain-system/upchain-ssh (the SSH key)".to_owned()],
-            "upchain-system",
-        );
+        let runner = RunnerSpec::default();
+        let present = RunnerFacts {
+            namespace: Ok(true),
+            script_keys: Ok(Some(vec![runner.script_config_map.key.clone()])),
+            ssh_secret: Ok(true),
+        };
+        assert!(runner_gate(&runner, &present).passed());
+        let no_secret = RunnerFacts {
+            ssh_secret: Ok(false),
+            ..present.clone()
+        };
         assert_eq!(
-            verdict.reasons,
+            runner_gate(&runner, &no_secret).reasons,
             [
                 "Secret upchain-system/upchain-ssh (the SSH key) is missing: the node Jobs need \
               it (see spec.runner); create it"
             ]
         );
-        assert!(runner_gate(&[], "upchain-system").passed());
+        let wrong_key = RunnerFacts {
+            script_keys: Ok(Some(vec!["other.sh".to_owned()])),
+            ..present.clone()
+        };
+        assert!(
+            runner_gate(&runner, &wrong_key).reasons[0].starts_with(
+                "key upgrade-node.sh of ConfigMap upchain-system/upchain-node-upgrade"
+            )
+        );
+        let no_namespace = RunnerFacts {
+            namespace: Ok(false),
+            ..no_secret
+        };
+        assert_eq!(
+            runner_gate(&runner, &no_namespace).reasons.len(),
+            1,
+            "only the namespace is named"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube_core::{Selector, SelectorExt};
@@ -150,6 +151,37 @@ pub struct ObservedJob {
     pub state: JobState,
     /// What its Pod left: read once the Job has finished, while its node is Upgrading.
     pub evidence: Option<crate::evidence::JobEvidence>,
+}
+
+impl ObservedJob {
+    /// A Job judged by its Complete and Failed conditions, not by Pod counters.
+    pub fn from_job(job: &Job) -> Self {
+        let conditions = job
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_deref())
+            .unwrap_or_default();
+        let holds = |type_: &str| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+        };
+        let state = if holds("Complete").is_some() {
+            JobState::Succeeded
+        } else if let Some(failed) = holds("Failed") {
+            JobState::Failed {
+                reason: failed.reason.clone().unwrap_or_default(),
+                message: failed.message.clone().unwrap_or_default(),
+            }
+        } else {
+            JobState::Running
+        };
+        Self {
+            name: job.metadata.name.clone().unwrap_or_default(),
+            state,
+            evidence: None,
+        }
+    }
 }
 
 /// A Pod on a node being drained.

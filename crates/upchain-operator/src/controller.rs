@@ -357,7 +357,7 @@ async fn observe_jobs(
         .iter()
         // A Job left by an earlier K8sUpgrade of the same name is not this one's.
         .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
-        .map(observe_job)
+        .map(ObservedJob::from_job)
         .collect();
     if scope == Jobs::InFlight {
         let upgrading = upchain_core::jobs_awaiting_evidence(upgrade.status.as_ref());
@@ -463,7 +463,7 @@ async fn hook_jobs(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Vec<ObservedJo
         jobs.extend(
             job.filter(|j| j.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
                 .as_ref()
-                .map(observe_job),
+                .map(ObservedJob::from_job),
         );
     }
     Ok(jobs)
@@ -485,35 +485,6 @@ async fn other_upgrades(name: &str, ctx: &Context) -> Result<Vec<OtherUpgrade>, 
         .filter(|u| u.name_any() != name)
         .map(OtherUpgrade::from_upgrade)
         .collect())
-}
-
-/// A Job judged by its Complete and Failed conditions, not by Pod counters.
-pub(crate) fn observe_job(job: &Job) -> ObservedJob {
-    let conditions = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_deref())
-        .unwrap_or_default();
-    let holds = |type_: &str| {
-        conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == "True")
-    };
-    let state = if holds("Complete").is_some() {
-        JobState::Succeeded
-    } else if let Some(failed) = holds("Failed") {
-        JobState::Failed {
-            reason: failed.reason.clone().unwrap_or_default(),
-            message: failed.message.clone().unwrap_or_default(),
-        }
-    } else {
-        JobState::Running
-    };
-    ObservedJob {
-        name: job.name_any(),
-        state,
-        evidence: None,
-    }
 }
 
 /// What a finished Job's Pod left: its container's exit code and times, and the end of its

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
 use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, DeprecatedApi, GateInputs, HelmRelease,
-    ObservedDeployment, PostflightInputs, Source, StaticPod,
+    ObservedDeployment, PostflightInputs, RunnerFacts, Source,
 };
 use upchain_core::snapshot::SnapshotInputs;
 use upchain_core::{Needs, ObservedJob};
@@ -81,7 +81,7 @@ pub async fn gate_inputs(
     if !needs.preflight {
         return inputs;
     }
-    inputs.runner_missing = Some(runner_missing(client, upgrade).await);
+    inputs.runner = Some(runner_facts(client, upgrade).await);
     if gates.compatibility.deprecated_apis {
         inputs.deprecated_apis = Some(deprecated_apis(client).await);
     }
@@ -313,93 +313,45 @@ async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {
     let api: Api<Deployment> = Api::all(client.clone());
     let mut deployments = Vec::new();
     list_paged(&api, ListParams::default(), |page| {
-        deployments.extend(page.iter().map(observe_deployment));
+        deployments.extend(page.iter().map(ObservedDeployment::from_deployment));
     })
     .await
     .map_err(|e| format!("listing Deployments: {}", describe(&e)))?;
     Ok(deployments)
 }
 
-fn observe_deployment(d: &Deployment) -> ObservedDeployment {
-    let status = d.status.clone().unwrap_or_default();
-    let condition = |type_: &str| {
-        status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| c.type_ == type_)
-            .map(|c| (c.status == "True", c.reason.clone().unwrap_or_default()))
-    };
-    ObservedDeployment {
-        namespace: d.namespace().unwrap_or_default(),
-        name: d.name_any(),
-        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
-        updated: status.updated_replicas.unwrap_or(0),
-        available: status.available_replicas.unwrap_or(0),
-        available_condition: condition("Available").map(|(ok, _)| ok),
-        progressing_condition: condition("Progressing"),
-    }
-}
-
-/// What the node Jobs need and is missing: the runner namespace, the script ConfigMap
-/// (with its key) and the SSH Secret (checked by metadata only).
-async fn runner_missing(client: &Client, upgrade: &K8sUpgrade) -> Vec<String> {
+/// What exists of the runner's namespace, script ConfigMap and SSH Secret (the Secret by
+/// metadata only: its key is never read).
+async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
     let runner = &upgrade.spec.runner;
-    let mut missing = Vec::new();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    match namespaces.get_metadata_opt(&runner.namespace).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            missing.push(format!("namespace {}", runner.namespace));
-            return missing;
-        }
-        Err(e) => {
-            missing.push(format!(
-                "namespace {} (could not be read: {})",
-                runner.namespace,
-                describe(&e)
-            ));
-            return missing;
-        }
+    let namespace = Api::<Namespace>::all(client.clone())
+        .get_metadata_opt(&runner.namespace)
+        .await
+        .map(|n| n.is_some())
+        .map_err(|e| describe(&e));
+    if namespace != Ok(true) {
+        // Nothing else can exist in it; the core names the namespace alone.
+        return RunnerFacts {
+            namespace,
+            script_keys: Ok(None),
+            ssh_secret: Ok(false),
+        };
     }
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &runner.namespace);
-    let script = &runner.script_config_map;
-    match config_maps.get_opt(&script.name).await {
-        Ok(Some(config_map))
-            if config_map
-                .data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(&script.key)) => {}
-        Ok(Some(_)) => missing.push(format!(
-            "key {} of ConfigMap {}/{}",
-            script.key, runner.namespace, script.name
-        )),
-        Ok(None) => missing.push(format!(
-            "ConfigMap {}/{} (the node script)",
-            runner.namespace, script.name
-        )),
-        Err(e) => missing.push(format!(
-            "ConfigMap {}/{} (could not be read: {})",
-            runner.namespace,
-            script.name,
-            describe(&e)
-        )),
+    let script_keys = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace)
+        .get_opt(&runner.script_config_map.name)
+        .await
+        .map(|c| c.map(|c| c.data.unwrap_or_default().into_keys().collect()))
+        .map_err(|e| describe(&e));
+    let ssh_secret = Api::<Secret>::namespaced(client.clone(), &runner.namespace)
+        .get_metadata_opt(&runner.ssh_secret.name)
+        .await
+        .map(|s| s.is_some())
+        .map_err(|e| describe(&e));
+    RunnerFacts {
+        namespace,
+        script_keys,
+        ssh_secret,
     }
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &runner.namespace);
-    match secrets.get_metadata_opt(&runner.ssh_secret.name).await {
-        Ok(Some(_)) => {}
-        Ok(None) => missing.push(format!(
-            "Secret {}/{} (the SSH key)",
-            runner.namespace, runner.ssh_secret.name
-        )),
-        Err(e) => missing.push(format!(
-            "Secret {}/{} (could not be read: {})",
-            runner.namespace,
-            runner.ssh_secret.name,
-            describe(&e)
-        )),
-    }
-    missing
 }
 
 /// The snapshot CronJob's template and the run's snapshot Job.
@@ -426,7 +378,7 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
                 .await
                 .ok()
                 .flatten()
-                .map(|job| crate::controller::observe_job(&job))
+                .map(|job| ObservedJob::from_job(&job))
         }
         None => None,
     };
@@ -443,49 +395,10 @@ pub async fn postflight_inputs(client: &Client) -> Result<PostflightInputs, Stri
     let mut inputs = PostflightInputs::default();
     list_paged(&pods, ListParams::default().limit(POD_PAGE_SIZE), |page| {
         for pod in &page {
-            count_for_postflight(pod, &mut inputs);
+            inputs.count(pod);
         }
     })
     .await
     .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))?;
     Ok(inputs)
-}
-
-/// Adds one Pod to the postflight's counts: running Pods and their readiness, and the
-/// control plane's static Pods.
-fn count_for_postflight(pod: &Pod, inputs: &mut PostflightInputs) {
-    let status = pod.status.as_ref();
-    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
-    if matches!(phase, "Succeeded" | "Failed") {
-        return;
-    }
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    inputs.pods_expected += 1;
-    if ready {
-        inputs.pods_ready += 1;
-    }
-    let labels = pod.labels();
-    let component = labels.get("component").cloned().unwrap_or_default();
-    let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
-        && pod.namespace().as_deref() == Some("kube-system")
-        && [
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-        ]
-        .contains(&component.as_str());
-    if control_plane {
-        let spec = pod.spec.as_ref();
-        inputs.static_pods.push(StaticPod {
-            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-            component,
-            image: spec
-                .and_then(|s| s.containers.first())
-                .and_then(|c| c.image.clone())
-                .unwrap_or_default(),
-            running: phase == "Running" && ready,
-        });
-    }
 }
