@@ -1,0 +1,356 @@
+//! The K8sUpgrade controller. One reconcile, in the order of these rooms:
+//! `observe` (read what `upchain_core::needs` asks for) -> `upchain_core::decide` (pure)
+//! -> `apply` (write the status, then carry out the actions; `events` records them).
+//! Here: the watches, the loop, the error policy, and deletion; `lease` runs it all only
+//! on the replica that leads.
+
+mod apply;
+mod events;
+mod lease;
+mod observe;
+
+use apply::*;
+use events::*;
+pub use lease::{LeaseSettings, run_with_leader_election};
+use observe::*;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, LogParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Error as ControllerError};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+use upchain_api::{
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, SilenceRecord, UPGRADE_ANNOTATION,
+    UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
+};
+use upchain_core::evidence::{self, JobEvidence};
+use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
+
+use crate::gather;
+use crate::metrics::Metrics;
+use upchain_core::{
+    Action, JobState, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod,
+    OtherUpgrade, decide, finalize, holds_lock,
+};
+
+/// Errors of one reconcile; each is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A source the run needs could not be read.
+    #[error("{0}; the reconcile is retried with backoff")]
+    Gather(String),
+    /// A call to the API server failed.
+    #[error("{action} failed: {source}; the reconcile is retried with backoff")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// The API server refused an object as invalid (422): the same object would be
+    /// refused again, so it is retried only slowly, or when the K8sUpgrade changes.
+    #[error(
+        "{action} was refused by the API server: {message}; retried when the K8sUpgrade \
+         changes, or in {}s",
+        REFUSED_RETRY.as_secs()
+    )]
+    Refused {
+        /// What was being done.
+        action: String,
+        /// The API server's reason.
+        message: String,
+    },
+}
+
+impl Error {
+    /// A bounded label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "api",
+            Error::Gather(_) => "gather",
+            Error::Refused { .. } => "refused",
+        }
+    }
+
+    /// When to reconcile again after the `failures`-th failure in a row: exponential
+    /// backoff from 1 s to 5 minutes (jitter is added by the caller), except for a
+    /// refusal, which no quick retry can mend.
+    fn retry_after(&self, failures: u32) -> Duration {
+        match self {
+            Error::Refused { .. } => REFUSED_RETRY,
+            Error::Kube { .. } | Error::Gather(_) => {
+                Duration::from_secs(1u64 << failures.saturating_sub(1).min(8))
+                    .min(Duration::from_secs(300))
+            }
+        }
+    }
+}
+
+/// How long an object the API server refused as invalid waits before it is tried again.
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
+
+fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| match source {
+        kube::Error::Api(status) if status.code == 422 => Error::Refused {
+            action,
+            message: status.message,
+        },
+        source => Error::Kube { action, source },
+    }
+}
+
+/// What the controller needs to know about its own deployment.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// The operator's own Pod (namespace/name), evicted last when its node is drained.
+    pub operator_pod: Option<String>,
+}
+
+struct Context {
+    client: Client,
+    events: Events,
+    settings: Settings,
+    upgrades: Store<K8sUpgrade>,
+    nodes: Store<Node>,
+    failures: Mutex<HashMap<String, u32>>,
+    metrics: Arc<Metrics>,
+    /// For Prometheus and the notification webhook.
+    http: reqwest::Client,
+    /// Wakes every K8sUpgrade when one lets go of the cluster, so a waiting one starts now
+    /// rather than at its next recheck.
+    lock_released: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    // Nodes are cached pruned to what the decisions read, and listed in small pages: a
+    // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
+    let (nodes, writer) = reflector::store();
+    let node_health = metrics.clone();
+    let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
+        .default_backoff()
+        .modify(ObservedNode::prune)
+        .reflect(writer)
+        .applied_objects()
+        .filter_map(move |node| {
+            // The watcher retries on its own (with backoff); a failing Node watch is still
+            // worth a line in the log, as a stale node cache holds the run back.
+            if let Err(error) = &node {
+                warn!(%error, "watching Nodes failed; retrying");
+            }
+            node_health
+                .health
+                .watched("Node", node.is_ok(), std::time::Instant::now());
+            std::future::ready(node.ok().map(|_| ()))
+        });
+
+    let controller = Controller::new(upgrades_api, watcher::Config::default());
+    let upgrades = controller.store();
+    let (lock_released, released) = tokio::sync::mpsc::unbounded_channel();
+    let released = futures_util::stream::unfold(released, |mut released| async move {
+        released.recv().await.map(|()| ((), released))
+    });
+    let context = Arc::new(Context {
+        events: Events::new(client.clone()),
+        client: client.clone(),
+        settings,
+        upgrades: upgrades.clone(),
+        nodes,
+        failures: Mutex::new(HashMap::new()),
+        metrics: metrics.clone(),
+        http: reqwest::Client::new(),
+        lock_released,
+    });
+    let jobs_api: Api<Job> = Api::all(client.clone());
+    let health = metrics.clone();
+    controller
+        // Not `.owns()`: node Jobs carry no owner reference (see UPGRADE_ANNOTATION), but
+        // name their K8sUpgrade in an annotation.
+        .watches(
+            jobs_api,
+            watcher::Config::default().labels(UPGRADE_LABEL),
+            |job: Job| {
+                job.annotations()
+                    .get(UPGRADE_ANNOTATION)
+                    .map(|name| ObjectRef::<K8sUpgrade>::new(name))
+            },
+        )
+        // A node change can move every upgrade along (at most one is running). The trigger
+        // is the same stream that fills the node cache, and fires after the cache holds the
+        // change: a second watch could wake the reconcile before the cache caught up, and
+        // a node that then stays put would never wake it again.
+        .reconcile_all_on(node_stream)
+        .reconcile_all_on(released)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| {
+            // Reconcile errors are logged by error_policy; the watches' own are here.
+            let watch_failed = matches!(result, Err(ControllerError::QueueError(_)));
+            if let Err(ControllerError::QueueError(error)) = &result {
+                warn!(%error, "watching K8sUpgrades or their Jobs failed; retrying");
+            }
+            health.health.watched(
+                "K8sUpgrade and Job",
+                !watch_failed,
+                std::time::Instant::now(),
+            );
+            std::future::ready(())
+        })
+        .await;
+}
+
+#[instrument(skip_all, fields(upgrade = %upgrade.name_any()))]
+async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = std::time::Instant::now();
+    let name = upgrade.name_any();
+    ctx.metrics.health.reconciling(&name, true, started);
+    let result = reconcile_once(upgrade, &ctx).await;
+    ctx.metrics
+        .health
+        .reconciling(&name, false, std::time::Instant::now());
+    let category = result.as_ref().err().map(Error::category);
+    ctx.metrics
+        .reconciled(started.elapsed().as_secs_f64(), category);
+    result
+}
+
+async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
+    ctx.nodes.wait_until_ready().await.ok();
+    ctx.metrics.set_ready();
+    // Decide from the object as it is now, not as the watch cache last saw it: the cache
+    // can lag behind our own status write, and an older status would repeat transitions.
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    let Some(upgrade) = api
+        .get_opt(&upgrade.name_any())
+        .await
+        .map_err(kube_error("reading the K8sUpgrade"))?
+    else {
+        ctx.metrics.forget(&upgrade.name_any());
+        return Ok(Requeue::await_change());
+    };
+    let result = if upgrade.meta().deletion_timestamp.is_some() {
+        clean_up(&upgrade, ctx).await
+    } else if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
+        add_finalizer(&upgrade, ctx).await
+    } else {
+        // observe -> decide -> update_status -> apply
+        let observed =
+            observe(&upgrade, upchain_core::needs(&upgrade), Jobs::InFlight, ctx).await?;
+        let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
+        // Gauges first: whoever sees the new status also sees them.
+        ctx.metrics
+            .record_status(&upgrade.name_any(), &decision.status);
+        if upgrade.status.as_ref() != Some(&decision.status) {
+            write_status(&upgrade, &decision.status, ctx).await?;
+            if upgrade.status.as_ref().is_some_and(holds_lock) && !holds_lock(&decision.status) {
+                ctx.lock_released.send(()).ok();
+            }
+        }
+        let placed = carry_out(&upgrade, &decision.actions, ctx).await?;
+        if !placed.is_empty() {
+            // The silences' IDs are Alertmanager's: on record once it answered.
+            let mut status = decision.status.clone();
+            upchain_core::record_silences(&mut status, placed);
+            if status != decision.status {
+                write_status(&upgrade, &status, ctx).await?;
+            }
+        }
+        Ok(decision
+            .requeue
+            .map_or_else(Requeue::await_change, |after| {
+                Requeue::requeue(after.max(Duration::from_millis(50)))
+            }))
+    };
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&upgrade.name_any());
+    }
+    result
+}
+
+/// Exponential backoff per object with jitter: 1 s, 2 s, 4 s ... at most 5 minutes.
+fn error_policy(upgrade: Arc<K8sUpgrade>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let count = failures.entry(upgrade.name_any()).or_insert(0);
+    *count = count.saturating_add(1);
+    let base = error.retry_after(*count);
+    let jitter = base.mul_f64(fastrand::f64() * 0.2);
+    warn!(upgrade = %upgrade.name_any(), category = error.category(), %error, retry_in = ?base + jitter, "reconcile failed");
+    Requeue::requeue(base + jitter)
+}
+
+/// On deletion: running node Jobs finish, nodes upchain cordoned are uncordoned, then the
+/// finalizer goes.
+async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error> {
+    if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Requeue::await_change());
+    }
+    // Deletion looks at nodes and Jobs only: no gate is evaluated.
+    let observed = observe(upgrade, Needs::default(), Jobs::All, ctx).await?;
+    let finalization = finalize(upgrade, &observed);
+    carry_out(upgrade, &finalization.actions, ctx).await?;
+    if !finalization.can_let_go() {
+        info!(waiting_for = ?finalization.waiting_for_jobs, "deletion waits for running node Jobs");
+        return Ok(Requeue::requeue(Duration::from_secs(5)));
+    }
+    let finalizers = upgrade
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    let requeue = set_finalizers(upgrade, finalizers, ctx).await?;
+    ctx.lock_released.send(()).ok();
+    Ok(requeue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure("refused", "Invalid")
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn a_refused_object_waits_for_a_change_and_a_failed_call_backs_off_quickly() {
+        let refused = kube_error("creating Job upchain-system/j")(api_error(422));
+        assert_eq!(refused.category(), "refused");
+        assert_eq!(refused.retry_after(1), REFUSED_RETRY);
+        assert!(
+            refused
+                .to_string()
+                .contains("retried when the K8sUpgrade changes")
+        );
+        let failed = kube_error("creating Job upchain-system/j")(api_error(500));
+        assert_eq!(failed.category(), "api");
+        let backoff: Vec<u64> = (1..=10).map(|n| failed.retry_after(n).as_secs()).collect();
+        assert_eq!(backoff, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]);
+    }
+}

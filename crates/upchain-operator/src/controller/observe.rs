@@ -1,0 +1,219 @@
+//! Observe: what the next decision needs, read fresh (Jobs, Pods, budgets) or from the
+//! caches (Nodes), and the gate sources through `gather`. Nothing here decides.
+
+use super::*;
+
+/// Which of the run's Jobs to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Jobs {
+    /// All of them: letting go of the cluster deletes the finished ones.
+    All,
+    /// Those of the nodes the next decision looks at (`nodes_with_jobs_to_read`).
+    InFlight,
+}
+
+/// The run's Jobs, read fresh: a Job created by the last reconcile must be seen by the next,
+/// or the node would get a second one.
+pub(super) async fn observe_jobs(
+    upgrade: &K8sUpgrade,
+    scope: Jobs,
+    ctx: &Context,
+) -> Result<Vec<ObservedJob>, Error> {
+    let mut selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&upgrade.name_any()]));
+    if scope == Jobs::InFlight {
+        let nodes = upchain_core::nodes_with_jobs_to_read(upgrade.status.as_ref());
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let labels: Vec<String> = nodes.iter().map(|n| bounded_name(&[n])).collect();
+        selector.push_str(&format!(",{NODE_LABEL} in ({})", labels.join(",")));
+    }
+    let namespace = &upgrade.spec.runner.namespace;
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut jobs: Vec<ObservedJob> = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_error("listing the upgrade's Jobs"))?
+        .items
+        .iter()
+        // A Job left by an earlier K8sUpgrade of the same name is not this one's.
+        .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
+        .map(ObservedJob::from_job)
+        .collect();
+    if scope == Jobs::InFlight {
+        let upgrading = upchain_core::jobs_awaiting_evidence(upgrade.status.as_ref());
+        for job in jobs
+            .iter_mut()
+            .filter(|j| j.state != JobState::Running && upgrading.contains(&j.name.as_str()))
+        {
+            job.evidence = job_evidence(&ctx.client, namespace, &job.name).await;
+        }
+    }
+    Ok(jobs)
+}
+
+/// What the cluster shows; gate sources only as far as `needs` asks.
+pub(super) async fn observe(
+    upgrade: &K8sUpgrade,
+    needs: Needs,
+    jobs: Jobs,
+    ctx: &Context,
+) -> Result<Observed, Error> {
+    let name = upgrade.name_any();
+    let jobs = observe_jobs(upgrade, jobs, ctx).await?;
+    // Pods are read only for the nodes being drained, never cached cluster-wide.
+    let mut pods = std::collections::BTreeMap::new();
+    let pods_api: Api<Pod> = Api::all(ctx.client.clone());
+    let nodes: Vec<ObservedNode> = ctx
+        .nodes
+        .state()
+        .iter()
+        .map(|n| ObservedNode::from_node(n))
+        .collect();
+    for node in upchain_core::nodes_to_read_pods_of(upgrade, &nodes) {
+        // Whole Pods (the drain reads their volumes), finished ones left out by the
+        // selector; only the nodes of one batch are read.
+        let selector = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
+        let on_node = pods_api
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .map_err(kube_error(format!("listing the Pods on {node}")))?;
+        pods.insert(
+            node,
+            on_node.items.iter().map(ObservedPod::from_pod).collect(),
+        );
+    }
+    // Budgets are read with the Pods they cover, only while a node drains.
+    let budgets = if pods.is_empty() {
+        Vec::new()
+    } else {
+        let api: Api<PodDisruptionBudget> = Api::all(ctx.client.clone());
+        let mut budgets = Vec::new();
+        gather::list_paged(&api, ListParams::default(), |page| {
+            budgets.extend(page.iter().map(ObservedBudget::from_budget));
+        })
+        .await
+        .map_err(kube_error("listing PodDisruptionBudgets"))?;
+        budgets
+    };
+    Ok(Observed {
+        budgets,
+        hook_jobs: if needs.hooks {
+            hook_jobs(upgrade, ctx).await?
+        } else {
+            Vec::new()
+        },
+        nodes,
+        jobs,
+        pods,
+        others: other_upgrades(&name, ctx).await?,
+        operator_pod: ctx.settings.operator_pod.clone(),
+        gates: gather::gate_inputs(&ctx.client, &ctx.http, upgrade, needs).await,
+        snapshot: if needs.snapshot {
+            gather::snapshot_inputs(&ctx.client, upgrade).await
+        } else {
+            None
+        },
+        postflight: if needs.postflight {
+            Some(
+                gather::postflight_inputs(&ctx.client)
+                    .await
+                    .map_err(Error::Gather)?,
+            )
+        } else {
+            None
+        },
+    })
+}
+
+/// The hook Jobs that status.hooks says are running, read by name.
+pub(super) async fn hook_jobs(
+    upgrade: &K8sUpgrade,
+    ctx: &Context,
+) -> Result<Vec<ObservedJob>, Error> {
+    let mut jobs = Vec::new();
+    for record in upgrade
+        .status
+        .iter()
+        .flat_map(|s| &s.hooks)
+        .filter(|h| h.completed_at.is_none())
+    {
+        let (namespace, name) = split_key(&record.job);
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+        let job = api
+            .get_opt(name)
+            .await
+            .map_err(kube_error(format!("reading the hook Job {}", record.job)))?;
+        jobs.extend(
+            job.filter(|j| j.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
+                .as_ref()
+                .map(ObservedJob::from_job),
+        );
+    }
+    Ok(jobs)
+}
+
+/// The other K8sUpgrades, read fresh when there are any: the lock they may hold is in
+/// their status, and the cache can lag behind the write that released it.
+pub(super) async fn other_upgrades(name: &str, ctx: &Context) -> Result<Vec<OtherUpgrade>, Error> {
+    if ctx.upgrades.state().iter().all(|u| u.name_any() == name) {
+        return Ok(Vec::new());
+    }
+    let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_error("listing K8sUpgrades"))?
+        .items
+        .iter()
+        .filter(|u| u.name_any() != name)
+        .map(OtherUpgrade::from_upgrade)
+        .collect())
+}
+
+/// What a finished Job's Pod left: its container's exit code and times, and the end of its
+/// log. Read once, when the decision is about to move the node past its Job.
+pub(super) async fn job_evidence(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+) -> Option<JobEvidence> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await;
+    let pod = match listed {
+        // The last Pod the Job ran is the one that decided how it ended.
+        Ok(list) => list
+            .items
+            .into_iter()
+            .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))?,
+        Err(error) => {
+            warn!(job, %error, "reading the Pod of a finished Job");
+            return None;
+        }
+    };
+    let terminated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .and_then(|c| c.iter().find(|c| c.name == RUNNER_CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref());
+    let params = LogParams {
+        container: Some(RUNNER_CONTAINER.to_owned()),
+        tail_lines: Some(i64::try_from(evidence::LOG_LINES * 4).unwrap_or(40)),
+        limit_bytes: Some(evidence::LOG_BYTES),
+        ..LogParams::default()
+    };
+    let log = pods
+        .logs(&pod.name_any(), &params)
+        .await
+        .map_err(|e| gather::describe(&e));
+    Some(JobEvidence {
+        exit_code: terminated.map(|t| t.exit_code),
+        started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
+        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+        log,
+    })
+}
