@@ -67,15 +67,6 @@ fn judge(program: &Program, object: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// One verdict per check, for the checks whose objects were read.
-pub fn verdicts(checks: &[HealthCheck], inputs: &HealthInputs) -> Vec<Verdict> {
-    checks
-        .iter()
-        .enumerate()
-        .filter_map(|(index, check)| Some(verdict(index, check, inputs.get(&check.name)?)))
-        .collect()
-}
-
 /// The verdict of the `index`th check on the objects it selected.
 pub fn verdict(
     index: usize,
@@ -167,8 +158,7 @@ mod tests {
     }
 
     fn judged(check: &HealthCheck, objects: Source<Vec<serde_json::Value>>) -> Verdict {
-        let inputs: HealthInputs = [(check.name.clone(), objects)].into();
-        verdicts(std::slice::from_ref(check), &inputs).remove(0)
+        verdict(0, check, &objects)
     }
 
     #[test]

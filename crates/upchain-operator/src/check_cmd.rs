@@ -49,7 +49,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         },
     )
     .await;
-    let mut verdicts = upchain_core::gates::preflight(
+    let evaluation = upchain_core::gates::evaluate(
         &upgrade.spec,
         &nodes,
         &inputs,
@@ -57,13 +57,18 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         plan.kind,
         &[],
         jiff::Timestamp::now().as_second(),
+        true,
     );
-    if let Some(objects) = &inputs.health_checks {
-        verdicts.extend(upchain_core::health::verdicts(
-            &upgrade.spec.gates.health_checks,
-            objects,
-        ));
-    }
+    let verdicts: Vec<_> = evaluation
+        .gates
+        .into_iter()
+        .chain(
+            evaluation
+                .health_checks
+                .into_iter()
+                .map(|(verdict, _)| verdict),
+        )
+        .collect();
     let mut text = format!(
         "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade):\n",
         plan.kind.as_str(),

@@ -29,15 +29,17 @@ impl<'a> Machine<'a> {
             && (self.spec.gates.health_checks.is_empty() || gates.health_checks.is_some())
     }
 
-    /// Judges the health checks: a failing one adds its reasons once its timeout has
-    /// passed (or at once when something else already refuses); until then the run waits,
-    /// and this returns how long until the first timeout and the checks waited for.
+    /// The health checks' verdicts, recorded; a failing check is waited for up to its
+    /// timeout (Some: how long until the next one is due, and which fail), then its
+    /// reasons join `reasons` and block.
     pub(super) fn health_checks(
         &mut self,
+        checks: Vec<(gates::Verdict, Duration)>,
         reasons: &mut Vec<String>,
     ) -> Option<(Duration, Vec<String>)> {
-        let inputs = self.observed.gates.health_checks.as_ref()?;
-        let mut verdicts = Vec::new();
+        if checks.is_empty() {
+            return None;
+        }
         let mut overdue = Vec::new();
         let mut pending = Vec::new();
         let since = self
@@ -47,25 +49,20 @@ impl<'a> Machine<'a> {
             .unwrap_or(Time(self.now));
         let waited = self.elapsed(&since);
         let blocked = self.status.phase == Some(Phase::Blocked) || !reasons.is_empty();
-        for (index, check) in self.spec.gates.health_checks.iter().enumerate() {
-            let Some(objects) = inputs.get(&check.name) else {
-                continue;
-            };
-            let verdict = crate::health::verdict(index, check, objects);
-            let timeout = Duration::from(check.timeout);
+        for (verdict, timeout) in &checks {
             if !verdict.passed() {
-                if blocked || waited >= timeout {
+                if blocked || waited >= *timeout {
                     overdue.extend(verdict.reasons.iter().cloned());
                 } else {
                     pending.push((
-                        timeout - waited,
+                        *timeout - waited,
                         verdict.gate.clone(),
                         verdict.reasons.clone(),
                     ));
                 }
             }
-            verdicts.push(verdict);
         }
+        let verdicts: Vec<gates::Verdict> = checks.into_iter().map(|(v, _)| v).collect();
         self.record_gates(&verdicts);
         if overdue.is_empty() && pending.is_empty() {
             self.status.health_checks_failing_since = None;
@@ -85,25 +82,19 @@ impl<'a> Machine<'a> {
         ))
     }
 
-    /// Before a run's first node every preflight gate; between nodes the node gate.
-    pub(super) fn gate_verdicts(&self, first: bool, plan: &Plan) -> Vec<gates::Verdict> {
-        if first {
-            gates::preflight(
-                self.spec,
-                &self.observed.nodes,
-                &self.observed.gates,
-                plan.target,
-                plan.kind,
-                &self.status.nodes,
-                self.now.as_second(),
-            )
-        } else {
-            vec![gates::nodes_gate(
-                &self.observed.nodes,
-                &self.spec.nodes.skip,
-                &self.status.nodes,
-            )]
-        }
+    /// Every check's verdict now: all of them before the run's first node, the node gate
+    /// and the health checks between nodes.
+    pub(super) fn evaluate(&self, first: bool, plan: &Plan) -> gates::Evaluation {
+        gates::evaluate(
+            self.spec,
+            &self.observed.nodes,
+            &self.observed.gates,
+            plan.target,
+            plan.kind,
+            &self.status.nodes,
+            self.now.as_second(),
+            first,
+        )
     }
 
     /// Replaces the records of these checks in status.gates with their verdicts.
@@ -141,10 +132,11 @@ impl<'a> Machine<'a> {
     /// The gates: every reason blocks; failing health checks and (between nodes) firing
     /// alerts are waited out for a while first.
     pub(super) fn check_gates(&mut self, first: bool, plan: &Plan) -> ControlFlow<()> {
-        let verdicts = self.gate_verdicts(first, plan);
-        self.record_gates(&verdicts);
-        let mut reasons = gates::reasons(&verdicts);
-        if let Some((waiting, failing)) = self.health_checks(&mut reasons) {
+        let evaluation = self.evaluate(first, plan);
+        self.record_gates(&evaluation.gates);
+        let mut reasons = gates::reasons(&evaluation.gates);
+        if let Some((waiting, failing)) = self.health_checks(evaluation.health_checks, &mut reasons)
+        {
             self.requeue_within(self.recheck_interval().min(waiting));
             self.note(
                 "WaitingForHealthChecks",

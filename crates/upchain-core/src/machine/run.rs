@@ -7,7 +7,7 @@ impl<'a> Machine<'a> {
     /// nothing, until the approve annotation carries this plan's hash.
     pub(super) fn await_approval(&mut self, plan: &Plan, new_run: bool) {
         let hash = plan.hash();
-        let verdicts = self.gate_verdicts(new_run, plan);
+        let verdicts = self.evaluate(new_run, plan).gates;
         self.record_gates(&verdicts);
         let refusing = verdicts.iter().filter(|v| !v.passed()).count();
         let stale = self

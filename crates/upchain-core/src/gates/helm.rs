@@ -1,0 +1,65 @@
+//! The Helm gate: no release mid-operation or failed.
+
+use super::*;
+
+/// The latest revision of each release (Helm keeps one Secret per revision).
+pub fn latest_revisions(revisions: impl IntoIterator<Item = HelmRelease>) -> Vec<HelmRelease> {
+    let mut latest: BTreeMap<(String, String), HelmRelease> = BTreeMap::new();
+    for release in revisions {
+        let key = (release.namespace.clone(), release.name.clone());
+        match latest.get(&key) {
+            Some(kept) if kept.revision >= release.revision => {}
+            _ => {
+                latest.insert(key, release);
+            }
+        }
+    }
+    latest.into_values().collect()
+}
+
+/// A Helm release's latest revision, from its release Secret's labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelmRelease {
+    /// Namespace.
+    pub namespace: String,
+    /// Release name.
+    pub name: String,
+    /// Revision.
+    pub revision: u32,
+    /// Status, such as deployed, failed or pending-upgrade.
+    pub status: String,
+}
+
+/// No Helm release is pending; a failed one only warns (in the evidence).
+pub fn helm_gate(releases: &Source<Vec<HelmRelease>>) -> Verdict {
+    let releases = match releases {
+        Ok(releases) => releases,
+        Err(error) => return unreachable("helm", "Helm's release Secrets", error),
+    };
+    let reasons = releases
+        .iter()
+        .filter(|r| r.status.starts_with("pending-"))
+        .map(|r| {
+            format!(
+                "Helm release {}/{} is {} at revision {}: an upgrade or install is in flight or \
+                 was interrupted; let it finish, or roll it back (helm rollback {} -n {}) before \
+                 the cluster is upgraded",
+                r.namespace, r.name, r.status, r.revision, r.name, r.namespace
+            )
+        })
+        .collect();
+    let failed = releases.iter().filter(|r| r.status == "failed").count();
+    verdict(
+        "helm",
+        format!(
+            "{} release(s), none pending{}",
+            releases.len(),
+            if failed > 0 {
+                format!("; {failed} failed (a warning only)")
+            } else {
+                String::new()
+            }
+        ),
+        reasons,
+    )
+}

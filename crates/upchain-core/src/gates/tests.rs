@@ -1,0 +1,338 @@
+use super::*;
+use crate::testing::NodeFixture;
+
+fn v(text: &str) -> KubeVersion {
+    KubeVersion::parse_target(text).expect("version")
+}
+
+#[test]
+fn nodes_gate_lists_every_reason_and_ignores_skipped_nodes() {
+    let mut pressured = NodeFixture::worker("w-3").build();
+    pressured.pressure = vec!["DiskPressure".into()];
+    let nodes = vec![
+        NodeFixture::control_plane("cp-0").build(),
+        NodeFixture::worker("w-1").not_ready().build(),
+        NodeFixture::worker("w-2").cordoned().build(),
+        pressured,
+        NodeFixture::worker("w-4").not_ready().build(),
+    ];
+    let reasons = nodes_gate(&nodes, &["w-4".to_owned()], &[]).reasons;
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("w-1 is not Ready"));
+    assert!(reasons[1].contains("kubectl uncordon w-2"));
+    assert!(reasons[2].contains("DiskPressure"));
+}
+
+#[test]
+fn nodes_gate_passes_a_healthy_cluster() {
+    let nodes = vec![
+        NodeFixture::control_plane("cp-0").build(),
+        NodeFixture::worker("w-1").build(),
+    ];
+    assert!(nodes_gate(&nodes, &[], &[]).passed());
+}
+
+#[test]
+fn quiet_gate_refuses_a_recent_ready_transition() {
+    let mut rebooted = NodeFixture::worker("w-1").build();
+    rebooted.ready_since = Some(100_000 - 3 * 3600);
+    let nodes = vec![NodeFixture::worker("w-0").build(), rebooted];
+    let verdict = quiet_gate(&nodes, Duration::from_secs(24 * 3600), 100_000, &[]);
+    assert_eq!(verdict.reasons.len(), 1);
+    assert!(
+        verdict.reasons[0]
+            .contains("node w-1 changed Ready 3h ago, within the quiet period of 24h"),
+        "{:?}",
+        verdict.reasons
+    );
+    assert!(quiet_gate(&nodes, Duration::from_secs(3600), 100_000, &[]).passed());
+    assert!(quiet_gate(&nodes, Duration::ZERO, 100_000, &[]).passed());
+}
+
+fn alert(name: &str, state: &str) -> Alert {
+    Alert {
+        name: name.into(),
+        state: state.into(),
+        labels: "severity=critical".into(),
+    }
+}
+
+#[test]
+fn alerts_gate_counts_firing_alerts_outside_the_ignore_pattern() {
+    let alerts = Ok(vec![
+        alert("Watchdog", "firing"),
+        alert("KubeNodeNotReady", "firing"),
+        alert("HighLatency", "pending"),
+        alert("K8sUpgradeInFlight", "firing"),
+    ]);
+    let verdict = alerts_gate(&alerts, upchain_api::DEFAULT_IGNORE_ALERTS);
+    assert_eq!(
+        verdict.reasons,
+        [
+            "alert KubeNodeNotReady is firing (severity=critical): resolve it, or add it to \
+          spec.gates.prometheus.ignoreAlerts if it is harmless"
+        ]
+    );
+    assert!(alerts_gate(&Ok(vec![alert("Watchdog", "firing")]), "^Watchdog$").passed());
+}
+
+#[test]
+fn alerts_gate_refuses_when_prometheus_cannot_be_read() {
+    let verdict = alerts_gate(&Err("connection refused".into()), ".*");
+    assert!(!verdict.passed());
+    assert!(
+        verdict.reasons[0].contains("Prometheus alerts could not be read (connection refused)")
+    );
+    let bad = alerts_gate(&Ok(Vec::new()), "(");
+    assert!(bad.reasons[0].contains("not a valid regular expression"));
+}
+
+#[test]
+fn deprecated_apis_removed_by_the_target_refuse() {
+    let apis = Ok(vec![
+        DeprecatedApi {
+            group: "flowcontrol.apiserver.k8s.io".into(),
+            version: "v1beta3".into(),
+            resource: "flowschemas".into(),
+            removed_release: "1.32".into(),
+        },
+        DeprecatedApi {
+            group: "example.io".into(),
+            version: "v1beta1".into(),
+            resource: "widgets".into(),
+            removed_release: "1.37".into(),
+        },
+    ]);
+    let verdict = deprecated_apis_gate(&apis, v("1.35.0"));
+    assert_eq!(verdict.reasons.len(), 1);
+    assert!(verdict.reasons[0].starts_with(
+        "flowschemas flowcontrol.apiserver.k8s.io/v1beta3 is still requested and is removed in 1.32"
+    ));
+    assert!(deprecated_apis_gate(&Ok(Vec::new()), v("1.35.0")).passed());
+    assert!(!deprecated_apis_gate(&Err("403".into()), v("1.35.0")).passed());
+}
+
+#[test]
+fn containerd_below_the_floor_refuses() {
+    let mut old = NodeFixture::worker("w-1").build();
+    old.container_runtime = "containerd://1.6.28".into();
+    let mut cri_o = NodeFixture::worker("w-2").build();
+    cri_o.container_runtime = "cri-o://1.30.0".into();
+    let nodes = vec![NodeFixture::worker("w-0").build(), old, cri_o];
+    let verdict = containerd_gate(&nodes, &BTreeMap::new(), v("1.35.2"));
+    assert_eq!(
+        verdict.reasons,
+        [
+            "node w-1 runs containerd 1.6.28, below 1.7.0 that Kubernetes 1.35 needs: upgrade \
+          containerd on it first"
+        ]
+    );
+    let floors = [("1.35".to_owned(), "1.7.23".to_owned())].into();
+    assert_eq!(
+        containerd_gate(&nodes, &floors, v("1.35.2")).reasons.len(),
+        2
+    );
+    assert!(containerd_gate(&nodes, &BTreeMap::new(), v("1.40.0")).passed());
+}
+
+const MATRIX: &str = "addons:\n- name: ingress-nginx\n  kind: Deployment\n  namespace: ingress\n  workload: controller\n  supports:\n  - version: \"1.11\"\n    maxKubernetes: \"1.31\"\n  - version: \"1.12\"\n    maxKubernetes: \"1.35\"\n";
+
+fn addons(image: &str) -> Source<AddonObservation> {
+    Ok(AddonObservation {
+        matrix: AddonMatrix::parse(MATRIX).expect("matrix"),
+        images: [("ingress-nginx".to_owned(), Ok(image.to_owned()))].into(),
+    })
+}
+
+#[test]
+fn an_addon_whose_version_stops_short_of_the_target_refuses() {
+    let verdict = addons_gate(
+        &addons("registry.k8s.io/ingress-nginx/controller:v1.11.5@sha256:ab"),
+        v("1.35.0"),
+    );
+    assert_eq!(
+        verdict.reasons,
+        [
+            "addon ingress-nginx runs v1.11.5 (registry.k8s.io/ingress-nginx/controller:v1.11.5@sha256:ab), which supports Kubernetes up to 1.31: upgrade it to a version that supports 1.35 first"
+        ]
+    );
+    assert!(addons_gate(&addons("registry:5000/controller:v1.12.1"), v("1.35.0")).passed());
+    let older = addons_gate(&addons("controller:v1.9.0"), v("1.35.0"));
+    assert!(older.reasons[0].contains("older than every version in the matrix"));
+}
+
+#[test]
+fn a_bad_matrix_is_explained() {
+    let error = AddonMatrix::parse(
+        "addons:\n- name: x\n  kind: Pod\n  namespace: a\n  workload: b\n  supports: []\n",
+    )
+    .expect_err("bad kind");
+    assert!(
+        error.contains("kind must be Deployment, DaemonSet or StatefulSet"),
+        "{error}"
+    );
+    let error = AddonMatrix::parse("addons: 3").expect_err("not a list");
+    assert!(
+        error.starts_with("the addon matrix is not valid"),
+        "{error}"
+    );
+}
+
+#[test]
+fn pending_helm_releases_refuse_and_failed_ones_warn() {
+    let release = |name: &str, status: &str| HelmRelease {
+        namespace: "apps".into(),
+        name: name.into(),
+        revision: 4,
+        status: status.into(),
+    };
+    let verdict = helm_gate(&Ok(vec![
+        release("web", "deployed"),
+        release("db", "pending-upgrade"),
+        release("old", "failed"),
+    ]));
+    assert_eq!(verdict.reasons.len(), 1);
+    assert!(
+        verdict.reasons[0].starts_with("Helm release apps/db is pending-upgrade at revision 4")
+    );
+    assert!(verdict.evidence.contains("1 failed (a warning only)"));
+    assert!(helm_gate(&Ok(vec![release("web", "deployed")])).passed());
+    assert!(!helm_gate(&Err("forbidden".into())).passed());
+}
+
+fn deployment(updated: i32, available: i32) -> ObservedDeployment {
+    ObservedDeployment {
+        namespace: "apps".into(),
+        name: "web".into(),
+        replicas: 10,
+        updated,
+        available,
+        available_condition: Some(true),
+        progressing_condition: Some((true, "NewReplicaSetAvailable".into())),
+    }
+}
+
+#[test]
+fn workloads_not_reconciled_refuse_with_a_tolerance() {
+    assert!(workloads_gate(&Ok(vec![deployment(9, 10)])).passed());
+    let short = workloads_gate(&Ok(vec![deployment(5, 10)]));
+    assert!(short.reasons[0].contains("5 updated of 10 available"));
+    let mut stuck = deployment(10, 10);
+    stuck.progressing_condition = Some((false, "ProgressDeadlineExceeded".into()));
+    assert!(workloads_gate(&Ok(vec![stuck])).reasons[0].contains("ProgressDeadlineExceeded"));
+    let mut down = deployment(10, 2);
+    down.available_condition = Some(false);
+    assert!(workloads_gate(&Ok(vec![down])).reasons[0].contains("is not Available"));
+}
+
+#[test]
+fn postflight_wants_the_target_images_and_ready_pods() {
+    let pod = |image: &str, running| StaticPod {
+        node: "cp-1".into(),
+        component: "kube-apiserver".into(),
+        image: image.into(),
+        running,
+    };
+    let good = PostflightInputs {
+        static_pods: vec![pod("registry.k8s.io/kube-apiserver:v1.35.2", true)],
+        pods_expected: 100,
+        pods_ready: 95,
+    };
+    assert!(postflight_gate(&good, v("1.35.2")).passed());
+    let bad = PostflightInputs {
+        static_pods: vec![pod("registry.k8s.io/kube-apiserver:v1.34.2", true)],
+        pods_expected: 100,
+        pods_ready: 80,
+    };
+    let reasons = postflight_gate(&bad, v("1.35.2")).reasons;
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[1].contains("only 80 of 100 Pods are Ready"));
+}
+
+#[test]
+fn missing_runner_prerequisites_refuse_by_name() {
+    let runner = RunnerSpec::default();
+    let present = RunnerFacts {
+        namespace: Ok(true),
+        script_keys: Ok(Some(vec![runner.script_config_map.key.clone()])),
+        ssh_secret: Ok(true),
+    };
+    assert!(runner_gate(&runner, &present).passed());
+    let no_secret = RunnerFacts {
+        ssh_secret: Ok(false),
+        ..present.clone()
+    };
+    assert_eq!(
+        runner_gate(&runner, &no_secret).reasons,
+        [
+            "Secret upchain-system/upchain-ssh (the SSH key) is missing: the node Jobs need \
+          it (see spec.runner); create it"
+        ]
+    );
+    let wrong_key = RunnerFacts {
+        script_keys: Ok(Some(vec!["other.sh".to_owned()])),
+        ..present.clone()
+    };
+    assert!(
+        runner_gate(&runner, &wrong_key).reasons[0]
+            .starts_with("key upgrade-node.sh of ConfigMap upchain-system/upchain-node-upgrade")
+    );
+    let no_namespace = RunnerFacts {
+        namespace: Ok(false),
+        ..no_secret
+    };
+    assert_eq!(
+        runner_gate(&runner, &no_namespace).reasons.len(),
+        1,
+        "only the namespace is named"
+    );
+}
+
+#[test]
+fn deprecated_api_series_are_read_from_the_exposition() {
+    let text = "# HELP apiserver_requested_deprecated_apis x\n\
+        apiserver_requested_deprecated_apis{group=\"flowcontrol.apiserver.k8s.io\",removed_release=\"1.32\",resource=\"flowschemas\",subresource=\"\",version=\"v1beta3\"} 1\n\
+        apiserver_requested_deprecated_apis{group=\"\",removed_release=\"1.40\",resource=\"widgets\",subresource=\"\",version=\"v1\"} 0\n\
+        apiserver_request_total{code=\"200\"} 5\n";
+    assert_eq!(
+        parse_deprecated_apis(text),
+        [DeprecatedApi {
+            group: "flowcontrol.apiserver.k8s.io".into(),
+            version: "v1beta3".into(),
+            resource: "flowschemas".into(),
+            removed_release: "1.32".into(),
+        }]
+    );
+}
+
+#[test]
+fn only_the_latest_helm_revision_counts() {
+    let revision = |name: &str, revision, status: &str| HelmRelease {
+        namespace: "apps".into(),
+        name: name.into(),
+        revision,
+        status: status.into(),
+    };
+    let latest = latest_revisions([
+        revision("web", 3, "pending-upgrade"),
+        revision("web", 2, "superseded"),
+        revision("db", 1, "deployed"),
+        revision("web", 4, "deployed"),
+    ]);
+    assert_eq!(
+        latest,
+        [
+            revision("db", 1, "deployed"),
+            revision("web", 4, "deployed")
+        ]
+    );
+}
+
+#[test]
+fn image_tags_are_read_past_registries_and_digests() {
+    assert_eq!(
+        image_tag("registry:5000/a/b:v1.2.3@sha256:x"),
+        Some("v1.2.3")
+    );
+    assert_eq!(image_tag("registry:5000/a/b"), None);
+}
