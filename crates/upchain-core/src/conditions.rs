@@ -3,6 +3,8 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::reason::Reason;
+
 /// Condition types a K8sUpgrade reports.
 pub mod types {
     /// True once the run succeeded.
@@ -24,15 +26,15 @@ pub struct Desired {
     pub type_: &'static str,
     /// True or False.
     pub status: bool,
-    /// CamelCase reason, a bounded set.
-    pub reason: &'static str,
+    /// Why, as status carries it.
+    pub reason: Reason,
     /// What a person should know.
     pub message: String,
 }
 
 impl Desired {
     /// A condition with status True.
-    pub fn yes(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn yes(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             type_,
             status: true,
@@ -42,7 +44,7 @@ impl Desired {
     }
 
     /// A condition with status False.
-    pub fn no(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn no(type_: &'static str, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             type_,
             status: false,
@@ -64,7 +66,7 @@ pub fn set(
     let existing = conditions.iter_mut().find(|c| c.type_ == desired.type_);
     let transitioned = existing
         .as_ref()
-        .is_none_or(|c| c.status != status || c.reason != desired.reason);
+        .is_none_or(|c| c.status != status || c.reason != desired.reason.as_str());
     let condition = Condition {
         last_transition_time: match &existing {
             Some(c) if !transitioned => c.last_transition_time.clone(),
@@ -76,7 +78,7 @@ pub fn set(
             std::borrow::Cow::Owned(cut) => cut,
         },
         observed_generation: generation,
-        reason: desired.reason.to_owned(),
+        reason: desired.reason.as_str().to_owned(),
         status: status.to_owned(),
         type_: desired.type_.to_owned(),
     };
@@ -109,13 +111,13 @@ mod tests {
         let mut conditions = Vec::new();
         set(
             &mut conditions,
-            Desired::yes(types::BLOCKED, "NodesNotReady", "w-1 NotReady"),
+            Desired::yes(types::BLOCKED, Reason::NodesNotReady, "w-1 NotReady"),
             Some(1),
             at(10),
         );
         set(
             &mut conditions,
-            Desired::yes(types::BLOCKED, "NodesNotReady", "w-1, w-2 NotReady"),
+            Desired::yes(types::BLOCKED, Reason::NodesNotReady, "w-1, w-2 NotReady"),
             Some(2),
             at(20),
         );
@@ -130,20 +132,20 @@ mod tests {
         let mut conditions = Vec::new();
         set(
             &mut conditions,
-            Desired::yes(types::BLOCKED, "NodesNotReady", ""),
+            Desired::yes(types::BLOCKED, Reason::NodesNotReady, ""),
             None,
             at(10),
         );
         set(
             &mut conditions,
-            Desired::yes(types::BLOCKED, "NodePressure", ""),
+            Desired::yes(types::BLOCKED, Reason::NodePressure, ""),
             None,
             at(20),
         );
         assert_eq!(conditions[0].last_transition_time, Time(at(20)));
         set(
             &mut conditions,
-            Desired::no(types::BLOCKED, "NodePressure", ""),
+            Desired::no(types::BLOCKED, Reason::NodePressure, ""),
             None,
             at(30),
         );

@@ -15,6 +15,7 @@ pub mod job;
 pub mod machine;
 pub mod observe;
 pub mod plan;
+pub mod reason;
 pub mod snapshot;
 pub mod template;
 pub mod text;
@@ -29,9 +30,11 @@ mod tests;
 pub use machine::{
     Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock,
     jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read, record_silences,
+    silence_failed_event, silenced_event,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
 };
 pub use plan::{Exclusion, Plan, PlanError, plan};
+pub use reason::Reason;
 pub use version::{KubeVersion, VersionError};

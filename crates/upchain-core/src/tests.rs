@@ -13,6 +13,7 @@ use crate::machine::{Action, Decision, decide, finalize, holds_lock};
 use crate::observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
 };
+use crate::reason::Reason;
 use crate::testing::{NodeFixture, upgrade};
 use crate::version::KubeVersion;
 
@@ -611,8 +612,9 @@ fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &Decision) {
     }
 
     // Invariant 5 (refusal side): an invalid spec or policy refusal mutates nothing.
-    let refused = conditions::get(&status.conditions, types::READY)
-        .is_some_and(|c| c.reason == "InvalidSpec" || c.reason == "VersionPolicy");
+    let refused = conditions::get(&status.conditions, types::READY).is_some_and(|c| {
+        c.reason == Reason::InvalidSpec.as_str() || c.reason == Reason::VersionPolicy.as_str()
+    });
     if refused && active.is_empty() {
         assert!(
             mutating(&decision.actions).is_empty(),
@@ -974,7 +976,7 @@ fn a_single_replica_a_budget_holds_forever_is_deleted_when_the_spec_allows() {
     for _ in 0..10 {
         let decision = run.decide_once();
         events.extend(decision.actions.iter().filter_map(|a| match a {
-            Action::Event(e) if e.reason == "DeletingBlockedPods" => Some(e.message.clone()),
+            Action::Event(e) if e.reason == Reason::DeletingBlockedPods => Some(e.message.clone()),
             _ => None,
         }));
         if !events.is_empty() {
@@ -1541,7 +1543,7 @@ fn the_drain_preview_comes_before_the_cordon_and_names_what_holds_the_drain() {
                     );
                     cordoned_with_preview.insert(node.clone());
                 }
-                Action::Event(e) if e.reason == "DrainPreview" => previews.push(e.clone()),
+                Action::Event(e) if e.reason == Reason::DrainPreview => previews.push(e.clone()),
                 _ => {}
             }
         }
@@ -1701,7 +1703,7 @@ fn between_nodes_a_failing_health_check_is_waited_for_then_blocks() {
     for _ in 0..100 {
         let decision = run.decide_once();
         let ready = conditions::get(&decision.status.conditions, types::READY).expect("Ready");
-        if ready.reason == "WaitingForHealthChecks" {
+        if ready.reason == Reason::WaitingForHealthChecks.as_str() {
             waited = true;
             assert!(
                 ready.message.contains("healthCheck/ceph"),
@@ -1858,7 +1860,9 @@ fn the_pre_hook_runs_before_the_first_node_and_the_post_hook_after_the_postfligh
         let decision = run.decide_once();
         for action in &decision.actions {
             match action {
-                Action::Event(e) if e.reason.starts_with("Hook") || e.reason == "NodeStarted" => {
+                Action::Event(e)
+                    if e.reason.as_str().starts_with("Hook") || e.reason == Reason::NodeStarted =>
+                {
                     order.push(e.reason);
                 }
                 _ => {}
@@ -1871,10 +1875,13 @@ fn the_pre_hook_runs_before_the_first_node_and_the_post_hook_after_the_postfligh
             .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600)) as i64);
     }
     assert_eq!(run.status().phase, Some(Phase::Succeeded));
-    assert_eq!(order.first(), Some(&"HookStarted"));
-    assert_eq!(order.get(1), Some(&"HookSucceeded"));
-    assert_eq!(order[2], "NodeStarted");
-    assert_eq!(&order[order.len() - 2..], ["HookStarted", "HookSucceeded"]);
+    assert_eq!(order.first(), Some(&Reason::HookStarted));
+    assert_eq!(order.get(1), Some(&Reason::HookSucceeded));
+    assert_eq!(order[2], Reason::NodeStarted);
+    assert_eq!(
+        &order[order.len() - 2..],
+        [Reason::HookStarted, Reason::HookSucceeded]
+    );
     let hooks = &run.status().hooks;
     assert_eq!(hooks.len(), 2);
     assert!(

@@ -125,7 +125,10 @@ impl<'a> Machine<'a> {
             return ControlFlow::Continue(());
         }
         self.requeue_within(Duration::ZERO);
-        self.note("ReadingChecks", "reading the checks before the next node");
+        self.note(
+            Reason::ReadingChecks,
+            "reading the checks before the next node",
+        );
         STOP
     }
 
@@ -139,7 +142,7 @@ impl<'a> Machine<'a> {
         {
             self.requeue_within(self.recheck_interval().min(waiting));
             self.note(
-                "WaitingForHealthChecks",
+                Reason::WaitingForHealthChecks,
                 format!(
                     "the next node waits for {} to pass (the run is Blocked once a check's \
                      timeout has passed)",
@@ -186,7 +189,7 @@ impl<'a> Machine<'a> {
             if waited < max_wait {
                 self.requeue_within(self.recheck_interval().min(max_wait - waited));
                 self.note(
-                    "WaitingForAlerts",
+                    Reason::WaitingForAlerts,
                     format!(
                         "the next node waits for firing alerts to clear (blocked after {}): {}",
                         gates::human(i64::try_from(max_wait.as_secs()).unwrap_or(i64::MAX)),
@@ -218,11 +221,11 @@ impl<'a> Machine<'a> {
                 self.requeue_within(wait);
                 match blackout {
                     Some(blackout) => self.note(
-                        "InBlackout",
+                        Reason::InBlackout,
                         format!("in the {blackout}; the next node starts at {opens_at}"),
                     ),
                     None => self.note(
-                        "OutsideWindow",
+                        Reason::OutsideWindow,
                         format!(
                             "outside the maintenance window; the next node starts when it opens \
                              at {opens_at}"
@@ -232,7 +235,7 @@ impl<'a> Machine<'a> {
                 STOP
             }
             Err(error) => {
-                self.refuse("InvalidSpec", error);
+                self.refuse(Reason::InvalidSpec, error);
                 STOP
             }
         }

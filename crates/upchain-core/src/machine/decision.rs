@@ -86,13 +86,16 @@ pub enum NotifyKind {
 
 impl NotifyKind {
     /// The notification kind an Event reason stands for, if any.
-    pub(super) fn for_reason(reason: &str) -> Option<Self> {
+    pub(super) fn for_reason(reason: Reason) -> Option<Self> {
         match reason {
-            "RunStarted" => Some(Self::Started),
-            "Blocked" => Some(Self::Blocked),
-            "Stalled" => Some(Self::Stalled),
-            "NodeFailed" | "InvalidSpec" | "VersionPolicy" | "HookFailed" => Some(Self::Failed),
-            "Succeeded" => Some(Self::Succeeded),
+            Reason::RunStarted => Some(Self::Started),
+            Reason::Blocked => Some(Self::Blocked),
+            Reason::Stalled => Some(Self::Stalled),
+            Reason::NodeFailed
+            | Reason::InvalidSpec
+            | Reason::VersionPolicy
+            | Reason::HookFailed => Some(Self::Failed),
+            Reason::Succeeded => Some(Self::Succeeded),
             _ => None,
         }
     }
@@ -123,8 +126,8 @@ pub struct Notification {
 pub struct Event {
     /// Warning rather than Normal.
     pub warning: bool,
-    /// CamelCase reason, a bounded set.
-    pub reason: &'static str,
+    /// Why, as the Event carries it.
+    pub reason: Reason,
     /// What happened, for a person.
     pub message: String,
     /// The node it is about, if any: Events about different nodes are kept apart.

@@ -81,7 +81,7 @@ impl<'a> Machine<'a> {
         self.set_phase(Phase::Pending);
         self.requeue_within(WAIT_POLL);
         self.note(
-            "WaitingForUpgrade",
+            Reason::WaitingForUpgrade,
             format!(
                 "waiting for K8sUpgrade {holder}, which is upgrading this cluster; one upgrade \
                  runs at a time"

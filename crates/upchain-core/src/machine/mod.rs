@@ -25,7 +25,7 @@ pub use needs::{
     Needs, jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read,
 };
 use one_off::HookProgress;
-pub use silences::record_silences;
+pub use silences::{record_silences, silence_failed_event, silenced_event};
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -46,6 +46,7 @@ use crate::gates;
 use crate::job::{NodeJob, Owner, job_name, untagged_job_name};
 use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade};
 use crate::plan::{Plan, plan};
+use crate::reason::Reason;
 use crate::version::KubeVersion;
 use crate::window::{WindowState, window_state};
 
@@ -105,10 +106,19 @@ pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Deci
 }
 
 /// Why the run is where it is, for the conditions.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct State {
-    reason: &'static str,
+    reason: Reason,
     message: String,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            reason: Reason::Pending,
+            message: "waiting for the first check".to_owned(),
+        }
+    }
 }
 
 struct Machine<'a> {
@@ -133,7 +143,7 @@ impl<'a> Machine<'a> {
         self.upgrade.metadata.name.as_deref().unwrap_or_default()
     }
 
-    fn event(&mut self, warning: bool, reason: &'static str, message: String) {
+    fn event(&mut self, warning: bool, reason: Reason, message: String) {
         self.record(Event {
             warning,
             reason,
@@ -142,7 +152,7 @@ impl<'a> Machine<'a> {
         });
     }
 
-    fn node_event(&mut self, warning: bool, reason: &'static str, node: &str, message: String) {
+    fn node_event(&mut self, warning: bool, reason: Reason, node: &str, message: String) {
         self.record(Event {
             warning,
             reason,
@@ -180,7 +190,7 @@ impl<'a> Machine<'a> {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
-    fn note(&mut self, reason: &'static str, message: impl Into<String>) {
+    fn note(&mut self, reason: Reason, message: impl Into<String>) {
         self.state = State {
             reason,
             message: message.into(),
@@ -234,7 +244,11 @@ impl<'a> Machine<'a> {
     /// Leaves Blocked once nothing refuses any more.
     fn unblock(&mut self) {
         if self.status.phase == Some(Phase::Blocked) {
-            self.event(false, "Unblocked", "every check passes again".to_owned());
+            self.event(
+                false,
+                Reason::Unblocked,
+                "every check passes again".to_owned(),
+            );
             self.set_phase(Phase::Preflight);
         }
         self.status.blocked_reasons.clear();
@@ -249,14 +263,14 @@ impl<'a> Machine<'a> {
         if self.status.phase != Some(Phase::Blocked) || self.status.blocked_reasons != reasons {
             self.event(
                 true,
-                "Blocked",
+                Reason::Blocked,
                 format!("nothing was changed: {}", reasons.join("; ")),
             );
         }
         self.status.blocked_reasons = reasons;
         self.set_phase(Phase::Blocked);
         self.requeue_within(self.recheck_interval());
-        self.note("GatesFailed", self.status.blocked_reasons.join("; "));
+        self.note(Reason::GatesFailed, self.status.blocked_reasons.join("; "));
     }
 
     fn spec_target_unchanged(&self) -> bool {
@@ -273,9 +287,9 @@ impl<'a> Machine<'a> {
     }
 
     /// Refuses the spec: nothing is mutated, and the run waits for a corrected spec.
-    fn refuse(&mut self, reason: &'static str, message: String) {
+    fn refuse(&mut self, reason: Reason, message: String) {
         let already_said = conditions::get(&self.status.conditions, types::READY)
-            .is_some_and(|c| c.reason == reason && c.message == message);
+            .is_some_and(|c| c.reason == reason.as_str() && c.message == message);
         if self.status.phase != Some(Phase::Failed) || !already_said {
             self.event(true, reason, format!("{message}; nothing was changed"));
         }

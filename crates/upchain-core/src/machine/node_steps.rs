@@ -45,7 +45,7 @@ impl<'a> Machine<'a> {
         for node in &started {
             self.node_event(
                 false,
-                "NodeStarted",
+                Reason::NodeStarted,
                 node,
                 format!("cordoning and draining {node} (target {})", plan.target),
             );
@@ -66,7 +66,7 @@ impl<'a> Machine<'a> {
             let name = record.name.clone();
             return self.node_event(
                 true,
-                "NodeRemoved",
+                Reason::NodeRemoved,
                 &name,
                 format!("node {name} left the cluster during its upgrade"),
             );
@@ -89,7 +89,7 @@ impl<'a> Machine<'a> {
                     self.enter(index, NodeStep::Soaking, None);
                     self.node_event(
                         false,
-                        "NodeRejoined",
+                        Reason::NodeRejoined,
                         &record.name,
                         format!("{} is Ready at {}", record.name, record.target_version),
                     );
@@ -122,7 +122,7 @@ impl<'a> Machine<'a> {
                     );
                     return self.node_event(
                         true,
-                        "NodeNotReady",
+                        Reason::NodeNotReady,
                         &record.name,
                         format!("{} left Ready while soaking", record.name),
                     );
@@ -137,7 +137,7 @@ impl<'a> Machine<'a> {
                     let name = self.status.nodes[index].name.clone();
                     return self.node_event(
                         false,
-                        "NodeUpgraded",
+                        Reason::NodeUpgraded,
                         &name,
                         format!("{name} runs {}", node.kubelet_version),
                     );
@@ -162,7 +162,7 @@ impl<'a> Machine<'a> {
         let name = self.status.nodes[index].name.clone();
         self.enter(index, NodeStep::Failed, Some(message.clone()));
         self.status.nodes[index].finished_at = Some(Time(self.now));
-        self.node_event(true, "NodeFailed", &name, format!("{name} {message}"));
+        self.node_event(true, Reason::NodeFailed, &name, format!("{name} {message}"));
     }
 
     pub(super) fn drain(&mut self, index: usize, cordoned: bool, batch: &[String]) {
@@ -191,7 +191,7 @@ impl<'a> Machine<'a> {
             };
             self.node_event(
                 !preview.blocked_by.is_empty(),
-                "DrainPreview",
+                Reason::DrainPreview,
                 &record.name,
                 format!(
                     "draining {} evicts {} Pod(s){}{blocked}",
@@ -254,7 +254,7 @@ impl<'a> Machine<'a> {
                 if record.message.as_ref() != Some(&message) {
                     self.node_event(
                         true,
-                        "DeletingBlockedPods",
+                        Reason::DeletingBlockedPods,
                         &record.name,
                         format!("{} {message}", record.name),
                     );
@@ -315,7 +315,7 @@ impl<'a> Machine<'a> {
             self.status.nodes[index].job = Some(name.clone());
             self.node_event(
                 false,
-                "JobCreated",
+                Reason::JobCreated,
                 &record.name,
                 format!(
                     "upgrade Job {name} for {} (attempt {})",
@@ -357,7 +357,7 @@ impl<'a> Machine<'a> {
                 self.enter(index, NodeStep::Rejoining, None);
                 self.node_event(
                     false,
-                    "JobSucceeded",
+                    Reason::JobSucceeded,
                     &record.name,
                     format!("upgrade Job {name} succeeded; uncordoning {}", record.name),
                 );
@@ -371,7 +371,7 @@ impl<'a> Machine<'a> {
                     self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
                     self.node_event(
                         true,
-                        "JobFailed",
+                        Reason::JobFailed,
                         &record.name,
                         format!(
                             "{detail}; retrying ({} of {} attempts used)",
@@ -417,7 +417,7 @@ impl<'a> Machine<'a> {
         });
         let step = self.status.nodes[first].step;
         self.note(
-            "NodeInProgress",
+            Reason::NodeInProgress,
             format!("{} is {}", batch.join(", "), step.as_str()),
         );
         STOP

@@ -184,7 +184,7 @@ impl<'a> Machine<'a> {
             // Not gathered yet: the operator reads it on the next pass.
             None => {
                 self.requeue_within(Duration::from_secs(1));
-                return self.note("Snapshot", "reading the snapshot CronJob");
+                return self.note(Reason::Snapshot, "reading the snapshot CronJob");
             }
         };
         self.unblock();
@@ -202,7 +202,7 @@ impl<'a> Machine<'a> {
             self.progressed();
             self.event(
                 false,
-                "SnapshotStarted",
+                Reason::SnapshotStarted,
                 format!("taking an etcd snapshot with Job {job}"),
             );
         }
@@ -227,7 +227,7 @@ impl<'a> Machine<'a> {
                 self.progressed();
                 self.event(
                     false,
-                    "SnapshotTaken",
+                    Reason::SnapshotTaken,
                     format!("etcd snapshot Job {job} succeeded"),
                 );
                 self.set_phase(Phase::Preflight);
@@ -258,7 +258,7 @@ impl<'a> Machine<'a> {
                 self.act(Action::CreateJob(Box::new(rendered)));
                 self.requeue_within(left);
                 self.note(
-                    "Snapshot",
+                    Reason::Snapshot,
                     format!("waiting for the etcd snapshot Job {job}"),
                 );
             }
@@ -322,7 +322,7 @@ impl<'a> Machine<'a> {
             self.progressed();
             self.event(
                 false,
-                "HookStarted",
+                Reason::HookStarted,
                 format!("running the {}-run hook Job {job}", kind.as_str()),
             );
         }
@@ -344,7 +344,7 @@ impl<'a> Machine<'a> {
                 self.progressed();
                 self.event(
                     false,
-                    "HookSucceeded",
+                    Reason::HookSucceeded,
                     format!("the {}-run hook Job {job} succeeded", kind.as_str()),
                 );
                 return HookProgress::Done;
@@ -360,7 +360,7 @@ impl<'a> Machine<'a> {
                 self.act(Action::CreateJob(Box::new(rendered)));
                 self.requeue_within(left);
                 self.note(
-                    "RunningHook",
+                    Reason::RunningHook,
                     format!("waiting for the {}-run hook Job {job}", kind.as_str()),
                 );
                 return HookProgress::Waiting;
@@ -380,7 +380,7 @@ impl<'a> Machine<'a> {
         match kind {
             HookKind::Pre => self.block(vec![failure]),
             HookKind::Post => {
-                self.event(true, "HookFailed", failure.clone());
+                self.event(true, Reason::HookFailed, failure.clone());
                 self.fail_on_hook(failure);
             }
         }
@@ -398,7 +398,7 @@ impl<'a> Machine<'a> {
 
     pub(super) fn fail_on_hook(&mut self, message: String) {
         self.set_phase(Phase::Failed);
-        self.note("HookFailed", message);
+        self.note(Reason::HookFailed, message);
     }
 
     /// Before the first node, the etcd snapshot, when the spec asks for one.

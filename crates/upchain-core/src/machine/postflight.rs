@@ -18,7 +18,7 @@ impl<'a> Machine<'a> {
         if !not_ready.is_empty() {
             self.requeue_within(WAIT_POLL);
             return self.note(
-                "Postflight",
+                Reason::Postflight,
                 format!(
                     "every node is at the target; waiting for {} to be Ready",
                     not_ready.join(", ")
@@ -29,7 +29,7 @@ impl<'a> Machine<'a> {
             // Gathered by the operator once the phase says Postflight.
             self.requeue_within(Duration::from_secs(1));
             return self.note(
-                "Postflight",
+                Reason::Postflight,
                 "every node is at the target; checking the control plane and workloads",
             );
         };
@@ -49,7 +49,7 @@ impl<'a> Machine<'a> {
             // Stalled after stallTimeout, until the cluster is healthy.
             self.requeue_within(self.recheck_interval());
             return self.note(
-                "PostflightWaiting",
+                Reason::PostflightWaiting,
                 format!(
                     "every node is at the target, but the postflight waits: {}",
                     reasons.join("; ")
@@ -79,10 +79,13 @@ impl<'a> Machine<'a> {
         self.status.history.truncate(HISTORY_LIMIT);
         self.event(
             false,
-            "Succeeded",
+            Reason::Succeeded,
             format!("every selected node runs {target}"),
         );
-        self.note("Succeeded", "every selected node runs the target version");
+        self.note(
+            Reason::Succeeded,
+            "every selected node runs the target version",
+        );
     }
 
     /// Once every node is at the target, the run ends with its postflight.

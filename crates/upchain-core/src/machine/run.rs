@@ -30,17 +30,19 @@ impl<'a> Machine<'a> {
             verdicts.len(),
             self.name(),
         );
-        let already_said = conditions::get(&self.status.conditions, types::READY)
-            .is_some_and(|c| c.reason == "AwaitingApproval" && c.message.contains(&hash));
+        let already_said =
+            conditions::get(&self.status.conditions, types::READY).is_some_and(|c| {
+                c.reason == Reason::AwaitingApproval.as_str() && c.message.contains(&hash)
+            });
         if !already_said {
-            self.event(false, "AwaitingApproval", message.clone());
+            self.event(false, Reason::AwaitingApproval, message.clone());
         }
         if new_run {
             self.set_phase(Phase::Pending);
             self.status.blocked_reasons.clear();
         }
         self.requeue_within(self.recheck_interval());
-        self.note("AwaitingApproval", message);
+        self.note(Reason::AwaitingApproval, message);
     }
 
     /// A new value of the retry annotation retries the failed nodes from their drain, and a
@@ -84,7 +86,7 @@ impl<'a> Machine<'a> {
             self.progressed();
             self.event(
                 false,
-                "Retrying",
+                Reason::Retrying,
                 format!("retrying {}", retried.join(", ")),
             );
         }
@@ -137,7 +139,7 @@ impl<'a> Machine<'a> {
         };
         self.set_phase(Phase::Failed);
         self.note(
-            "NodeFailed",
+            Reason::NodeFailed,
             format!(
                 "node {name} failed: {message}. No other node is started. Fix the cause, then \
                  set a new value on the {RETRY_ANNOTATION} annotation to retry, or add the node \
@@ -164,7 +166,7 @@ impl<'a> Machine<'a> {
         self.set_phase(Phase::Preflight);
         self.event(
             false,
-            "RunStarted",
+            Reason::RunStarted,
             format!(
                 "upgrading {} node(s) from {} to {} ({} upgrade)",
                 plan.steps.len(),
@@ -215,7 +217,10 @@ impl<'a> Machine<'a> {
         if self.status.phase != Some(Phase::Succeeded) || !self.spec_target_unchanged() {
             return ControlFlow::Continue(());
         }
-        self.note("Succeeded", "every selected node runs the target version");
+        self.note(
+            Reason::Succeeded,
+            "every selected node runs the target version",
+        );
         STOP
     }
 
@@ -225,19 +230,19 @@ impl<'a> Machine<'a> {
         let target = match KubeVersion::parse_target(&self.spec.target_version) {
             Ok(target) => target,
             Err(error) => {
-                self.refuse("InvalidSpec", format!("spec.targetVersion: {error}"));
+                self.refuse(Reason::InvalidSpec, format!("spec.targetVersion: {error}"));
                 return ControlFlow::Break(());
             }
         };
         if let Err(error) = crate::health::validate(&self.spec.gates.health_checks) {
-            self.refuse("InvalidSpec", error);
+            self.refuse(Reason::InvalidSpec, error);
             return ControlFlow::Break(());
         }
         for kind in [HookKind::Pre, HookKind::Post] {
             if let Some(Err(error)) = crate::hooks::hook(self.spec.hooks.as_ref(), kind)
                 .map(|h| crate::hooks::template(h, kind))
             {
-                self.refuse("InvalidSpec", error);
+                self.refuse(Reason::InvalidSpec, error);
                 return ControlFlow::Break(());
             }
         }
@@ -248,7 +253,7 @@ impl<'a> Machine<'a> {
                 ControlFlow::Continue(plan)
             }
             Err(error) => {
-                self.refuse("VersionPolicy", error.to_string());
+                self.refuse(Reason::VersionPolicy, error.to_string());
                 ControlFlow::Break(())
             }
         }
@@ -261,7 +266,7 @@ impl<'a> Machine<'a> {
         }
         self.requeue = None;
         self.note(
-            "Paused",
+            Reason::Paused,
             "spec.paused is true: no node is started until it is false",
         );
         STOP
@@ -287,7 +292,7 @@ impl<'a> Machine<'a> {
         } else if retargeted {
             self.event(
                 false,
-                "TargetChanged",
+                Reason::TargetChanged,
                 format!(
                     "target changed from {} to {target} at a node boundary; the plan was \
                      recomputed from the nodes' versions",

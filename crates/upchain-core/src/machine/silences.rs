@@ -42,7 +42,7 @@ impl<'a> Machine<'a> {
         for record in ended {
             self.node_event(
                 false,
-                "SilenceExpired",
+                Reason::SilenceExpired,
                 &record.node,
                 format!(
                     "expiring the Alertmanager silence {} of {}, which is no longer in progress",
@@ -92,5 +92,36 @@ impl<'a> Machine<'a> {
             });
             self.requeue_within(extend_by / 2);
         }
+    }
+}
+
+/// The Event for a silence Alertmanager placed for `node` (the operator learns its ID
+/// only from Alertmanager's answer).
+pub fn silenced_event(node: &str, id: &str, spec: &upchain_api::SilencesSpec) -> Event {
+    let human = |d: kube_core::Duration| {
+        gates::human(i64::try_from(Duration::from(d).as_secs()).unwrap_or(i64::MAX))
+    };
+    Event {
+        warning: false,
+        reason: Reason::Silenced,
+        message: format!(
+            "silenced {node}'s node alerts in Alertmanager (silence {id}) while it is \
+             upgraded: extended in steps of {}, never more than {} after the node started, \
+             expired when it is done",
+            human(spec.extend_by),
+            human(spec.max_duration),
+        ),
+        node: Some(node.to_owned()),
+    }
+}
+
+/// The Event for a silence of `node` Alertmanager did not place or expire: best effort,
+/// it costs a Warning, not the upgrade.
+pub fn silence_failed_event(node: &str, error: &str) -> Event {
+    Event {
+        warning: true,
+        reason: Reason::SilenceFailed,
+        message: error.to_owned(),
+        node: Some(node.to_owned()),
     }
 }

@@ -86,17 +86,12 @@ impl<'a> Machine<'a> {
                 | Phase::Postflight
         );
         let State { reason, message } = self.state.clone();
-        let (reason, message) = if reason.is_empty() {
-            ("Pending", "waiting for the first check".to_owned())
-        } else {
-            (reason, message)
-        };
         let now = self.now;
         let conditions = &mut self.status.conditions;
         conditions::set(
             conditions,
             if phase == Phase::Succeeded {
-                Desired::yes(types::READY, "Succeeded", message.clone())
+                Desired::yes(types::READY, Reason::Succeeded, message.clone())
             } else {
                 Desired::no(types::READY, reason, message.clone())
             },
@@ -116,9 +111,13 @@ impl<'a> Machine<'a> {
         conditions::set(
             conditions,
             if phase == Phase::Blocked {
-                Desired::yes(types::BLOCKED, "GatesFailed", message.clone())
+                Desired::yes(types::BLOCKED, Reason::GatesFailed, message.clone())
             } else {
-                Desired::no(types::BLOCKED, "GatesPass", "no check refuses the run")
+                Desired::no(
+                    types::BLOCKED,
+                    Reason::GatesPass,
+                    "no check refuses the run",
+                )
             },
             generation,
             now,
@@ -130,20 +129,20 @@ impl<'a> Machine<'a> {
         let snapshot = match (&self.spec.snapshot, this_run) {
             (None, _) => Desired::no(
                 types::SNAPSHOT_TAKEN,
-                "NotConfigured",
+                Reason::NotConfigured,
                 "no etcd snapshot is configured for this run",
             ),
             (Some(_), Some(record)) if record.verified => Desired::yes(
                 types::SNAPSHOT_TAKEN,
-                "Verified",
+                Reason::Verified,
                 format!("etcd snapshot Job {} succeeded", record.job),
             ),
             (Some(_), Some(record)) => Desired::no(
                 types::SNAPSHOT_TAKEN,
                 if record.completed_at.is_some() {
-                    "Failed"
+                    Reason::Failed
                 } else {
-                    "InProgress"
+                    Reason::InProgress
                 },
                 record
                     .message
@@ -152,7 +151,7 @@ impl<'a> Machine<'a> {
             ),
             (Some(_), None) => Desired::no(
                 types::SNAPSHOT_TAKEN,
-                "Pending",
+                Reason::Pending,
                 "the etcd snapshot is taken before the first node",
             ),
         };
@@ -174,7 +173,7 @@ impl<'a> Machine<'a> {
             let step = self.status.current_step.map_or("none", NodeStep::as_str);
             self.event(
                 true,
-                "Stalled",
+                Reason::Stalled,
                 format!(
                     "no progress for {}s (phase {}, node {} at step {step})",
                     stall_timeout.as_secs(),
@@ -189,13 +188,13 @@ impl<'a> Machine<'a> {
             if stalled {
                 Desired::yes(
                     types::STALLED,
-                    "NoProgress",
+                    Reason::NoProgress,
                     format!("no progress for at least {}s", stall_timeout.as_secs()),
                 )
             } else {
                 Desired::no(
                     types::STALLED,
-                    "Progressing",
+                    Reason::Progressing,
                     "progress within spec.stallTimeout",
                 )
             },

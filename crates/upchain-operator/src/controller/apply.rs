@@ -150,7 +150,7 @@ pub(super) async fn carry_out(
                 if let Err(error @ Error::Refused { .. }) = &created {
                     let event = upchain_core::Event {
                         warning: true,
-                        reason: "JobRefused",
+                        reason: upchain_core::Reason::JobRefused,
                         message: error.to_string(),
                         node: job
                             .metadata
@@ -206,18 +206,7 @@ pub(super) async fn silence(
         Ok(new_id) => {
             info!(node, id = new_id, %ends_at, "node alerts silenced");
             if id != Some(new_id.as_str()) {
-                let event = upchain_core::Event {
-                    warning: false,
-                    reason: "Silenced",
-                    message: format!(
-                        "silenced {node}'s node alerts in Alertmanager (silence {new_id}) while \
-                         it is upgraded: extended in steps of {}, never more than {} after the \
-                         node started, expired when it is done",
-                        human(spec.extend_by),
-                        human(spec.max_duration),
-                    ),
-                    node: Some(node.to_owned()),
-                };
+                let event = upchain_core::silenced_event(node, &new_id, spec);
                 publish(upgrade, &event, ctx).await;
             }
             Some(SilenceRecord {
@@ -233,12 +222,6 @@ pub(super) async fn silence(
     }
 }
 
-/// A spec duration as a person writes it, such as `15m`.
-pub(super) fn human(duration: kube::core::Duration) -> String {
-    let seconds = std::time::Duration::from(duration).as_secs();
-    upchain_core::gates::human(i64::try_from(seconds).unwrap_or(i64::MAX))
-}
-
 pub(super) async fn silence_failed(
     upgrade: &K8sUpgrade,
     node: &str,
@@ -246,12 +229,7 @@ pub(super) async fn silence_failed(
     ctx: &Context,
 ) {
     warn!(node, %error, "Alertmanager silence");
-    let event = upchain_core::Event {
-        warning: true,
-        reason: "SilenceFailed",
-        message: error.to_string(),
-        node: Some(node.to_owned()),
-    };
+    let event = upchain_core::silence_failed_event(node, &error.to_string());
     publish(upgrade, &event, ctx).await;
 }
 

@@ -39,7 +39,7 @@ impl Events {
 
 /// Events are best effort: a failure to record one is logged, never fatal.
 pub(super) async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, ctx: &Context) {
-    info!(reason = event.reason, node = ?event.node, message = %event.message, "event");
+    info!(reason = event.reason.as_str(), node = ?event.node, message = %event.message, "event");
     let recorded = ctx
         .events
         .recorder()
@@ -50,7 +50,7 @@ pub(super) async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, c
                 } else {
                     EventType::Normal
                 },
-                reason: event.reason.to_owned(),
+                reason: event.reason.as_str().to_owned(),
                 note: Some(
                     upchain_core::text::bounded(
                         &event.message,
@@ -58,7 +58,7 @@ pub(super) async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, c
                     )
                     .into_owned(),
                 ),
-                action: event.reason.to_owned(),
+                action: event.reason.as_str().to_owned(),
                 // The node an Event is about keeps its own series: the recorder groups
                 // Events by reason and related object, not by message.
                 secondary: event.node.as_ref().map(|node| ObjectReference {
@@ -72,6 +72,6 @@ pub(super) async fn publish(upgrade: &K8sUpgrade, event: &upchain_core::Event, c
         )
         .await;
     if let Err(error) = recorded {
-        warn!(%error, reason = event.reason, "could not record an Event");
+        warn!(%error, reason = event.reason.as_str(), "could not record an Event");
     }
 }
