@@ -29,7 +29,7 @@ pub(super) async fn write_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(kube_error("writing status"))?;
+    .map_err(write_error("writing status"))?;
     Ok(())
 }
 
@@ -50,7 +50,7 @@ pub(super) async fn set_unschedulable(
         &Patch::Merge(json!({"spec": {"unschedulable": value}})),
     )
     .await
-    .map_err(kube_error(format!(
+    .map_err(write_error(format!(
         "{} {node}",
         if unschedulable {
             "cordoning"
@@ -90,7 +90,7 @@ pub(super) async fn evict(
         Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {
             info!(pod = %key, code = e.code, "eviction not possible now")
         }
-        Err(error) => return Err(kube_error(format!("evicting {key}"))(error)),
+        Err(error) => return Err(write_error(format!("evicting {key}"))(error)),
     }
     Ok(())
 }
@@ -130,7 +130,9 @@ pub(super) async fn carry_out(
                         Ok(_) => info!(pod = %key, "deleted"),
                         // Already gone is what the delete wanted.
                         Err(kube::Error::Api(e)) if e.code == 404 => {}
-                        Err(error) => return Err(kube_error(format!("deleting Pod {key}"))(error)),
+                        Err(error) => {
+                            return Err(write_error(format!("deleting Pod {key}"))(error));
+                        }
                     }
                 }
             }
@@ -146,7 +148,7 @@ pub(super) async fn carry_out(
                         &Patch::Apply(job.as_ref()),
                     )
                     .await
-                    .map_err(kube_error(format!("creating Job {namespace}/{name}")));
+                    .map_err(write_error(format!("creating Job {namespace}/{name}")));
                 if let Err(error @ Error::Refused { .. }) = &created {
                     let event = upchain_core::Event {
                         warning: true,
@@ -169,7 +171,7 @@ pub(super) async fn carry_out(
                 match api.delete(name, &DeleteParams::background()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(error) => return Err(kube_error(format!("deleting Job {name}"))(error)),
+                    Err(error) => return Err(write_error(format!("deleting Job {name}"))(error)),
                 }
             }
             Action::Silence { node, id, ends_at } => {
@@ -275,7 +277,7 @@ pub(super) async fn set_finalizers(
         &Patch::Merge(patch),
     )
     .await
-    .map_err(kube_error("updating the finalizer"))?;
+    .map_err(write_error("updating the finalizer"))?;
     Ok(Requeue::await_change())
 }
 

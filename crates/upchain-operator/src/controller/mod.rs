@@ -51,10 +51,18 @@ pub enum Error {
     /// A source the run needs could not be read.
     #[error("{0}; the reconcile is retried with backoff")]
     Gather(String),
-    /// A call to the API server failed.
+    /// Reading from the API server failed.
     #[error("{action} failed: {source}; the reconcile is retried with backoff")]
-    Kube {
-        /// What was being done.
+    Read {
+        /// What was being read.
+        action: String,
+        /// The client's error.
+        source: kube::Error,
+    },
+    /// A write to the API server failed.
+    #[error("{action} failed: {source}; the reconcile is retried with backoff")]
+    Write {
+        /// What was being written.
         action: String,
         /// The client's error.
         source: kube::Error,
@@ -75,12 +83,23 @@ pub enum Error {
 }
 
 impl Error {
-    /// A bounded label for metrics and Event reasons.
+    /// A bounded label for metrics: forbidden (403: a permission is missing), conflict
+    /// (409: someone else wrote first), read, write, gather (a gate source), refused (422).
     pub fn category(&self) -> &'static str {
-        match self {
-            Error::Kube { .. } => "api",
-            Error::Gather(_) => "gather",
-            Error::Refused { .. } => "refused",
+        let code = match self {
+            Error::Read { source, .. } | Error::Write { source, .. } => match source {
+                kube::Error::Api(status) => Some(status.code),
+                _ => None,
+            },
+            Error::Gather(_) | Error::Refused { .. } => None,
+        };
+        match (self, code) {
+            (_, Some(403)) => "forbidden",
+            (_, Some(409)) => "conflict",
+            (Error::Read { .. }, _) => "read",
+            (Error::Write { .. }, _) => "write",
+            (Error::Gather(_), _) => "gather",
+            (Error::Refused { .. }, _) => "refused",
         }
     }
 
@@ -90,7 +109,7 @@ impl Error {
     fn retry_after(&self, failures: u32) -> Duration {
         match self {
             Error::Refused { .. } => REFUSED_RETRY,
-            Error::Kube { .. } | Error::Gather(_) => {
+            Error::Read { .. } | Error::Write { .. } | Error::Gather(_) => {
                 Duration::from_secs(1u64 << failures.saturating_sub(1).min(8))
                     .min(Duration::from_secs(300))
             }
@@ -101,14 +120,21 @@ impl Error {
 /// How long an object the API server refused as invalid waits before it is tried again.
 const REFUSED_RETRY: Duration = Duration::from_secs(300);
 
-fn kube_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+/// The error of a failed read of `action`.
+fn read_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Read { action, source }
+}
+
+/// The error of a failed write of `action`; a 422 is a refusal, not a passing failure.
+fn write_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| match source {
         kube::Error::Api(status) if status.code == 422 => Error::Refused {
             action,
             message: status.message,
         },
-        source => Error::Kube { action, source },
+        source => Error::Write { action, source },
     }
 }
 
@@ -243,7 +269,7 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
     let Some(upgrade) = api
         .get_opt(&upgrade.name_any())
         .await
-        .map_err(kube_error("reading the K8sUpgrade"))?
+        .map_err(read_error("reading the K8sUpgrade"))?
     else {
         ctx.metrics.forget(&upgrade.name_any());
         return Ok(Requeue::await_change());
@@ -340,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_refused_object_waits_for_a_change_and_a_failed_call_backs_off_quickly() {
-        let refused = kube_error("creating Job upchain-system/j")(api_error(422));
+        let refused = write_error("creating Job upchain-system/j")(api_error(422));
         assert_eq!(refused.category(), "refused");
         assert_eq!(refused.retry_after(1), REFUSED_RETRY);
         assert!(
@@ -348,8 +374,16 @@ mod tests {
                 .to_string()
                 .contains("retried when the K8sUpgrade changes")
         );
-        let failed = kube_error("creating Job upchain-system/j")(api_error(500));
-        assert_eq!(failed.category(), "api");
+        let failed = write_error("creating Job upchain-system/j")(api_error(500));
+        assert_eq!(failed.category(), "write");
+        assert_eq!(
+            read_error("listing Jobs")(api_error(403)).category(),
+            "forbidden"
+        );
+        assert_eq!(
+            write_error("writing status")(api_error(409)).category(),
+            "conflict"
+        );
         let backoff: Vec<u64> = (1..=10).map(|n| failed.retry_after(n).as_secs()).collect();
         assert_eq!(backoff, [1, 2, 4, 8, 16, 32, 64, 128, 256, 256]);
     }

@@ -33,7 +33,7 @@ pub(super) async fn observe_jobs(
     let mut jobs: Vec<ObservedJob> = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_error("listing the upgrade's Jobs"))?
+        .map_err(read_error("listing the upgrade's Jobs"))?
         .items
         .iter()
         // A Job left by an earlier K8sUpgrade of the same name is not this one's.
@@ -77,7 +77,7 @@ pub(super) async fn observe(
         let on_node = pods_api
             .list(&ListParams::default().fields(&selector))
             .await
-            .map_err(kube_error(format!("listing the Pods on {node}")))?;
+            .map_err(read_error(format!("listing the Pods on {node}")))?;
         pods.insert(
             node,
             on_node.items.iter().map(ObservedPod::from_pod).collect(),
@@ -93,7 +93,7 @@ pub(super) async fn observe(
             budgets.extend(page.iter().map(ObservedBudget::from_budget));
         })
         .await
-        .map_err(kube_error("listing PodDisruptionBudgets"))?;
+        .map_err(read_error("listing PodDisruptionBudgets"))?;
         budgets
     };
     Ok(Observed {
@@ -143,7 +143,7 @@ pub(super) async fn hook_jobs(
         let job = api
             .get_opt(name)
             .await
-            .map_err(kube_error(format!("reading the hook Job {}", record.job)))?;
+            .map_err(read_error(format!("reading the hook Job {}", record.job)))?;
         jobs.extend(
             job.filter(|j| j.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
                 .as_ref()
@@ -163,7 +163,7 @@ pub(super) async fn other_upgrades(name: &str, ctx: &Context) -> Result<Vec<Othe
     Ok(api
         .list(&ListParams::default())
         .await
-        .map_err(kube_error("listing K8sUpgrades"))?
+        .map_err(read_error("listing K8sUpgrades"))?
         .items
         .iter()
         .filter(|u| u.name_any() != name)
