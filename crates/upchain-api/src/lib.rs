@@ -18,8 +18,6 @@ pub use status::*;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-/// API group of every upchain resource.
-pub const GROUP: &str = "upchain.dev";
 /// Field manager used for every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "upchain";
 /// Finalizer that keeps a K8sUpgrade until the nodes it cordoned are released.

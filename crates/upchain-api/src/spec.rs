@@ -9,9 +9,6 @@ use crate::{GatesSpec, HooksSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, Wi
 /// Label kubeadm puts on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
 
-/// The regular expression a target version must match (a leading `v` is optional).
-pub const VERSION_PATTERN: &str = r"^v?[0-9]+\.[0-9]+\.[0-9]+$";
-
 /// Upgrade a kubeadm cluster's Kubernetes version (kubeadm, kubelet, kubectl on every
 /// node) to `targetVersion`, node by node: preflight checks, the control-plane nodes one
 /// at a time, then the workers, then a postflight check.

@@ -162,6 +162,23 @@ impl Phase {
         Phase::Failed,
     ];
 
+    /// A run is working: checking, snapshotting, upgrading nodes or checking after them.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            Phase::Preflight
+                | Phase::Snapshot
+                | Phase::ControlPlane
+                | Phase::Workers
+                | Phase::Postflight
+        )
+    }
+
+    /// The run ended, well or not: nothing moves until the spec or an annotation changes.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
     /// The phase's name as it appears in status and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1241,12 +1241,12 @@ fn alerts_between_nodes_are_waited_out_then_block() {
     // Alerts start firing while the first node soaks: the next one waits.
     run.world.gates.alerts = Some(Ok(vec![firing("HighErrorRate")]));
     run.world.tick(60);
-    // The node finishes soaking within a decision whose alerts were not read (the
-    // operator reads them at node boundaries): it looks again at once, with them.
+    // The node finishes soaking within a decision that read the alerts (they are read
+    // whenever the next batch may start, soaking included): the wait begins at once.
     let finished = run.decide_once();
     assert_eq!(finished.status.nodes[0].step, NodeStep::Done);
-    assert_eq!(finished.requeue, Some(std::time::Duration::ZERO));
     assert_eq!(finished.status.nodes.len(), 1, "no node started unchecked");
+    assert!(finished.status.alerts_waiting_since.is_some());
     let waiting = run.decide_once();
     assert!(mutating(&waiting.actions).is_empty());
     assert_eq!(

@@ -80,11 +80,6 @@ impl KubeVersion {
             _ => None,
         }
     }
-
-    /// The same minor line, such as `1.35`.
-    pub fn minor_line(self) -> String {
-        format!("{}.{}", self.major, self.minor)
-    }
 }
 
 impl fmt::Display for KubeVersion {

@@ -179,7 +179,7 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
                 write(out, format!("{elapsed:>6.1}s    {said}\n"))?;
             }
         }
-        if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+        if status.phase.is_some_and(Phase::is_finished) {
             break status;
         }
         if started.elapsed() > Duration::from_secs(args.timeout_seconds) {

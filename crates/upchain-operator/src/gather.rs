@@ -382,10 +382,7 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
         }
         None => None,
     };
-    Some(SnapshotInputs {
-        template,
-        job: job.map(|j: ObservedJob| j),
-    })
+    Some(SnapshotInputs { template, job })
 }
 
 /// The control-plane static Pods and the cluster's Pod readiness, read once when the

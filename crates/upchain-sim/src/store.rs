@@ -1342,22 +1342,6 @@ impl Store {
             Propagation::Background,
         )
     }
-
-    /// Writes an object the cluster itself changes (both spec and status).
-    pub fn replace_own(&mut self, object: Value) -> Result<Value, ApiError> {
-        let rt = self.type_of(
-            object["apiVersion"].as_str().unwrap_or_default(),
-            object["kind"].as_str().unwrap_or_default(),
-        )?;
-        let namespace = meta(&object, "namespace").to_owned();
-        let name = meta(&object, "name").to_owned();
-        let current = self.get(&rt, &namespace, &name)?;
-        let status = object["status"].clone();
-        let spec_written = self.write(&rt, &namespace, &name, current, object, false)?;
-        let mut with_status = spec_written.clone();
-        with_status["status"] = status;
-        self.write(&rt, &namespace, &name, spec_written, with_status, true)
-    }
 }
 
 /// An events.k8s.io/v1 Event as the core v1 API shows it.

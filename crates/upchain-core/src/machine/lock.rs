@@ -6,14 +6,7 @@ use super::*;
 /// blocked, or failed with nodes touched.
 pub fn holds_lock(status: &K8sUpgradeStatus) -> bool {
     match status.phase {
-        Some(
-            Phase::Preflight
-            | Phase::Snapshot
-            | Phase::ControlPlane
-            | Phase::Workers
-            | Phase::Postflight
-            | Phase::Blocked,
-        ) => true,
+        Some(phase) if phase.is_running() || phase == Phase::Blocked => true,
         Some(Phase::Failed) => status
             .nodes
             .iter()

@@ -279,10 +279,10 @@ impl<'a> Machine<'a> {
     }
 
     fn run_in_progress(&self) -> bool {
-        !matches!(
-            self.status.phase,
-            None | Some(Phase::Pending | Phase::Succeeded | Phase::Failed)
-        ) || self.status.nodes.iter().any(|n| n.step == NodeStep::Failed)
+        self.status
+            .phase
+            .is_some_and(|p| p.is_running() || p == Phase::Blocked)
+            || self.status.nodes.iter().any(|n| n.step == NodeStep::Failed)
             || self.failed_post_hook().is_some()
     }
 

@@ -19,13 +19,23 @@ pub struct Needs {
     pub hooks: bool,
 }
 
+/// The one definition of "at a node boundary": the next batch may start within the next
+/// decision, as no node drains or runs its Job (one rejoining or soaking may finish within
+/// it). The checks and the next batch's Pods are read then, so that decision has them.
+fn next_batch_may_start(status: &K8sUpgradeStatus) -> bool {
+    !status
+        .nodes
+        .iter()
+        .any(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
+}
+
 /// What to gather for `upgrade`, from its spec and last status: sources the gates read
 /// are only queried while a gate will look at them.
 pub fn needs(upgrade: &K8sUpgrade) -> Needs {
     let spec = &upgrade.spec;
     let none = K8sUpgradeStatus::default();
     let status = upgrade.status.as_ref().unwrap_or(&none);
-    let at_boundary = !status.nodes.iter().any(|n| n.step.is_active());
+    let at_boundary = next_batch_may_start(status);
     let retargeted = KubeVersion::parse_target(&spec.target_version)
         .is_ok_and(|t| status.target_version.as_deref() != Some(&t.to_string()));
     let preflight = match status.phase {
@@ -81,14 +91,8 @@ pub fn nodes_to_read_pods_of(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Ve
         .filter(|n| n.step == NodeStep::Draining)
         .map(|n| n.name.clone())
         .collect();
-    let at_boundary = status.is_none_or(|s| {
-        !s.nodes
-            .iter()
-            .any(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
-    });
-    let finished = status
-        .and_then(|s| s.phase)
-        .is_some_and(|p| matches!(p, Phase::Succeeded | Phase::Failed));
+    let at_boundary = status.is_none_or(next_batch_may_start);
+    let finished = status.and_then(|s| s.phase).is_some_and(Phase::is_finished);
     if !at_boundary || upgrade.spec.paused || finished {
         return draining;
     }

@@ -77,14 +77,7 @@ impl<'a> Machine<'a> {
             .is_some()
             .then(|| format!("{done}/{}", done + remaining));
 
-        let running = matches!(
-            phase,
-            Phase::Preflight
-                | Phase::Snapshot
-                | Phase::ControlPlane
-                | Phase::Workers
-                | Phase::Postflight
-        );
+        let running = phase.is_running();
         let State { reason, message } = self.state.clone();
         let now = self.now;
         let conditions = &mut self.status.conditions;
