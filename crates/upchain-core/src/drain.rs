@@ -2,7 +2,7 @@
 
 use upchain_api::{DrainPreview, DrainSpec};
 
-use crate::observe::{ObservedBudget, ObservedPod};
+use crate::observe::{ObservedBudget, ObservedPod, PodRef, pod_names};
 
 /// Pod names a drain preview lists; the count covers the rest.
 pub const PREVIEW_NAMES: usize = 20;
@@ -10,20 +10,20 @@ pub const PREVIEW_NAMES: usize = 20;
 /// What a drain does next on one node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DrainProgress {
-    /// Pods to evict now (namespace/name).
-    pub evict: Vec<String>,
+    /// Pods to evict now.
+    pub evict: Vec<PodRef>,
     /// Pods to delete now rather than evict (namespace/name): single replicas that a
     /// PodDisruptionBudget would hold forever, with `deletePdbBlockedSingleReplicaPods`.
-    pub delete: Vec<String>,
-    /// Pods the drain still waits for (namespace/name), evicted or not.
-    pub waiting: Vec<String>,
+    pub delete: Vec<PodRef>,
+    /// Pods the drain still waits for, evicted or not.
+    pub waiting: Vec<PodRef>,
     /// PodDisruptionBudgets (namespace/name) that allow no disruption now and cover a Pod
     /// not yet leaving: the Eviction API refuses those Pods until the budget allows it.
     pub blocked_by: Vec<String>,
     /// Pods no controller manages, held back without `evictUnmanagedPods`.
-    pub unmanaged: Vec<String>,
+    pub unmanaged: Vec<PodRef>,
     /// Pods with emptyDir data, held back without `deleteEmptyDirData`.
-    pub with_empty_dir: Vec<String>,
+    pub with_empty_dir: Vec<PodRef>,
 }
 
 impl DrainProgress {
@@ -36,7 +36,7 @@ impl DrainProgress {
     pub fn preview(&self) -> DrainPreview {
         DrainPreview {
             evict_count: i32::try_from(self.waiting.len()).unwrap_or(i32::MAX),
-            evict: self.waiting.iter().take(PREVIEW_NAMES).cloned().collect(),
+            evict: pod_names(&self.waiting[..self.waiting.len().min(PREVIEW_NAMES)]),
             blocked_by: self.blocked_by.clone(),
         }
     }
@@ -65,13 +65,8 @@ impl DrainProgress {
 }
 
 /// The first Pod names of a list, and how many more there are.
-fn names(pods: &[String]) -> String {
-    let shown = pods
-        .iter()
-        .take(PREVIEW_NAMES)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
+fn names(pods: &[PodRef]) -> String {
+    let shown = pod_names(&pods[..pods.len().min(PREVIEW_NAMES)]).join(", ");
     match pods.len().saturating_sub(PREVIEW_NAMES) {
         0 => shown,
         more => format!("{shown} and {more} more"),
@@ -85,7 +80,7 @@ fn names(pods: &[String]) -> String {
 /// last, once nothing else is left, so it never dies before its work.
 pub fn drain_progress(
     pods: &[ObservedPod],
-    operator_pod: Option<&str>,
+    operator_pod: Option<&PodRef>,
     budgets: &[ObservedBudget],
     options: &DrainSpec,
 ) -> DrainProgress {
@@ -93,20 +88,20 @@ pub fn drain_progress(
         .iter()
         .filter(|p| !p.daemonset && !p.mirror && !p.finished)
         .collect();
-    let is_operator = |p: &ObservedPod| operator_pod == Some(p.key().as_str());
+    let is_operator = |p: &ObservedPod| operator_pod == Some(&p.reference());
     let others_left = must_leave.iter().any(|p| !is_operator(p));
     let leaving = |p: &&&ObservedPod| !p.terminating;
     let held_unmanaged = |p: &ObservedPod| p.unmanaged && !options.evict_unmanaged_pods;
     let held_empty_dir = |p: &ObservedPod| p.empty_dir && !options.delete_empty_dir_data;
-    let keys = |filter: &dyn Fn(&ObservedPod) -> bool| -> Vec<String> {
-        let mut keys: Vec<String> = must_leave
-            .iter()
-            .filter(leaving)
-            .filter(|p| filter(p))
-            .map(|p| p.key())
-            .collect();
-        keys.sort();
-        keys
+    let keys = |filter: &dyn Fn(&ObservedPod) -> bool| -> Vec<PodRef> {
+        sorted(
+            must_leave
+                .iter()
+                .filter(leaving)
+                .filter(|p| filter(p))
+                .map(|p| p.reference())
+                .collect(),
+        )
     };
     let blocking = |p: &ObservedPod| {
         budgets
@@ -128,8 +123,7 @@ pub fn drain_progress(
         .map(ObservedBudget::key)
         .collect();
     blocked_by.sort();
-    let mut waiting: Vec<String> = must_leave.iter().map(|p| p.key()).collect();
-    waiting.sort();
+    let waiting = sorted(must_leave.iter().map(|p| p.reference()).collect());
     DrainProgress {
         waiting,
         evict: keys(&|p| {
@@ -143,6 +137,12 @@ pub fn drain_progress(
         unmanaged: keys(&held_unmanaged),
         with_empty_dir: keys(&held_empty_dir),
     }
+}
+
+/// Pods in the order of their `namespace/name`, as status lists them.
+fn sorted(mut pods: Vec<PodRef>) -> Vec<PodRef> {
+    pods.sort_by_cached_key(ToString::to_string);
+    pods
 }
 
 #[cfg(test)]
@@ -185,18 +185,19 @@ mod tests {
             },
         ];
         let progress = drain_progress(&pods, None, &[], &DrainSpec::default());
-        assert_eq!(progress.evict, ["apps/web"]);
-        assert_eq!(progress.waiting, ["apps/leaving", "apps/web"]);
+        assert_eq!(pod_names(&progress.evict), ["apps/web"]);
+        assert_eq!(pod_names(&progress.waiting), ["apps/leaving", "apps/web"]);
         assert!(!progress.is_done());
     }
 
     #[test]
     fn evicts_the_operator_last() {
         let pods = vec![pod("upchain"), pod("web")];
-        let first = drain_progress(&pods, Some("apps/upchain"), &[], &DrainSpec::default());
-        assert_eq!(first.evict, ["apps/web"]);
-        let last = drain_progress(&pods[..1], Some("apps/upchain"), &[], &DrainSpec::default());
-        assert_eq!(last.evict, ["apps/upchain"]);
+        let upchain = pods[0].reference();
+        let first = drain_progress(&pods, Some(&upchain), &[], &DrainSpec::default());
+        assert_eq!(pod_names(&first.evict), ["apps/web"]);
+        let last = drain_progress(&pods[..1], Some(&upchain), &[], &DrainSpec::default());
+        assert_eq!(pod_names(&last.evict), ["apps/upchain"]);
     }
 
     #[test]
@@ -213,9 +214,9 @@ mod tests {
             pod("web"),
         ];
         let held = drain_progress(&pods, None, &[], &DrainSpec::default());
-        assert_eq!(held.evict, ["apps/web"]);
-        assert_eq!(held.unmanaged, ["apps/debug"]);
-        assert_eq!(held.with_empty_dir, ["apps/cache"]);
+        assert_eq!(pod_names(&held.evict), ["apps/web"]);
+        assert_eq!(pod_names(&held.unmanaged), ["apps/debug"]);
+        assert_eq!(pod_names(&held.with_empty_dir), ["apps/cache"]);
         assert_eq!(held.waiting.len(), 3, "held Pods still hold the drain");
         let reasons = held.held_reasons("w-1");
         assert!(
@@ -233,7 +234,10 @@ mod tests {
             ..DrainSpec::default()
         };
         let free = drain_progress(&pods, None, &[], &allowed);
-        assert_eq!(free.evict, ["apps/cache", "apps/debug", "apps/web"]);
+        assert_eq!(
+            pod_names(&free.evict),
+            ["apps/cache", "apps/debug", "apps/web"]
+        );
         assert!(free.held_reasons("w-1").is_empty());
     }
 
@@ -252,7 +256,7 @@ mod tests {
         );
         assert!(waits.delete.is_empty());
         assert_eq!(
-            waits.evict,
+            pod_names(&waits.evict),
             ["apps/db", "apps/web"],
             "the eviction is tried, and refused"
         );
@@ -261,8 +265,8 @@ mod tests {
             ..DrainSpec::default()
         };
         let deletes = drain_progress(&pods, None, std::slice::from_ref(&single), &allowed);
-        assert_eq!(deletes.delete, ["apps/db"]);
-        assert_eq!(deletes.evict, ["apps/web"]);
+        assert_eq!(pod_names(&deletes.delete), ["apps/db"]);
+        assert_eq!(pod_names(&deletes.evict), ["apps/web"]);
         // A budget over several replicas lets the drain wait for its room instead.
         let several = budget("apps", "db-pdb", "db", 0);
         assert!(

@@ -34,6 +34,7 @@ pub use machine::{
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
+    PodRef,
 };
 pub use plan::{Exclusion, Plan, PlanError, plan};
 pub use reason::Reason;

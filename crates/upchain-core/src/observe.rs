@@ -184,6 +184,26 @@ impl ObservedJob {
     }
 }
 
+/// A Pod by namespace and name, shown as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodRef {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for PodRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// `namespace/name` of each Pod, as status and messages show them.
+pub fn pod_names(pods: &[PodRef]) -> Vec<String> {
+    pods.iter().map(ToString::to_string).collect()
+}
+
 /// A Pod on a node being drained.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedPod {
@@ -286,9 +306,12 @@ impl ObservedPod {
         }
     }
 
-    /// `namespace/name`.
-    pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+    /// Which Pod this is.
+    pub fn reference(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
     }
 }
 
@@ -322,8 +345,8 @@ pub struct Observed {
     pub others: Vec<OtherUpgrade>,
     /// The PodDisruptionBudgets, read while a node drains.
     pub budgets: Vec<ObservedBudget>,
-    /// The operator's own Pod (namespace/name), evicted last when its node is drained.
-    pub operator_pod: Option<String>,
+    /// The operator's own Pod, evicted last when its node is drained.
+    pub operator_pod: Option<PodRef>,
     /// What the gates look at; gathered only when [`crate::needs`] asks for it.
     pub gates: crate::gates::GateInputs,
     /// The etcd snapshot's CronJob template and Job; gathered while the run needs it.

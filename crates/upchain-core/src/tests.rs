@@ -254,7 +254,7 @@ impl World {
                     let budgets = &self.budgets;
                     if let Some(list) = self.pods.get_mut(node) {
                         list.retain(|p| {
-                            !pods.contains(&p.key())
+                            !pods.contains(&p.reference())
                                 || budgets
                                     .iter()
                                     .any(|b| b.disruptions_allowed <= 0 && b.covers(p))
@@ -263,7 +263,7 @@ impl World {
                 }
                 Action::DeletePods { node, pods } => {
                     if let Some(list) = self.pods.get_mut(node) {
-                        list.retain(|p| !pods.contains(&p.key()));
+                        list.retain(|p| !pods.contains(&p.reference()));
                     }
                 }
                 Action::CreateJob(job)
@@ -909,7 +909,9 @@ fn a_drain_on_timeout_force_deletes_the_pods_that_would_not_leave_and_goes_on() 
     for _ in 0..400 {
         let decision = run.decide_once();
         deleted.extend(decision.actions.iter().filter_map(|a| match a {
-            Action::DeletePods { node, pods } => Some((node.clone(), pods.clone())),
+            Action::DeletePods { node, pods } => {
+                Some((node.clone(), crate::observe::pod_names(pods)))
+            }
             _ => None,
         }));
         if decision.status.phase == Some(Phase::Succeeded) {

@@ -16,11 +16,12 @@ use crate::sim_cmd::shutdown_signal;
 pub async fn run(args: &RunArgs) -> Result<(), Error> {
     let client = connect(args.kubeconfig.as_deref()).await?;
     let settings = Settings {
-        operator_pod: args
-            .pod_namespace
-            .as_ref()
-            .zip(args.pod_name.as_ref())
-            .map(|(namespace, name)| format!("{namespace}/{name}")),
+        operator_pod: args.pod_namespace.as_ref().zip(args.pod_name.as_ref()).map(
+            |(namespace, name)| upchain_core::PodRef {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            },
+        ),
     };
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

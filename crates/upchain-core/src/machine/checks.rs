@@ -12,7 +12,7 @@ impl<'a> Machine<'a> {
             .flat_map(|(step, pods)| {
                 drain_progress(
                     pods,
-                    self.observed.operator_pod.as_deref(),
+                    self.observed.operator_pod.as_ref(),
                     &self.observed.budgets,
                     &self.spec.drain,
                 )

@@ -21,7 +21,7 @@ pub enum Action {
         /// The node being drained.
         node: String,
         /// The Pods.
-        pods: Vec<String>,
+        pods: Vec<PodRef>,
         /// Grace period override, from spec.drain.gracePeriodSeconds.
         grace_period_seconds: Option<i64>,
     },
@@ -30,7 +30,7 @@ pub enum Action {
         /// The node being drained.
         node: String,
         /// The Pods.
-        pods: Vec<String>,
+        pods: Vec<PodRef>,
     },
     /// Create the Job, or adopt it if it already exists (its name is deterministic).
     CreateJob(Box<Job>),

@@ -44,7 +44,7 @@ use crate::conditions::{self, Desired, types};
 use crate::drain::drain_progress;
 use crate::gates;
 use crate::job::{NodeJob, Owner, job_name, untagged_job_name};
-use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade};
+use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade, PodRef, pod_names};
 use crate::plan::{Plan, plan};
 use crate::reason::Reason;
 use crate::version::KubeVersion;

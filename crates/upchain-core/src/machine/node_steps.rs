@@ -174,7 +174,7 @@ impl<'a> Machine<'a> {
         };
         let progress = drain_progress(
             pods,
-            self.observed.operator_pod.as_deref(),
+            self.observed.operator_pod.as_ref(),
             &self.observed.budgets,
             &self.spec.drain,
         );
@@ -227,7 +227,7 @@ impl<'a> Machine<'a> {
                             "drain timed out after {}s; these Pods did not leave: {}. A \
                              PodDisruptionBudget that allows no disruption is the usual cause",
                             timeout.as_secs(),
-                            progress.waiting.join(", ")
+                            pod_names(&progress.waiting).join(", ")
                         ),
                     );
                 }
@@ -249,7 +249,7 @@ impl<'a> Machine<'a> {
                     "{DELETING_BLOCKED} {}: their PodDisruptionBudget allows no disruption \
                      and expects one Pod, so no eviction can ever move them \
                      (spec.drain.deletePdbBlockedSingleReplicaPods)",
-                    progress.delete.join(", "),
+                    pod_names(&progress.delete).join(", "),
                 );
                 if record.message.as_ref() != Some(&message) {
                     self.node_event(
@@ -288,7 +288,7 @@ impl<'a> Machine<'a> {
         }) {
             record.message = None;
         }
-        record.waiting_for_pods = progress.waiting;
+        record.waiting_for_pods = pod_names(&progress.waiting);
         record.waiting_for_budgets = progress.blocked_by;
         self.requeue_within(DRAIN_POLL);
     }

@@ -62,10 +62,6 @@ pub(super) async fn set_unschedulable(
     Ok(())
 }
 
-pub(super) fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('/').unwrap_or(("default", key))
-}
-
 /// Evictions in flight at once while draining.
 pub(super) const EVICTIONS_AT_ONCE: usize = 8;
 
@@ -73,11 +69,10 @@ pub(super) const EVICTIONS_AT_ONCE: usize = 8;
 /// already gone is not an error: the drain rechecks on its own schedule.
 pub(super) async fn evict(
     ctx: &Context,
-    key: String,
+    pod: PodRef,
     grace_period_seconds: Option<i64>,
 ) -> Result<(), Error> {
-    let (namespace, name) = split_key(&key);
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
     let params = EvictParams {
         delete_options: Some(DeleteParams {
             grace_period_seconds: grace_period_seconds.and_then(|g| u32::try_from(g).ok()),
@@ -85,12 +80,12 @@ pub(super) async fn evict(
         }),
         ..EvictParams::default()
     };
-    match api.evict(name, &params).await {
-        Ok(_) => info!(pod = %key, "evicted"),
+    match api.evict(&pod.name, &params).await {
+        Ok(_) => info!(%pod, "evicted"),
         Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {
-            info!(pod = %key, code = e.code, "eviction not possible now")
+            info!(%pod, code = e.code, "eviction not possible now")
         }
-        Err(error) => return Err(write_error(format!("evicting {key}"))(error)),
+        Err(error) => return Err(write_error(format!("evicting {pod}"))(error)),
     }
     Ok(())
 }
@@ -115,7 +110,7 @@ pub(super) async fn carry_out(
                 // rather than one round trip after another.
                 let grace_period_seconds = *grace_period_seconds;
                 futures_util::stream::iter(pods.clone())
-                    .map(|key| evict(ctx, key, grace_period_seconds))
+                    .map(|pod| evict(ctx, pod, grace_period_seconds))
                     .buffer_unordered(EVICTIONS_AT_ONCE)
                     .collect::<Vec<_>>()
                     .await
@@ -123,15 +118,14 @@ pub(super) async fn carry_out(
                     .collect::<Result<(), Error>>()?;
             }
             Action::DeletePods { pods, .. } => {
-                for key in pods {
-                    let (namespace, name) = split_key(key);
-                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
-                    match api.delete(name, &DeleteParams::default()).await {
-                        Ok(_) => info!(pod = %key, "deleted"),
+                for pod in pods {
+                    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace);
+                    match api.delete(&pod.name, &DeleteParams::default()).await {
+                        Ok(_) => info!(%pod, "deleted"),
                         // Already gone is what the delete wanted.
                         Err(kube::Error::Api(e)) if e.code == 404 => {}
                         Err(error) => {
-                            return Err(write_error(format!("deleting Pod {key}"))(error));
+                            return Err(write_error(format!("deleting Pod {pod}"))(error));
                         }
                     }
                 }

@@ -42,7 +42,7 @@ use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
     Action, JobState, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod,
-    OtherUpgrade, decide, finalize, holds_lock,
+    OtherUpgrade, PodRef, decide, finalize, holds_lock,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -141,8 +141,8 @@ fn write_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 /// What the controller needs to know about its own deployment.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
-    /// The operator's own Pod (namespace/name), evicted last when its node is drained.
-    pub operator_pod: Option<String>,
+    /// The operator's own Pod, evicted last when its node is drained.
+    pub operator_pod: Option<PodRef>,
 }
 
 struct Context {

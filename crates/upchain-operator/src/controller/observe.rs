@@ -138,7 +138,10 @@ pub(super) async fn hook_jobs(
         .flat_map(|s| &s.hooks)
         .filter(|h| h.completed_at.is_none())
     {
-        let (namespace, name) = split_key(&record.job);
+        // Recorded as namespace/name by the decision that started it.
+        let Some((namespace, name)) = record.job.split_once('/') else {
+            continue;
+        };
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
         let job = api
             .get_opt(name)
