@@ -1,0 +1,312 @@
+//! The kubelets: Pods start and finish, node-upgrade Pods take their node down and bring
+//! it back at the target, timers fire.
+
+use super::*;
+
+/// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod, from whichever container has them
+/// (an injected sidecar may come first).
+pub(super) fn upgrade_env(pod: &Value) -> Option<(String, String)> {
+    pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
+        let env = c["env"].as_array()?;
+        let value = |key: &str| {
+            env.iter()
+                .find(|e| e["name"] == key)
+                .and_then(|e| e["value"].as_str())
+                .map(str::to_owned)
+        };
+        Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
+    })
+}
+
+/// A stable, distinct address per Pod, derived from its uid.
+pub(super) fn pod_ip(pod: &Value) -> String {
+    let serial =
+        u64::from_str_radix(uid(pod).rsplit('-').next().unwrap_or_default(), 16).unwrap_or(0);
+    format!("10.244.{}.{}", (serial / 250) % 250, serial % 250 + 1)
+}
+
+pub(super) fn pod_status(
+    pod: &Value,
+    phase: &str,
+    exit_code: Option<i64>,
+    node: &Value,
+    stamp: &str,
+) -> Value {
+    let ready = phase == "Running";
+    let state = match exit_code {
+        None => json!({"running": {"startedAt": stamp}}),
+        Some(code) => {
+            json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": pod["status"]["startTime"].as_str().unwrap_or(stamp), "finishedAt": stamp}})
+        }
+    };
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c["name"], "image": c["image"], "ready": ready, "started": ready, "restartCount": 0, "state": state}))
+        .collect();
+    let host_ip = node["status"]["addresses"][0]["address"].clone();
+    json!({
+        "phase": phase, "hostIP": host_ip, "podIP": pod_ip(pod),
+        "startTime": pod["status"]["startTime"].as_str().unwrap_or(stamp),
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+            {"type": "Ready", "status": if ready { "True" } else { "False" }},
+        ],
+        "containerStatuses": containers,
+    })
+}
+
+pub(super) fn finish_pod(
+    store: &mut Store,
+    namespace: &str,
+    pod: &str,
+    succeeded: bool,
+    stamp: &str,
+) {
+    let Some(pods) = store.type_by_id("pods") else {
+        return;
+    };
+    let Ok(object) = store.get(&pods, namespace, pod) else {
+        return;
+    };
+    let node = store
+        .type_by_id("nodes")
+        .and_then(|nodes| {
+            store
+                .get(&nodes, "", text(&object, &["spec", "nodeName"]))
+                .ok()
+        })
+        .unwrap_or(Value::Null);
+    let mut next = object.clone();
+    let phase = if succeeded { "Succeeded" } else { "Failed" };
+    next["status"] = pod_status(
+        &object,
+        phase,
+        Some(if succeeded { 0 } else { 1 }),
+        &node,
+        stamp,
+    );
+    let _ = store.write_own(next, true);
+}
+
+/// What `kubeadm upgrade` does to a control-plane node's static Pods (etcd keeps its own
+/// version).
+pub(super) fn upgrade_static_pods(store: &mut Store, node: &str, version: &str) {
+    let on_node: Vec<Value> = store.pods_on(node).cloned().collect();
+    for mut pod in on_node {
+        let component = pod["metadata"]["labels"]["component"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let is_static = pod["metadata"]["labels"]["tier"] == "control-plane";
+        if !is_static || pod["spec"]["nodeName"] != node || component == "etcd" {
+            continue;
+        }
+        pod["spec"]["containers"][0]["image"] =
+            json!(format!("registry.k8s.io/{component}:{version}"));
+        let _ = store.write_own(pod, false);
+    }
+}
+
+pub(super) fn update_node(store: &mut Store, node: &str, change: impl FnOnce(&mut Value)) {
+    let Some(nodes) = store.type_by_id("nodes") else {
+        return;
+    };
+    let Ok(mut object) = store.get(&nodes, "", node) else {
+        return;
+    };
+    change(&mut object);
+    let _ = store.write_own(object, true);
+}
+
+pub(super) fn kubelets(
+    store: &mut Store,
+    state: &mut State,
+    changed: &BTreeSet<Key>,
+    now: Timestamp,
+) {
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    // Pods that changed, Pods already starting, and every Pod on a node that changed (it
+    // may have become Ready).
+    let mut candidates: BTreeSet<(String, String)> = state.starting.keys().cloned().collect();
+    for (kind, slot) in changed {
+        match kind.as_str() {
+            "pods" => {
+                candidates.insert(slot.clone());
+            }
+            "nodes" => candidates.extend(
+                store
+                    .pods_on(&slot.1)
+                    .map(|p| (namespace(p).to_owned(), name(p).to_owned())),
+            ),
+            _ => {}
+        }
+    }
+    let pods: Vec<Value> = candidates
+        .iter()
+        .filter_map(|slot| store.object_at(&("pods".to_owned(), slot.clone())))
+        .cloned()
+        .collect();
+    let nodes: BTreeMap<String, Value> = pods
+        .iter()
+        .map(|p| text(p, &["spec", "nodeName"]))
+        .filter(|n| !n.is_empty())
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .filter_map(|n| store.node(n).map(|node| (n.to_owned(), node.clone())))
+        .collect();
+    // Pods deleted while starting are forgotten.
+    let present: BTreeSet<(String, String)> = pods
+        .iter()
+        .map(|p| (namespace(p).to_owned(), name(p).to_owned()))
+        .collect();
+    state.starting.retain(|slot, _| present.contains(slot));
+    for pod in pods {
+        let node_name = text(&pod, &["spec", "nodeName"]);
+        let Some(node) = nodes.get(node_name) else {
+            continue;
+        };
+        if deleting(&pod) || !matches!(phase(&pod), "" | "Pending") || !node_ready(node) {
+            continue;
+        }
+        let slot = (namespace(&pod).to_owned(), name(&pod).to_owned());
+        let start_at = *state.starting.entry(slot.clone()).or_insert_with(|| {
+            now.saturating_add(
+                SignedDuration::try_from(state.behaviour.pod_start_time).unwrap_or_default(),
+            )
+            .unwrap_or(now)
+        });
+        if start_at > now {
+            continue;
+        }
+        state.starting.remove(&slot);
+        let mut next = pod.clone();
+        next["status"] = pod_status(&pod, "Running", None, node, &stamp);
+        if store.write_own(next, true).is_err() {
+            continue;
+        }
+        let job_pod = pod["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|owners| owners.iter().any(|o| o["kind"] == "Job"));
+        let outcome = pod["metadata"]["annotations"][OUTCOME_ANNOTATION].as_str();
+        let timer = match upgrade_env(&pod) {
+            Some((target_node, version)) => Some(Timer::Restart {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                node: target_node,
+                version,
+            }),
+            None if job_pod && outcome != Some("hang") => Some(Timer::Finish {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                succeeded: outcome != Some("fail"),
+            }),
+            None => None,
+        };
+        if let Some(timer) = timer {
+            let at = now
+                .saturating_add(
+                    SignedDuration::try_from(state.behaviour.upgrade_time).unwrap_or_default(),
+                )
+                .unwrap_or(now);
+            state.timers.push((at, timer));
+        }
+    }
+}
+
+pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) {
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.timers)
+        .into_iter()
+        .partition(|(at, _)| *at <= now);
+    state.timers = later;
+    for (_, timer) in due {
+        match timer {
+            Timer::Restart {
+                namespace,
+                pod,
+                node,
+                version,
+            } => {
+                let extra = state
+                    .extra_log_lines
+                    .get(&node)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut log = format!(
+                    "[upgrade-node] {node}: upgrading to {version}\n[upgrade-node] {node}: \
+                     installing kubeadm {version}\n"
+                );
+                for line in extra {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+                if let Some(left) = state.failing_jobs.get_mut(&node).filter(|left| **left > 0) {
+                    *left -= 1;
+                    log.push_str(&format!(
+                        "E: Version '{version}-1.1' for 'kubeadm' was not found\n"
+                    ));
+                    store.append_log(&namespace, &pod, &log);
+                    finish_pod(store, &namespace, &pod, false, &stamp);
+                    continue;
+                }
+                log.push_str(&format!(
+                    "[upgrade-node] {node}: kubeadm upgrade done; restarting the kubelet\n"
+                ));
+                store.append_log(&namespace, &pod, &log);
+                update_node(store, &node, |n| set_node_ready(n, false, &stamp));
+                let at = now
+                    .saturating_add(
+                        SignedDuration::try_from(state.behaviour.restart_time).unwrap_or_default(),
+                    )
+                    .unwrap_or(now);
+                state.timers.push((
+                    at,
+                    Timer::Rejoin {
+                        namespace,
+                        pod,
+                        node,
+                        version,
+                    },
+                ));
+            }
+            Timer::Rejoin {
+                namespace,
+                pod,
+                node,
+                version,
+            } => {
+                let returns = !state.never_return.contains(&node);
+                let kubelet = if version.starts_with('v') {
+                    version
+                } else {
+                    format!("v{version}")
+                };
+                update_node(store, &node, |n| {
+                    n["status"]["nodeInfo"]["kubeletVersion"] = json!(kubelet);
+                    if returns {
+                        set_node_ready(n, true, &stamp);
+                    }
+                });
+                upgrade_static_pods(store, &node, &kubelet);
+                if returns {
+                    state.rejoins.push((node.clone(), now));
+                }
+                store.append_log(
+                    &namespace,
+                    &pod,
+                    &format!("[upgrade-node] {node}: kubelet {kubelet} restarted; done\n"),
+                );
+                finish_pod(store, &namespace, &pod, true, &stamp);
+            }
+            Timer::Finish {
+                namespace,
+                pod,
+                succeeded,
+            } => finish_pod(store, &namespace, &pod, succeeded, &stamp),
+        }
+    }
+}

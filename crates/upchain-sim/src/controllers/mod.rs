@@ -1,0 +1,304 @@
+//! What makes the store behave like a cluster: workload, DaemonSet, Job and PDB
+//! controllers, a scheduler, and a kubelet per node that also "runs" node-upgrade Jobs.
+
+mod disruption;
+mod jobs;
+mod kubelet;
+mod scheduler;
+mod workloads;
+
+use disruption::*;
+use jobs::*;
+use kubelet::*;
+pub use scheduler::could_schedule;
+use scheduler::*;
+use workloads::*;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::selector::{label_selector_matches, labels_of, requirement_matches};
+use crate::server::Shared;
+use crate::store::{Key, Store, node_ready};
+
+/// How simulated nodes behave when an upgrade Job runs on their behalf.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    /// From the Job's Pod starting to its node restarting its kubelet.
+    pub upgrade_time: Duration,
+    /// How long the node is NotReady while its kubelet restarts.
+    pub restart_time: Duration,
+    /// From a Pod being bound to a node to it running.
+    pub pod_start_time: Duration,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            upgrade_time: Duration::from_secs(2),
+            restart_time: Duration::from_secs(2),
+            pod_start_time: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a Pod was scheduled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The Pod's name.
+    pub pod: String,
+    /// The node it was placed on.
+    pub node: String,
+    /// The Pod's labels.
+    pub labels: BTreeMap<String, String>,
+    /// For a node-upgrade Pod: the node it upgrades (its NODE_NAME).
+    pub upgrades_node: Option<String>,
+    /// When.
+    pub at: Timestamp,
+}
+
+#[derive(Clone, Debug)]
+enum Timer {
+    /// The upgrade Pod reaches its kubelet restart (or fails, when told to).
+    Restart {
+        namespace: String,
+        pod: String,
+        node: String,
+        version: String,
+    },
+    /// The node comes back at the new version and the upgrade Pod succeeds.
+    Rejoin {
+        namespace: String,
+        pod: String,
+        node: String,
+        version: String,
+    },
+    /// Another Job's Pod (such as an etcd snapshot) runs to its end.
+    Finish {
+        namespace: String,
+        pod: String,
+        succeeded: bool,
+    },
+}
+
+/// Pod annotation that decides how a Job Pod other than an upgrade Pod ends: `fail`
+/// (exits 1) or `hang` (never ends); by default it succeeds after the upgrade time.
+pub const OUTCOME_ANNOTATION: &str = "sim.upchain.dev/outcome";
+
+/// The controllers' state and the behaviour faults tests set.
+#[derive(Debug)]
+pub struct State {
+    /// Timing of node upgrades.
+    pub behaviour: Behaviour,
+    /// Nodes that never come back Ready after an upgrade.
+    pub never_return: BTreeSet<String>,
+    /// Upgrade Jobs for a node that fail, with how many failures are left.
+    pub failing_jobs: BTreeMap<String, u32>,
+    /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
+    /// script echoes.
+    pub extra_log_lines: BTreeMap<String, Vec<String>>,
+    /// A container injected first into every Job Pod, as a service mesh's admission
+    /// webhook does (such as `istio-proxy`): the Pod's log then needs a container name.
+    pub sidecar: Option<String>,
+    /// Every scheduling decision, in order.
+    pub placements: Vec<Placement>,
+    /// When each upgraded node came back Ready at its new version.
+    pub rejoins: Vec<(String, Timestamp)>,
+    timers: Vec<(Timestamp, Timer)>,
+    /// Pods bound to a Ready node, by (namespace, name), and when their containers will
+    /// be running.
+    starting: BTreeMap<(String, String), Timestamp>,
+    /// Jobs to look at again at a time (a deadline or a TTL), by (namespace, name).
+    job_rechecks: BTreeMap<(String, String), Timestamp>,
+}
+
+impl State {
+    /// Fresh state.
+    pub fn new(behaviour: Behaviour) -> Self {
+        Self {
+            behaviour,
+            never_return: BTreeSet::new(),
+            failing_jobs: BTreeMap::new(),
+            extra_log_lines: BTreeMap::new(),
+            sidecar: None,
+            placements: Vec::new(),
+            rejoins: Vec::new(),
+            timers: Vec::new(),
+            starting: BTreeMap::new(),
+            job_rechecks: BTreeMap::new(),
+        }
+    }
+}
+
+/// Runs the controllers until `stop` turns true: a pass after every burst of changes,
+/// every clock move, and at least every 50 ms.
+pub async fn run(
+    shared: Arc<Shared>,
+    state: Arc<Mutex<State>>,
+    clock: Clock,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut changes = shared.store().subscribe();
+    let mut ticks = clock.subscribe();
+    loop {
+        {
+            let mut store = shared.store();
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            reconcile(&mut store, &mut state);
+        }
+        // Our own writes wake us once more; the pass after them finds nothing to do.
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = changes.recv() => {}
+            _ = async {
+                match ticks.as_mut() {
+                    Some(ticks) => { let _ = ticks.changed().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        while changes.try_recv().is_ok() {}
+    }
+}
+
+fn text<'a>(object: &'a Value, path: &[&str]) -> &'a str {
+    path.iter()
+        .fold(object, |v, k| &v[*k])
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn name(object: &Value) -> &str {
+    text(object, &["metadata", "name"])
+}
+
+fn namespace(object: &Value) -> &str {
+    text(object, &["metadata", "namespace"])
+}
+
+fn uid(object: &Value) -> &str {
+    text(object, &["metadata", "uid"])
+}
+
+fn deleting(object: &Value) -> bool {
+    !object["metadata"]["deletionTimestamp"].is_null()
+}
+
+fn phase(pod: &Value) -> &str {
+    text(pod, &["status", "phase"])
+}
+
+fn terminal(pod: &Value) -> bool {
+    matches!(phase(pod), "Succeeded" | "Failed")
+}
+
+/// The Pods `owner` controls, borrowed (a DaemonSet has one on every node).
+fn controlled_pods<'a>(store: &'a Store, owner: &'a Value) -> impl Iterator<Item = &'a Value> {
+    store
+        .dependents_of(uid(owner))
+        .filter(|p| p["kind"] == "Pod" && controlled_by(p, owner))
+}
+
+/// `object` names `owner` as its controller.
+fn controlled_by(object: &Value, owner: &Value) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|r| r["uid"].as_str() == Some(uid(owner)) && r["controller"] == true)
+}
+
+/// The objects of one type among `changed`, as they are now (gone ones left out).
+fn changed_of(store: &Store, changed: &BTreeSet<Key>, id: &str) -> Vec<Value> {
+    changed
+        .iter()
+        .filter(|(kind, _)| kind == id)
+        .filter_map(|key| store.object_at(key))
+        .cloned()
+        .collect()
+}
+
+fn owner_reference(owner: &Value) -> Value {
+    json!({"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": name(owner), "uid": uid(owner),
+           "controller": true, "blockOwnerDeletion": true})
+}
+
+fn set_node_ready(node: &mut Value, ready: bool, now: &str) {
+    if let Some(conditions) = node["status"]["conditions"].as_array_mut() {
+        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+            c["status"] = json!(if ready { "True" } else { "Unknown" });
+            c["reason"] = json!(if ready {
+                "KubeletReady"
+            } else {
+                "NodeStatusUnknown"
+            });
+            c["message"] = json!(if ready {
+                "kubelet is posting ready status"
+            } else {
+                "Kubelet stopped posting node status."
+            });
+            c["lastTransitionTime"] = json!(now);
+            c["lastHeartbeatTime"] = json!(now);
+        }
+    }
+}
+
+/// One pass of every controller. Each looks only at what changed since the last pass
+/// (and at what it asked to look at again later), so a pass costs what changed, not the
+/// size of the cluster.
+pub fn reconcile(store: &mut Store, state: &mut State) {
+    let now = store.clock().now();
+    fire_timers(store, state, now);
+    let changed = store.take_changed();
+    workloads(store, &changed);
+    daemonsets(store, &changed);
+    jobs(store, state, &changed, now);
+    schedule(store, state, &changed, now);
+    // The kubelets also see the Pods bound in this very pass, so a Pod's start time is
+    // taken from the moment it was bound.
+    let changed: BTreeSet<Key> = changed.union(store.changed_so_far()).cloned().collect();
+    kubelets(store, state, &changed, now);
+    disruption_budgets(store, &changed, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn required_affinity_on_names_and_taints() {
+        let node = json!({"metadata": {"name": "cp-1", "labels": {"zone": "a"}},
+            "spec": {"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}});
+        let mut pod = json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["w-1"]}]}]}}}}});
+        assert!(affinity_allows(&pod, &node));
+        assert!(
+            !could_schedule(&pod, &node),
+            "control-plane taint not tolerated"
+        );
+        pod["spec"]["tolerations"] = json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]);
+        assert!(could_schedule(&pod, &node));
+        pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"][0]["values"] = json!(["cp-1"]);
+        assert!(!could_schedule(&pod, &node));
+        pod["spec"]["nodeSelector"] = json!({"zone": "b"});
+        assert!(!affinity_allows(&pod, &node));
+    }
+
+    #[test]
+    fn percentages_round_like_the_disruption_controller() {
+        assert_eq!(int_or_percent(&json!("50%"), 3, true), Some(2));
+        assert_eq!(int_or_percent(&json!(1), 3, true), Some(1));
+        assert_eq!(int_or_percent(&json!("x"), 3, true), None);
+    }
+}
