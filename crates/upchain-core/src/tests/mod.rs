@@ -1,0 +1,91 @@
+//! Phase-machine tests: scenarios, and property tests of the design's invariants run
+//! against a small model cluster that carries out every decided action.
+
+mod chain;
+mod checks;
+mod drain;
+mod invariants;
+mod one_off;
+mod operations;
+mod world;
+
+use invariants::*;
+use world::*;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use jiff::Timestamp;
+use proptest::prelude::*;
+use upchain_api::{K8sUpgrade, K8sUpgradeStatus, NodeStep, Phase, RETRY_ANNOTATION};
+
+use crate::conditions::{self, types};
+use crate::job::excluded_nodes;
+use crate::machine::{Action, Decision, decide, finalize, holds_lock};
+use crate::observe::{
+    JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
+};
+use crate::reason::Reason;
+use crate::testing::{NodeFixture, upgrade};
+use crate::version::KubeVersion;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
+}
+
+fn pod(namespace: &str, name: &str) -> ObservedPod {
+    ObservedPod {
+        namespace: namespace.into(),
+        name: name.into(),
+        daemonset: false,
+        mirror: false,
+        finished: false,
+        terminating: false,
+        unmanaged: false,
+        empty_dir: false,
+        labels: BTreeMap::new(),
+    }
+}
+
+/// The jobTemplate of a cluster's etcd backup CronJob.
+fn backup_template() -> k8s_openapi::api::batch::v1::JobTemplateSpec {
+    serde_json::from_value(serde_json::json!({"spec": {"template": {"spec": {
+        "restartPolicy": "OnFailure", "containers": [{"name": "backup", "image": "etcd"}]}}}}))
+    .expect("template")
+}
+
+/// A PodDisruptionBudget `apps/{app}` over the Pods labelled `app={app}`, allowing no
+/// disruption now, expecting `expected_pods`.
+fn budget_allowing_nothing(app: &str, expected_pods: i32) -> ObservedBudget {
+    let selector = k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+        match_expressions: None,
+    };
+    ObservedBudget {
+        namespace: "apps".to_owned(),
+        name: app.to_owned(),
+        selector: kube_core::Selector::try_from(selector).ok(),
+        disruptions_allowed: 0,
+        expected_pods,
+    }
+}
+
+fn mutating(actions: &[Action]) -> Vec<&Action> {
+    actions.iter().filter(|a| a.is_mutating()).collect()
+}
+
+fn small_cluster() -> Vec<ObservedNode> {
+    vec![
+        NodeFixture::control_plane("cp-0")
+            .kubelet("v1.34.2")
+            .build(),
+        NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
+        NodeFixture::worker("w-2").kubelet("v1.35.2").build(),
+        NodeFixture::worker("w-3").kubelet("v1.34.1").build(),
+    ]
+}
+
+fn quick(target: &str) -> K8sUpgrade {
+    let mut u = upgrade(target);
+    u.spec.soak = std::time::Duration::from_secs(60).into();
+    u
+}

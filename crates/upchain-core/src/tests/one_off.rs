@@ -1,0 +1,246 @@
+//! One-off Jobs: the etcd snapshot and the hooks.
+
+use super::*;
+
+pub(super) fn with_snapshot(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    upgrade.spec.snapshot = Some(
+        serde_json::from_value(serde_json::json!({"namespace": "kube-system", "cronJob": "etcd-backup", "timeout": "10m"}))
+            .expect("snapshot"),
+    );
+    upgrade
+}
+
+#[test]
+pub(super) fn the_snapshot_is_taken_and_verified_before_the_first_node() {
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), World::new(small_cluster()));
+    let first = run.decide_once();
+    assert_eq!(first.status.phase, Some(Phase::Snapshot));
+    let created: Vec<&Action> = mutating(&first.actions);
+    assert!(
+        matches!(created.as_slice(), [Action::CreateJob(job)] if job.metadata.namespace.as_deref() == Some("kube-system")),
+        "only the snapshot Job: {created:?}"
+    );
+    run.world.tick(5);
+    let taken = run.decide_once();
+    let record = taken.status.snapshot.clone().expect("record");
+    assert!(record.verified);
+    assert!(conditions::is_true(
+        &taken.status.conditions,
+        types::SNAPSHOT_TAKEN
+    ));
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+    assert_eq!(run.world.snapshot_jobs.len(), 1, "one snapshot per run");
+}
+
+#[test]
+pub(super) fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
+    for outcome in [
+        Some(JobState::Failed {
+            reason: "BackoffLimitExceeded".into(),
+            message: "etcdctl exited 1".into(),
+        }),
+        None,
+    ] {
+        let mut world = World::new(small_cluster());
+        world.snapshot_outcome = outcome.clone();
+        let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+        run.decide_once();
+        run.world.tick(11 * 60);
+        let blocked = run.decide_once();
+        assert_eq!(blocked.status.phase, Some(Phase::Blocked), "{outcome:?}");
+        let reason = &blocked.status.blocked_reasons[0];
+        assert!(
+            reason.contains(if outcome.is_some() {
+                "failed (BackoffLimitExceeded: etcdctl exited 1)"
+            } else {
+                "did not finish within 10m"
+            }),
+            "{reason}"
+        );
+        assert!(
+            run.world.nodes.iter().all(|n| !n.unschedulable),
+            "no node touched"
+        );
+        // The cause is fixed; the next attempt runs after the recheck interval.
+        run.world.snapshot_outcome = Some(JobState::Succeeded);
+        assert_eq!(
+            run.until(200, &[Phase::Succeeded, Phase::Failed]),
+            Phase::Succeeded
+        );
+        assert_eq!(
+            run.status().snapshot.as_ref().map(|s| s.attempt),
+            Some(2),
+            "{outcome:?} {:?}",
+            run.world.snapshot_jobs
+        );
+    }
+    let mut world = World::new(small_cluster());
+    world.snapshot_template = Err("cronjobs.batch \"etcd-backup\" not found".into());
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+    let blocked = run.decide_once();
+    assert!(
+        blocked.status.blocked_reasons[0]
+            .contains("CronJob kube-system/etcd-backup could not be read (cronjobs.batch")
+    );
+    assert!(mutating(&blocked.actions).is_empty());
+}
+
+#[test]
+pub(super) fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_job() {
+    let mut world = World::new(small_cluster());
+    let mut template = backup_template();
+    template.metadata = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        labels: Some([("backup".to_owned(), "x".repeat(70))].into()),
+        ..Default::default()
+    });
+    world.snapshot_template = Ok(template);
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    let reason = &blocked.status.blocked_reasons[0];
+    assert!(
+        reason
+            .contains("CronJob kube-system/etcd-backup jobTemplate.metadata.labels: label backup=")
+            && reason.ends_with("fix the CronJob"),
+        "{reason}"
+    );
+    assert!(mutating(&blocked.actions).is_empty(), "no Job created");
+}
+
+pub(super) fn with_hooks(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    let hook = serde_json::json!({"namespace": "ops", "timeout": "10m", "template": {"spec": {
+        "template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}});
+    upgrade.spec.hooks = Some(
+        serde_json::from_value(serde_json::json!({"pre": hook, "post": hook})).expect("hooks"),
+    );
+    upgrade
+}
+
+#[test]
+pub(super) fn the_pre_hook_runs_before_the_first_node_and_the_post_hook_after_the_postflight() {
+    let mut run = Run::new(with_hooks(quick("1.35.2")), World::new(small_cluster()));
+    let mut order = Vec::new();
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        for action in &decision.actions {
+            match action {
+                Action::Event(e)
+                    if e.reason.as_str().starts_with("Hook") || e.reason == Reason::NodeStarted =>
+                {
+                    order.push(e.reason);
+                }
+                _ => {}
+            }
+        }
+        if decision.status.phase == Some(Phase::Succeeded) {
+            break;
+        }
+        run.world
+            .tick(decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600)) as i64);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    assert_eq!(order.first(), Some(&Reason::HookStarted));
+    assert_eq!(order.get(1), Some(&Reason::HookSucceeded));
+    assert_eq!(order[2], Reason::NodeStarted);
+    assert_eq!(
+        &order[order.len() - 2..],
+        [Reason::HookStarted, Reason::HookSucceeded]
+    );
+    let hooks = &run.status().hooks;
+    assert_eq!(hooks.len(), 2);
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.succeeded && h.job.starts_with("ops/test-"))
+    );
+}
+
+#[test]
+pub(super) fn a_failed_pre_hook_blocks_untouched_and_a_failed_post_hook_fails_the_run_until_a_retry()
+ {
+    let mut world = World::new(small_cluster());
+    world.hook_outcome = JobState::Failed {
+        reason: "BackoffLimitExceeded".into(),
+        message: "exit 3".into(),
+    };
+    let mut run = Run::new(with_hooks(quick("1.35.2")), world);
+    assert_eq!(run.until(20, &[Phase::Blocked]), Phase::Blocked);
+    assert!(run.status().nodes.is_empty(), "no node touched");
+    assert!(run.status().blocked_reasons[0].contains("pre-run hook Job ops/"));
+    assert!(run.status().blocked_reasons[0].contains("exit 3"));
+    // The hook is fixed: the retried pre hook passes, the post hook fails.
+    run.world.hook_outcome = JobState::Succeeded;
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        if decision
+            .status
+            .hooks
+            .iter()
+            .any(|h| h.kind == upchain_api::HookKind::Pre && h.succeeded)
+        {
+            break;
+        }
+        run.world.tick(30);
+    }
+    run.world.hook_outcome = JobState::Failed {
+        reason: "DeadlineExceeded".into(),
+        message: "too slow".into(),
+    };
+    assert_eq!(run.until(300, &[Phase::Failed]), Phase::Failed);
+    let ready = conditions::get(&run.status().conditions, types::READY).expect("Ready");
+    assert_eq!(ready.reason, "HookFailed");
+    assert!(ready.message.contains("post-run hook") && ready.message.contains("too slow"));
+    // It stays Failed, starting nothing, until the retry annotation.
+    for _ in 0..5 {
+        let still = run.decide_once();
+        assert_eq!(still.status.phase, Some(Phase::Failed));
+        assert!(mutating(&still.actions).is_empty());
+        run.world.tick(60);
+    }
+    run.world.hook_outcome = JobState::Succeeded;
+    run.upgrade.metadata.annotations = Some([(RETRY_ANNOTATION.to_owned(), "1".to_owned())].into());
+    assert_eq!(run.until(50, &[Phase::Succeeded]), Phase::Succeeded);
+    let post = run
+        .status()
+        .hooks
+        .iter()
+        .find(|h| h.kind == upchain_api::HookKind::Post)
+        .expect("post");
+    assert_eq!(post.attempt, 2);
+}
+
+#[test]
+pub(super) fn a_hook_template_the_api_server_would_refuse_fails_the_spec_before_anything() {
+    for (template, expected) in [
+        (
+            serde_json::json!({"spec": {"template": {"spec": {"containers": []}}}}),
+            "spec.hooks.pre.template has no containers",
+        ),
+        (
+            serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            "spec.hooks.pre.template.spec.template.spec.restartPolicy is unset (Always)",
+        ),
+    ] {
+        let mut upgrade = with_hooks(quick("1.35.2"));
+        upgrade
+            .spec
+            .hooks
+            .as_mut()
+            .expect("hooks")
+            .pre
+            .as_mut()
+            .expect("pre")
+            .template = template;
+        let mut run = Run::new(upgrade, World::new(small_cluster()));
+        let refused = run.decide_once();
+        assert_eq!(refused.status.phase, Some(Phase::Failed));
+        assert!(mutating(&refused.actions).is_empty());
+        let ready = conditions::get(&refused.status.conditions, types::READY).expect("Ready");
+        assert_eq!(ready.reason, "InvalidSpec");
+        assert!(ready.message.contains(expected), "{}", ready.message);
+    }
+}

@@ -1,0 +1,368 @@
+//! The model cluster the core's scenarios run against: it applies actions the way the
+//! API server and kubelets would, and gives each decision only what `needs()` asks for.
+
+use super::*;
+
+/// A model cluster: applies actions the way the API server and kubelets would.
+#[derive(Clone, Debug)]
+pub(super) struct World {
+    pub(super) nodes: Vec<ObservedNode>,
+    pub(super) pods: BTreeMap<String, Vec<ObservedPod>>,
+    /// Job name -> (node, target, state).
+    pub(super) jobs: BTreeMap<String, (String, String, JobState)>,
+    /// Nodes whose next Jobs fail, with how many failures are left.
+    pub(super) failing: BTreeMap<String, u32>,
+    /// Nodes that never come back Ready after their Job.
+    pub(super) never_return: BTreeSet<String>,
+    pub(super) others: Vec<OtherUpgrade>,
+    pub(super) clock: i64,
+    pub(super) gates: crate::gates::GateInputs,
+    /// The snapshot CronJob's template, or why it cannot be read.
+    pub(super) snapshot_template: Result<k8s_openapi::api::batch::v1::JobTemplateSpec, String>,
+    /// Snapshot Jobs and their states; `snapshot_outcome` is what the next one does.
+    pub(super) snapshot_jobs: BTreeMap<String, JobState>,
+    pub(super) snapshot_outcome: Option<JobState>,
+    /// PodDisruptionBudgets: one that allows no disruption refuses evictions it covers.
+    pub(super) budgets: Vec<ObservedBudget>,
+    /// Alertmanager's silences, by ID.
+    pub(super) silences: BTreeMap<String, ModelSilence>,
+    /// Hook Jobs and their states; `hook_outcome` is how the next ones end.
+    pub(super) hook_jobs: BTreeMap<String, JobState>,
+    pub(super) hook_outcome: JobState,
+}
+
+/// A silence in the model's Alertmanager; times in seconds on the world's clock.
+#[derive(Clone, Debug)]
+pub(super) struct ModelSilence {
+    pub(super) node: String,
+    pub(super) created: i64,
+    pub(super) ends_at: i64,
+    pub(super) extensions: u32,
+}
+
+impl World {
+    pub(super) fn new(nodes: Vec<ObservedNode>) -> Self {
+        let pods = nodes
+            .iter()
+            .map(|n| {
+                let mut ds = pod("kube-system", &format!("proxy-{}", n.name));
+                ds.daemonset = true;
+                (
+                    n.name.clone(),
+                    vec![pod("apps", &format!("web-{}", n.name)), ds],
+                )
+            })
+            .collect();
+        Self {
+            nodes,
+            pods,
+            jobs: BTreeMap::new(),
+            failing: BTreeMap::new(),
+            never_return: BTreeSet::new(),
+            others: Vec::new(),
+            clock: 0,
+            gates: Default::default(),
+            snapshot_template: Ok(backup_template()),
+            snapshot_jobs: BTreeMap::new(),
+            snapshot_outcome: Some(JobState::Succeeded),
+            budgets: Vec::new(),
+            silences: BTreeMap::new(),
+            hook_jobs: BTreeMap::new(),
+            hook_outcome: JobState::Succeeded,
+        }
+    }
+
+    /// What the operator would observe, given the K8sUpgrade it is about to decide from:
+    /// sources outside the API only as far as `needs` asks for them.
+    pub(super) fn observe(&self, upgrade: &K8sUpgrade) -> Observed {
+        let status = upgrade.status.as_ref();
+        let needs = crate::needs(upgrade);
+        let mut gates = self.gates.clone();
+        if !needs.alerts {
+            gates.alerts = None;
+        }
+        if !needs.health_checks {
+            gates.health_checks = None;
+        }
+        let draining = crate::nodes_to_read_pods_of(upgrade, &self.nodes);
+        // Only the Jobs the operator reads, so the invariants hold on that view.
+        let job_nodes = crate::nodes_with_jobs_to_read(status);
+        Observed {
+            nodes: self.nodes.clone(),
+            jobs: self
+                .jobs
+                .iter()
+                .filter(|(_, (node, _, _))| job_nodes.contains(&node.as_str()))
+                .map(|(name, (node, _, state))| ObservedJob {
+                    name: name.clone(),
+                    state: state.clone(),
+                    evidence: (*state != JobState::Running).then(|| {
+                        let succeeded = *state == JobState::Succeeded;
+                        crate::evidence::JobEvidence {
+                            exit_code: Some(if succeeded { 0 } else { 1 }),
+                            started_at: Some(at(self.clock - 1)),
+                            finished_at: Some(at(self.clock)),
+                            log: Ok(format!(
+                                "upgrading {node}\nssh key passphrase: s3cret-value\n{}\n",
+                                if succeeded {
+                                    "done"
+                                } else {
+                                    "E: kubeadm not found"
+                                }
+                            )),
+                        }
+                    }),
+                })
+                .collect(),
+            pods: draining
+                .into_iter()
+                .map(|n| {
+                    let pods = self.pods.get(&n).cloned().unwrap_or_default();
+                    (n, pods)
+                })
+                .collect(),
+            others: self.others.clone(),
+            budgets: self.budgets.clone(),
+            operator_pod: None,
+            gates,
+            snapshot: Some(crate::snapshot::SnapshotInputs {
+                template: self.snapshot_template.clone(),
+                job: status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
+                    Some(ObservedJob {
+                        name: s.job.clone(),
+                        state: self.snapshot_jobs.get(&s.job)?.clone(),
+                        evidence: None,
+                    })
+                }),
+            }),
+            postflight: Some(Default::default()),
+            hook_jobs: status
+                .iter()
+                .flat_map(|s| &s.hooks)
+                .filter(|h| h.completed_at.is_none())
+                .filter_map(|h| {
+                    let name = h.job.split_once('/').map_or(h.job.as_str(), |(_, n)| n);
+                    Some(ObservedJob {
+                        name: name.to_owned(),
+                        state: self.hook_jobs.get(name)?.clone(),
+                        evidence: None,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn node_mut(&mut self, name: &str) -> &mut ObservedNode {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("node exists")
+    }
+
+    /// Carries out `actions`; returns the silences placed, as the operator records them.
+    pub(super) fn apply(&mut self, actions: &[Action]) -> Vec<upchain_api::SilenceRecord> {
+        let mut placed = Vec::new();
+        for action in actions {
+            match action {
+                Action::Silence { node, id, ends_at } => {
+                    let now = self.clock;
+                    let live = id
+                        .as_ref()
+                        .filter(|id| self.silences.get(*id).is_some_and(|s| s.ends_at > now));
+                    let id = match live {
+                        Some(id) => id.clone(),
+                        None => format!("silence-{}", self.silences.len() + 1),
+                    };
+                    let silence = self.silences.entry(id.clone()).or_insert(ModelSilence {
+                        node: node.clone(),
+                        created: now,
+                        ends_at: 0,
+                        extensions: 0,
+                    });
+                    silence.ends_at = ends_at.as_second() - at(0).as_second();
+                    silence.extensions += 1;
+                    placed.push(upchain_api::SilenceRecord {
+                        node: node.clone(),
+                        id,
+                        ends_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(*ends_at),
+                    });
+                }
+                Action::ExpireSilence { id, .. } => {
+                    let now = self.clock;
+                    if let Some(silence) = self.silences.get_mut(id) {
+                        silence.ends_at = silence.ends_at.min(now);
+                    }
+                }
+                Action::Cordon { node } => self.node_mut(node).unschedulable = true,
+                Action::Uncordon { node } => self.node_mut(node).unschedulable = false,
+                Action::Evict { node, pods, .. } => {
+                    let budgets = &self.budgets;
+                    if let Some(list) = self.pods.get_mut(node) {
+                        list.retain(|p| {
+                            !pods.contains(&p.reference())
+                                || budgets
+                                    .iter()
+                                    .any(|b| b.disruptions_allowed <= 0 && b.covers(p))
+                        });
+                    }
+                }
+                Action::DeletePods { node, pods } => {
+                    if let Some(list) = self.pods.get_mut(node) {
+                        list.retain(|p| !pods.contains(&p.reference()));
+                    }
+                }
+                Action::CreateJob(job)
+                    if job
+                        .metadata
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| n.contains("etcd-snapshot")) =>
+                {
+                    let name = job.metadata.name.clone().expect("named");
+                    self.snapshot_jobs.entry(name).or_insert(JobState::Running);
+                }
+                Action::CreateJob(job)
+                    if !job
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .is_some_and(|l| l.contains_key(upchain_api::NODE_LABEL)) =>
+                {
+                    let name = job.metadata.name.clone().expect("named");
+                    self.hook_jobs.entry(name).or_insert(JobState::Running);
+                }
+                Action::CreateJob(job) => {
+                    let name = job.metadata.name.clone().expect("named");
+                    let env = &job
+                        .spec
+                        .as_ref()
+                        .expect("spec")
+                        .template
+                        .spec
+                        .as_ref()
+                        .expect("pod")
+                        .containers[0]
+                        .env;
+                    let value = |key: &str| {
+                        env.iter()
+                            .flatten()
+                            .find(|e| e.name == key)
+                            .and_then(|e| e.value.clone())
+                            .expect("env set")
+                    };
+                    self.jobs.entry(name).or_insert((
+                        value("NODE_NAME"),
+                        value("TARGET_VERSION"),
+                        JobState::Running,
+                    ));
+                }
+                Action::DeleteJob { name } => {
+                    self.jobs.remove(name);
+                }
+                Action::Event(_) | Action::Notify(_) => {}
+            }
+        }
+        placed
+    }
+
+    /// Time passes: running Jobs finish, upgrading their node (or failing).
+    pub(super) fn tick(&mut self, seconds: i64) {
+        self.clock += seconds.max(1);
+        for state in self.hook_jobs.values_mut() {
+            if *state == JobState::Running {
+                *state = self.hook_outcome.clone();
+            }
+        }
+        if let Some(outcome) = &self.snapshot_outcome {
+            for state in self.snapshot_jobs.values_mut() {
+                if *state == JobState::Running {
+                    *state = outcome.clone();
+                }
+            }
+        }
+        let running: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, (_, _, s))| *s == JobState::Running)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in running {
+            let (node, target, _) = self.jobs[&name].clone();
+            if let Some(left) = self.failing.get_mut(&node).filter(|l| **l > 0) {
+                *left -= 1;
+                self.jobs.get_mut(&name).expect("job").2 = JobState::Failed {
+                    reason: "BackoffLimitExceeded".into(),
+                    message: "exit code 1".into(),
+                };
+                continue;
+            }
+            self.jobs.get_mut(&name).expect("job").2 = JobState::Succeeded;
+            let never_return = self.never_return.contains(&node);
+            let n = self.node_mut(&node);
+            n.kubelet_version = format!("v{target}");
+            n.ready = !never_return;
+        }
+    }
+
+    pub(super) fn version(&self, node: &str) -> KubeVersion {
+        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        KubeVersion::parse_reported(&n.kubelet_version).expect("version")
+    }
+}
+
+/// Drives decisions against the world, checking invariants at every step.
+pub(super) struct Run {
+    pub(super) upgrade: K8sUpgrade,
+    pub(super) world: World,
+    pub(super) decisions: usize,
+}
+
+impl Run {
+    pub(super) fn new(upgrade: K8sUpgrade, world: World) -> Self {
+        Self {
+            upgrade,
+            world,
+            decisions: 0,
+        }
+    }
+
+    pub(super) fn decide_once(&mut self) -> Decision {
+        let now = at(self.world.clock);
+        let observed = self.world.observe(&self.upgrade);
+        let decision = decide(&self.upgrade, &observed, now);
+        check_invariants(&self.upgrade, &self.world, &decision);
+        check_idempotent(&self.upgrade, &observed, now, &decision);
+        let placed = self.world.apply(&decision.actions);
+        let mut status = decision.status.clone();
+        crate::record_silences(&mut status, placed);
+        self.upgrade.status = Some(status);
+        self.decisions += 1;
+        decision
+    }
+
+    /// Decides and lets time pass until the phase settles in `until` or `limit` decisions.
+    pub(super) fn until(&mut self, limit: usize, until: &[Phase]) -> Phase {
+        for _ in 0..limit {
+            let decision = self.decide_once();
+            let phase = decision.status.phase.expect("phase set");
+            if until.contains(&phase) {
+                return phase;
+            }
+            let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+            self.world.tick(i64::try_from(wait).expect("small"));
+        }
+        self.upgrade
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .expect("phase")
+    }
+
+    pub(super) fn status_or_default(&self) -> K8sUpgradeStatus {
+        self.upgrade.status.clone().unwrap_or_default()
+    }
+
+    pub(super) fn status(&self) -> &K8sUpgradeStatus {
+        self.upgrade.status.as_ref().expect("status")
+    }
+}
