@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Config};
 use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
 use upchain_sim::controllers::Behaviour;
@@ -187,10 +186,7 @@ async fn run(size: usize) {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
-    let mut config = Config::new(sim.url().parse().unwrap());
-    config.default_retry = false;
-    let client = Client::try_from(config).unwrap();
-    upchain_operator::install::crd_and_runner_prerequisites(&client)
+    let client = upchain_operator::install::simulated_cluster_client(&sim.url())
         .await
         .unwrap();
 

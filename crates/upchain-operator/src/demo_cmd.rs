@@ -4,7 +4,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Config};
 use serde_json::json;
 use std::sync::Arc;
 use upchain_api::{K8sUpgrade, K8sUpgradeStatus, Phase};
@@ -53,18 +52,9 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         ),
     )?;
 
-    let mut config = Config::new(
-        sim.url()
-            .parse()
-            .map_err(|e| Error::Demo(format!("simulator URL: {e}")))?,
-    );
-    config.default_retry = false;
-    let client = Client::try_from(config).map_err(demo_error("client"))?;
-    upchain_operator::install::crd_and_runner_prerequisites(&client)
+    let client = upchain_operator::install::simulated_cluster_client(&sim.url())
         .await
-        .map_err(demo_error(
-            "applying the CRD and creating the runner namespace, script and SSH Secret",
-        ))?;
+        .map_err(|e| Error::Demo(e.to_string()))?;
 
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

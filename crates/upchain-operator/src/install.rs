@@ -12,6 +12,46 @@ use upchain_api::FIELD_MANAGER;
 /// The runner namespace, script ConfigMap and SSH Secret, with placeholder content.
 pub const RUNNER_PREREQUISITES: &str = include_str!("../../../deploy/examples/upchain-system.yaml");
 
+/// Why a simulated cluster could not be made ready for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimClientError {
+    /// The simulator's URL is not one a client takes.
+    #[error("the simulator's URL {url} cannot be used: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No client could be made.
+    #[error("cannot make a client for the simulator: {0}")]
+    Client(kube::Error),
+    /// The CRD or the runner's prerequisites could not be installed.
+    #[error(
+        "applying the CRD and creating the runner namespace, script and SSH Secret failed: {0}"
+    )]
+    Install(kube::Error),
+}
+
+/// A client for the simulated cluster at `url`, with the K8sUpgrade CRD and the runner's
+/// prerequisites installed: what the demo, the tests and the benchmark start from. It
+/// does not retry on its own, as `upchain run` does not.
+pub async fn simulated_cluster_client(url: &str) -> Result<Client, SimClientError> {
+    let uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| SimClientError::Url {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let mut config = kube::Config::new(uri);
+    config.default_retry = false;
+    let client = Client::try_from(config).map_err(SimClientError::Client)?;
+    crd_and_runner_prerequisites(&client)
+        .await
+        .map_err(SimClientError::Install)?;
+    Ok(client)
+}
+
 /// Applies the K8sUpgrade CRD, then [`RUNNER_PREREQUISITES`], by server-side apply.
 pub async fn crd_and_runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
     Api::<CustomResourceDefinition>::all(client.clone())

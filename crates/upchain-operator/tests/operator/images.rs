@@ -2,9 +2,6 @@
 //! (no container engine): every base image pinned to a version, and a non-root final user.
 //! The chart, rendered by helm: what its defaults grant, and its probes.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 #[test]
 fn images_pin_their_bases_and_run_as_non_root() {
     for name in ["operator", "runner"] {

@@ -1,9 +1,6 @@
 //! The real `upchain` binary against the standalone `upchain sim`, driven through kubectl
 //! as a user would, with the operator killed and restarted mid-run.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

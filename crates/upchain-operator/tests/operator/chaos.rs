@@ -5,19 +5,15 @@
 //!
 //! UPCHAIN_CHAOS_SEED replays a run; UPCHAIN_CHAOS_RUNS and UPCHAIN_CHAOS_WORKERS scale it.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Client, Config};
 use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
 use upchain_operator::controller::{self, LeaseSettings, Settings};
 use upchain_operator::metrics::Metrics;
-use upchain_sim::controllers::Behaviour;
 use upchain_sim::server::Verb;
 use upchain_sim::{Sim, SimConfig};
 
@@ -50,26 +46,18 @@ struct Cluster {
 }
 
 async fn cluster(control_planes: usize, workers: usize, workloads: bool) -> Cluster {
-    let sim = Sim::start(SimConfig {
+    let (sim, client) = crate::harness::simulated(SimConfig {
         control_planes,
         workers,
         workloads,
-        behaviour: Behaviour {
-            upgrade_time: Duration::from_millis(100),
-            restart_time: Duration::from_millis(100),
-            pod_start_time: Duration::from_millis(20),
-        },
+        behaviour: crate::harness::timing(
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+            Duration::from_millis(20),
+        ),
         ..SimConfig::default()
     })
-    .await
-    .expect("sim");
-    assert!(sim.settled(Duration::from_secs(30)).await);
-    let mut config = Config::new(sim.url().parse().unwrap());
-    config.default_retry = false;
-    let client = Client::try_from(config).unwrap();
-    upchain_operator::install::crd_and_runner_prerequisites(&client)
-        .await
-        .expect("CRD and runner prerequisites");
+    .await;
     Cluster { sim, client }
 }
 

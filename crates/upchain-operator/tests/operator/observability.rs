@@ -1,9 +1,6 @@
 //! The shipped Grafana dashboard and Prometheus rules only use series the operator
 //! exports, so a renamed metric cannot silently blank a panel or mute an alert.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::collections::BTreeSet;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");

@@ -2,9 +2,6 @@
 //! a sandbox: `apt-get`, `apt-mark`, `kubeadm`, `systemctl`, `curl` and `gpg` are stubs that
 //! record their arguments, and the script's files live under a temporary root.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

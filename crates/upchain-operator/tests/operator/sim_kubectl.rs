@@ -1,9 +1,6 @@
 //! `upchain sim` as kubectl sees it: the standalone server, reached through the kubeconfig
 //! it writes. kubectl is installed by scripts/install-test-tools.
 
-// Test helpers fail loudly on purpose.
-#![allow(clippy::expect_used, clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
