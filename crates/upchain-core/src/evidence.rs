@@ -4,6 +4,7 @@
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use regex::Regex;
 use upchain_api::JobResult;
@@ -30,6 +31,32 @@ pub struct JobEvidence {
     pub finished_at: Option<Timestamp>,
     /// The end of its log, or why it could not be read.
     pub log: Result<String, String>,
+}
+
+/// Of a finished Job's Pods, the one that decided how it ended: the last it ran.
+pub fn deciding_pod(pods: Vec<Pod>) -> Option<Pod> {
+    pods.into_iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+}
+
+impl JobEvidence {
+    /// What the node Job's own container (not an injected sidecar) left in `pod`, with
+    /// its `log` as read.
+    pub fn from_pod(pod: &Pod, log: Result<String, String>) -> Self {
+        let terminated = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_deref())
+            .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref());
+        Self {
+            exit_code: terminated.map(|t| t.exit_code),
+            started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
+            finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+            log,
+        }
+    }
 }
 
 /// `key=value` and `key: value` where the key names a secret.
@@ -103,6 +130,40 @@ pub fn job_result(job: &str, state: &JobState, evidence: Option<&JobEvidence>) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_evidence_is_the_runner_containers_in_the_last_pod_the_job_ran() {
+        let pod = |name: &str, created: &str, statuses: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "creationTimestamp": created},
+                "status": {"containerStatuses": statuses}}))
+            .expect("pod")
+        };
+        let terminated = |name: &str, code: i32| {
+            serde_json::json!({"name": name, "image": "i", "ready": false, "restartCount": 0,
+                "imageID": "", "state": {"terminated": {"exitCode": code,
+                "startedAt": "2026-11-30T00:00:00Z", "finishedAt": "2026-11-30T00:01:00Z"}}})
+        };
+        let first = pod(
+            "j-1",
+            "2026-11-30T00:00:00Z",
+            serde_json::json!([terminated("upgrade", 1)]),
+        );
+        let last = pod(
+            "j-2",
+            "2026-11-30T00:05:00Z",
+            serde_json::json!([terminated("istio-proxy", 137), terminated("upgrade", 0)]),
+        );
+        let deciding = deciding_pod(vec![last, first]).expect("a pod");
+        assert_eq!(deciding.metadata.name.as_deref(), Some("j-2"));
+        let evidence = JobEvidence::from_pod(&deciding, Ok("done".into()));
+        assert_eq!(
+            evidence.exit_code,
+            Some(0),
+            "the runner's, not the sidecar's"
+        );
+        assert!(evidence.started_at.is_some() && evidence.finished_at.is_some());
+    }
+
     use super::*;
 
     #[test]

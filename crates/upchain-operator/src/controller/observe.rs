@@ -186,23 +186,12 @@ pub(super) async fn job_evidence(
         .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
         .await;
     let pod = match listed {
-        // The last Pod the Job ran is the one that decided how it ended.
-        Ok(list) => list
-            .items
-            .into_iter()
-            .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))?,
+        Ok(list) => evidence::deciding_pod(list.items)?,
         Err(error) => {
             warn!(job, %error, "reading the Pod of a finished Job");
             return None;
         }
     };
-    let terminated = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_deref())
-        .and_then(|c| c.iter().find(|c| c.name == RUNNER_CONTAINER))
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref());
     let params = LogParams {
         container: Some(RUNNER_CONTAINER.to_owned()),
         tail_lines: Some(i64::try_from(evidence::LOG_LINES * 4).unwrap_or(40)),
@@ -213,10 +202,5 @@ pub(super) async fn job_evidence(
         .logs(&pod.name_any(), &params)
         .await
         .map_err(|e| gather::describe(&e));
-    Some(JobEvidence {
-        exit_code: terminated.map(|t| t.exit_code),
-        started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
-        finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
-        log,
-    })
+    Some(JobEvidence::from_pod(&pod, log))
 }
