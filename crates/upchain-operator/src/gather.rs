@@ -354,9 +354,15 @@ async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
     }
 }
 
-/// The snapshot CronJob's template and the run's snapshot Job.
-pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<SnapshotInputs> {
-    let spec = upgrade.spec.snapshot.as_ref()?;
+/// The snapshot CronJob's template (or why it cannot be read, which the core words as a
+/// Blocked reason) and the run's snapshot Job; Err when that Job could not be read.
+pub async fn snapshot_inputs(
+    client: &Client,
+    upgrade: &K8sUpgrade,
+) -> Result<Option<SnapshotInputs>, String> {
+    let Some(spec) = upgrade.spec.snapshot.as_ref() else {
+        return Ok(None);
+    };
     let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &spec.namespace);
     let template = match cron_jobs.get(&spec.cron_job).await {
         Ok(cron_job) => cron_job
@@ -376,13 +382,19 @@ pub async fn snapshot_inputs(client: &Client, upgrade: &K8sUpgrade) -> Option<Sn
             let jobs: Api<Job> = Api::namespaced(client.clone(), &spec.namespace);
             jobs.get_opt(&record.job)
                 .await
-                .ok()
-                .flatten()
+                .map_err(|e| {
+                    format!(
+                        "reading the snapshot Job {}/{}: {}",
+                        spec.namespace,
+                        record.job,
+                        describe(&e)
+                    )
+                })?
                 .map(|job| ObservedJob::from_job(&job))
         }
         None => None,
     };
-    Some(SnapshotInputs { template, job })
+    Ok(Some(SnapshotInputs { template, job }))
 }
 
 /// The control-plane static Pods and the cluster's Pod readiness, read once when the

@@ -110,7 +110,9 @@ pub(super) async fn observe(
         operator_pod: ctx.settings.operator_pod.clone(),
         gates: gather::gate_inputs(&ctx.client, &ctx.http, upgrade, needs).await,
         snapshot: if needs.snapshot {
-            gather::snapshot_inputs(&ctx.client, upgrade).await
+            gather::snapshot_inputs(&ctx.client, upgrade)
+                .await
+                .map_err(Error::Gather)?
         } else {
             None
         },
