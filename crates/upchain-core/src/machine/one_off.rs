@@ -125,6 +125,27 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// A one-off Job not finished: (re)applied from its template (an adopt when it
+    /// exists), looked at again by its timeout, and said what the run waits for.
+    fn keep_running(
+        &mut self,
+        template: &k8s_openapi::api::batch::v1::JobTemplateSpec,
+        namespace: &str,
+        name: &str,
+        left: Duration,
+        reason: Reason,
+        waiting_for: String,
+    ) {
+        let owner = Owner {
+            name: self.name(),
+            uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+        };
+        let job = crate::snapshot::job_from_template(template, owner, namespace, name);
+        self.act(Action::CreateJob(Box::new(job)));
+        self.requeue_within(left);
+        self.note(reason, waiting_for);
+    }
+
     /// The run's start in seconds, which one-off Job names carry (one set per run).
     fn run_started(&self) -> i64 {
         self.status
@@ -248,20 +269,14 @@ impl<'a> Machine<'a> {
                 }
                 self.block(vec![why]);
             }
-            JobOutcome::Running(left) => {
-                let owner = Owner {
-                    name: self.name(),
-                    uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
-                };
-                let rendered =
-                    crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
-                self.act(Action::CreateJob(Box::new(rendered)));
-                self.requeue_within(left);
-                self.note(
-                    Reason::Snapshot,
-                    format!("waiting for the etcd snapshot Job {job}"),
-                );
-            }
+            JobOutcome::Running(left) => self.keep_running(
+                &template,
+                &spec.namespace,
+                &name,
+                left,
+                Reason::Snapshot,
+                format!("waiting for the etcd snapshot Job {job}"),
+            ),
         }
     }
 
@@ -351,15 +366,11 @@ impl<'a> Machine<'a> {
             }
             JobOutcome::Failed(how) => format!("the {}-run hook Job {job} {how}", kind.as_str()),
             JobOutcome::Running(left) => {
-                let owner = Owner {
-                    name: self.name(),
-                    uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
-                };
-                let rendered =
-                    crate::snapshot::job_from_template(&template, owner, &spec.namespace, &name);
-                self.act(Action::CreateJob(Box::new(rendered)));
-                self.requeue_within(left);
-                self.note(
+                self.keep_running(
+                    &template,
+                    &spec.namespace,
+                    &name,
+                    left,
                     Reason::RunningHook,
                     format!("waiting for the {}-run hook Job {job}", kind.as_str()),
                 );

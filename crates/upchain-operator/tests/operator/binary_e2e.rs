@@ -163,23 +163,7 @@ fn upchain_run_started_before_its_crd_and_namespace_waits_for_them_and_says_why(
     let dir = tempfile::tempdir().expect("tempdir");
     let (_sim, kubeconfig) = sim(dir.path(), &["--nodes", "1+1"]);
     let log = dir.path().join("upchain.log");
-    let mut operator = Process(
-        Command::new(env!("CARGO_BIN_EXE_upchain"))
-            .args([
-                "--log",
-                "upchain_operator=info",
-                "run",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("upchain starts"),
-    );
+    let mut operator = Process(crate::harness::upchain_run(&kubeconfig, &log, &[], &[]));
     let said = |words: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()

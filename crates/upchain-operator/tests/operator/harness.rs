@@ -1,5 +1,7 @@
 //! What every test against the simulated cluster starts from.
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kube::Client;
@@ -27,4 +29,26 @@ pub fn timing(upgrade: Duration, restart: Duration, pod_start: Duration) -> Beha
         restart_time: restart,
         pod_start_time: pod_start,
     }
+}
+
+/// `upchain run` against `kubeconfig` with `args`, metrics on a free port, its log (the
+/// operator's info lines) written to `log`.
+pub fn upchain_run(kubeconfig: &Path, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_upchain"))
+        .args([
+            "--log",
+            "upchain_operator=info",
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("upchain starts")
 }

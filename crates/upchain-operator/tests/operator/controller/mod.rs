@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use kube::Client;
@@ -85,23 +85,7 @@ impl Cluster {
             .dir
             .path()
             .join(format!("{identity}-{}.log", fastrand::u32(..)));
-        let child = Command::new(env!("CARGO_BIN_EXE_upchain"))
-            .args([
-                "--log",
-                "upchain_operator=info",
-                "run",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .env("POD_NAME", identity)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("upchain starts");
+        let child = crate::harness::upchain_run(&kubeconfig, &log, args, &[("POD_NAME", identity)]);
         Operator { child, log }
     }
 
