@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use upchain_api::{CONTROL_PLANE_LABEL, K8sUpgrade, NODE_ANNOTATION, Phase};
-use upchain_core::{
-    Action, JobState, Observed, ObservedJob, ObservedNode, decide, nodes_with_jobs_to_read,
-};
+use upchain_core::{Action, JobState, Observed, ObservedJob, ObservedNode, decide};
 
 fn node(name: String, control_plane: bool) -> ObservedNode {
     let labels = if control_plane {
@@ -81,10 +79,13 @@ fn run(size: usize) {
             .flat_map(|s| &s.nodes)
             .map(|n| (n.name.clone(), Vec::new()))
             .collect();
-        let in_flight = nodes_with_jobs_to_read(upgrade.status.as_ref());
+        let in_flight = match upchain_core::needs(&upgrade, &observed.nodes).jobs {
+            upchain_core::JobsToRead::OfNodes(nodes) => nodes,
+            upchain_core::JobsToRead::All => Vec::new(),
+        };
         observed.jobs = jobs
             .iter()
-            .filter(|(_, node)| in_flight.contains(&node.as_str()))
+            .filter(|(_, node)| in_flight.contains(node))
             .map(|(name, _)| ObservedJob {
                 name: name.clone(),
                 state: JobState::Succeeded,

@@ -28,9 +28,8 @@ mod testing;
 mod tests;
 
 pub use machine::{
-    Action, Decision, Event, Needs, Notification, NotifyKind, decide, finalize, holds_lock,
-    jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read, record_silences,
-    silence_failed_event, silenced_event,
+    Action, Decision, Event, JobsToRead, Needs, Notification, NotifyKind, decide, finalize,
+    holds_lock, needs, record_silences, silence_failed_event, silenced_event,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,

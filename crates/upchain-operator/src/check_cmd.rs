@@ -39,13 +39,11 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         &client,
         &reqwest::Client::new(),
         &upgrade,
-        Needs {
+        &Needs {
             preflight: true,
             alerts: true,
             health_checks: true,
-            hooks: false,
-            snapshot: false,
-            postflight: false,
+            ..Needs::default()
         },
     )
     .await;

@@ -59,7 +59,7 @@ pub async fn gate_inputs(
     client: &Client,
     http: &reqwest::Client,
     upgrade: &K8sUpgrade,
-    needs: Needs,
+    needs: &Needs,
 ) -> GateInputs {
     let gates = &upgrade.spec.gates;
     let mut inputs = GateInputs::default();

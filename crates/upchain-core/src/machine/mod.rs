@@ -21,9 +21,7 @@ mod summary;
 pub use decision::{Action, Decision, Event, Notification, NotifyKind};
 pub use finalize::{Finalization, finalize};
 pub use lock::holds_lock;
-pub use needs::{
-    Needs, jobs_awaiting_evidence, needs, nodes_to_read_pods_of, nodes_with_jobs_to_read,
-};
+pub use needs::{JobsToRead, Needs, needs};
 use one_off::HookProgress;
 pub use silences::{record_silences, silence_failed_event, silenced_event};
 

@@ -2,8 +2,9 @@
 
 use super::*;
 
-/// What the operator must gather for the next decision, beyond nodes, Jobs and drains.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Everything the operator must read for the next decision besides the Nodes it caches:
+/// the operator only fetches what this says, and the decision gets nothing else.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Needs {
     /// Every preflight gate's inputs (the run has not touched a node yet, or is Blocked).
     pub preflight: bool,
@@ -17,6 +18,42 @@ pub struct Needs {
     pub postflight: bool,
     /// The hook Jobs in progress (status.hooks).
     pub hooks: bool,
+    /// The nodes whose Pods (and then the PodDisruptionBudgets) to read: those draining,
+    /// and the next batch's when it may start, so the decision that starts a node records
+    /// its drain preview and cordons it in one go.
+    pub pods_of: Vec<String>,
+    /// Which of the run's node Jobs to read.
+    pub jobs: JobsToRead,
+    /// The finished node Jobs whose Pod's evidence (exit code, times, log) to read: those
+    /// of nodes still Upgrading, which the decision moves past their Job.
+    pub evidence_of: Vec<String>,
+}
+
+/// Which of the run's node Jobs to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobsToRead {
+    /// Every one: deletion deletes the finished ones.
+    All,
+    /// Those of these nodes: draining (a decision can move one on to its Job) and
+    /// upgrading. A node past its Job never reads it again, so a long run does not re-read
+    /// its finished Jobs on every reconcile.
+    OfNodes(Vec<String>),
+}
+
+impl Default for JobsToRead {
+    fn default() -> Self {
+        Self::OfNodes(Vec::new())
+    }
+}
+
+impl Needs {
+    /// What deleting a K8sUpgrade reads: its Jobs, no gate.
+    pub fn for_deletion() -> Self {
+        Self {
+            jobs: JobsToRead::All,
+            ..Self::default()
+        }
+    }
 }
 
 /// The one definition of "at a node boundary": the next batch may start within the next
@@ -29,9 +66,9 @@ fn next_batch_may_start(status: &K8sUpgradeStatus) -> bool {
         .any(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
 }
 
-/// What to gather for `upgrade`, from its spec and last status: sources the gates read
-/// are only queried while a gate will look at them.
-pub fn needs(upgrade: &K8sUpgrade) -> Needs {
+/// What to gather for `upgrade` over `nodes`, from its spec and last status: sources the
+/// gates read are only queried while a gate will look at them.
+pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
     let spec = &upgrade.spec;
     let none = K8sUpgradeStatus::default();
     let status = upgrade.status.as_ref().unwrap_or(&none);
@@ -43,6 +80,14 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
         Some(Phase::Succeeded | Phase::Failed) => retargeted,
         Some(_) => false,
     } && !spec.paused;
+    let nodes_at = |steps: &[NodeStep]| -> Vec<String> {
+        status
+            .nodes
+            .iter()
+            .filter(|n| steps.contains(&n.step))
+            .map(|n| n.name.clone())
+            .collect()
+    };
     Needs {
         preflight,
         alerts: spec.gates.prometheus.is_some()
@@ -53,47 +98,32 @@ pub fn needs(upgrade: &K8sUpgrade) -> Needs {
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
+        pods_of: pods_to_read(upgrade, status, at_boundary, nodes),
+        jobs: JobsToRead::OfNodes(nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])),
+        evidence_of: status
+            .nodes
+            .iter()
+            .filter(|n| n.step == NodeStep::Upgrading)
+            .filter_map(|n| n.job.clone())
+            .collect(),
     }
 }
 
-/// The nodes whose upgrade Jobs the next decision reads: those upgrading, and those
-/// draining (a decision can move one on to its Job). A node past its Job never reads it
-/// again, so a long run does not re-read its finished Jobs on every reconcile.
-pub fn nodes_with_jobs_to_read(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
-    status
-        .iter()
-        .flat_map(|s| &s.nodes)
-        .filter(|n| matches!(n.step, NodeStep::Draining | NodeStep::Upgrading))
-        .map(|n| n.name.as_str())
-        .collect()
-}
-
-/// The Jobs whose Pods' evidence (exit code, times, log) the next decision records: those
-/// of nodes still Upgrading, which the decision will move past their Job once it ended.
-pub fn jobs_awaiting_evidence(status: Option<&K8sUpgradeStatus>) -> Vec<&str> {
-    status
-        .iter()
-        .flat_map(|s| &s.nodes)
-        .filter(|n| n.step == NodeStep::Upgrading)
-        .filter_map(|n| n.job.as_deref())
-        .collect()
-}
-
-/// The nodes whose Pods the next decision reads: those draining, and, when the decision
-/// may reach a node boundary (no node draining or upgrading), the next batch's nodes, so
-/// that the decision that starts a node records its drain preview and cordons it in one
-/// go rather than one reconcile later.
-pub fn nodes_to_read_pods_of(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Vec<String> {
-    let status = upgrade.status.as_ref();
+/// The nodes whose Pods to read: those draining and, when the next batch may start, its
+/// nodes.
+fn pods_to_read(
+    upgrade: &K8sUpgrade,
+    status: &K8sUpgradeStatus,
+    at_boundary: bool,
+    nodes: &[ObservedNode],
+) -> Vec<String> {
     let draining: Vec<String> = status
+        .nodes
         .iter()
-        .flat_map(|s| &s.nodes)
         .filter(|n| n.step == NodeStep::Draining)
         .map(|n| n.name.clone())
         .collect();
-    let at_boundary = status.is_none_or(next_batch_may_start);
-    let finished = status.and_then(|s| s.phase).is_some_and(Phase::is_finished);
-    if !at_boundary || upgrade.spec.paused || finished {
+    if !at_boundary || upgrade.spec.paused || status.phase.is_some_and(Phase::is_finished) {
         return draining;
     }
     let Ok(target) = KubeVersion::parse_target(&upgrade.spec.target_version) else {

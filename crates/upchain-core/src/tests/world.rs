@@ -76,7 +76,7 @@ impl World {
     /// sources outside the API only as far as `needs` asks for them.
     pub(super) fn observe(&self, upgrade: &K8sUpgrade) -> Observed {
         let status = upgrade.status.as_ref();
-        let needs = crate::needs(upgrade);
+        let needs = crate::needs(upgrade, &self.nodes);
         let mut gates = self.gates.clone();
         if !needs.alerts {
             gates.alerts = None;
@@ -84,34 +84,42 @@ impl World {
         if !needs.health_checks {
             gates.health_checks = None;
         }
-        let draining = crate::nodes_to_read_pods_of(upgrade, &self.nodes);
+        let draining = needs.pods_of.clone();
         // Only the Jobs the operator reads, so the invariants hold on that view.
-        let job_nodes = crate::nodes_with_jobs_to_read(status);
+        let job_nodes = match &needs.jobs {
+            crate::JobsToRead::All => self
+                .jobs
+                .values()
+                .map(|(node, _, _)| node.clone())
+                .collect(),
+            crate::JobsToRead::OfNodes(nodes) => nodes.clone(),
+        };
         Observed {
             nodes: self.nodes.clone(),
             jobs: self
                 .jobs
                 .iter()
-                .filter(|(_, (node, _, _))| job_nodes.contains(&node.as_str()))
+                .filter(|(_, (node, _, _))| job_nodes.contains(node))
                 .map(|(name, (node, _, state))| ObservedJob {
                     name: name.clone(),
                     state: state.clone(),
-                    evidence: (*state != JobState::Running).then(|| {
-                        let succeeded = *state == JobState::Succeeded;
-                        crate::evidence::JobEvidence {
-                            exit_code: Some(if succeeded { 0 } else { 1 }),
-                            started_at: Some(at(self.clock - 1)),
-                            finished_at: Some(at(self.clock)),
-                            log: Ok(format!(
-                                "upgrading {node}\nssh key passphrase: s3cret-value\n{}\n",
-                                if succeeded {
-                                    "done"
-                                } else {
-                                    "E: kubeadm not found"
-                                }
-                            )),
-                        }
-                    }),
+                    evidence: (*state != JobState::Running && needs.evidence_of.contains(name))
+                        .then(|| {
+                            let succeeded = *state == JobState::Succeeded;
+                            crate::evidence::JobEvidence {
+                                exit_code: Some(if succeeded { 0 } else { 1 }),
+                                started_at: Some(at(self.clock - 1)),
+                                finished_at: Some(at(self.clock)),
+                                log: Ok(format!(
+                                    "upgrading {node}\nssh key passphrase: s3cret-value\n{}\n",
+                                    if succeeded {
+                                        "done"
+                                    } else {
+                                        "E: kubeadm not found"
+                                    }
+                                )),
+                            }
+                        }),
                 })
                 .collect(),
             pods: draining

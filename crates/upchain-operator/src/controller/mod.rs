@@ -41,8 +41,8 @@ use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
 use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
-    Action, JobState, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod,
-    OtherUpgrade, PodRef, decide, finalize, holds_lock,
+    Action, JobState, JobsToRead, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode,
+    ObservedPod, OtherUpgrade, PodRef, decide, finalize, holds_lock,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -280,8 +280,10 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         add_finalizer(&upgrade, ctx).await
     } else {
         // observe -> decide -> update_status -> apply
-        let observed =
-            observe(&upgrade, upchain_core::needs(&upgrade), Jobs::InFlight, ctx).await?;
+        let observed = {
+            let nodes = cached_nodes(ctx);
+            observe(&upgrade, &upchain_core::needs(&upgrade, &nodes), nodes, ctx).await?
+        };
         let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
         // Gauges first: whoever sees the new status also sees them.
         ctx.metrics
@@ -334,7 +336,7 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
         return Ok(Requeue::await_change());
     }
     // Deletion looks at nodes and Jobs only: no gate is evaluated.
-    let observed = observe(upgrade, Needs::default(), Jobs::All, ctx).await?;
+    let observed = observe(upgrade, &Needs::for_deletion(), cached_nodes(ctx), ctx).await?;
     let finalization = finalize(upgrade, &observed);
     carry_out(upgrade, &finalization.actions, ctx).await?;
     if !finalization.can_let_go() {

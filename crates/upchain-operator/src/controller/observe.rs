@@ -3,25 +3,15 @@
 
 use super::*;
 
-/// Which of the run's Jobs to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Jobs {
-    /// All of them: letting go of the cluster deletes the finished ones.
-    All,
-    /// Those of the nodes the next decision looks at (`nodes_with_jobs_to_read`).
-    InFlight,
-}
-
-/// The run's Jobs, read fresh: a Job created by the last reconcile must be seen by the next,
-/// or the node would get a second one.
+/// The run's Jobs that `needs` names, read fresh: a Job created by the last reconcile must
+/// be seen by the next, or the node would get a second one.
 pub(super) async fn observe_jobs(
     upgrade: &K8sUpgrade,
-    scope: Jobs,
+    needs: &Needs,
     ctx: &Context,
 ) -> Result<Vec<ObservedJob>, Error> {
     let mut selector = format!("{UPGRADE_LABEL}={}", bounded_name(&[&upgrade.name_any()]));
-    if scope == Jobs::InFlight {
-        let nodes = upchain_core::nodes_with_jobs_to_read(upgrade.status.as_ref());
+    if let JobsToRead::OfNodes(nodes) = &needs.jobs {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -40,37 +30,37 @@ pub(super) async fn observe_jobs(
         .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
         .map(ObservedJob::from_job)
         .collect();
-    if scope == Jobs::InFlight {
-        let upgrading = upchain_core::jobs_awaiting_evidence(upgrade.status.as_ref());
-        for job in jobs
-            .iter_mut()
-            .filter(|j| j.state != JobState::Running && upgrading.contains(&j.name.as_str()))
-        {
-            job.evidence = job_evidence(&ctx.client, namespace, &job.name).await;
-        }
+    for job in jobs
+        .iter_mut()
+        .filter(|j| j.state != JobState::Running && needs.evidence_of.contains(&j.name))
+    {
+        job.evidence = job_evidence(&ctx.client, namespace, &job.name).await;
     }
     Ok(jobs)
 }
 
-/// What the cluster shows; gate sources only as far as `needs` asks.
-pub(super) async fn observe(
-    upgrade: &K8sUpgrade,
-    needs: Needs,
-    jobs: Jobs,
-    ctx: &Context,
-) -> Result<Observed, Error> {
-    let name = upgrade.name_any();
-    let jobs = observe_jobs(upgrade, jobs, ctx).await?;
-    // Pods are read only for the nodes being drained, never cached cluster-wide.
-    let mut pods = std::collections::BTreeMap::new();
-    let pods_api: Api<Pod> = Api::all(ctx.client.clone());
-    let nodes: Vec<ObservedNode> = ctx
-        .nodes
+/// The nodes as the cache holds them.
+pub(super) fn cached_nodes(ctx: &Context) -> Vec<ObservedNode> {
+    ctx.nodes
         .state()
         .iter()
         .map(|n| ObservedNode::from_node(n))
-        .collect();
-    for node in upchain_core::nodes_to_read_pods_of(upgrade, &nodes) {
+        .collect()
+}
+
+/// What the cluster shows: the cached `nodes`, and what `needs` asks for, read fresh.
+pub(super) async fn observe(
+    upgrade: &K8sUpgrade,
+    needs: &Needs,
+    nodes: Vec<ObservedNode>,
+    ctx: &Context,
+) -> Result<Observed, Error> {
+    let name = upgrade.name_any();
+    let jobs = observe_jobs(upgrade, needs, ctx).await?;
+    // Pods are read only for the nodes being drained, never cached cluster-wide.
+    let mut pods = std::collections::BTreeMap::new();
+    let pods_api: Api<Pod> = Api::all(ctx.client.clone());
+    for node in needs.pods_of.iter().cloned() {
         // Whole Pods (the drain reads their volumes), finished ones left out by the
         // selector; only the nodes of one batch are read.
         let selector = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
