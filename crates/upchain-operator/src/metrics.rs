@@ -59,13 +59,16 @@ struct NotificationLabel {
 const WATCH_FAILING_LIMIT: Duration = Duration::from_secs(5 * 60);
 /// A reconcile running this long is stuck: every API call it makes times out well before.
 const RECONCILE_STUCK_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// A failing watch retries with a backoff well under this: no error for this long means
+/// it recovered, even when no good event came to say so (nothing changed meanwhile).
+const WATCH_QUIET_AFTER_ERRORS: Duration = Duration::from_secs(2 * 60);
 
 /// What `/healthz` answers: whether the controller's watches and reconciles are alive. A
 /// kubelet restarts the operator when they are not.
 #[derive(Debug, Default)]
 pub struct Health {
-    /// Watches whose last event was an error, and since when they fail.
-    failing_watches: Mutex<HashMap<&'static str, Instant>>,
+    /// Watches whose last event was an error: since when they fail, and their last error.
+    failing_watches: Mutex<HashMap<&'static str, (Instant, Instant)>>,
     /// Reconciles under way, by K8sUpgrade, and when they began.
     reconciling: Mutex<HashMap<String, Instant>>,
 }
@@ -77,7 +80,7 @@ impl Health {
         if ok {
             failing.remove(watch);
         } else {
-            failing.entry(watch).or_insert(now);
+            failing.entry(watch).or_insert((now, now)).1 = now;
         }
     }
 
@@ -95,8 +98,11 @@ impl Health {
     pub fn problems(&self, now: Instant) -> Vec<String> {
         let mut problems: Vec<String> = lock(&self.failing_watches)
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= WATCH_FAILING_LIMIT)
-            .map(|(watch, since)| {
+            .filter(|(_, (since, last))| {
+                now.duration_since(*since) >= WATCH_FAILING_LIMIT
+                    && now.duration_since(*last) < WATCH_QUIET_AFTER_ERRORS
+            })
+            .map(|(watch, (since, _))| {
                 format!(
                     "the {watch} watch has failed for {}s",
                     now.duration_since(*since).as_secs()
@@ -526,6 +532,20 @@ mod tests {
             health.problems(at(400)).is_empty(),
             "one good event ends the spell"
         );
+        // A spell that stopped erroring ended, though no good event said so.
+        health.watched("K8sUpgrade", false, at(1_000));
+        assert!(
+            health.problems(at(1_400)).is_empty(),
+            "quiet for minutes after its one error"
+        );
+        for t in (1_000..=1_400).step_by(10) {
+            health.watched("K8sUpgrade", false, at(t));
+        }
+        assert_eq!(
+            health.problems(at(1_400)),
+            ["the K8sUpgrade watch has failed for 400s"]
+        );
+        health.watched("K8sUpgrade", true, at(1_401));
 
         health.reconciling("to-1-35", true, at(0));
         assert!(health.problems(at(599)).is_empty());
