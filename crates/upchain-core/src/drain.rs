@@ -151,15 +151,8 @@ mod tests {
 
     fn pod(name: &str) -> ObservedPod {
         ObservedPod {
-            namespace: "apps".into(),
-            name: name.into(),
-            daemonset: false,
-            mirror: false,
-            finished: false,
-            terminating: false,
-            unmanaged: false,
-            empty_dir: false,
             labels: [("app".to_owned(), name.to_owned())].into(),
+            ..crate::testing::pod("apps", name)
         }
     }
 

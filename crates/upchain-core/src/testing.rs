@@ -88,3 +88,18 @@ impl NodeFixture {
         self.0
     }
 }
+
+/// A running Pod owned by a controller, without labels.
+pub fn pod(namespace: &str, name: &str) -> crate::observe::ObservedPod {
+    crate::observe::ObservedPod {
+        namespace: namespace.into(),
+        name: name.into(),
+        daemonset: false,
+        mirror: false,
+        finished: false,
+        terminating: false,
+        unmanaged: false,
+        empty_dir: false,
+        labels: BTreeMap::new(),
+    }
+}

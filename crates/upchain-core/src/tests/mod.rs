@@ -25,25 +25,11 @@ use crate::observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,
 };
 use crate::reason::Reason;
-use crate::testing::{NodeFixture, upgrade};
+use crate::testing::{NodeFixture, pod, upgrade};
 use crate::version::KubeVersion;
 
 fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
-}
-
-fn pod(namespace: &str, name: &str) -> ObservedPod {
-    ObservedPod {
-        namespace: namespace.into(),
-        name: name.into(),
-        daemonset: false,
-        mirror: false,
-        finished: false,
-        terminating: false,
-        unmanaged: false,
-        empty_dir: false,
-        labels: BTreeMap::new(),
-    }
 }
 
 /// The jobTemplate of a cluster's etcd backup CronJob.
