@@ -103,18 +103,14 @@ pub fn drain_progress(
                 .collect(),
         )
     };
-    let blocking = |p: &ObservedPod| {
-        budgets
-            .iter()
-            .filter(|b| b.disruptions_allowed <= 0 && b.covers(p))
-            .collect::<Vec<_>>()
-    };
     // A single replica behind a budget that allows no disruption never leaves by eviction.
     let deletable = |p: &ObservedPod| {
         options.delete_pdb_blocked_single_replica_pods
             && !held_unmanaged(p)
             && !held_empty_dir(p)
-            && blocking(p).iter().any(|b| b.expected_pods <= 1)
+            && budgets
+                .iter()
+                .any(|b| b.disruptions_allowed <= 0 && b.expected_pods <= 1 && b.covers(p))
     };
     let mut blocked_by: Vec<String> = budgets
         .iter()

@@ -217,6 +217,7 @@ impl<'a> Machine<'a> {
             return self.upgrade_node(index, batch);
         }
         let timeout = Duration::from(self.spec.drain.timeout);
+        let mut deleting = None;
         let waited = self.elapsed(&record.step_started_at);
         if waited >= timeout {
             match self.spec.drain.on_timeout {
@@ -259,34 +260,40 @@ impl<'a> Machine<'a> {
                         format!("{} {message}", record.name),
                     );
                 }
-                self.status.nodes[index].message = Some(message);
+                deleting = Some(message);
                 self.act(Action::DeletePods {
                     node: record.name.clone(),
                     pods: progress.delete.clone(),
                 });
             }
         }
+        // What holds the drain, the first that applies; a message of ours that no longer
+        // does is cleared.
         let held = progress.held_reasons(&record.name);
-        let record = &mut self.status.nodes[index];
-        if !held.is_empty() {
-            record.message = Some(format!(
+        let message = if !held.is_empty() {
+            Some(format!(
                 "{WAITING_ON_HELD} {}; or see drain.onTimeout",
                 held.join("; ")
-            ));
-        } else if !progress.delete.is_empty() {
-            // Said above.
+            ))
+        } else if deleting.is_some() {
+            deleting
         } else if !progress.blocked_by.is_empty() {
-            record.message = Some(format!(
+            Some(format!(
                 "{WAITING_ON_BUDGETS} {} that allow no disruption now; scale up or relax them, \
                  or see drain.onTimeout",
                 progress.blocked_by.join(", ")
-            ));
-        } else if record.message.as_deref().is_some_and(|m| {
+            ))
+        } else {
+            None
+        };
+        let record = &mut self.status.nodes[index];
+        let ours = |m: &str| {
             [WAITING_ON_BUDGETS, WAITING_ON_HELD, DELETING_BLOCKED]
                 .iter()
                 .any(|prefix| m.starts_with(prefix))
-        }) {
-            record.message = None;
+        };
+        if message.is_some() || record.message.as_deref().is_some_and(ours) {
+            record.message = message;
         }
         record.waiting_for_pods = pod_names(&progress.waiting);
         record.waiting_for_budgets = progress.blocked_by;

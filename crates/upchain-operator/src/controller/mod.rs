@@ -172,7 +172,7 @@ pub async fn run(
     // Nodes are cached pruned to what the decisions read, and listed in small pages: a
     // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
     let (nodes, writer) = reflector::store();
-    let node_health = metrics.clone();
+    let node_watch_metrics = metrics.clone();
     let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
         .default_backoff()
         .modify(ObservedNode::prune)
@@ -184,7 +184,7 @@ pub async fn run(
             if let Err(error) = &node {
                 warn!(%error, "watching Nodes failed; retrying");
             }
-            node_health
+            node_watch_metrics
                 .health
                 .watched("Node", node.is_ok(), std::time::Instant::now());
             std::future::ready(node.ok().map(|_| ()))
@@ -208,7 +208,7 @@ pub async fn run(
         lock_released,
     });
     let jobs_api: Api<Job> = Api::all(client.clone());
-    let health = metrics.clone();
+    let watch_metrics = metrics.clone();
     controller
         // Not `.owns()`: node Jobs carry no owner reference (see UPGRADE_ANNOTATION), but
         // name their K8sUpgrade in an annotation.
@@ -235,7 +235,7 @@ pub async fn run(
             if let Err(ControllerError::QueueError(error)) = &result {
                 warn!(%error, "watching K8sUpgrades or their Jobs failed; retrying");
             }
-            health.health.watched(
+            watch_metrics.health.watched(
                 "K8sUpgrade and Job",
                 !watch_failed,
                 std::time::Instant::now(),
