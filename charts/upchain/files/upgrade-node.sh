@@ -1,93 +1,550 @@
 #!/usr/bin/env bash
-# upchain's default node-upgrade script. The node Job streams it over SSH and runs it as
-# root on the node with TARGET_VERSION (1.35.2), UPGRADE_KIND (patch|minor), NODE_NAME,
-# NODE_IP, NODE_ROLE (control-plane|worker) and FIRST_CONTROL_PLANE (true|false).
+# upchain's node-upgrade script. The node Job copies it to /var/lib/upchain on the node,
+# copies the run's parameters beside it as one quoted env file, and runs it as root:
 #
-# It is safe to run again after a failure at any step: every step checks whether its work
-# is already done. Any failing command stops it with a non-zero exit code, which fails
-# the Job and shows in the K8sUpgrade's status.
+#   upgrade-node.sh launch   PARAMS  start the upgrade detached from the SSH session (or
+#                                    attach to the one already running for the same run),
+#                                    follow its log and exit with its result
+#   upgrade-node.sh run      PARAMS  the upgrade itself, started by launch, under the node lock
+#   upgrade-node.sh prepare  PARAMS  checks that change nothing: OS, packages, disk, plan
+#   upgrade-node.sh rollback VERSION the packages back to VERSION (docs/node-script.md)
+#
+# Exit codes (docs/node-script.md; the operator names them in status):
+readonly E_INPUT=2 E_OS=10 E_NOT_FOUND=11 E_LOCK=12 E_PACKAGES=13 E_REPOSITORY=14
+readonly E_KUBEADM=15 E_KUBELET=16 E_VERIFY=17 E_BUSY=18 E_DISK=19 E_PLAN=20 E_LOST=21
 set -euo pipefail
+umask 022
+export LC_ALL=C DEBIAN_FRONTEND=noninteractive
 
-: "${TARGET_VERSION:?TARGET_VERSION is not set}"
-: "${UPGRADE_KIND:?UPGRADE_KIND is not set}"
-: "${NODE_NAME:?NODE_NAME is not set}"
-: "${NODE_ROLE:?NODE_ROLE is not set}"
-: "${FIRST_CONTROL_PLANE:=false}"
-# Leave CoreDNS alone (image and Corefile) when kubeadm upgrades the control plane, for
-# clusters whose CoreDNS is managed elsewhere.
-: "${SKIP_COREDNS_PHASE:=false}"
-# kubeadm keeps a backup of etcd and the manifests per upgrade; keep this many.
-: "${KEEP_BACKUPS:=2}"
-# Tests run the script against a directory instead of /.
-ROOT="${UPCHAIN_ROOT:-}"
+readonly STATE_DIR=/var/lib/upchain
+readonly STATE="$STATE_DIR/state" LOG="$STATE_DIR/run.log"
+readonly RUN_LOCK="$STATE_DIR/run.lock" LAUNCH_LOCK="$STATE_DIR/launch.lock"
+readonly PACKAGES=(kubeadm kubelet kubectl)
+readonly APT_SOURCES=/etc/apt/sources.list.d/kubernetes.list
+readonly APT_KEYRING=/etc/apt/keyrings/kubernetes-apt-keyring.asc
+readonly YUM_REPO=/etc/yum.repos.d/kubernetes.repo
+readonly MANIFESTS=/etc/kubernetes/manifests
 
-KEYRING="$ROOT/etc/apt/keyrings/kubernetes-apt-keyring.gpg"
-SOURCES="$ROOT/etc/apt/sources.list.d/kubernetes.list"
-BACKUPS="$ROOT/etc/kubernetes/tmp"
-MINOR="${TARGET_VERSION%.*}"
-
-log() { echo "upchain[$NODE_NAME]: $*"; }
-
-case "$TARGET_VERSION" in
-  [0-9]*.[0-9]*.[0-9]*) ;;
-  *) echo "TARGET_VERSION must be MAJOR.MINOR.PATCH, not $TARGET_VERSION" >&2; exit 2 ;;
-esac
-case "$UPGRADE_KIND:$NODE_ROLE" in
-  patch:control-plane | patch:worker | minor:control-plane | minor:worker) ;;
-  *) echo "unknown UPGRADE_KIND $UPGRADE_KIND or NODE_ROLE $NODE_ROLE" >&2; exit 2 ;;
-esac
-
-# pkgs.k8s.io has one apt repository per minor: a minor upgrade switches to the target's.
-switch_repository() {
-  local line="deb [signed-by=$KEYRING] https://pkgs.k8s.io/core:/stable:/v$MINOR/deb/ /"
-  if [ -f "$SOURCES" ] && grep -qxF "$line" "$SOURCES"; then
-    log "apt repository already at v$MINOR"
-    return
-  fi
-  log "switching the apt repository to v$MINOR"
-  mkdir -p "$(dirname "$KEYRING")" "$(dirname "$SOURCES")"
-  # Downloaded first: a failed download must not leave an empty keyring behind.
-  curl -fsSL -o "$KEYRING.asc" "https://pkgs.k8s.io/core:/stable:/v$MINOR/deb/Release.key"
-  gpg --dearmor --yes -o "$KEYRING" "$KEYRING.asc"
-  rm -f "$KEYRING.asc"
-  echo "$line" >"$SOURCES"
+log() { echo "upchain[${NODE_NAME:-?}]: $*"; }
+die() {
+  local code=$1
+  shift
+  echo "upchain[${NODE_NAME:-?}]: error: $*" >&2
+  exit "$code"
 }
 
-# Installs the packages at the target version and holds them there.
-install_held() {
-  local packages=() package
-  for package in "$@"; do
-    packages+=("$package=$TARGET_VERSION-*")
+# --- parameters ---------------------------------------------------------------------------
+
+# Reads KEY='value' lines: no shell evaluates them, only known keys are taken.
+read_params() {
+  parse_params "$1"
+  apply_defaults
+  validate_params
+  readonly RUN_ID TARGET_VERSION UPGRADE_KIND NODE_NAME NODE_ROLE FIRST_CONTROL_PLANE
+  readonly MINOR="${TARGET_VERSION%.*}"
+}
+
+parse_params() {
+  local file=$1 line
+  [ -f "$file" ] || die $E_INPUT "parameter file $file not found"
+  while IFS= read -r line || [ -n "$line" ]; do
+    [[ $line =~ ^([A-Z_]+)=\'([^\']*)\'$ ]] || die $E_INPUT "malformed parameter line: $line"
+    case ${BASH_REMATCH[1]} in
+      RUN_ID | TARGET_VERSION | UPGRADE_KIND | NODE_NAME | NODE_ROLE | FIRST_CONTROL_PLANE | \
+        REPOSITORY | REPOSITORY_URL | REPOSITORY_KEY_URL | \
+        LOCK_TIMEOUT | MIN_FREE_MIB | KUBELET_TIMEOUT)
+        printf -v "${BASH_REMATCH[1]}" '%s' "${BASH_REMATCH[2]}"
+        ;;
+      *) die $E_INPUT "unknown parameter ${BASH_REMATCH[1]}" ;;
+    esac
+  done <"$file"
+}
+
+# What a parameter the Job did not set is.
+apply_defaults() {
+  : "${RUN_ID:=manual}"
+  : "${FIRST_CONTROL_PLANE:=false}"
+  : "${LOCK_TIMEOUT:=300}"
+  : "${MIN_FREE_MIB:=1024}"
+  # How long systemd gets to report the restarted kubelet active.
+  : "${KUBELET_TIMEOUT:=60}"
+  # The defaults below are the Helm chart's nodeScript values (templates/configmap-script.yaml).
+  # Leave CoreDNS (image and Corefile) alone when kubeadm upgrades the control plane.
+  : "${SKIP_COREDNS_PHASE:=false}"
+  # kubeadm keeps a backup of etcd and the manifests per upgrade; keep this many.
+  : "${KEEP_BACKUPS:=2}"
+  # managed: point apt/dnf at the target minor's repository; unmanaged: never touch it.
+  : "${REPOSITORY:=managed}"
+  [ -n "${REPOSITORY_URL:-}" ] || REPOSITORY_URL='https://pkgs.k8s.io/core:/stable:'
+  # {minor} in it is replaced with the target minor.
+  [ -n "${REPOSITORY_KEY_URL:-}" ] || REPOSITORY_KEY_URL=''
+}
+
+matches() { [[ ${!1:-} =~ $2 ]] || die $E_INPUT "$1 '${!1:-}' is not valid: it must match $2"; }
+
+validate_params() {
+  matches TARGET_VERSION '^[0-9]+\.[0-9]+\.[0-9]+$'
+  matches NODE_NAME '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$'
+  matches NODE_ROLE '^(control-plane|worker)$'
+  matches UPGRADE_KIND '^(patch|minor)$'
+  matches FIRST_CONTROL_PLANE '^(true|false)$'
+  matches SKIP_COREDNS_PHASE '^(true|false)$'
+  matches RUN_ID '^[A-Za-z0-9._-]{1,128}$'
+  matches REPOSITORY '^(managed|unmanaged)$'
+  matches REPOSITORY_URL '^(https?|file)://[][A-Za-z0-9._~:/@%+,=-]+$'
+  [ -z "$REPOSITORY_KEY_URL" ] || matches REPOSITORY_KEY_URL '^(https?|file)://[][A-Za-z0-9._~:/@%+,={}-]+$'
+  matches KEEP_BACKUPS '^[0-9]{1,3}$'
+  matches LOCK_TIMEOUT '^[0-9]{1,5}$'
+  matches MIN_FREE_MIB '^[0-9]{1,7}$'
+  matches KUBELET_TIMEOUT '^[0-9]{1,4}$'
+  if [ "$FIRST_CONTROL_PLANE" = true ] && [ "$NODE_ROLE" != control-plane ]; then
+    die $E_INPUT "FIRST_CONTROL_PLANE is true for a $NODE_ROLE node"
+  fi
+}
+
+# The node's role as kubeadm left it: only control-plane nodes have the API server's manifest.
+check_role() {
+  local actual=worker
+  [ -f "$MANIFESTS/kube-apiserver.yaml" ] && actual=control-plane
+  [ "$actual" = "$NODE_ROLE" ] ||
+    die $E_INPUT "this node is a $actual node (by $MANIFESTS), not a $NODE_ROLE node as the Job says"
+}
+
+# --- OS families --------------------------------------------------------------------------
+
+detect_os() {
+  local id="" like=""
+  if [ -r /etc/os-release ]; then
+    id=$(sed -n 's/^ID="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
+    like=$(sed -n 's/^ID_LIKE="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' /etc/os-release)
+  fi
+  case " $id $like " in
+    *" debian "* | *" ubuntu "*) FAMILY=apt ;;
+    *" rhel "* | *" centos "* | *" fedora "* | *" rocky "* | *" almalinux "*)
+      FAMILY=rpm
+      PKG=dnf
+      command -v dnf >/dev/null || PKG=yum
+      ;;
+    *) die $E_OS "unsupported OS '${id:-unknown}' (/etc/os-release): upchain upgrades Debian, Ubuntu, RHEL, Rocky, AlmaLinux and Fedora nodes; nothing was changed" ;;
+  esac
+  readonly FAMILY
+}
+
+# The repository of the target minor, laid out like pkgs.k8s.io.
+repository_url() { echo "$REPOSITORY_URL/v$MINOR/$1/"; }
+repository_key_url() {
+  if [ -n "$REPOSITORY_KEY_URL" ]; then
+    echo "${REPOSITORY_KEY_URL//\{minor\}/$MINOR}"
+  elif [ "$FAMILY" = apt ]; then
+    echo "$(repository_url deb)Release.key"
+  else
+    echo "$(repository_url rpm)repodata/repomd.xml.key"
+  fi
+}
+
+# Runs a package command, exiting with E_LOCK when the package lock stayed taken and
+# E_PACKAGES on any other failure.
+package_command() {
+  local out status=0
+  out=$(mktemp)
+  "$@" >"$out" 2>&1 || status=$?
+  cat "$out"
+  if [ $status -ne 0 ]; then
+    if grep -qiE 'could not get lock|unable to acquire|lock.*held|waiting for process' "$out"; then
+      rm -f "$out"
+      die $E_LOCK "the package lock stayed taken for ${LOCK_TIMEOUT}s: $*"
+    fi
+    rm -f "$out"
+    die $E_PACKAGES "failed: $*"
+  fi
+  rm -f "$out"
+}
+
+apt_get() { package_command apt-get -q -y -o DPkg::Lock::Timeout="$LOCK_TIMEOUT" "$@"; }
+
+# dpkg does not wait for its lock: retry within LOCK_TIMEOUT.
+dpkg_repair() {
+  local deadline=$((SECONDS + LOCK_TIMEOUT)) out
+  while ! out=$(dpkg --configure -a 2>&1); do
+    if ! grep -qi lock <<<"$out"; then
+      echo "$out"
+      die $E_PACKAGES "dpkg --configure -a failed"
+    fi
+    [ $SECONDS -lt "$deadline" ] || die $E_LOCK "the dpkg lock stayed taken for ${LOCK_TIMEOUT}s"
+    sleep 2
   done
-  apt-mark unhold "$@"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-change-held-packages \
-    -o Dpkg::Options::=--force-confold "${packages[@]}"
-  apt-mark hold "$@"
+  [ -z "$out" ] || echo "$out"
+}
+
+# dnf and yum wait for their lock without a bound: wait here, bounded, while one runs.
+rpm_wait_for_lock() {
+  local deadline=$((SECONDS + LOCK_TIMEOUT)) file pid
+  for file in /var/run/dnf.pid /run/dnf.pid /var/run/yum.pid; do
+    while [ -f "$file" ] && pid=$(cat "$file" 2>/dev/null) && [ -n "$pid" ] &&
+      kill -0 "$pid" 2>/dev/null; do
+      [ $SECONDS -lt "$deadline" ] ||
+        die $E_LOCK "the package lock ($file, pid $pid) stayed taken for ${LOCK_TIMEOUT}s"
+      sleep 2
+    done
+  done
+}
+
+rpm_pkg() {
+  rpm_wait_for_lock
+  package_command "$PKG" -y -q --disableexcludes=kubernetes "$@"
+}
+
+has_versionlock() { [ "$FAMILY" = rpm ] && "$PKG" -q versionlock list >/dev/null 2>&1; }
+
+# The installed version of a package ("" when not installed).
+installed_version() {
+  if [ "$FAMILY" = apt ]; then
+    dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null |
+      awk '$1 ~ /^.i/ {print $2}' | sed 's/-[^-]*$//'
+  else
+    rpm -q --qf '%{VERSION}\n' "$1" 2>/dev/null | grep -E '^[0-9]' || true
+  fi
+}
+
+# The repository's exact version string of a package at $1 ("" when it has none).
+available_version() {
+  local package=$1 version=$2
+  shift 2
+  if [ "$FAMILY" = apt ]; then
+    apt-cache "$@" madison "$package" | awk -F' *[|] *' '{print $2}' |
+      grep -E "^${version//./\\.}-" | head -n 1 || true
+  else
+    "$PKG" -q "$@" --disableexcludes=kubernetes list --showduplicates "$package" 2>/dev/null |
+      awk '{print $2}' | grep -E "^([0-9]+:)?${version//./\\.}-" | head -n 1 || true
+  fi
+}
+
+# Writes the target minor's repository configuration (managed mode only). The key is
+# downloaded before anything is replaced: a failed download leaves the node as it was.
+configure_repository() {
+  [ "$REPOSITORY" = managed ] || { log "repository configuration left to the node (unmanaged)"; return; }
+  local key_url tmp
+  key_url=$(repository_key_url)
+  if [ "$FAMILY" = apt ]; then
+    local line
+    line="deb [signed-by=$APT_KEYRING] $(repository_url deb) /"
+    if [ -f "$APT_SOURCES" ] && [ -s "$APT_KEYRING" ] && grep -qxF "$line" "$APT_SOURCES"; then
+      log "apt repository already at v$MINOR"
+      return
+    fi
+    log "switching the apt repository to $(repository_url deb)"
+    tmp=$(mktemp)
+    curl -fsSL -o "$tmp" "$key_url" || die $E_REPOSITORY "cannot download the repository key $key_url"
+    mkdir -p "$(dirname "$APT_KEYRING")" "$(dirname "$APT_SOURCES")"
+    install -m 0644 "$tmp" "$APT_KEYRING"
+    rm -f "$tmp"
+    echo "$line" >"$APT_SOURCES.upchain-new"
+    mv -f "$APT_SOURCES.upchain-new" "$APT_SOURCES"
+  else
+    local wanted
+    wanted=$(rpm_repository_file "$key_url")
+    if [ -f "$YUM_REPO" ] && [ "$(cat "$YUM_REPO")" = "$wanted" ]; then
+      log "$PKG repository already at v$MINOR"
+      return
+    fi
+    log "switching the $PKG repository to $(repository_url rpm)"
+    curl -fsSL -o /dev/null "$key_url" || die $E_REPOSITORY "cannot download the repository key $key_url"
+    mkdir -p "$(dirname "$YUM_REPO")"
+    echo "$wanted" >"$YUM_REPO.upchain-new"
+    mv -f "$YUM_REPO.upchain-new" "$YUM_REPO"
+  fi
+}
+
+# The exclude line is how pkgs.k8s.io's rpm repositories hold the packages.
+rpm_repository_file() {
+  printf '%s\n' "[kubernetes]" "name=Kubernetes" "baseurl=$(repository_url rpm)" "enabled=1" \
+    "gpgcheck=1" "gpgkey=$1" "exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni"
+}
+
+refresh_index() {
+  if [ "$FAMILY" = apt ]; then
+    apt_get update
+  else
+    rpm_wait_for_lock
+    package_command "$PKG" -q makecache --disableexcludes=kubernetes
+  fi
+}
+
+unhold() {
+  if [ "$FAMILY" = apt ]; then
+    package_command apt-mark unhold "$@"
+  elif has_versionlock; then
+    "$PKG" -q versionlock delete "$@" >/dev/null 2>&1 || true
+  fi
+}
+
+hold() {
+  if [ "$FAMILY" = apt ]; then
+    apt-mark hold "$@" >/dev/null
+  elif has_versionlock; then
+    "$PKG" -q versionlock add "$@" >/dev/null
+  fi
+}
+
+# Holds every installed Kubernetes package again: run on every exit path.
+hold_installed() {
+  local package installed=()
+  for package in "${PACKAGES[@]}"; do
+    [ -z "$(installed_version "$package")" ] || installed+=("$package")
+  done
+  [ ${#installed[@]} -eq 0 ] || hold "${installed[@]}" ||
+    echo "upchain[$NODE_NAME]: warning: could not hold ${installed[*]} again" >&2
+}
+
+# True when version $1 is older than $2.
+older() { [ "$1" != "$2" ] && [ "$(printf '%s\n' "$1" "$2" | sort -V | head -n 1)" = "$1" ]; }
+
+# Installs packages at $VERSION (up or down), leaving them held.
+install_at() {
+  local version=$1 package exact specs=()
+  shift
+  for package in "$@"; do
+    exact=$(available_version "$package" "$version")
+    [ -n "$exact" ] || die $E_NOT_FOUND "$package $version is not in the configured repository ($(repository_url "$([ "$FAMILY" = apt ] && echo deb || echo rpm)")); nothing was installed"
+    if [ "$FAMILY" = apt ]; then specs+=("$package=$exact"); else specs+=("$package-${exact#*:}"); fi
+  done
+  unhold "$@"
+  if [ "$FAMILY" = apt ]; then
+    apt_get install --allow-change-held-packages --allow-downgrades \
+      -o Dpkg::Options::=--force-confold "${specs[@]}"
+  else
+    local installed_any=false
+    for package in "$@"; do [ -z "$(installed_version "$package")" ] || installed_any=true; done
+    if $installed_any && older "$version" "$(installed_version "$1")"; then
+      rpm_pkg downgrade "${specs[@]}"
+    else
+      rpm_pkg install "${specs[@]}"
+    fi
+  fi
+  hold "$@"
+}
+
+# Installs packages at the target unless every one is there already.
+ensure_packages() {
+  local package missing=()
+  for package in "$@"; do
+    [ "$(installed_version "$package")" = "$TARGET_VERSION" ] || missing+=("$package")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "$* already at $TARGET_VERSION"
+    return
+  fi
+  step "install ${missing[*]}"
+  install_at "$TARGET_VERSION" "${missing[@]}"
+}
+
+# --- the run's record on the node ---------------------------------------------------------
+
+# state KEY VALUE...: updates the state file atomically (values carry no quotes).
+state() {
+  local tmp="$STATE.new" key
+  declare -A values=()
+  if [ -f "$STATE" ]; then
+    while IFS='=' read -r key value; do values[$key]=$value; done <"$STATE"
+  fi
+  while [ $# -ge 2 ]; do
+    values[$1]=$2
+    shift 2
+  done
+  for key in "${!values[@]}"; do echo "$key=${values[$key]}"; done | sort >"$tmp"
+  mv -f "$tmp" "$STATE"
+}
+
+state_of() { if [ -f "$STATE" ]; then sed -n "s/^$1=//p" "$STATE" | head -n 1; fi; }
+
+step() {
+  log "step: $1"
+  state STEP "$1"
+}
+
+# Marks that a step finished for the target, so that a later attempt skips it.
+done_marker() { echo "$STATE_DIR/done/$1-$TARGET_VERSION"; }
+mark_done() {
+  mkdir -p "$STATE_DIR/done"
+  : >"$(done_marker "$1")"
+}
+
+run_is_going() { ! flock -n "$RUN_LOCK" true; }
+
+# --- launch: start or attach --------------------------------------------------------------
+
+launch() {
+  local pid status code
+  mkdir -p "$STATE_DIR"
+  exec 9>>"$LAUNCH_LOCK"
+  flock -w 60 9 || die $E_BUSY "another Job is starting an upgrade on this node"
+  if run_is_going; then
+    [ "$(state_of RUN_ID)" = "$RUN_ID" ] ||
+      die $E_BUSY "upgrade run $(state_of RUN_ID) holds this node; nothing was changed"
+    log "attaching to the upgrade already running (pid $(state_of PID))"
+  elif [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ "$(state_of STATUS)" = succeeded ]; then
+    log "this upgrade already finished on this node"
+    cat "$LOG" 2>/dev/null || true
+    exit 0
+  else
+    if [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ "$(state_of STATUS)" = running ]; then
+      log "the previous attempt ended without a result (step $(state_of STEP)); starting again"
+    fi
+    start_detached
+  fi
+  exec 9>&-
+  pid=$(state_of PID)
+  tail -n +1 -F --pid="$pid" "$LOG" 2>/dev/null || true
+  status=$(state_of STATUS)
+  code=$(state_of EXIT_CODE)
+  case $status in
+    succeeded) exit 0 ;;
+    failed) exit "${code:-1}" ;;
+    *) die $E_LOST "the upgrade (pid $pid) ended without a result at step $(state_of STEP); the next attempt repairs and resumes" ;;
+  esac
+}
+
+# Starts `run` where it outlives the SSH session: a transient systemd unit where systemd
+# runs, a new session otherwise. Returns once the run holds the node lock.
+start_detached() {
+  local self deadline
+  self=$(readlink -f "$0")
+  [ "$(state_of RUN_ID)" = "$RUN_ID" ] || state VERSION_BEFORE ""
+  state RUN_ID "$RUN_ID" STATUS starting STEP start EXIT_CODE "" PID ""
+  if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
+    log "starting the upgrade as systemd unit upchain-node-upgrade-$RUN_ID"
+    systemd-run --quiet --collect --unit="upchain-node-upgrade-$RUN_ID-$(date +%s)" \
+      --description="upchain node upgrade to $TARGET_VERSION" \
+      /bin/bash "$self" run "$PARAMS"
+  else
+    log "starting the upgrade in its own session"
+    # Without the launch lock: the run must not hold it for its whole life.
+    setsid -f /bin/bash "$self" run "$PARAMS" </dev/null >/dev/null 2>&1 9>&-
+  fi
+  deadline=$((SECONDS + 30))
+  until [ "$(state_of STATUS)" != starting ] && run_is_going; do
+    [ "$(state_of STATUS)" = starting ] || [ "$(state_of STATUS)" = running ] || break
+    [ $SECONDS -lt $deadline ] || die $E_LOST "the upgrade did not start within 30s"
+    sleep 0.2
+  done
+}
+
+# --- run: the upgrade ---------------------------------------------------------------------
+
+finish_run() {
+  local code=$?
+  trap - EXIT
+  [ -n "${FAMILY:-}" ] && hold_installed
+  if [ $code -eq 0 ]; then
+    state STATUS succeeded EXIT_CODE 0 VERSION_AFTER "$(kubelet_version)" FINISHED_AT "$(date -u +%FT%TZ)"
+  else
+    state STATUS failed EXIT_CODE "$code" VERSION_AFTER "$(kubelet_version)" FINISHED_AT "$(date -u +%FT%TZ)"
+    log "failed with exit code $code at step $(state_of STEP)"
+  fi
+  exit $code
+}
+
+kubelet_version() {
+  command -v kubelet >/dev/null || return 0
+  kubelet --version 2>/dev/null | sed -n 's/^Kubernetes v//p'
+}
+
+run_upgrade() {
+  exec 8>>"$RUN_LOCK"
+  flock -n 8 || die $E_BUSY "another upgrade run holds this node"
+  [ ! -f "$LOG" ] || mv -f "$LOG" "$LOG.1"
+  exec </dev/null >>"$LOG" 2>&1
+  local before
+  before=$(kubelet_version)
+  # A later attempt of the same run keeps the version the node had before the first.
+  if [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ -n "$(state_of VERSION_BEFORE)" ]; then
+    before=$(state_of VERSION_BEFORE)
+  fi
+  state RUN_ID "$RUN_ID" STATUS running PID $$ STEP start EXIT_CODE "" TARGET "$TARGET_VERSION" \
+    VERSION_BEFORE "$before" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
+  trap finish_run EXIT
+  log "upgrading $NODE_ROLE node to $TARGET_VERSION ($UPGRADE_KIND)"
+  detect_os
+  check_role
+  step repair
+  if [ "$FAMILY" = apt ]; then dpkg_repair; else rpm_wait_for_lock; fi
+  if [ "$UPGRADE_KIND" = minor ]; then
+    step "repository v$MINOR"
+    configure_repository
+  fi
+  step "refresh package index"
+  refresh_index
+  ensure_packages kubeadm
+  if [ -e "$(done_marker kubeadm)" ]; then
+    log "kubeadm already upgraded this node to $TARGET_VERSION"
+  else
+    upgrade_kubeadm_configuration
+    mark_done kubeadm
+  fi
+  ensure_packages kubelet kubectl
+  restart_kubelet
+  step verify
+  verify
+  reclaim_backups
+  log "done: $NODE_NAME runs kubelet $TARGET_VERSION"
 }
 
 upgrade_kubeadm_configuration() {
-  if [ "$NODE_ROLE" = control-plane ] && [ "$FIRST_CONTROL_PLANE" = true ]; then
-    local flags=(upgrade apply -y "v$TARGET_VERSION")
+  local flags
+  if [ "$FIRST_CONTROL_PLANE" = true ]; then
+    flags=(upgrade apply -y "v$TARGET_VERSION")
     if [ "$SKIP_COREDNS_PHASE" = true ]; then
       flags+=(--skip-phases=addon/coredns)
       # One flag whose value is a comma-separated list.
       flags+=("--ignore-preflight-errors=CoreDNSMigration,CoreDNSUnsupportedPlugins")
     fi
-    log "kubeadm ${flags[*]}"
-    kubeadm "${flags[@]}"
   else
-    log "kubeadm upgrade node"
-    kubeadm upgrade node
+    flags=(upgrade node)
   fi
+  step "kubeadm ${flags[*]}"
+  kubeadm "${flags[@]}" || die $E_KUBEADM "kubeadm ${flags[*]} failed; kubeadm rolled back its own changes where it could"
+}
+
+restart_kubelet() {
+  if [ -e "$(done_marker kubelet-restart)" ] && [ "$(kubelet_version)" = "$TARGET_VERSION" ] &&
+    systemctl is-active --quiet kubelet; then
+    log "kubelet already restarted at $TARGET_VERSION"
+    return
+  fi
+  step "restart kubelet"
+  systemctl daemon-reload
+  systemctl restart kubelet || die $E_KUBELET "systemctl restart kubelet failed"
+  mark_done kubelet-restart
+}
+
+# The node reports success only when it runs what was asked.
+verify() {
+  local deadline=$((SECONDS + KUBELET_TIMEOUT)) version component
+  version=$(kubelet_version)
+  [ "$version" = "$TARGET_VERSION" ] ||
+    die $E_VERIFY "kubelet --version says ${version:-nothing}, not $TARGET_VERSION"
+  until systemctl is-active --quiet kubelet; do
+    [ $SECONDS -lt $deadline ] ||
+      die $E_KUBELET "the kubelet unit is $(systemctl is-active kubelet || true) ${KUBELET_TIMEOUT}s after its restart"
+    sleep 1
+  done
+  if [ "$NODE_ROLE" = control-plane ]; then
+    for component in kube-apiserver kube-controller-manager kube-scheduler; do
+      grep -qE "image: .*/$component:v${TARGET_VERSION//./\\.}\$" "$MANIFESTS/$component.yaml" ||
+        die $E_VERIFY "$MANIFESTS/$component.yaml does not run $component v$TARGET_VERSION"
+    done
+    log "verified: the static Pods run v$TARGET_VERSION"
+  fi
+  log "verified: kubelet $version is active"
 }
 
 # kubeadm leaves /etc/kubernetes/tmp/kubeadm-backup-{etcd,manifests}-<date> behind on
 # every upgrade; on small control-plane disks they add up.
 reclaim_backups() {
-  local kind
-  [ -d "$BACKUPS" ] || return 0
+  local kind backups=/etc/kubernetes/tmp
+  [ -d "$backups" ] || return 0
   for kind in etcd manifests; do
-    find "$BACKUPS" -maxdepth 1 -name "kubeadm-backup-$kind-*" -print | sort -r |
+    find "$backups" -maxdepth 1 -name "kubeadm-backup-$kind-*" -print | sort -r |
       tail -n "+$((KEEP_BACKUPS + 1))" | while read -r old; do
         log "removing old backup $old"
         rm -rf -- "$old"
@@ -95,15 +552,127 @@ reclaim_backups() {
   done
 }
 
-log "upgrading $NODE_ROLE node to $TARGET_VERSION ($UPGRADE_KIND)"
-if [ "$UPGRADE_KIND" = minor ]; then
-  switch_repository
-fi
-apt-get update -q
-install_held kubeadm
-upgrade_kubeadm_configuration
-install_held kubelet kubectl
-systemctl daemon-reload
-systemctl restart kubelet
-reclaim_backups
-log "done: kubelet restarted at $TARGET_VERSION"
+# --- prepare: nothing is changed ----------------------------------------------------------
+
+prepare() {
+  local tmp package missing=() opts=()
+  detect_os
+  check_role
+  log "checking that $NODE_NAME can be upgraded to $TARGET_VERSION ($FAMILY)"
+  check_disk
+  tmp=$(mktemp -d)
+  # apt fetches as the _apt user.
+  chmod 0755 "$tmp"
+  PREPARE_DIR=$tmp
+  trap 'rm -rf "$PREPARE_DIR"' EXIT
+  if [ "$FAMILY" = apt ]; then
+    mkdir -p "$tmp/lists/partial" "$tmp/archives/partial"
+    opts=(-o Dir::State::Lists="$tmp/lists" -o Dir::Cache="$tmp" -o Dir::Cache::Archives="$tmp/archives")
+    if [ "$REPOSITORY" = managed ]; then
+      curl -fsSL -o "$tmp/key.asc" "$(repository_key_url)" ||
+        die $E_REPOSITORY "cannot download the repository key $(repository_key_url)"
+      echo "deb [signed-by=$tmp/key.asc] $(repository_url deb) /" >"$tmp/sources.list"
+      opts+=(-o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts="$tmp/none")
+    fi
+    package_command apt-get -q "${opts[@]}" update
+  else
+    opts=(--setopt=cachedir="$tmp/cache")
+    if [ "$REPOSITORY" = managed ]; then
+      rpm_repository_file "$(repository_key_url)" >"$tmp/kubernetes.repo"
+      opts+=(--setopt=reposdir="$tmp")
+    fi
+  fi
+  for package in "${PACKAGES[@]}"; do
+    [ -n "$(available_version "$package" "$TARGET_VERSION" "${opts[@]}")" ] || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] ||
+    die $E_NOT_FOUND "${missing[*]} $TARGET_VERSION not found in the configured repository ($REPOSITORY, $REPOSITORY_URL); nothing was changed"
+  log "packages available: ${PACKAGES[*]} $TARGET_VERSION"
+  if [ "$FIRST_CONTROL_PLANE" = true ]; then
+    check_plan "$tmp" "${opts[@]}"
+  fi
+  log "ready for $TARGET_VERSION"
+}
+
+check_disk() {
+  local free need=$MIN_FREE_MIB etcd=0
+  if [ "$NODE_ROLE" = control-plane ] && [ -d /var/lib/etcd ]; then
+    # kubeadm copies etcd's data into its backup before it upgrades etcd.
+    etcd=$(du -sm /var/lib/etcd | awk '{print $1}')
+    need=$((need + etcd))
+  fi
+  free=$(df -Pm /var/lib | awk 'NR == 2 {print $4}')
+  [ "$free" -ge "$need" ] ||
+    die $E_DISK "/var/lib has ${free} MiB free; the upgrade needs ${need} MiB (MIN_FREE_MIB $MIN_FREE_MIB + etcd ${etcd} MiB)"
+  log "disk: ${free} MiB free on /var/lib, ${need} MiB needed"
+}
+
+# kubeadm upgrade plan, run by the target's kubeadm unpacked in a temporary directory:
+# the installed kubeadm is older and nothing may be installed yet.
+check_plan() {
+  local tmp=$1 exact
+  shift
+  exact=$(available_version kubeadm "$TARGET_VERSION" "$@")
+  mkdir -p "$tmp/kubeadm"
+  if [ "$FAMILY" = apt ]; then
+    (cd "$tmp/archives" && package_command apt-get -q "$@" download "kubeadm=$exact")
+    dpkg-deb -x "$tmp"/archives/kubeadm_*.deb "$tmp/kubeadm"
+  else
+    package_command "$PKG" -q "$@" --disableexcludes=kubernetes download --destdir "$tmp/archives" "kubeadm-${exact#*:}"
+    (cd "$tmp/kubeadm" && rpm2cpio "$tmp"/archives/kubeadm-*.rpm | cpio -idm --quiet)
+  fi
+  "$tmp/kubeadm/usr/bin/kubeadm" upgrade plan "v$TARGET_VERSION" ||
+    die $E_PLAN "kubeadm upgrade plan does not offer v$TARGET_VERSION; see its output above; nothing was changed"
+}
+
+# --- rollback: packages back to an older version ------------------------------------------
+
+rollback() {
+  local version=${1:-} installed previous_params="$STATE_DIR/params-upgrade.env"
+  # The last upgrade's parameters: a mirror stays the mirror.
+  if [ -f "$previous_params" ]; then parse_params "$previous_params"; fi
+  TARGET_VERSION=$version
+  NODE_NAME=$(uname -n)
+  apply_defaults
+  matches TARGET_VERSION '^[0-9]+\.[0-9]+\.[0-9]+$'
+  matches REPOSITORY '^(managed|unmanaged)$'
+  MINOR="${TARGET_VERSION%.*}"
+  detect_os
+  if [ -f "$MANIFESTS/kube-apiserver.yaml" ]; then
+    die $E_INPUT "this is a control-plane node: kubeadm cannot downgrade a control plane. Restore it from the etcd snapshot and kubeadm's backups instead (docs/node-script.md, Rollback)"
+  fi
+  installed=$(installed_version kubelet)
+  older "$version" "$installed" || die $E_INPUT "kubelet is at ${installed:-nothing}; $version is not older"
+  exec 8>>"$RUN_LOCK"
+  flock -n 8 || die $E_BUSY "an upgrade run holds this node"
+  trap 'hold_installed' EXIT
+  log "rolling back kubeadm, kubelet and kubectl from $installed to $version"
+  configure_repository
+  refresh_index
+  install_at "$version" "${PACKAGES[@]}"
+  systemctl daemon-reload
+  systemctl restart kubelet || die $E_KUBELET "systemctl restart kubelet failed"
+  [ "$(kubelet_version)" = "$version" ] || die $E_VERIFY "kubelet --version says $(kubelet_version)"
+  log "rolled back: kubelet $version; uncordon the node when it is Ready"
+}
+
+# --- main ---------------------------------------------------------------------------------
+
+command=${1:-}
+case $command in
+  launch | run | prepare)
+    [ $# -eq 2 ] || die $E_INPUT "usage: $0 $command PARAMS_FILE"
+    PARAMS=$(readlink -f "$2")
+    read_params "$PARAMS"
+    case $command in
+      launch) launch ;;
+      run) run_upgrade ;;
+      prepare) prepare ;;
+    esac
+    ;;
+  rollback)
+    [ $# -eq 2 ] || die $E_INPUT "usage: $0 rollback VERSION (for example 1.34.2)"
+    rollback "$2"
+    ;;
+  *) die $E_INPUT "usage: $0 launch|run|prepare PARAMS_FILE, or $0 rollback VERSION" ;;
+esac

@@ -1,4 +1,6 @@
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
@@ -200,9 +202,9 @@ fn default_max_unavailable() -> i32 {
     1
 }
 
-/// How the per-node upgrade Job runs. The Job SSHes into the node's InternalIP and runs
-/// the script from `scriptConfigMap` with TARGET_VERSION, UPGRADE_KIND, NODE_NAME,
-/// NODE_IP, NODE_ROLE and FIRST_CONTROL_PLANE in its environment.
+/// How the per-node Jobs run. A Job SSHes into its node's InternalIP, copies the script
+/// from `scriptConfigMap` and the run's parameters to /var/lib/upchain there, and runs
+/// it detached from the session (docs/node-script.md).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RunnerSpec {
@@ -250,6 +252,147 @@ pub struct RunnerSpec {
     #[serde(default = "default_ttl_seconds_after_finished")]
     #[schemars(range(min = 0, max = 7776000))]
     pub ttl_seconds_after_finished: i32,
+
+    /// Port of the nodes' SSH servers.
+    #[serde(default = "default_ssh_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub ssh_port: i32,
+
+    /// ConfigMap (in `namespace`) and key holding the nodes' SSH host keys as known_hosts
+    /// lines, each naming a node by its Kubernetes name, or one `@cert-authority *` line
+    /// for host certificates. Host keys are checked against it strictly.
+    #[serde(default = "default_known_hosts")]
+    pub known_hosts: KeyRef,
+
+    /// `Strict` (default) checks every node's host key against `knownHosts`. `AcceptNew`
+    /// trusts whatever key a node shows first and sets the HostKeysVerified condition to
+    /// False: anyone who can answer on a node's address then gets the SSH key's session.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+
+    /// Where the node finds the Kubernetes packages.
+    #[serde(default)]
+    pub repository: RepositorySpec,
+
+    /// Nodes the Jobs may run on (besides never on a node being upgraded). Unset: the
+    /// control-plane nodes not being upgraded, or any node not being upgraded while the
+    /// only control-plane node is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Tolerations of the Jobs' Pods. Unset: the control-plane taint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// How long the node script waits for another process's package-manager lock before
+    /// it fails with exit code 12.
+    #[serde(default = "default_package_lock_timeout_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub package_lock_timeout_seconds: i32,
+
+    /// Free space /var/lib needs before a node is upgraded (control-plane nodes also need
+    /// the size of /var/lib/etcd, which kubeadm backs up).
+    #[serde(default = "default_min_free_disk_mib")]
+    #[schemars(range(min = 0, max = 1048576))]
+    pub min_free_disk_mib: i32,
+
+    /// How many prepare Jobs (one per node, before any node is cordoned) run at once.
+    #[serde(default = "default_prepare_concurrency")]
+    #[schemars(range(min = 1, max = 100))]
+    pub prepare_concurrency: i32,
+}
+
+/// How the node Jobs check the nodes' SSH host keys.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum HostKeyPolicy {
+    /// Only keys in `knownHosts` (or certified by its CA) are accepted.
+    #[default]
+    Strict,
+    /// The first key a node shows is accepted.
+    AcceptNew,
+}
+
+impl HostKeyPolicy {
+    /// The value the node Job reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::AcceptNew => "AcceptNew",
+        }
+    }
+}
+
+/// Where nodes find the Kubernetes packages. Each field left unset takes the node
+/// script's default, which the Helm chart's `nodeScript.repository` values set
+/// cluster-wide (pkgs.k8s.io, Managed, when they are unset too).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// `Managed`: on a minor upgrade the node script points the node's apt or dnf
+    /// repository at the target minor under `url`. `Unmanaged`: it never touches
+    /// repository configuration; the target's packages must already be available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RepositoryMode>,
+
+    /// Base of the per-minor repositories, laid out like pkgs.k8s.io:
+    /// `<url>/v1.35/deb/` and `<url>/v1.35/rpm/`. Set it to a mirror for air-gapped
+    /// clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[][A-Za-z0-9._~:/@%+,=-]+$')").message("repository.url must be an http(s) or file URL without spaces or quotes"))]
+    pub url: Option<String>,
+
+    /// Where the repository's signing key is, when not where pkgs.k8s.io keeps it
+    /// (`Release.key` for apt, `repodata/repomd.xml.key` for rpm). `{minor}` is replaced
+    /// with the target minor, such as 1.35.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[][A-Za-z0-9._~:/@%+,={}-]+$')").message("repository.keyUrl must be an http(s) or file URL without spaces or quotes"))]
+    pub key_url: Option<String>,
+}
+
+/// Whether the node script configures the package repository.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepositoryMode {
+    /// The script points the repository at the target minor.
+    Managed,
+    /// The node's own repository configuration is left alone.
+    Unmanaged,
+}
+
+impl RepositoryMode {
+    /// The value the node script reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Managed => "managed",
+            Self::Unmanaged => "unmanaged",
+        }
+    }
+}
+
+fn default_ssh_port() -> i32 {
+    22
+}
+
+fn default_known_hosts() -> KeyRef {
+    KeyRef {
+        name: "upchain-known-hosts".to_owned(),
+        key: "known_hosts".to_owned(),
+    }
+}
+
+fn default_package_lock_timeout_seconds() -> i32 {
+    300
+}
+
+fn default_min_free_disk_mib() -> i32 {
+    1024
+}
+
+fn default_prepare_concurrency() -> i32 {
+    5
 }
 
 impl Default for RunnerSpec {
@@ -264,6 +407,15 @@ impl Default for RunnerSpec {
             active_deadline_seconds: default_active_deadline_seconds(),
             attempts: default_attempts(),
             ttl_seconds_after_finished: default_ttl_seconds_after_finished(),
+            ssh_port: default_ssh_port(),
+            known_hosts: default_known_hosts(),
+            host_key_policy: HostKeyPolicy::default(),
+            repository: RepositorySpec::default(),
+            node_selector: None,
+            tolerations: None,
+            package_lock_timeout_seconds: default_package_lock_timeout_seconds(),
+            min_free_disk_mib: default_min_free_disk_mib(),
+            prepare_concurrency: default_prepare_concurrency(),
         }
     }
 }

@@ -99,6 +99,16 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
 
+    /// This run's prepare checks: one Job per node, before any node is cordoned, that
+    /// checks over SSH, changing nothing, that the node can be upgraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepare: Vec<PrepareRecord>,
+
+    /// The nodes that passed their prepare check in this run (their records are dropped
+    /// to keep the status small). Both lists are cleared once the first node starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared_nodes: Vec<String>,
+
     /// The nodes still to upgrade, in order, as last computed from the cluster.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedNode>,
@@ -453,6 +463,30 @@ pub struct HookRecord {
     #[serde(default)]
     pub succeeded: bool,
     /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A node's prepare check in this run, while it runs or after it failed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrepareRecord {
+    /// The node checked.
+    pub node: String,
+    /// The Job's name (in the runner namespace).
+    pub job: String,
+    /// 1 for the first Job; a failed check is retried every recheck interval under the
+    /// next number.
+    pub attempt: i32,
+    /// When it started.
+    pub started_at: Time,
+    /// When it finished (or was given up on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// True once the node passed.
+    #[serde(default)]
+    pub succeeded: bool,
+    /// What the check found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -17,6 +17,8 @@ pub mod types {
     pub const STALLED: &str = "Stalled";
     /// True once the etcd snapshot is verified for this run.
     pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
+    /// False when the node Jobs accept any SSH host key (spec.runner.hostKeyPolicy).
+    pub const HOST_KEYS_VERIFIED: &str = "HostKeysVerified";
 }
 
 /// A condition to set: type, status, reason and message.

@@ -115,7 +115,28 @@ mod tests {
             ],
             ..Observed::default()
         };
-        let decision = decide(&upgrade("1.35.2"), &observed, at(0));
+        let mut upgrade = upgrade("1.35.2");
+        let preparing = decide(&upgrade, &observed, at(0));
+        let g = gauges(&preparing.status);
+        assert!(g.in_flight && !g.blocked && !g.stalled);
+        assert_eq!(g.phase, Phase::Preflight);
+        assert_eq!(g.nodes["Pending"], 2);
+        // The prepare checks passed: the first node starts.
+        let passed = Observed {
+            jobs: preparing
+                .status
+                .prepare
+                .iter()
+                .map(|r| crate::observe::ObservedJob {
+                    name: r.job.clone(),
+                    state: crate::observe::JobState::Succeeded,
+                    evidence: None,
+                })
+                .collect(),
+            ..observed
+        };
+        upgrade.status = Some(preparing.status);
+        let decision = decide(&upgrade, &passed, at(0));
         let g = gauges(&decision.status);
         assert!(g.in_flight && !g.blocked && !g.stalled && !g.snapshot_taken);
         assert_eq!(g.phase, Phase::ControlPlane);

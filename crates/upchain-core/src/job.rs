@@ -12,8 +12,9 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 use upchain_api::{
-    ATTEMPT_LABEL, CONTROL_PLANE_LABEL, NODE_ANNOTATION, NODE_LABEL, NodeRole, RunnerSpec,
-    TARGET_LABEL, UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION, UpgradeKind,
+    ATTEMPT_LABEL, CONTROL_PLANE_LABEL, HostKeyPolicy, NODE_ANNOTATION, NODE_LABEL, NodeRole,
+    RunnerSpec, TARGET_LABEL, UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
+    UpgradeKind,
 };
 
 use crate::plan::hex_prefix;
@@ -25,27 +26,36 @@ const MAX_NAME: usize = 63;
 const SCRIPT_PATH: &str = "/etc/upchain/script/upgrade-node.sh";
 /// Where the SSH key is mounted in the Job's container.
 const SSH_KEY_PATH: &str = "/etc/upchain/ssh/id";
+/// Where the nodes' known host keys are mounted in the Job's container.
+const KNOWN_HOSTS_PATH: &str = "/etc/upchain/known-hosts/known_hosts";
 /// The node Job's container, named when its log and exit code are read: a Pod may also
 /// hold an injected sidecar.
 pub const RUNNER_CONTAINER: &str = "upgrade";
 /// Unprivileged user of the runner image.
 const RUNNER_UID: i64 = 65532;
 
-/// The command the Job's container runs: copy the key where ssh accepts its mode, then
-/// stream the node script over SSH and run it as root with the upgrade's parameters.
-/// Every interpolated value is a version, a node name, an IP, an enum or a validated login
-/// name, none of which can carry shell syntax.
-const RUNNER_COMMAND: &str = r#"set -euo pipefail
-install -m 0600 /etc/upchain/ssh/id /tmp/id
-sudo="sudo -n"
-if [ "$SSH_USER" = root ]; then sudo=""; fi
-echo "upgrading $NODE_ROLE node $NODE_NAME ($NODE_IP) to $TARGET_VERSION ($UPGRADE_KIND)"
-exec ssh -i /tmp/id -o BatchMode=yes -o StrictHostKeyChecking=accept-new \
-  -o UserKnownHostsFile=/tmp/known_hosts -o ConnectTimeout=30 \
-  -o ServerAliveInterval=30 -o ServerAliveCountMax=6 "$SSH_USER@$NODE_IP" \
-  "$sudo env TARGET_VERSION=$TARGET_VERSION UPGRADE_KIND=$UPGRADE_KIND NODE_NAME=$NODE_NAME NODE_IP=$NODE_IP NODE_ROLE=$NODE_ROLE FIRST_CONTROL_PLANE=$FIRST_CONTROL_PLANE bash -s" \
-  < /etc/upchain/script/upgrade-node.sh
-"#;
+/// The command the Job's container runs: it checks every value, copies the node script and
+/// the run's parameters to the node and runs the script there, detached from the session.
+pub const RUNNER_COMMAND: &str = include_str!("runner.sh");
+
+/// What a node Job does on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobMode {
+    /// Upgrades the node (after its drain).
+    Upgrade,
+    /// Checks, changing nothing, that the node can be upgraded (before any cordon).
+    Prepare,
+}
+
+impl JobMode {
+    /// The value the Job's command reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upgrade => "upgrade",
+            Self::Prepare => "prepare",
+        }
+    }
+}
 
 /// The K8sUpgrade that owns a Job.
 #[derive(Clone, Copy, Debug)]
@@ -79,6 +89,11 @@ pub struct NodeJob<'a> {
     pub attempt: i32,
     /// Every node being drained or upgraded at the same time: the Job runs on none of them.
     pub batch: &'a [String],
+    /// Upgrade the node, or only check it.
+    pub mode: JobMode,
+    /// Whether a control-plane node outside the batch exists: by default the Job runs on
+    /// one, and only runs on a worker when the cluster's one control-plane node is in it.
+    pub control_plane_available: bool,
 }
 
 /// A name of at most 63 characters made of lowercase letters, digits and '-': `parts`
@@ -107,14 +122,35 @@ pub fn bounded_name(parts: &[&str]) -> String {
 /// meets the finished Jobs of the old one (kept for their TTL), whose Pod templates are
 /// immutable and may differ.
 pub fn job_name(owner: Owner<'_>, node: &str, target: KubeVersion, attempt: i32) -> String {
-    let uid_tag = hex_prefix(&Sha256::digest(owner.uid.as_bytes()), 6);
     bounded_name(&[
         owner.name,
         node,
         &target.to_string(),
         &attempt.to_string(),
-        &uid_tag,
+        &uid_tag(owner),
     ])
+}
+
+/// The name of a node's prepare Job for one attempt.
+pub fn prepare_job_name(owner: Owner<'_>, node: &str, target: KubeVersion, attempt: i32) -> String {
+    bounded_name(&[
+        owner.name,
+        "prepare",
+        node,
+        &target.to_string(),
+        &attempt.to_string(),
+        &uid_tag(owner),
+    ])
+}
+
+/// What names one upgrade of one node on the node itself: a Job of the same run attaches
+/// to the upgrade already going; a Job of another run is refused while it goes.
+pub fn run_id(owner: Owner<'_>, target: KubeVersion) -> String {
+    bounded_name(&[owner.name, &uid_tag(owner), &target.to_string()])
+}
+
+fn uid_tag(owner: Owner<'_>) -> String {
+    hex_prefix(&Sha256::digest(owner.uid.as_bytes()), 6)
 }
 
 /// The name node Jobs had before they carried the uid tag: a Job an earlier upchain
@@ -127,13 +163,110 @@ pub fn untagged_job_name(upgrade: &str, node: &str, target: KubeVersion, attempt
 impl NodeJob<'_> {
     /// The Job's name.
     pub fn name(&self) -> String {
-        job_name(self.owner, self.node, self.target, self.attempt)
+        match self.mode {
+            JobMode::Upgrade => job_name(self.owner, self.node, self.target, self.attempt),
+            JobMode::Prepare => prepare_job_name(self.owner, self.node, self.target, self.attempt),
+        }
+    }
+
+    /// The container's environment: the run's parameters and where the mounts are.
+    fn env(&self) -> Vec<EnvVar> {
+        let runner = self.runner;
+        let mut env = vec![
+            ("MODE", self.mode.as_str().to_owned()),
+            ("RUN_ID", run_id(self.owner, self.target)),
+            (
+                "TARGET_VERSION",
+                self.target.to_string().trim_start_matches('v').to_owned(),
+            ),
+            ("UPGRADE_KIND", self.kind.as_str().to_owned()),
+            ("NODE_NAME", self.node.to_owned()),
+            ("NODE_IP", self.node_ip.to_owned()),
+            ("NODE_ROLE", self.role.as_str().to_owned()),
+            ("FIRST_CONTROL_PLANE", self.first_control_plane.to_string()),
+            ("SSH_USER", runner.ssh_user.clone()),
+            ("SSH_PORT", runner.ssh_port.to_string()),
+            (
+                "HOST_KEY_POLICY",
+                runner.host_key_policy.as_str().to_owned(),
+            ),
+            (
+                "LOCK_TIMEOUT",
+                runner.package_lock_timeout_seconds.to_string(),
+            ),
+            ("MIN_FREE_MIB", runner.min_free_disk_mib.to_string()),
+            ("UPCHAIN_SCRIPT", SCRIPT_PATH.to_owned()),
+            ("UPCHAIN_SSH_KEY", SSH_KEY_PATH.to_owned()),
+            ("UPCHAIN_KNOWN_HOSTS", KNOWN_HOSTS_PATH.to_owned()),
+        ];
+        // Unset, the node script's defaults apply (the chart's nodeScript.repository).
+        let repository = &runner.repository;
+        if let Some(mode) = repository.mode {
+            env.push(("REPOSITORY", mode.as_str().to_owned()));
+        }
+        if let Some(url) = &repository.url {
+            env.push(("REPOSITORY_URL", url.clone()));
+        }
+        if let Some(key_url) = &repository.key_url {
+            env.push(("REPOSITORY_KEY_URL", key_url.clone()));
+        }
+        env.into_iter()
+            .map(|(name, value)| EnvVar {
+                name: name.to_owned(),
+                value: Some(value),
+                value_from: None,
+            })
+            .collect()
+    }
+
+    /// Where the Job may run: never on a node of the batch; on the nodes the runner's
+    /// selector allows, or by default on a control-plane node.
+    fn placement(&self) -> (Affinity, Option<BTreeMap<String, String>>, Vec<Toleration>) {
+        let mut excluded: Vec<String> = self.batch.to_vec();
+        excluded.push(self.node.to_owned());
+        excluded.sort();
+        excluded.dedup();
+        let on_control_plane = self.runner.node_selector.is_none() && self.control_plane_available;
+        let affinity = Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_fields: Some(vec![NodeSelectorRequirement {
+                            key: "metadata.name".to_owned(),
+                            operator: "NotIn".to_owned(),
+                            values: Some(excluded),
+                        }]),
+                        match_expressions: on_control_plane.then(|| {
+                            vec![NodeSelectorRequirement {
+                                key: CONTROL_PLANE_LABEL.to_owned(),
+                                operator: "Exists".to_owned(),
+                                values: None,
+                            }]
+                        }),
+                    }],
+                }),
+                preferred_during_scheduling_ignored_during_execution: None,
+            }),
+            ..Affinity::default()
+        };
+        let tolerations = self.runner.tolerations.clone().unwrap_or_else(|| {
+            vec![Toleration {
+                key: Some(CONTROL_PLANE_LABEL.to_owned()),
+                operator: Some("Exists".to_owned()),
+                effect: Some("NoSchedule".to_owned()),
+                ..Toleration::default()
+            }]
+        });
+        (affinity, self.runner.node_selector.clone(), tolerations)
     }
 
     /// Renders the Job.
     pub fn render(&self) -> Job {
         let labels: BTreeMap<String, String> = [
-            ("app.kubernetes.io/name", "upchain-node-upgrade".to_owned()),
+            (
+                "app.kubernetes.io/name",
+                format!("upchain-node-{}", self.mode.as_str()),
+            ),
             ("app.kubernetes.io/managed-by", "upchain".to_owned()),
             (UPGRADE_LABEL, bounded_name(&[self.owner.name])),
             (NODE_LABEL, bounded_name(&[self.node])),
@@ -151,49 +284,7 @@ impl NodeJob<'_> {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
-        let env = [
-            (
-                "TARGET_VERSION",
-                self.target.to_string().trim_start_matches('v').to_owned(),
-            ),
-            ("UPGRADE_KIND", self.kind.as_str().to_owned()),
-            ("NODE_NAME", self.node.to_owned()),
-            ("NODE_IP", self.node_ip.to_owned()),
-            ("NODE_ROLE", self.role.as_str().to_owned()),
-            ("FIRST_CONTROL_PLANE", self.first_control_plane.to_string()),
-            ("SSH_USER", self.runner.ssh_user.clone()),
-        ]
-        .into_iter()
-        .map(|(name, value)| EnvVar {
-            name: name.to_owned(),
-            value: Some(value),
-            value_from: None,
-        })
-        .collect();
-
-        let mut excluded: Vec<String> = self.batch.to_vec();
-        if !excluded.iter().any(|n| n == self.node) {
-            excluded.push(self.node.to_owned());
-        }
-        excluded.sort();
-        excluded.dedup();
-        let affinity = Affinity {
-            node_affinity: Some(NodeAffinity {
-                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                    node_selector_terms: vec![NodeSelectorTerm {
-                        match_fields: Some(vec![NodeSelectorRequirement {
-                            key: "metadata.name".to_owned(),
-                            operator: "NotIn".to_owned(),
-                            values: Some(excluded),
-                        }]),
-                        match_expressions: None,
-                    }],
-                }),
-                preferred_during_scheduling_ignored_during_execution: None,
-            }),
-            ..Affinity::default()
-        };
-
+        let (affinity, node_selector, tolerations) = self.placement();
         let container = Container {
             name: RUNNER_CONTAINER.to_owned(),
             image: Some(self.runner.image.clone()),
@@ -202,7 +293,7 @@ impl NodeJob<'_> {
                 "-c".to_owned(),
                 RUNNER_COMMAND.to_owned(),
             ]),
-            env: Some(env),
+            env: Some(self.env()),
             resources: self.runner.resources.clone(),
             security_context: Some(SecurityContext {
                 allow_privilege_escalation: Some(false),
@@ -216,6 +307,7 @@ impl NodeJob<'_> {
             volume_mounts: Some(vec![
                 mount("script", SCRIPT_PATH),
                 mount("ssh-key", SSH_KEY_PATH),
+                mount("known-hosts", KNOWN_HOSTS_PATH),
                 VolumeMount {
                     name: "tmp".to_owned(),
                     mount_path: "/tmp".to_owned(),
@@ -248,12 +340,8 @@ impl NodeJob<'_> {
                         // The Job only talks SSH to its node; it needs no API access.
                         automount_service_account_token: Some(false),
                         affinity: Some(affinity),
-                        tolerations: Some(vec![Toleration {
-                            key: Some(CONTROL_PLANE_LABEL.to_owned()),
-                            operator: Some("Exists".to_owned()),
-                            effect: Some("NoSchedule".to_owned()),
-                            ..Toleration::default()
-                        }]),
+                        node_selector,
+                        tolerations: Some(tolerations),
                         security_context: Some(PodSecurityContext {
                             run_as_non_root: Some(true),
                             run_as_user: Some(RUNNER_UID),
@@ -290,6 +378,22 @@ impl NodeJob<'_> {
                                     )]),
                                     default_mode: Some(0o440),
                                     optional: Some(false),
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "known-hosts".to_owned(),
+                                config_map: Some(ConfigMapVolumeSource {
+                                    name: self.runner.known_hosts.name.clone(),
+                                    items: Some(vec![key_to_path(
+                                        &self.runner.known_hosts.key,
+                                        "known_hosts",
+                                    )]),
+                                    default_mode: Some(0o444),
+                                    // AcceptNew runs without one.
+                                    optional: Some(
+                                        self.runner.host_key_policy == HostKeyPolicy::AcceptNew,
+                                    ),
                                 }),
                                 ..Volume::default()
                             },
@@ -370,7 +474,100 @@ mod tests {
             target: KubeVersion::new(1, 35, 2),
             attempt: 1,
             batch,
+            mode: JobMode::Upgrade,
+            control_plane_available: true,
         }
+    }
+
+    fn pod(job: &Job) -> &PodSpec {
+        job.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod")
+    }
+
+    fn required_terms(job: &Job) -> &NodeSelectorTerm {
+        &pod(job)
+            .affinity
+            .as_ref()
+            .and_then(|a| a.node_affinity.as_ref())
+            .and_then(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .expect("required affinity")
+            .node_selector_terms[0]
+    }
+
+    #[test]
+    fn jobs_run_on_a_control_plane_node_outside_the_batch_unless_none_is_left() {
+        let runner = RunnerSpec::default();
+        let batch = vec!["cp-1".to_owned()];
+        let on_control_plane = job(&runner, "cp-1", &batch).render();
+        let role = required_terms(&on_control_plane)
+            .match_expressions
+            .as_ref()
+            .expect("a role requirement");
+        assert_eq!(role[0].key, CONTROL_PLANE_LABEL);
+        assert_eq!(role[0].operator, "Exists");
+        // The cluster's one control-plane node is being upgraded: a worker runs its Job.
+        let only_control_plane = NodeJob {
+            control_plane_available: false,
+            ..job(&runner, "cp-1", &batch)
+        }
+        .render();
+        assert!(
+            required_terms(&only_control_plane)
+                .match_expressions
+                .is_none()
+        );
+        assert_eq!(excluded_nodes(&only_control_plane), ["cp-1"]);
+        // A runner node selector replaces the default, and the tolerations follow the spec.
+        let chosen = RunnerSpec {
+            node_selector: Some([("upchain.dev/runner".to_owned(), "true".to_owned())].into()),
+            tolerations: Some(Vec::new()),
+            ..RunnerSpec::default()
+        };
+        let selected = job(&chosen, "w-1", &batch).render();
+        assert!(required_terms(&selected).match_expressions.is_none());
+        assert_eq!(
+            pod(&selected).node_selector.as_ref().expect("selector")["upchain.dev/runner"],
+            "true"
+        );
+        assert_eq!(pod(&selected).tolerations.as_deref(), Some(&[][..]));
+    }
+
+    #[test]
+    fn the_job_checks_host_keys_against_known_hosts_unless_told_otherwise() {
+        let runner = RunnerSpec::default();
+        let rendered = job(&runner, "w-1", &[]).render();
+        let known_hosts = pod(&rendered)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "known-hosts")
+            .and_then(|v| v.config_map.as_ref())
+            .expect("known hosts volume");
+        assert_eq!(known_hosts.name, "upchain-known-hosts");
+        assert_eq!(known_hosts.optional, Some(false));
+        let env = |job: &Job, name: &str| {
+            pod(job).containers[0]
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == name)
+                .and_then(|e| e.value.clone())
+        };
+        assert_eq!(env(&rendered, "HOST_KEY_POLICY").as_deref(), Some("Strict"));
+        assert_eq!(env(&rendered, "MODE").as_deref(), Some("upgrade"));
+        let prepare = NodeJob {
+            mode: JobMode::Prepare,
+            ..job(&runner, "w-1", &[])
+        }
+        .render();
+        assert_eq!(env(&prepare, "MODE").as_deref(), Some("prepare"));
+        assert_ne!(prepare.metadata.name, rendered.metadata.name);
+        assert_eq!(env(&prepare, "RUN_ID"), env(&rendered, "RUN_ID"));
     }
 
     #[test]

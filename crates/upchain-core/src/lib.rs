@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod drain;
 pub mod evidence;
+pub mod exit_codes;
 pub mod gates;
 pub mod gauges;
 pub mod health;

@@ -99,6 +99,14 @@ reasons! {
     Retrying,
     /// A hook Job runs.
     RunningHook,
+    /// The nodes' prepare checks run.
+    Preparing,
+    /// A node's prepare check failed: nothing was drained.
+    PrepareFailed,
+    /// Every node passed its prepare check.
+    NodesPrepared,
+    /// spec.runner.hostKeyPolicy AcceptNew: the nodes' host keys are not checked.
+    HostKeysUnchecked,
     /// A run started.
     RunStarted,
     /// An Alertmanager silence expired.

@@ -335,13 +335,32 @@ async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
             namespace,
             script_keys: Ok(None),
             ssh_secret: Ok(false),
+            known_hosts_keys: Ok(None),
         };
     }
-    let script_keys = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace)
-        .get_opt(&runner.script_config_map.name)
-        .await
-        .map(|c| c.map(|c| c.data.unwrap_or_default().into_keys().collect()))
-        .map_err(|e| describe(&e));
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace);
+    // The keys whose value holds something.
+    let keys_of = |name: String| {
+        let config_maps = config_maps.clone();
+        async move {
+            config_maps
+                .get_opt(&name)
+                .await
+                .map(|c| {
+                    c.map(|c| {
+                        c.data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|(_, value)| !value.trim().is_empty())
+                            .map(|(key, _)| key)
+                            .collect()
+                    })
+                })
+                .map_err(|e| describe(&e))
+        }
+    };
+    let script_keys = keys_of(runner.script_config_map.name.clone()).await;
+    let known_hosts_keys = keys_of(runner.known_hosts.name.clone()).await;
     let ssh_secret = Api::<Secret>::namespaced(client.clone(), &runner.namespace)
         .get_metadata_opt(&runner.ssh_secret.name)
         .await
@@ -351,6 +370,7 @@ async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
         namespace,
         script_keys,
         ssh_secret,
+        known_hosts_keys,
     }
 }
 

@@ -28,7 +28,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use upchain_api::{
-    DEFAULT_CONTAINERD_FLOORS, GatesSpec, K8sUpgradeSpec, NodeRecord, RunnerSpec, UpgradeKind,
+    DEFAULT_CONTAINERD_FLOORS, GatesSpec, HostKeyPolicy, K8sUpgradeSpec, NodeRecord, RunnerSpec,
+    UpgradeKind,
 };
 
 use crate::observe::ObservedNode;

@@ -12,6 +12,9 @@ pub struct RunnerFacts {
     pub script_keys: Source<Option<Vec<String>>>,
     /// The SSH Secret exists.
     pub ssh_secret: Source<bool>,
+    /// The keys of the known-hosts ConfigMap that hold at least one line; None when there
+    /// is no such ConfigMap.
+    pub known_hosts_keys: Source<Option<Vec<String>>>,
 }
 
 /// What the node Jobs need and is missing, each named as a person would create it.
@@ -38,6 +41,18 @@ pub(super) fn runner_missing(runner: &RunnerSpec, facts: &RunnerFacts) -> Vec<St
         Ok(false) => missing.push(format!("{secret} (the SSH key)")),
         Err(error) => missing.push(unreadable(secret, error)),
     }
+    if runner.host_key_policy == HostKeyPolicy::Strict {
+        let known = &runner.known_hosts;
+        let config_map = format!("ConfigMap {namespace}/{}", known.name);
+        let what = "the nodes' SSH host keys, or set spec.runner.hostKeyPolicy AcceptNew to \
+                    trust any key";
+        match &facts.known_hosts_keys {
+            Ok(Some(keys)) if keys.contains(&known.key) => {}
+            Ok(Some(_)) => missing.push(format!("key {} of {config_map} ({what})", known.key)),
+            Ok(None) => missing.push(format!("{config_map} ({what})")),
+            Err(error) => missing.push(unreadable(config_map, error)),
+        }
+    }
     missing
 }
 
@@ -52,7 +67,7 @@ pub fn runner_gate(runner: &RunnerSpec, facts: &RunnerFacts) -> Verdict {
     verdict(
         "runner",
         format!(
-            "namespace {}, the script ConfigMap and the SSH Secret exist",
+            "namespace {}, the script ConfigMap, the SSH Secret and the known host keys exist",
             runner.namespace
         ),
         reasons,

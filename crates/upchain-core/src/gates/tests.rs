@@ -256,8 +256,24 @@ fn missing_runner_prerequisites_refuse_by_name() {
         namespace: Ok(true),
         script_keys: Ok(Some(vec![runner.script_config_map.key.clone()])),
         ssh_secret: Ok(true),
+        known_hosts_keys: Ok(Some(vec![runner.known_hosts.key.clone()])),
     };
     assert!(runner_gate(&runner, &present).passed());
+    let no_known_hosts = RunnerFacts {
+        known_hosts_keys: Ok(None),
+        ..present.clone()
+    };
+    let reasons = runner_gate(&runner, &no_known_hosts).reasons;
+    assert!(
+        reasons[0]
+            .starts_with("ConfigMap upchain-system/upchain-known-hosts (the nodes' SSH host keys"),
+        "{reasons:?}"
+    );
+    let accept_new = RunnerSpec {
+        host_key_policy: upchain_api::HostKeyPolicy::AcceptNew,
+        ..RunnerSpec::default()
+    };
+    assert!(runner_gate(&accept_new, &no_known_hosts).passed());
     let no_secret = RunnerFacts {
         ssh_secret: Ok(false),
         ..present.clone()

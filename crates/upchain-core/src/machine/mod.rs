@@ -14,6 +14,7 @@ mod needs;
 mod node_steps;
 mod one_off;
 mod postflight;
+mod prepare;
 mod run;
 mod silences;
 mod summary;
@@ -41,7 +42,7 @@ use upchain_api::{
 use crate::conditions::{self, Desired, types};
 use crate::drain::drain_progress;
 use crate::gates;
-use crate::job::{NodeJob, Owner, job_name, untagged_job_name};
+use crate::job::{JobMode, NodeJob, Owner, job_name, untagged_job_name};
 use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade, PodRef, pod_names};
 use crate::plan::{Plan, plan};
 use crate::reason::Reason;
@@ -137,6 +138,21 @@ impl<'a> Machine<'a> {
         self.nodes.get(name).copied()
     }
 
+    /// Whether a control-plane node outside `batch` can take node Jobs.
+    fn control_plane_available(&self, batch: &[String]) -> bool {
+        self.observed.nodes.iter().any(|n| {
+            n.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL) && !batch.contains(&n.name)
+        })
+    }
+
+    /// The K8sUpgrade as the owner its Jobs name.
+    fn owner(&self) -> Owner<'a> {
+        Owner {
+            name: self.upgrade.metadata.name.as_deref().unwrap_or_default(),
+            uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
+        }
+    }
+
     fn name(&self) -> &str {
         self.upgrade.metadata.name.as_deref().unwrap_or_default()
     }
@@ -227,6 +243,7 @@ impl<'a> Machine<'a> {
         self.wait_for_the_window()?;
         self.take_the_snapshot(first)?;
         self.run_the_pre_hook(first)?;
+        self.prepare_the_nodes(first, &plan)?;
         self.hold_pods_the_drain_would_lose(&plan)?;
         self.unblock();
         self.start_batch(&plan);

@@ -1,5 +1,7 @@
 //! The observation contract: what the operator must read for the next decision.
 
+use upchain_api::PrepareRecord;
+
 use super::*;
 
 /// Everything the operator must read for the next decision besides the Nodes it caches:
@@ -25,7 +27,8 @@ pub struct Needs {
     /// Which of the run's node Jobs to read.
     pub jobs: JobsToRead,
     /// The finished node Jobs whose Pod's evidence (exit code, times, log) to read: those
-    /// of nodes still Upgrading, which the decision moves past their Job.
+    /// of nodes still Upgrading, which the decision moves past their Job, and the prepare
+    /// checks under way.
     pub evidence_of: Vec<String>,
 }
 
@@ -34,8 +37,8 @@ pub struct Needs {
 pub enum JobsToRead {
     /// Every one: deletion deletes the finished ones.
     All,
-    /// Those of these nodes: draining (a decision can move one on to its Job) and
-    /// upgrading. A node past its Job never reads it again, so a long run does not re-read
+    /// Those of these nodes: draining (a decision can move one on to its Job), upgrading,
+    /// or under a prepare check. A node past its Job never reads it again, so a long run does not re-read
     /// its finished Jobs on every reconcile.
     OfNodes(Vec<String>),
 }
@@ -88,6 +91,12 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
             .map(|n| n.name.clone())
             .collect()
     };
+    // Prepare checks under way, whose Jobs the next decision follows.
+    let preparing: Vec<&PrepareRecord> = status
+        .prepare
+        .iter()
+        .filter(|r| r.completed_at.is_none())
+        .collect();
     Needs {
         preflight,
         alerts: spec.gates.prometheus.is_some()
@@ -99,12 +108,18 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
         pods_of: pods_to_read(upgrade, status, at_boundary, nodes),
-        jobs: JobsToRead::OfNodes(nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])),
+        jobs: JobsToRead::OfNodes(
+            nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])
+                .into_iter()
+                .chain(preparing.iter().map(|r| r.node.clone()))
+                .collect(),
+        ),
         evidence_of: status
             .nodes
             .iter()
             .filter(|n| n.step == NodeStep::Upgrading)
             .filter_map(|n| n.job.clone())
+            .chain(preparing.iter().map(|r| r.job.clone()))
             .collect(),
     }
 }

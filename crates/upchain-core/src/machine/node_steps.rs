@@ -308,11 +308,7 @@ impl<'a> Machine<'a> {
                 format!("has an unreadable target {}", record.target_version),
             );
         };
-        let upgrade = self.upgrade;
-        let owner = Owner {
-            name: upgrade.metadata.name.as_deref().unwrap_or_default(),
-            uid: upgrade.metadata.uid.as_deref().unwrap_or_default(),
-        };
+        let owner = self.owner();
         let untagged = untagged_job_name(owner.name, &record.name, target, record.attempts);
         let name = match &record.job {
             Some(job) if *job == untagged => untagged,
@@ -355,6 +351,8 @@ impl<'a> Machine<'a> {
                     target,
                     attempt: record.attempts,
                     batch,
+                    mode: JobMode::Upgrade,
+                    control_plane_available: self.control_plane_available(batch),
                 }
                 .render();
                 self.act(Action::CreateJob(Box::new(job)));
@@ -372,7 +370,13 @@ impl<'a> Machine<'a> {
             Some(JobState::Failed { reason, message }) => {
                 let failures = record.failures + 1;
                 self.status.nodes[index].failures = failures;
-                let detail = format!("upgrade Job {name} failed ({reason}: {message})");
+                let exit = self.status.nodes[index]
+                    .job_result
+                    .as_ref()
+                    .and_then(|r| r.exit_code)
+                    .map(|code| format!("{}; ", crate::exit_codes::describe(code)))
+                    .unwrap_or_default();
+                let detail = format!("upgrade Job {name} failed ({exit}{reason}: {message})");
                 if failures < self.spec.runner.attempts {
                     self.status.nodes[index].attempts += 1;
                     self.enter(index, NodeStep::Upgrading, Some(detail.clone()));

@@ -20,6 +20,22 @@ pub(super) struct OneOffRecord<'r> {
     message: Option<&'r str>,
 }
 
+impl<'r> OneOffRecord<'r> {
+    pub(super) fn new(
+        attempt: i32,
+        completed_at: Option<&'r Time>,
+        succeeded: bool,
+        message: Option<&'r str>,
+    ) -> Self {
+        Self {
+            attempt,
+            completed_at,
+            succeeded,
+            message,
+        }
+    }
+}
+
 impl<'r> From<&'r SnapshotRecord> for OneOffRecord<'r> {
     fn from(r: &'r SnapshotRecord) -> Self {
         Self {
@@ -136,11 +152,7 @@ impl<'a> Machine<'a> {
         reason: Reason,
         waiting_for: String,
     ) {
-        let owner = Owner {
-            name: self.name(),
-            uid: self.upgrade.metadata.uid.as_deref().unwrap_or_default(),
-        };
-        let job = crate::snapshot::job_from_template(template, owner, namespace, name);
+        let job = crate::snapshot::job_from_template(template, self.owner(), namespace, name);
         self.act(Action::CreateJob(Box::new(job)));
         self.requeue_within(left);
         self.note(reason, waiting_for);

@@ -157,6 +157,8 @@ impl<'a> Machine<'a> {
         self.status.nodes.clear();
         self.status.upgraded_nodes.clear();
         self.status.hooks.clear();
+        self.status.prepare.clear();
+        self.status.prepared_nodes.clear();
         self.status.completed_at = None;
         self.status.started_at = Some(now.clone());
         self.status.last_progress_at = Some(now);
@@ -164,6 +166,15 @@ impl<'a> Machine<'a> {
         self.status.target_version = Some(plan.target.to_string());
         self.status.upgrade_kind = Some(plan.kind);
         self.set_phase(Phase::Preflight);
+        if self.spec.runner.host_key_policy == upchain_api::HostKeyPolicy::AcceptNew {
+            self.event(
+                true,
+                Reason::HostKeysUnchecked,
+                "spec.runner.hostKeyPolicy is AcceptNew: the node Jobs will not check the \
+                 nodes' SSH host keys"
+                    .to_owned(),
+            );
+        }
         self.event(
             false,
             Reason::RunStarted,

@@ -1,6 +1,8 @@
 //! The end of every decision: conditions, progress, stall, notifications, and the
 //! Events that say what changed.
 
+use upchain_api::HostKeyPolicy;
+
 use super::*;
 
 /// Folds the oldest Done records past [`DONE_RECORDS_KEPT`] into `upgraded_nodes`.
@@ -149,6 +151,26 @@ impl<'a> Machine<'a> {
             ),
         };
         conditions::set(conditions, snapshot, generation, now);
+
+        let runner = &self.spec.runner;
+        let host_keys = match runner.host_key_policy {
+            HostKeyPolicy::Strict => Desired::yes(
+                types::HOST_KEYS_VERIFIED,
+                Reason::Verified,
+                format!(
+                    "node Jobs check host keys against ConfigMap {}/{} key {}",
+                    runner.namespace, runner.known_hosts.name, runner.known_hosts.key
+                ),
+            ),
+            HostKeyPolicy::AcceptNew => Desired::no(
+                types::HOST_KEYS_VERIFIED,
+                Reason::HostKeysUnchecked,
+                "spec.runner.hostKeyPolicy is AcceptNew: node Jobs trust whatever host key a \
+                 node shows, so whoever answers at a node's address gets a root session. Put \
+                 the nodes' keys in spec.runner.knownHosts and set hostKeyPolicy Strict",
+            ),
+        };
+        conditions::set(conditions, host_keys, generation, now);
 
         let stall_timeout = Duration::from(self.spec.stall_timeout);
         let quiet_for = self

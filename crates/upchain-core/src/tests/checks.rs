@@ -116,6 +116,7 @@ pub(super) fn no_node_starts_outside_the_window_and_status_says_when_it_opens() 
         Some(std::time::Duration::from_secs(14 * 3600))
     );
     run.world.tick(14 * 3600);
+    run.prepare();
     let open = run.decide_once();
     assert!(!open.status.nodes.is_empty(), "the first node starts");
     assert!(open.status.next_window_at.is_none());
@@ -145,6 +146,7 @@ pub(super) fn no_node_starts_in_a_blackout_and_the_condition_names_it() {
         Some(std::time::Duration::from_secs(16 * 3600))
     );
     run.world.tick(16 * 3600);
+    run.prepare();
     assert!(
         !run.decide_once().status.nodes.is_empty(),
         "starts after it"

@@ -5,6 +5,7 @@ use super::*;
 #[test]
 pub(super) fn drain_evicts_pods_and_waits_for_them() {
     let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    run.prepare();
     // The next batch's Pods were read with the decision that starts it: it records the
     // drain preview and cordons at once.
     let first = run.decide_once();
@@ -90,6 +91,7 @@ pub(super) fn pods_a_drain_would_lose_block_the_run_before_their_node_is_cordone
         ..pod("apps", "cache-0")
     });
     let mut run = Run::new(quick("1.35.2"), world);
+    run.prepare();
     let blocked = run.decide_once();
     assert_eq!(blocked.status.phase, Some(Phase::Blocked));
     assert!(mutating(&blocked.actions).is_empty(), "nothing touched");

@@ -53,12 +53,24 @@ pub(super) fn check_invariants(upgrade: &K8sUpgrade, world: &World, decision: &D
     }
 
     for action in &decision.actions {
-        let node_job = |job: &k8s_openapi::api::batch::v1::Job| {
+        let app = |job: &k8s_openapi::api::batch::v1::Job| {
             job.metadata
                 .labels
                 .as_ref()
-                .is_some_and(|l| l.contains_key(upchain_api::NODE_LABEL))
+                .and_then(|l| l.get("app.kubernetes.io/name").cloned())
+                .unwrap_or_default()
         };
+        let node_job = |job: &k8s_openapi::api::batch::v1::Job| app(job) == "upchain-node-upgrade";
+        if let Action::CreateJob(job) = action
+            && app(job) == "upchain-node-prepare"
+        {
+            // Prepare checks run before the first node, and never where they check.
+            assert!(status.nodes.is_empty(), "a prepare Job once a node started");
+            let node = &job.metadata.annotations.as_ref().expect("annotated")
+                [upchain_api::NODE_ANNOTATION];
+            assert!(excluded_nodes(job).contains(node));
+            continue;
+        }
         if let Action::CreateJob(job) = action
             && !node_job(job)
         {

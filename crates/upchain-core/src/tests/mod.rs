@@ -7,6 +7,7 @@ mod drain;
 mod invariants;
 mod one_off;
 mod operations;
+mod prepare;
 mod world;
 
 use invariants::*;

@@ -29,6 +29,10 @@ pub(super) struct World {
     /// Hook Jobs and their states; `hook_outcome` is how the next ones end.
     pub(super) hook_jobs: BTreeMap<String, JobState>,
     pub(super) hook_outcome: JobState,
+    /// Prepare Jobs: name -> (node, state).
+    pub(super) prepare_jobs: BTreeMap<String, (String, JobState)>,
+    /// Nodes whose prepare checks find no target packages.
+    pub(super) unprepared: BTreeSet<String>,
 }
 
 /// A silence in the model's Alertmanager; times in seconds on the world's clock.
@@ -69,6 +73,8 @@ impl World {
             silences: BTreeMap::new(),
             hook_jobs: BTreeMap::new(),
             hook_outcome: JobState::Succeeded,
+            prepare_jobs: BTreeMap::new(),
+            unprepared: BTreeSet::new(),
         }
     }
 
@@ -121,6 +127,18 @@ impl World {
                             }
                         }),
                 })
+                .chain(
+                    self.prepare_jobs
+                        .iter()
+                        .filter(|(_, (node, _))| job_nodes.contains(node))
+                        .map(|(name, (node, state))| ObservedJob {
+                            name: name.clone(),
+                            state: state.clone(),
+                            evidence: (*state != JobState::Running
+                                && needs.evidence_of.contains(name))
+                            .then(|| prepare_evidence(node, state)),
+                        }),
+                )
                 .collect(),
             pods: draining
                 .into_iter()
@@ -239,6 +257,13 @@ impl World {
                     let name = job.metadata.name.clone().expect("named");
                     self.hook_jobs.entry(name).or_insert(JobState::Running);
                 }
+                Action::CreateJob(job) if env_of(job, "MODE").as_deref() == Some("prepare") => {
+                    let name = job.metadata.name.clone().expect("named");
+                    let node = env_of(job, "NODE_NAME").expect("NODE_NAME");
+                    self.prepare_jobs
+                        .entry(name)
+                        .or_insert((node, JobState::Running));
+                }
                 Action::CreateJob(job) => {
                     let name = job.metadata.name.clone().expect("named");
                     let env = &job
@@ -266,6 +291,7 @@ impl World {
                 }
                 Action::DeleteJob { name } => {
                     self.jobs.remove(name);
+                    self.prepare_jobs.remove(name);
                 }
                 Action::Event(_) | Action::Notify(_) => {}
             }
@@ -279,6 +305,18 @@ impl World {
         for state in self.hook_jobs.values_mut() {
             if *state == JobState::Running {
                 *state = self.hook_outcome.clone();
+            }
+        }
+        for (node, state) in self.prepare_jobs.values_mut() {
+            if *state == JobState::Running {
+                *state = if self.unprepared.contains(node) {
+                    JobState::Failed {
+                        reason: "BackoffLimitExceeded".into(),
+                        message: "Job has reached the specified backoff limit".into(),
+                    }
+                } else {
+                    JobState::Succeeded
+                };
             }
         }
         if let Some(outcome) = &self.snapshot_outcome {
@@ -334,6 +372,20 @@ impl Run {
         }
     }
 
+    /// Runs the prepare checks a new run starts with: the next decision starts a node.
+    pub(super) fn prepare(&mut self) {
+        let decision = self.decide_once();
+        assert!(
+            decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, Action::CreateJob(_))),
+            "the prepare Jobs start: {:?}",
+            decision.status.conditions
+        );
+        self.world.tick(1);
+    }
+
     pub(super) fn decide_once(&mut self) -> Decision {
         let now = at(self.world.clock);
         let observed = self.world.observe(&self.upgrade);
@@ -372,5 +424,33 @@ impl Run {
 
     pub(super) fn status(&self) -> &K8sUpgradeStatus {
         self.upgrade.status.as_ref().expect("status")
+    }
+}
+
+/// A value of a rendered Job's container environment.
+fn env_of(job: &k8s_openapi::api::batch::v1::Job, key: &str) -> Option<String> {
+    job.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == key)
+        .and_then(|e| e.value.clone())
+}
+
+/// What a finished prepare Job's Pod shows: ready, or exit 11 with the script's words.
+fn prepare_evidence(node: &str, state: &JobState) -> crate::evidence::JobEvidence {
+    let ready = *state == JobState::Succeeded;
+    crate::evidence::JobEvidence {
+        exit_code: Some(if ready { 0 } else { 11 }),
+        started_at: None,
+        finished_at: None,
+        log: Ok(if ready {
+            format!("upchain[{node}]: ready\n")
+        } else {
+            format!(
+                "upchain[{node}]: error: kubeadm kubelet kubectl 1.35.2 not found in the \
+                 configured repository\n"
+            )
+        }),
     }
 }

@@ -134,6 +134,8 @@ fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
             "pods",
             "-n",
             "upchain-system",
+            "-l",
+            "app.kubernetes.io/name=upchain-node-upgrade",
             "-o",
             "jsonpath={range .items[*]}{.spec.nodeName}={.metadata.annotations.upchain\\.dev/node}{\"\\n\"}{end}",
         ],

@@ -6,6 +6,20 @@ use super::*;
 /// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod, from whichever container has them
 /// (an injected sidecar may come first).
 pub(super) fn upgrade_env(pod: &Value) -> Option<(String, String)> {
+    node_job_env(pod)
+        .filter(|(mode, ..)| mode != "prepare")
+        .map(|(_, node, version)| (node, version))
+}
+
+/// `(NODE_NAME, TARGET_VERSION)` of a node's prepare Pod.
+fn prepare_env(pod: &Value) -> Option<(String, String)> {
+    node_job_env(pod)
+        .filter(|(mode, ..)| mode == "prepare")
+        .map(|(_, node, version)| (node, version))
+}
+
+/// `(MODE, NODE_NAME, TARGET_VERSION)` of a node Job's Pod (MODE "upgrade" when unset).
+fn node_job_env(pod: &Value) -> Option<(String, String, String)> {
     pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
         let env = c["env"].as_array()?;
         let value = |key: &str| {
@@ -14,7 +28,11 @@ pub(super) fn upgrade_env(pod: &Value) -> Option<(String, String)> {
                 .and_then(|e| e["value"].as_str())
                 .map(str::to_owned)
         };
-        Some((value("NODE_NAME")?, value("TARGET_VERSION")?))
+        Some((
+            value("MODE").unwrap_or_else(|| "upgrade".to_owned()),
+            value("NODE_NAME")?,
+            value("TARGET_VERSION")?,
+        ))
     })
 }
 
@@ -66,6 +84,18 @@ pub(super) fn finish_pod(
     succeeded: bool,
     stamp: &str,
 ) {
+    finish_pod_with(store, namespace, pod, if succeeded { 0 } else { 1 }, stamp);
+}
+
+/// Ends a Pod's container with `exit_code`.
+pub(super) fn finish_pod_with(
+    store: &mut Store,
+    namespace: &str,
+    pod: &str,
+    exit_code: i64,
+    stamp: &str,
+) {
+    let succeeded = exit_code == 0;
     let Some(pods) = store.type_by_id("pods") else {
         return;
     };
@@ -82,13 +112,7 @@ pub(super) fn finish_pod(
         .unwrap_or(Value::Null);
     let mut next = object.clone();
     let phase = if succeeded { "Succeeded" } else { "Failed" };
-    next["status"] = pod_status(
-        &object,
-        phase,
-        Some(if succeeded { 0 } else { 1 }),
-        &node,
-        stamp,
-    );
+    next["status"] = pod_status(&object, phase, Some(exit_code), &node, stamp);
     let _ = store.write_own(next, true);
 }
 
@@ -192,19 +216,25 @@ pub(super) fn kubelets(
             .as_array()
             .is_some_and(|owners| owners.iter().any(|o| o["kind"] == "Job"));
         let outcome = pod["metadata"]["annotations"][OUTCOME_ANNOTATION].as_str();
-        let timer = match upgrade_env(&pod) {
-            Some((target_node, version)) => Some(Timer::Restart {
+        let timer = match (upgrade_env(&pod), prepare_env(&pod)) {
+            (Some((target_node, version)), _) => Some(Timer::Restart {
                 namespace: namespace(&pod).to_owned(),
                 pod: name(&pod).to_owned(),
                 node: target_node,
                 version,
             }),
-            None if job_pod && outcome != Some("hang") => Some(Timer::Finish {
+            (None, Some((target_node, version))) => Some(Timer::Prepare {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                node: target_node,
+                version,
+            }),
+            _ if job_pod && outcome != Some("hang") => Some(Timer::Finish {
                 namespace: namespace(&pod).to_owned(),
                 pod: name(&pod).to_owned(),
                 succeeded: outcome != Some("fail"),
             }),
-            None => None,
+            _ => None,
         };
         if let Some(timer) = timer {
             let at = now
@@ -301,6 +331,25 @@ pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) 
                     &format!("[upgrade-node] {node}: kubelet {kubelet} restarted; done\n"),
                 );
                 finish_pod(store, &namespace, &pod, true, &stamp);
+            }
+            Timer::Prepare {
+                namespace,
+                pod,
+                node,
+                version,
+            } => {
+                let ready = !state.unprepared.contains(&node);
+                let log = if ready {
+                    format!("upchain[{node}]: ready for {version}\n")
+                } else {
+                    format!(
+                        "upchain[{node}]: error: kubeadm kubelet kubectl {version} not found in \
+                         the configured repository (managed, https://pkgs.k8s.io/core:/stable:); \
+                         nothing was changed\n"
+                    )
+                };
+                store.append_log(&namespace, &pod, &log);
+                finish_pod_with(store, &namespace, &pod, if ready { 0 } else { 11 }, &stamp);
             }
             Timer::Finish {
                 namespace,

@@ -82,6 +82,13 @@ enum Timer {
         node: String,
         version: String,
     },
+    /// A prepare Pod (MODE=prepare) ends: its node is ready, or a package is missing.
+    Prepare {
+        namespace: String,
+        pod: String,
+        node: String,
+        version: String,
+    },
     /// Another Job's Pod (such as an etcd snapshot) runs to its end.
     Finish {
         namespace: String,
@@ -103,6 +110,9 @@ pub struct State {
     pub never_return: BTreeSet<String>,
     /// Upgrade Jobs for a node that fail, with how many failures are left.
     pub failing_jobs: BTreeMap<String, u32>,
+    /// Nodes whose prepare Job finds no target packages (exit code 11), as when the
+    /// node's repository or mirror lacks them.
+    pub unprepared: BTreeSet<String>,
     /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
     /// script echoes.
     pub extra_log_lines: BTreeMap<String, Vec<String>>,
@@ -128,6 +138,7 @@ impl State {
             behaviour,
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
+            unprepared: BTreeSet::new(),
             extra_log_lines: BTreeMap::new(),
             sidecar: None,
             placements: Vec::new(),

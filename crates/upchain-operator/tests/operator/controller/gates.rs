@@ -519,3 +519,30 @@ async fn a_failing_cel_health_check_blocks_with_its_reason_and_a_passing_one_let
     );
     assert_every_node_upgraded(&cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_prepare_check_fails_blocks_the_run_before_any_drain() {
+    let cluster = cluster(1, 2).await;
+    cluster.sim.behaviour().unprepared.insert("worker-2".into());
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let status = blocked.status.expect("status");
+    let reasons = status.blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("node worker-2")
+            && reasons.contains("exit 11: a target package is not in the configured repository")
+            && reasons.contains("no node was drained"),
+        "{reasons}"
+    );
+    assert!(status.nodes.is_empty(), "no node started");
+    assert_nothing_cordoned(&cluster);
+    // The mirror catches up: the recheck passes and the run goes through.
+    cluster.sim.behaviour().unprepared.clear();
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(60)).await;
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
+}

@@ -1,0 +1,193 @@
+//! The prepare checks: before the first node is cordoned, one Job per node checks over
+//! SSH, changing nothing, that the node can be upgraded: a supported OS, the target's
+//! packages in the configured repository, free disk, and on the first control-plane node
+//! `kubeadm upgrade plan` offering the target.
+//!
+//! They run for every node of the plan at preflight (at most
+//! spec.runner.prepareConcurrency at once), not per batch before its cordon: a mirror
+//! that lacks the target, or one node on an unsupported OS, is then found before the
+//! first drain rather than halfway through the workers, so a run never stops half-done
+//! for a reason that was knowable at its start. The cost is time before the first node
+//! (nodes / concurrency × one check, about 15 s each).
+
+use upchain_api::PrepareRecord;
+
+use super::one_off::{JobOutcome, NextAttempt, OneOffRecord};
+use super::*;
+use crate::job::prepare_job_name;
+
+impl<'r> From<&'r PrepareRecord> for OneOffRecord<'r> {
+    fn from(r: &'r PrepareRecord) -> Self {
+        OneOffRecord::new(
+            r.attempt,
+            r.completed_at.as_ref(),
+            r.succeeded,
+            r.message.as_deref(),
+        )
+    }
+}
+
+impl<'a> Machine<'a> {
+    /// Before the first node: every node of the plan passes its prepare check, or the
+    /// run is Blocked naming each node that failed and why.
+    pub(super) fn prepare_the_nodes(&mut self, first: bool, plan: &Plan) -> ControlFlow<()> {
+        if !first {
+            self.status.prepare.clear();
+            self.status.prepared_nodes.clear();
+            return ControlFlow::Continue(());
+        }
+        let concurrency = usize::try_from(self.spec.runner.prepare_concurrency)
+            .unwrap_or(1)
+            .max(1);
+        let mut running = self
+            .status
+            .prepare
+            .iter()
+            .filter(|r| r.completed_at.is_none())
+            .count();
+        let mut failures = Vec::new();
+        let mut waiting = 0;
+        for step in &plan.steps {
+            if self.status.prepared_nodes.contains(&step.name) {
+                continue;
+            }
+            let record = self.status.prepare.iter().find(|r| r.node == step.name);
+            let attempt = match self.next_attempt(record.map(OneOffRecord::from), true) {
+                NextAttempt::Done => continue,
+                NextAttempt::Run(attempt) => attempt,
+                NextAttempt::Failed { message, retry_in } => {
+                    self.requeue_within(retry_in.unwrap_or_default());
+                    failures.push(message);
+                    continue;
+                }
+            };
+            waiting += 1;
+            if record.is_none_or(|r| r.attempt != attempt) {
+                if running >= concurrency {
+                    continue;
+                }
+                running += 1;
+                self.start_prepare(step, plan.target, attempt);
+            }
+            if let Some(failure) = self.watch_prepare(step, plan) {
+                waiting -= 1;
+                failures.push(failure);
+            }
+        }
+        if !failures.is_empty() {
+            self.block(failures);
+            return STOP;
+        }
+        if waiting > 0 {
+            self.note(
+                Reason::Preparing,
+                format!(
+                    "checking {waiting} node(s) before any is cordoned ({} passed)",
+                    self.status.prepared_nodes.len()
+                ),
+            );
+            return STOP;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn start_prepare(&mut self, step: &crate::plan::Step, target: KubeVersion, attempt: i32) {
+        let owner = self.owner();
+        let job = prepare_job_name(owner, &step.name, target, attempt);
+        self.status.prepare.retain(|r| r.node != step.name);
+        self.status.prepare.push(PrepareRecord {
+            node: step.name.clone(),
+            job,
+            attempt,
+            started_at: Time(self.now),
+            completed_at: None,
+            succeeded: false,
+            message: None,
+        });
+        self.progressed();
+    }
+
+    /// Follows a node's prepare Job: creates it until it shows, records its end. Returns
+    /// the failure when it failed now.
+    fn watch_prepare(&mut self, step: &crate::plan::Step, plan: &Plan) -> Option<String> {
+        let index = self
+            .status
+            .prepare
+            .iter()
+            .position(|r| r.node == step.name)?;
+        let record = self.status.prepare[index].clone();
+        let timeout = Duration::from_secs(
+            u64::try_from(self.spec.runner.active_deadline_seconds).unwrap_or(3600),
+        );
+        let observed = self.observed.job(&record.job);
+        let namespace = &self.spec.runner.namespace;
+        match self.job_outcome(observed.map(|j| &j.state), &record.started_at, timeout) {
+            JobOutcome::Succeeded => {
+                self.status.prepare.remove(index);
+                self.status.prepared_nodes.push(step.name.clone());
+                self.progressed();
+                let left = plan
+                    .steps
+                    .iter()
+                    .filter(|s| !self.status.prepared_nodes.contains(&s.name))
+                    .count();
+                if left == 0 {
+                    self.event(
+                        false,
+                        Reason::NodesPrepared,
+                        format!(
+                            "all {} node(s) passed the prepare check for {}",
+                            plan.steps.len(),
+                            plan.target
+                        ),
+                    );
+                }
+                None
+            }
+            JobOutcome::Failed(how) => {
+                let evidence = observed.and_then(|j| j.evidence.as_ref());
+                let exit = evidence
+                    .and_then(|e| e.exit_code)
+                    .map(|code| format!(" ({})", crate::exit_codes::describe(code)))
+                    .unwrap_or_default();
+                let last_line = evidence
+                    .and_then(|e| e.log.as_ref().ok())
+                    .and_then(|log| crate::evidence::log_tail(log).pop())
+                    .map(|line| format!(": {line}"))
+                    .unwrap_or_default();
+                let message = format!(
+                    "node {}: the prepare check Job {namespace}/{} {how}{exit}{last_line}; no \
+                     node was drained. Fix the node or the repository (spec.runner.repository); \
+                     the check is retried every recheck interval",
+                    step.name, record.job
+                );
+                let record = &mut self.status.prepare[index];
+                record.completed_at = Some(Time(self.now));
+                record.message = Some(message.clone());
+                self.node_event(true, Reason::PrepareFailed, &step.name, message.clone());
+                Some(message)
+            }
+            JobOutcome::Running(left) => {
+                let batch = [step.name.clone()];
+                let job = NodeJob {
+                    owner: self.owner(),
+                    runner: &self.spec.runner,
+                    node: &step.name,
+                    node_ip: &step.internal_ip,
+                    role: step.role,
+                    first_control_plane: step.first_control_plane,
+                    kind: step.kind,
+                    target: plan.target,
+                    attempt: record.attempt,
+                    batch: &batch,
+                    mode: JobMode::Prepare,
+                    control_plane_available: self.control_plane_available(&batch),
+                }
+                .render();
+                self.act(Action::CreateJob(Box::new(job)));
+                self.requeue_within(left);
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The node Job's command (docs/node-script.md). It checks every value before any reaches
+# the node, copies the node script and the run's parameters (one quoted env file) to
+# /var/lib/upchain on the node, then runs the script there: `launch` starts the upgrade
+# detached from this SSH session, or attaches to the one already running for this run,
+# and exits with its result; `prepare` checks and changes nothing.
+set -euo pipefail
+
+fail() {
+  echo "upchain: $*" >&2
+  exit 2
+}
+valid() { [[ ${!1-} =~ $2 ]] || fail "$1 '${!1-}' is not valid: it must match $2"; }
+
+valid MODE '^(upgrade|prepare)$'
+valid TARGET_VERSION '^[0-9]+\.[0-9]+\.[0-9]+$'
+valid NODE_NAME '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$'
+valid NODE_IP '^[0-9A-Fa-f.:]{2,45}$'
+valid NODE_ROLE '^(control-plane|worker)$'
+valid SSH_USER '^[a-z_][a-z0-9_-]{0,31}$'
+valid SSH_PORT '^[0-9]{1,5}$'
+valid HOST_KEY_POLICY '^(Strict|AcceptNew)$'
+
+work=$(mktemp -d)
+params="$work/params.env"
+for key in RUN_ID TARGET_VERSION UPGRADE_KIND NODE_NAME NODE_ROLE FIRST_CONTROL_PLANE \
+  REPOSITORY REPOSITORY_URL REPOSITORY_KEY_URL LOCK_TIMEOUT MIN_FREE_MIB KUBELET_TIMEOUT; do
+  value=${!key-}
+  [ -n "$value" ] || continue
+  case $value in *"'"* | *$'\n'*) fail "$key must not contain quotes or line breaks" ;; esac
+  printf "%s='%s'\n" "$key" "$value" >>"$params"
+done
+
+install -m 0600 "$UPCHAIN_SSH_KEY" "$work/id"
+known_hosts="$work/known_hosts"
+if [ -s "$UPCHAIN_KNOWN_HOSTS" ]; then cp "$UPCHAIN_KNOWN_HOSTS" "$known_hosts"; fi
+if [ "$HOST_KEY_POLICY" = Strict ]; then
+  checking=yes
+  [ -s "$known_hosts" ] ||
+    fail "no known host keys: put the nodes' keys in the ConfigMap of spec.runner.knownHosts"
+else
+  checking=accept-new
+  echo "upchain: warning: host keys are not checked (spec.runner.hostKeyPolicy AcceptNew)" >&2
+fi
+
+# Known hosts name a node by its Kubernetes name, whatever address it is reached at.
+ssh_node() {
+  ssh -i "$work/id" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking="$checking" \
+    -o UserKnownHostsFile="$known_hosts" -o GlobalKnownHostsFile=/dev/null \
+    -o HostKeyAlias="$NODE_NAME" -o ConnectTimeout=30 -o ServerAliveInterval=30 \
+    -o ServerAliveCountMax=6 -o LogLevel=ERROR "$SSH_USER@$NODE_IP" "$@"
+}
+
+sudo="sudo -n "
+if [ "$SSH_USER" = root ]; then sudo=""; fi
+dir=/var/lib/upchain
+# Written aside and renamed: a run already going keeps reading the file it started with.
+copy_to_node() {
+  ssh_node "${sudo}sh -c 'mkdir -p $dir && chmod 0700 $dir && cat >$dir/.$1.new && mv -f $dir/.$1.new $dir/$1'" <"$2"
+}
+
+echo "upchain: $MODE $NODE_ROLE node $NODE_NAME ($NODE_IP) for $TARGET_VERSION"
+copy_to_node upgrade-node.sh "$UPCHAIN_SCRIPT"
+copy_to_node "params-$MODE.env" "$params"
+command=launch
+if [ "$MODE" = prepare ]; then command=prepare; fi
+ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env"

@@ -1,0 +1,99 @@
+//! The prepare checks: one Job per node before any node is cordoned.
+
+use super::*;
+
+fn touched(decision: &Decision) -> bool {
+    decision.actions.iter().any(|a| {
+        matches!(
+            a,
+            Action::Cordon { .. } | Action::Evict { .. } | Action::DeletePods { .. }
+        )
+    })
+}
+
+#[test]
+pub(super) fn a_node_that_fails_its_prepare_check_blocks_before_any_cordon_and_is_rechecked() {
+    let mut world = World::new(small_cluster());
+    world.unprepared.insert("w-3".to_owned());
+    let mut run = Run::new(quick("1.35.2"), world);
+    let preparing = run.decide_once();
+    assert_eq!(preparing.status.phase, Some(Phase::Preflight));
+    assert_eq!(preparing.status.prepare.len(), 3, "cp-0, w-1 and w-3");
+    assert!(!touched(&preparing));
+    run.world.tick(1);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    assert!(!touched(&blocked) && blocked.status.nodes.is_empty());
+    let reasons = blocked.status.blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("node w-3")
+            && reasons.contains("exit 11: a target package is not in the configured repository")
+            && reasons.contains("not found in the configured repository")
+            && reasons.contains("no node was drained"),
+        "{reasons}"
+    );
+    assert!(
+        blocked.actions.iter().any(|a| matches!(a,
+        Action::Event(e) if e.reason == Reason::PrepareFailed && e.node.as_deref() == Some("w-3")))
+    );
+    assert_eq!(blocked.status.prepared_nodes, ["cp-0", "w-1"]);
+    // The mirror gets the packages: the recheck passes and the first node starts.
+    run.world.unprepared.clear();
+    run.world.tick(300);
+    let retried = run.decide_once();
+    assert!(
+        retried
+            .status
+            .prepare
+            .iter()
+            .any(|r| r.node == "w-3" && r.attempt == 2),
+        "{:?}",
+        retried.status.prepare
+    );
+    run.world.tick(1);
+    let started = run.decide_once();
+    assert!(touched(&started), "the first node is cordoned");
+    assert!(started.actions.iter().any(|a| matches!(a,
+        Action::Event(e) if e.reason == Reason::NodesPrepared)));
+    run.until(200, &[Phase::Succeeded]);
+    assert!(run.status().prepare.is_empty() && run.status().prepared_nodes.is_empty());
+}
+
+#[test]
+pub(super) fn at_most_the_concurrency_of_prepare_checks_run_and_all_pass_before_any_cordon() {
+    let mut nodes = vec![
+        NodeFixture::control_plane("cp-0")
+            .kubelet("v1.34.2")
+            .build(),
+    ];
+    nodes.extend((1..=11).map(|i| {
+        NodeFixture::worker(&format!("w-{i:02}"))
+            .kubelet("v1.34.2")
+            .build()
+    }));
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.runner.prepare_concurrency = 3;
+    let mut run = Run::new(upgrade, World::new(nodes));
+    let mut most = 0;
+    loop {
+        let decision = run.decide_once();
+        let running = run
+            .world
+            .prepare_jobs
+            .values()
+            .filter(|(_, s)| *s == JobState::Running)
+            .count();
+        most = most.max(running);
+        if touched(&decision) {
+            assert_eq!(
+                run.world.prepare_jobs.len(),
+                12,
+                "every node was checked first"
+            );
+            break;
+        }
+        assert!(run.decisions < 20, "the checks end");
+        run.world.tick(1);
+    }
+    assert_eq!(most, 3);
+}
