@@ -341,7 +341,7 @@ pub struct RepositorySpec {
     /// clusters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[][A-Za-z0-9._~:/@%+,=-]+$')").message("repository.url must be an http(s) or file URL without spaces or quotes"))]
+    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[A-Za-z0-9._~:/@%+,=-]+$')").message("repository.url must be an http(s) or file URL without spaces or quotes"))]
     pub url: Option<String>,
 
     /// Where the repository's signing key is, when not where pkgs.k8s.io keeps it
@@ -349,7 +349,7 @@ pub struct RepositorySpec {
     /// with the target minor, such as 1.35.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[][A-Za-z0-9._~:/@%+,={}-]+$')").message("repository.keyUrl must be an http(s) or file URL without spaces or quotes"))]
+    #[x_kube(validation = Rule::new("self.matches('^(https?|file)://[A-Za-z0-9._~:/@%+,={}-]+$')").message("repository.keyUrl must be an http(s) or file URL without spaces or quotes"))]
     pub key_url: Option<String>,
 }
 

@@ -98,6 +98,18 @@ fn bad_objects_are_refused_with_a_readable_message() {
             "plain login name",
         ),
         (
+            json!({"targetVersion": "1.35.2", "runner": {"repository": {"url": "https://m/'; touch /x"}}}),
+            "repository.url must be an http(s) or file URL without spaces or quotes",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "runner": {"hostKeyPolicy": "Maybe"}}),
+            "Unsupported value: \"Maybe\"",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "runner": {"sshPort": 0}}),
+            "sshPort: Invalid value: 0: must be greater than or equal to 1",
+        ),
+        (
             json!({"targetVersion": "1.35.2", "runner": {"scriptConfigMap": {"name": "s", "key": "../x"}}}),
             "key may contain only",
         ),

@@ -103,6 +103,7 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
 
     let started = Instant::now();
     let mut last = String::new();
+    let mut prepared = 0;
     let mut previewed = std::collections::BTreeSet::new();
     let mut silences_seen: Vec<(String, bool)> = Vec::new();
     let status = loop {
@@ -126,6 +127,16 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         if line != last {
             write(out, format!("{elapsed:>6.1}s  {line}\n"))?;
             last = line;
+        }
+        if status.prepared_nodes.len() > prepared {
+            prepared = status.prepared_nodes.len();
+            write(
+                out,
+                format!(
+                    "{elapsed:>6.1}s    prepare check passed on {prepared} node(s) (OS, \
+                     packages, disk); none cordoned yet\n"
+                ),
+            )?;
         }
         for node in &status.nodes {
             if let Some(preview) = node.drain_preview.as_ref()
