@@ -1,5 +1,6 @@
-# The node-Job image: bash and an SSH client, nothing else, as a non-root user. The Job
-# streams the node script over SSH; the work happens on the node.
+# The node-Job image: bash, coreutils and an SSH client, nothing else, as a non-root user.
+# The Job copies the node script and its parameters over SSH and runs the script on the
+# node (docs/node-script.md); the work happens there.
 # Build: docker build -f images/runner.Dockerfile -t upchain-runner images
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \

@@ -312,6 +312,9 @@ impl<'a> Machine<'a> {
             );
             self.status.target_version = Some(target.to_string());
             self.status.upgrade_kind = Some(plan.kind);
+            // A check passed for the old target says nothing about the new one.
+            self.status.prepare.clear();
+            self.status.prepared_nodes.clear();
         }
         ControlFlow::Continue(())
     }

@@ -313,6 +313,46 @@ proptest! {
         }
     }
 
+    /// A node that fails its prepare check keeps every node uncordoned, the run Blocked
+    /// naming it; once it passes, the run converges.
+    #[test]
+    fn a_failed_prepare_check_touches_no_node(
+        (nodes, max_unavailable, _) in arb_cluster(),
+        unprepared in proptest::collection::btree_set(0usize..11, 1..3),
+    ) {
+        let mut world = World::new(nodes.clone());
+        for index in unprepared {
+            if let Some(node) = nodes.get(index) {
+                world.unprepared.insert(node.name.clone());
+            }
+        }
+        let mut upgrade = quick("1.35.1");
+        upgrade.spec.nodes.max_unavailable = max_unavailable;
+        let target = KubeVersion::parse_target("1.35.1").expect("target");
+        let Ok(plan) = crate::plan::plan(target, &upgrade.spec.nodes, &nodes) else {
+            return Ok(());
+        };
+        let checked = world
+            .unprepared
+            .iter()
+            .any(|n| plan.steps.iter().any(|s| &s.name == n));
+        let mut run = Run::new(upgrade, world);
+        for _ in 0..12 {
+            let decision = run.decide_once();
+            if checked {
+                let cordons = decision.actions.iter().any(|a| matches!(a, Action::Cordon { .. }));
+                prop_assert!(!cordons, "a node was cordoned although a check failed");
+            }
+            run.world.tick(decision.requeue.map_or(30, |r| i64::try_from(r.as_secs().clamp(1, 600)).expect("small")));
+        }
+        if checked {
+            prop_assert_eq!(run.status().phase, Some(Phase::Blocked));
+            prop_assert!(run.status().nodes.is_empty());
+        }
+        run.world.unprepared.clear();
+        prop_assert_eq!(run.until(400, &[Phase::Succeeded, Phase::Failed]), Phase::Succeeded);
+    }
+
     /// Invariant 5: any target the policy refuses is refused without a mutation.
     #[test]
     fn refused_targets_mutate_nothing(major in 0u32..3, minor in 30u32..40, patch in 0u32..5, garbage in "[0-9a-z.v]{0,8}") {

@@ -97,3 +97,26 @@ pub(super) fn at_most_the_concurrency_of_prepare_checks_run_and_all_pass_before_
     }
     assert_eq!(most, 3);
 }
+
+#[test]
+pub(super) fn a_new_target_before_the_first_node_is_checked_again() {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    run.decide_once();
+    run.world.tick(1);
+    run.upgrade.spec.target_version = "1.35.3".to_owned();
+    let retargeted = run.decide_once();
+    assert!(
+        retargeted.status.nodes.is_empty(),
+        "no node started on the old checks"
+    );
+    assert!(
+        !retargeted.status.prepare.is_empty()
+            && retargeted
+                .status
+                .prepare
+                .iter()
+                .all(|r| r.job.contains("v1-35-3")),
+        "{:?}",
+        retargeted.status.prepare
+    );
+}

@@ -211,7 +211,8 @@ async fn wait_for_phase(cluster: &Cluster, want: Phase, within: Duration) -> K8s
     }
 }
 
-/// Invariant 1, from the simulator's record: no upgrade Pod ever ran on the node it upgrades.
+/// Invariant 1, from the simulator's record: no upgrade Pod ever ran on the node it upgrades;
+/// and by default a worker's ran on a control-plane node, where the SSH key already is.
 fn assert_no_job_ran_on_its_node(cluster: &Cluster) {
     for placement in cluster.sim.placements() {
         assert_ne!(
@@ -219,6 +220,16 @@ fn assert_no_job_ran_on_its_node(cluster: &Cluster) {
             placement.upgrades_node.as_ref(),
             "an upgrade Pod ran on the node it upgrades"
         );
+        if placement
+            .upgrades_node
+            .as_ref()
+            .is_some_and(|n| n.starts_with("worker-"))
+        {
+            assert!(
+                placement.node.starts_with("cp-"),
+                "{placement:?}: a worker's Job ran off the control plane"
+            );
+        }
     }
 }
 
