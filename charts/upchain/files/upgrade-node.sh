@@ -643,9 +643,14 @@ rollback() {
   fi
   installed=$(installed_version kubelet)
   older "$version" "$installed" || die $E_INPUT "kubelet is at ${installed:-nothing}; $version is not older"
+  mkdir -p "$STATE_DIR"
   exec 8>>"$RUN_LOCK"
   flock -n 8 || die $E_BUSY "an upgrade run holds this node"
-  trap 'hold_installed' EXIT
+  # On record, so that a Job arriving meanwhile is refused rather than attached.
+  RUN_ID="rollback-$version"
+  state RUN_ID "$RUN_ID" STATUS running PID $$ STEP rollback EXIT_CODE "" TARGET "$version" \
+    VERSION_BEFORE "$installed" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
+  trap finish_run EXIT
   log "rolling back kubeadm, kubelet and kubectl from $installed to $version"
   configure_repository
   refresh_index
