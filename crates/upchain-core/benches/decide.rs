@@ -116,12 +116,15 @@ fn run(size: usize) {
             match action {
                 Action::Cordon { node } => set(&mut observed, node, &|n| n.unschedulable = true),
                 Action::Uncordon { node } => set(&mut observed, node, &|n| n.unschedulable = false),
-                // Every Job succeeds at once and its node is back at the target.
+                // Every Job succeeds at once; an upgrade Job's node is back at the target.
                 Action::CreateJob(job) => {
                     let node = job.metadata.annotations.as_ref().unwrap()[NODE_ANNOTATION].clone();
-                    set(&mut observed, &node, &|n| {
-                        n.kubelet_version = "v1.35.2".to_owned()
-                    });
+                    let app = &job.metadata.labels.as_ref().unwrap()["app.kubernetes.io/name"];
+                    if app == "upchain-node-upgrade" {
+                        set(&mut observed, &node, &|n| {
+                            n.kubelet_version = "v1.35.2".to_owned()
+                        });
+                    }
                     jobs.insert(job.metadata.name.clone().unwrap(), node);
                 }
                 _ => {}

@@ -16,6 +16,16 @@ use super::one_off::{JobOutcome, NextAttempt, OneOffRecord};
 use super::*;
 use crate::job::prepare_job_name;
 
+/// Where a node's prepare check stands after this decision.
+enum Check {
+    /// It runs, or waits for a slot.
+    Running,
+    /// It passed now.
+    Passed,
+    /// It failed now: why.
+    Failed(String),
+}
+
 impl<'r> From<&'r PrepareRecord> for OneOffRecord<'r> {
     fn from(r: &'r PrepareRecord) -> Self {
         OneOffRecord::new(
@@ -47,8 +57,12 @@ impl<'a> Machine<'a> {
             .count();
         let mut failures = Vec::new();
         let mut waiting = 0;
+        let mut passed_now = false;
+        // Looked up once per node: a plan has thousands.
+        let passed: std::collections::HashSet<String> =
+            self.status.prepared_nodes.iter().cloned().collect();
         for step in &plan.steps {
-            if self.status.prepared_nodes.contains(&step.name) {
+            if passed.contains(&step.name) {
                 continue;
             }
             let record = self.status.prepare.iter().find(|r| r.node == step.name);
@@ -69,14 +83,32 @@ impl<'a> Machine<'a> {
                 running += 1;
                 self.start_prepare(step, plan.target, attempt);
             }
-            if let Some(failure) = self.watch_prepare(step, plan) {
-                waiting -= 1;
-                failures.push(failure);
+            match self.watch_prepare(step, plan) {
+                Check::Running => {}
+                Check::Passed => {
+                    waiting -= 1;
+                    passed_now = true;
+                }
+                Check::Failed(failure) => {
+                    waiting -= 1;
+                    failures.push(failure);
+                }
             }
         }
         if !failures.is_empty() {
             self.block(failures);
             return STOP;
+        }
+        if passed_now && waiting == 0 {
+            self.event(
+                false,
+                Reason::NodesPrepared,
+                format!(
+                    "all {} node(s) passed the prepare check for {}",
+                    plan.steps.len(),
+                    plan.target
+                ),
+            );
         }
         if waiting > 0 {
             self.note(
@@ -107,14 +139,11 @@ impl<'a> Machine<'a> {
         self.progressed();
     }
 
-    /// Follows a node's prepare Job: creates it until it shows, records its end. Returns
-    /// the failure when it failed now.
-    fn watch_prepare(&mut self, step: &crate::plan::Step, plan: &Plan) -> Option<String> {
-        let index = self
-            .status
-            .prepare
-            .iter()
-            .position(|r| r.node == step.name)?;
+    /// Follows a node's prepare Job: creates it until it shows, records its end.
+    fn watch_prepare(&mut self, step: &crate::plan::Step, plan: &Plan) -> Check {
+        let Some(index) = self.status.prepare.iter().position(|r| r.node == step.name) else {
+            return Check::Running; // waits for a slot
+        };
         let record = self.status.prepare[index].clone();
         let timeout = Duration::from_secs(
             u64::try_from(self.spec.runner.active_deadline_seconds).unwrap_or(3600),
@@ -126,23 +155,7 @@ impl<'a> Machine<'a> {
                 self.status.prepare.remove(index);
                 self.status.prepared_nodes.push(step.name.clone());
                 self.progressed();
-                let left = plan
-                    .steps
-                    .iter()
-                    .filter(|s| !self.status.prepared_nodes.contains(&s.name))
-                    .count();
-                if left == 0 {
-                    self.event(
-                        false,
-                        Reason::NodesPrepared,
-                        format!(
-                            "all {} node(s) passed the prepare check for {}",
-                            plan.steps.len(),
-                            plan.target
-                        ),
-                    );
-                }
-                None
+                Check::Passed
             }
             JobOutcome::Failed(how) => {
                 let evidence = observed.and_then(|j| j.evidence.as_ref());
@@ -165,7 +178,7 @@ impl<'a> Machine<'a> {
                 record.completed_at = Some(Time(self.now));
                 record.message = Some(message.clone());
                 self.node_event(true, Reason::PrepareFailed, &step.name, message.clone());
-                Some(message)
+                Check::Failed(message)
             }
             JobOutcome::Running(left) => {
                 let batch = [step.name.clone()];
@@ -186,7 +199,7 @@ impl<'a> Machine<'a> {
                 .render();
                 self.act(Action::CreateJob(Box::new(job)));
                 self.requeue_within(left);
-                None
+                Check::Running
             }
         }
     }
