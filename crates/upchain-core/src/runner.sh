@@ -55,8 +55,9 @@ sudo="sudo -n "
 if [ "$SSH_USER" = root ]; then sudo=""; fi
 dir=/var/lib/upchain
 # Written aside and renamed: a run already going keeps reading the file it started with.
+# The aside name carries the remote shell's pid: two Jobs copying at once do not collide.
 copy_to_node() {
-  ssh_node "${sudo}sh -c 'mkdir -p $dir && chmod 0700 $dir && cat >$dir/.$1.new && mv -f $dir/.$1.new $dir/$1'" <"$2"
+  ssh_node "${sudo}sh -c 'mkdir -p $dir && chmod 0700 $dir && cat >$dir/.$1.\$\$ && mv -f $dir/.$1.\$\$ $dir/$1'" <"$2"
 }
 
 echo "upchain: $MODE $NODE_ROLE node $NODE_NAME ($NODE_IP) for $TARGET_VERSION"
