@@ -34,9 +34,12 @@ pub enum Action {
     },
     /// Create the Job, or adopt it if it already exists (its name is deterministic).
     CreateJob(Box<Job>),
-    /// Delete a finished node Job (its Pods go with it), when its K8sUpgrade is deleted.
+    /// Delete a Job (its Pods go with it): a finished node Job when its K8sUpgrade is
+    /// deleted, or a snapshot Job that outlived its timeout before the next attempt.
     DeleteJob {
-        /// The Job, in the runner namespace.
+        /// The Job's namespace.
+        namespace: String,
+        /// The Job.
         name: String,
     },
     /// Create the node's Alertmanager silence, or extend it (same ID), until `ends_at`;

@@ -53,6 +53,7 @@ pub fn finalize(upgrade: &K8sUpgrade, observed: &Observed) -> Finalization {
             .iter()
             .filter(|job| job.state != JobState::Running)
             .map(|job| Action::DeleteJob {
+                namespace: upgrade.spec.runner.namespace.clone(),
                 name: job.name.clone(),
             }),
     );

@@ -78,14 +78,17 @@ impl<'a> Machine<'a> {
             NodeStep::Draining => self.drain(index, node.unschedulable, batch),
             NodeStep::Upgrading => self.upgrade_node(index, batch),
             NodeStep::Rejoining => {
-                if node.unschedulable {
+                // Verified before it takes workloads again: a node that never comes back
+                // Ready at the target stays cordoned.
+                let verified = node.ready && at_target;
+                if verified && node.unschedulable {
                     self.act(Action::Uncordon {
                         node: record.name.clone(),
                     });
-                } else {
+                } else if !node.unschedulable {
                     self.status.nodes[index].cordoned = false;
                 }
-                if node.ready && at_target && !node.unschedulable {
+                if verified && !node.unschedulable {
                     self.enter(index, NodeStep::Soaking, None);
                     self.node_event(
                         false,
@@ -102,8 +105,9 @@ impl<'a> Machine<'a> {
                         index,
                         format!(
                             "did not come back Ready with kubelet {} within {}s after its upgrade \
-                             Job succeeded (kubelet reports {}, Ready={}); check the kubelet on \
-                             the node (journalctl -u kubelet)",
+                             Job succeeded (kubelet reports {}, Ready={}), so it was not \
+                             uncordoned; check the kubelet on the node (journalctl -u kubelet, \
+                             kubelet --version), then retry or skip it",
                             record.target_version,
                             timeout.as_secs(),
                             node.kubelet_version,
@@ -364,7 +368,10 @@ impl<'a> Machine<'a> {
                     false,
                     Reason::JobSucceeded,
                     &record.name,
-                    format!("upgrade Job {name} succeeded; uncordoning {}", record.name),
+                    format!(
+                        "upgrade Job {name} succeeded; {} is uncordoned once it is Ready at {}",
+                        record.name, record.target_version
+                    ),
                 );
             }
             Some(JobState::Failed { reason, message }) => {

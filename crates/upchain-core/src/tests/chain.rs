@@ -138,8 +138,7 @@ pub(super) fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_dr
         if decision.status.phase == Some(Phase::Failed) {
             break;
         }
-        let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
-        run.world.tick(i64::try_from(wait).expect("small"));
+        run.wait_as_asked(&decision, 600);
     }
     assert!(saw_stalled, "Stalled was never reported");
     assert_eq!(run.status().phase, Some(Phase::Failed));
@@ -289,7 +288,10 @@ pub(super) fn finalizer_waits_for_a_running_job_then_uncordons() {
             Action::Uncordon {
                 node: "cp-0".into()
             },
-            Action::DeleteJob { name: job }
+            Action::DeleteJob {
+                namespace: "upchain-system".into(),
+                name: job
+            }
         ]
     );
     let _ = run.world.apply(&release.actions);
@@ -346,4 +348,96 @@ pub(super) fn a_node_job_started_under_the_untagged_name_is_followed_not_doubled
             .iter()
             .any(|n| n.job.as_ref() == Some(&untagged))
     );
+}
+
+#[test]
+pub(super) fn a_node_whose_job_succeeds_but_stays_at_its_old_version_is_never_uncordoned() {
+    let mut world = World::new(small_cluster());
+    world.stays_old.insert("w-1".to_owned());
+    let mut run = Run::new(quick("1.35.2"), world);
+    let mut uncordoned = Vec::new();
+    for _ in 0..200 {
+        let decision = run.decide_once();
+        uncordoned.extend(decision.actions.iter().filter_map(|a| match a {
+            Action::Uncordon { node } => Some(node.clone()),
+            _ => None,
+        }));
+        if decision.status.phase == Some(Phase::Failed) {
+            break;
+        }
+        let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, 600));
+        run.world.tick(i64::try_from(wait).expect("small"));
+    }
+    assert_eq!(run.status().phase, Some(Phase::Failed));
+    assert!(!uncordoned.contains(&"w-1".to_owned()), "{uncordoned:?}");
+    let w1 = run
+        .world
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .expect("w-1");
+    assert!(w1.unschedulable, "left cordoned for inspection");
+    let record = run
+        .status()
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .expect("record");
+    assert_eq!(record.step, NodeStep::Failed);
+    let message = record.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("kubelet reports v1.34.2") && message.contains("not uncordoned"),
+        "{message}"
+    );
+}
+
+/// Stalled counts from the last progress, not from the run's start, and clears when
+/// progress resumes.
+#[test]
+pub(super) fn stalled_means_no_progress_for_the_timeout_and_clears_when_progress_resumes() {
+    let stalled = |status: &K8sUpgradeStatus| {
+        conditions::get(&status.conditions, types::STALLED).is_some_and(|c| c.status == "True")
+    };
+    let mut world = World::new(small_cluster());
+    world.never_return.insert("w-1".to_owned());
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.stall_timeout = std::time::Duration::from_secs(10 * 60).into();
+    upgrade.spec.rejoin_timeout = std::time::Duration::from_secs(3600).into();
+    // cp-0 soaks 9 minutes: by the time w-1 stops, the run is older than the timeout.
+    upgrade.spec.soak = std::time::Duration::from_secs(9 * 60).into();
+    let mut run = Run::new(upgrade, World::clone(&world));
+    let started = run.world.clock;
+    while !run
+        .status_or_default()
+        .nodes
+        .iter()
+        .any(|n| n.name == "w-1" && n.step == NodeStep::Rejoining)
+    {
+        assert!(run.decisions < 200, "w-1 never reached Rejoining");
+        let decision = run.decide_once();
+        run.wait_as_asked(&decision, 60);
+    }
+    run.world.tick(3 * 60);
+    let quiet_for_three_minutes = run.decide_once();
+    assert!(
+        run.world.clock - started > 10 * 60,
+        "the run is older than the timeout"
+    );
+    assert!(
+        !stalled(&quiet_for_three_minutes.status),
+        "3 minutes without progress"
+    );
+    run.world.tick(8 * 60);
+    let quiet_for_eleven_minutes = run.decide_once();
+    assert!(
+        stalled(&quiet_for_eleven_minutes.status),
+        "11 minutes without progress"
+    );
+    // w-1 comes back: it is verified and uncordoned, progress resumes, Stalled clears.
+    run.world.node_mut("w-1").ready = true;
+    run.world.tick(1);
+    run.decide_once();
+    run.world.tick(1);
+    let resumed = run.decide_once();
+    assert!(!stalled(&resumed.status), "{:?}", resumed.status.conditions);
 }

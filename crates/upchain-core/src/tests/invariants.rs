@@ -343,7 +343,7 @@ proptest! {
                 let cordons = decision.actions.iter().any(|a| matches!(a, Action::Cordon { .. }));
                 prop_assert!(!cordons, "a node was cordoned although a check failed");
             }
-            run.world.tick(decision.requeue.map_or(30, |r| i64::try_from(r.as_secs().clamp(1, 600)).expect("small")));
+            run.wait_as_asked(&decision, 600);
         }
         if checked {
             prop_assert_eq!(run.status().phase, Some(Phase::Blocked));

@@ -14,6 +14,8 @@ pub(super) struct World {
     pub(super) failing: BTreeMap<String, u32>,
     /// Nodes that never come back Ready after their Job.
     pub(super) never_return: BTreeSet<String>,
+    /// Nodes whose Job succeeds but whose kubelet stays at its old version.
+    pub(super) stays_old: BTreeSet<String>,
     pub(super) others: Vec<OtherUpgrade>,
     pub(super) clock: i64,
     pub(super) gates: crate::gates::GateInputs,
@@ -63,6 +65,7 @@ impl World {
             jobs: BTreeMap::new(),
             failing: BTreeMap::new(),
             never_return: BTreeSet::new(),
+            stays_old: BTreeSet::new(),
             others: Vec::new(),
             clock: 0,
             gates: Default::default(),
@@ -289,9 +292,10 @@ impl World {
                         JobState::Running,
                     ));
                 }
-                Action::DeleteJob { name } => {
+                Action::DeleteJob { name, .. } => {
                     self.jobs.remove(name);
                     self.prepare_jobs.remove(name);
+                    self.snapshot_jobs.remove(name);
                 }
                 Action::Event(_) | Action::Notify(_) => {}
             }
@@ -344,8 +348,11 @@ impl World {
             }
             self.jobs.get_mut(&name).expect("job").2 = JobState::Succeeded;
             let never_return = self.never_return.contains(&node);
+            let stays_old = self.stays_old.contains(&node);
             let n = self.node_mut(&node);
-            n.kubelet_version = format!("v{target}");
+            if !stays_old {
+                n.kubelet_version = format!("v{target}");
+            }
             n.ready = !never_return;
         }
     }
@@ -384,6 +391,13 @@ impl Run {
             decision.status.conditions
         );
         self.world.tick(1);
+    }
+
+    /// Lets the time pass that `decision` asked to be looked at again after (30 s when it
+    /// asked for nothing), within `1..=max` seconds.
+    pub(super) fn wait_as_asked(&mut self, decision: &Decision, max: u64) {
+        let wait = decision.requeue.map_or(30, |r| r.as_secs().clamp(1, max));
+        self.world.tick(i64::try_from(wait).expect("small"));
     }
 
     pub(super) fn decide_once(&mut self) -> Decision {

@@ -159,9 +159,8 @@ pub(super) async fn carry_out(
                 }
                 created?;
             }
-            Action::DeleteJob { name } => {
-                let api: Api<Job> =
-                    Api::namespaced(ctx.client.clone(), &upgrade.spec.runner.namespace);
+            Action::DeleteJob { namespace, name } => {
+                let api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
                 match api.delete(name, &DeleteParams::background()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(e)) if e.code == 404 => {}
