@@ -93,7 +93,8 @@ validate_params() {
   matches REPOSITORY '^(managed|unmanaged)$'
   matches REPOSITORY_URL '^(https?|file)://[A-Za-z0-9._~:/@%+,=-]+$'
   [ -z "$REPOSITORY_KEY_URL" ] || matches REPOSITORY_KEY_URL '^(https?|file)://[A-Za-z0-9._~:/@%+,={}-]+$'
-  matches KEEP_BACKUPS '^[0-9]{1,3}$'
+  # The backup this very upgrade made is always kept.
+  matches KEEP_BACKUPS '^[1-9][0-9]{0,2}$'
   matches LOCK_TIMEOUT '^[0-9]{1,5}$'
   matches MIN_FREE_MIB '^[0-9]{1,7}$'
   matches KUBELET_TIMEOUT '^[0-9]{1,4}$'

@@ -191,6 +191,21 @@ impl<'a> Machine<'a> {
             NextAttempt::Done => return,
             NextAttempt::Run(attempt) => attempt,
             NextAttempt::Failed { message, retry_in } => {
+                // A Job given up on for its timeout still runs: it is stopped, so that the
+                // next attempt never runs beside it.
+                let hung = current.as_ref().is_some_and(|record| {
+                    self.observed
+                        .snapshot
+                        .as_ref()
+                        .and_then(|i| i.job.as_ref())
+                        .is_some_and(|j| j.name == record.job && j.state == JobState::Running)
+                });
+                if let (true, Some(record)) = (hung, current.as_ref()) {
+                    self.act(Action::DeleteJob {
+                        namespace: spec.namespace.clone(),
+                        name: record.job.clone(),
+                    });
+                }
                 self.requeue_within(retry_in.unwrap_or_default());
                 return self.block(vec![message]);
             }
@@ -269,7 +284,7 @@ impl<'a> Machine<'a> {
                 let check = if how.starts_with("failed") {
                     "Check its logs"
                 } else {
-                    "Check why it hangs"
+                    "It is deleted; check why it hung"
                 };
                 let why = format!(
                     "the etcd snapshot Job {job} {how}; no node was touched. {check}; it is \

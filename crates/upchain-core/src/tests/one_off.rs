@@ -64,6 +64,24 @@ pub(super) fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
             run.world.nodes.iter().all(|n| !n.unschedulable),
             "no node touched"
         );
+        // A hung Job is stopped before the next attempt could run beside it.
+        let first = blocked
+            .status
+            .snapshot
+            .as_ref()
+            .expect("record")
+            .job
+            .clone();
+        let deleted = blocked.actions.iter().any(|a| {
+            matches!(a, Action::DeleteJob { namespace, name }
+                if namespace == "kube-system" && *name == first)
+        });
+        assert_eq!(
+            deleted,
+            outcome.is_none(),
+            "{outcome:?}: {:?}",
+            blocked.actions
+        );
         // The cause is fixed; the next attempt runs after the recheck interval.
         run.world.snapshot_outcome = Some(JobState::Succeeded);
         assert_eq!(
