@@ -106,8 +106,10 @@ pub struct K8sUpgradeSpec {
 
     /// `Automatic` starts a run as soon as its checks pass. `Manual` shows the plan
     /// (`status.plan`, `status.planHash`, `status.gates`) and starts nothing until the
-    /// `upchain.dev/approve` annotation carries the plan's hash; a plan that changes
-    /// (another target, a node added or upgraded by hand) needs a new approval.
+    /// `upchain.dev/approve` annotation carries the plan's hash. A new target needs a new
+    /// approval; so does a node joining the plan mid-run (the run goes on with the nodes
+    /// in progress and starts no other until then). A node leaving the plan (upgraded by
+    /// hand, skipped, removed) only narrows what was approved and needs none.
     #[serde(default)]
     pub approval: Approval,
 

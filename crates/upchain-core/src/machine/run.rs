@@ -259,6 +259,7 @@ impl<'a> Machine<'a> {
         }
         match plan(target, &self.spec.nodes, &self.observed.nodes) {
             Ok(plan) => {
+                self.withdraw_approval_for_joined_nodes(&plan);
                 self.status.plan = plan.to_status();
                 self.status.plan_hash = Some(plan.hash());
                 ControlFlow::Continue(plan)
@@ -268,6 +269,42 @@ impl<'a> Machine<'a> {
                 ControlFlow::Break(())
             }
         }
+    }
+
+    /// spec.approval Manual: a node that joined the plan mid-run (added to the cluster or
+    /// to the selection) was not approved, so the run waits at the next node boundary for
+    /// the new plan's approval. A node that leaves the plan (upgraded by hand, skipped,
+    /// removed) only narrows what was approved and needs none.
+    fn withdraw_approval_for_joined_nodes(&mut self, plan: &Plan) {
+        if self.spec.approval != Approval::Manual
+            || self.status.approved_plan_hash.is_none()
+            || !self.run_in_progress()
+        {
+            return;
+        }
+        let known: std::collections::HashSet<&str> = self
+            .status
+            .plan
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(self.status.nodes.iter().map(|n| n.name.as_str()))
+            .collect();
+        let joined: Vec<&str> = plan
+            .steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|name| !known.contains(name))
+            .collect();
+        if joined.is_empty() {
+            return;
+        }
+        let message = format!(
+            "{} joined the plan after it was approved; no further node starts until the new \
+             plan is approved",
+            joined.join(", ")
+        );
+        self.status.approved_plan_hash = None;
+        self.event(true, Reason::AwaitingApproval, message);
     }
 
     /// `spec.paused` starts no node.
@@ -289,8 +326,10 @@ impl<'a> Machine<'a> {
         let target = plan.target;
         let new_run = self.status.started_at.is_none() || !self.run_in_progress();
         let retargeted = self.status.target_version.as_deref() != Some(&target.to_string());
-        if (new_run || retargeted) && !plan.is_complete() {
-            let manual = self.spec.approval == Approval::Manual;
+        let manual = self.spec.approval == Approval::Manual;
+        // Withdrawn when a node joined the plan mid-run.
+        let approval_withdrawn = manual && !new_run && self.status.approved_plan_hash.is_none();
+        if (new_run || retargeted || approval_withdrawn) && !plan.is_complete() {
             let approved = self.annotation(APPROVE_ANNOTATION).map(str::trim);
             if manual && approved != Some(plan.hash().as_str()) {
                 self.await_approval(plan, new_run);

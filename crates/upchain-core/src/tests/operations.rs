@@ -3,6 +3,54 @@
 use super::*;
 use crate::tests::checks::{firing, with_prometheus};
 
+/// A Manual run on the small cluster whose first plan was approved.
+fn approved_manual_run() -> Run {
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.approval = upchain_api::Approval::Manual;
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    run.decide_once();
+    let hash = run.status().plan_hash.clone().expect("hash");
+    run.upgrade.metadata.annotations =
+        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash)].into());
+    run
+}
+
+#[test]
+pub(super) fn a_node_that_joins_a_manual_run_waits_for_a_new_approval() {
+    let mut run = approved_manual_run();
+    run.until(200, &[Phase::Workers]);
+    // A worker joins the cluster mid-run, at the old version.
+    run.world
+        .nodes
+        .push(NodeFixture::worker("w-9").kubelet("v1.34.2").build());
+    let mut cordoned = Vec::new();
+    for _ in 0..60 {
+        let decision = run.decide_once();
+        cordoned.extend(decision.actions.iter().filter_map(|a| match a {
+            Action::Cordon { node } => Some(node.clone()),
+            _ => None,
+        }));
+        run.wait_as_asked(&decision, 600);
+    }
+    let status = run.status().clone();
+    assert!(!cordoned.contains(&"w-9".to_owned()), "{cordoned:?}");
+    assert!(status.approved_plan_hash.is_none());
+    let ready = conditions::get(&status.conditions, types::READY).expect("Ready");
+    let new_hash = status.plan_hash.clone().expect("hash");
+    assert_eq!(ready.reason, "AwaitingApproval");
+    assert!(ready.message.contains(&new_hash), "{}", ready.message);
+    // The nodes in progress when w-9 joined finished; nothing else started.
+    assert!(
+        status.nodes.iter().all(|n| n.step == NodeStep::Done),
+        "{:?}",
+        status.nodes
+    );
+    run.upgrade.metadata.annotations =
+        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), new_hash)].into());
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+    assert_eq!(run.world.version("w-9"), KubeVersion::new(1, 35, 2));
+}
+
 #[test]
 pub(super) fn a_manual_run_shows_its_plan_and_waits_for_the_plans_hash() {
     let mut upgrade = quick("1.35.2");
@@ -59,13 +107,7 @@ pub(super) fn a_manual_run_shows_its_plan_and_waits_for_the_plans_hash() {
 
 #[test]
 pub(super) fn a_new_target_needs_a_new_approval() {
-    let mut upgrade = quick("1.35.2");
-    upgrade.spec.approval = upchain_api::Approval::Manual;
-    let mut run = Run::new(upgrade, World::new(small_cluster()));
-    run.decide_once();
-    let hash = run.status().plan_hash.clone().expect("hash");
-    run.upgrade.metadata.annotations =
-        Some([(upchain_api::APPROVE_ANNOTATION.to_owned(), hash)].into());
+    let mut run = approved_manual_run();
     assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
 
     run.upgrade.spec.target_version = "1.35.3".to_owned();
