@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use upchain_api::{CONTROL_PLANE_LABEL, K8sUpgrade, NODE_ANNOTATION, Phase};
+use upchain_core::gates::{COMPONENTS, ControlPlaneObservation, StaticPod};
 use upchain_core::{Action, JobState, Observed, ObservedJob, ObservedNode, decide};
 
 fn node(name: String, control_plane: bool) -> ObservedNode {
@@ -92,6 +93,27 @@ fn run(size: usize) {
                 evidence: None,
             })
             .collect();
+        // The control plane's static Pods follow their node's kubelet, all Ready.
+        observed.gates.control_plane = Some(Ok(ControlPlaneObservation {
+            static_pods: observed
+                .nodes
+                .iter()
+                .filter(|n| n.labels.contains_key(CONTROL_PLANE_LABEL))
+                .flat_map(|n| {
+                    COMPONENTS
+                        .into_iter()
+                        .chain(["etcd"])
+                        .map(|component| StaticPod {
+                            node: n.name.clone(),
+                            component: component.to_owned(),
+                            image: format!("registry.k8s.io/{component}:{}", n.kubelet_version),
+                            running: true,
+                            restarts: 0,
+                        })
+                })
+                .collect(),
+            readyz: Ok(()),
+        }));
         let before = Instant::now();
         let decision = decide(&upgrade, &observed, now);
         timings.push(before.elapsed());

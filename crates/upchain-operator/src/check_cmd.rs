@@ -43,6 +43,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
             preflight: true,
             alerts: true,
             health_checks: true,
+            control_plane: true,
             ..Needs::default()
         },
     )

@@ -14,8 +14,8 @@ use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
 use upchain_core::gates::{
-    AddonMatrix, AddonObservation, Alert, DeprecatedApi, GateInputs, HelmRelease,
-    ObservedDeployment, PostflightInputs, RunnerFacts, Source,
+    AddonMatrix, AddonObservation, Alert, ControlPlaneObservation, DeprecatedApi, GateInputs,
+    HelmRelease, ObservedDeployment, PostflightInputs, RunnerFacts, Source,
 };
 use upchain_core::snapshot::SnapshotInputs;
 use upchain_core::{Needs, ObservedJob};
@@ -77,6 +77,9 @@ pub async fn gate_inputs(
             );
         }
         inputs.health_checks = Some(objects);
+    }
+    if needs.control_plane {
+        inputs.control_plane = Some(control_plane(client).await);
     }
     if !needs.preflight {
         return inputs;
@@ -218,6 +221,41 @@ pub async fn alerts(http: &reqwest::Client, base: &str) -> Source<Vec<Alert>> {
 }
 
 /// The API server's `apiserver_requested_deprecated_apis` series.
+/// The control plane's static Pods (kube-system, tier=control-plane) and what the API
+/// server's `/readyz` answers.
+async fn control_plane(client: &Client) -> Source<ControlPlaneObservation> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let listed = pods
+        .list(&ListParams::default().labels("tier=control-plane"))
+        .await
+        .map_err(|e| {
+            format!(
+                "listing kube-system Pods with tier=control-plane: {}",
+                describe(&e)
+            )
+        })?;
+    let mut observation = ControlPlaneObservation {
+        static_pods: Vec::new(),
+        readyz: readyz(client).await,
+    };
+    for pod in &listed.items {
+        observation.add(pod);
+    }
+    Ok(observation)
+}
+
+/// `/readyz` passed, or what it answered.
+async fn readyz(client: &Client) -> Source<()> {
+    let request = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    client
+        .request_text(request)
+        .await
+        .map(|_| ())
+        .map_err(|e| describe(&e))
+}
+
 pub async fn deprecated_apis(client: &Client) -> Source<Vec<DeprecatedApi>> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())

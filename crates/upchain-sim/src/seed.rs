@@ -134,7 +134,8 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
             "Node",
             node(name, index, control_plane, version, &now),
         )?;
-        if control_plane && config.workloads {
+        // Every kubeadm control-plane node runs these, workloads or not.
+        if control_plane {
             let uid = created["metadata"]["uid"].clone();
             for component in [
                 "etcd",

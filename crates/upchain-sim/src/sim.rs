@@ -225,6 +225,21 @@ impl Sim {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes a control-plane static Pod (`component` on `node`) crash-loop: Running, not
+    /// Ready, restarting.
+    pub fn crash_loop_static_pod(&self, node: &str, component: &str) {
+        let mut store = self.store();
+        let pod = store.all("pods").into_iter().find(|p| {
+            p["spec"]["nodeName"] == node
+                && p["metadata"]["labels"]["component"] == component
+                && p["metadata"]["labels"]["tier"] == "control-plane"
+        });
+        if let Some(mut pod) = pod {
+            controllers::set_unready(&mut pod, 7);
+            let _ = store.write_own(pod, true);
+        }
+    }
+
     /// Where every Pod was scheduled, in order: the record invariant checks read.
     pub fn placements(&self) -> Vec<Placement> {
         self.behaviour().placements.clone()

@@ -6,6 +6,7 @@
 mod alerts;
 mod cluster;
 mod compatibility;
+mod control_plane;
 mod helm;
 mod postflight;
 mod runner;
@@ -16,6 +17,7 @@ mod workloads;
 pub use alerts::*;
 pub use cluster::*;
 pub use compatibility::*;
+pub use control_plane::*;
 pub use helm::*;
 pub use postflight::*;
 pub use runner::*;
@@ -73,6 +75,8 @@ pub struct GateInputs {
     pub runner: Option<RunnerFacts>,
     /// The objects each health check selected.
     pub health_checks: Option<crate::health::HealthInputs>,
+    /// The control plane's static Pods and the API server's /readyz.
+    pub control_plane: Option<Source<ControlPlaneObservation>>,
 }
 
 fn verdict(gate: &str, evidence: String, reasons: Vec<String>) -> Verdict {
@@ -129,11 +133,14 @@ pub fn evaluate(
     now: i64,
     before_the_run: bool,
 ) -> Evaluation {
-    let gates = if before_the_run {
+    let mut gates = if before_the_run {
         preflight(spec, nodes, inputs, target, kind, records, now)
     } else {
         vec![nodes_gate(nodes, &spec.nodes.skip, records)]
     };
+    if let Some(control_plane) = &inputs.control_plane {
+        gates.push(control_plane_gate(nodes, control_plane, records));
+    }
     let health_checks = inputs
         .health_checks
         .as_ref()

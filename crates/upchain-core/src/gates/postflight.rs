@@ -37,28 +37,41 @@ impl PostflightInputs {
         if ready {
             self.pods_ready += 1;
         }
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        let component = labels.get("component").cloned().unwrap_or_default();
-        let control_plane = labels.get("tier").is_some_and(|t| t == "control-plane")
-            && pod.metadata.namespace.as_deref() == Some("kube-system")
-            && [
-                "kube-apiserver",
-                "kube-controller-manager",
-                "kube-scheduler",
-            ]
-            .contains(&component.as_str());
-        if control_plane {
-            let spec = pod.spec.as_ref();
-            self.static_pods.push(StaticPod {
-                node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-                component,
-                image: spec
-                    .and_then(|s| s.containers.first())
-                    .and_then(|c| c.image.clone())
-                    .unwrap_or_default(),
-                running: phase == "Running" && ready,
-            });
+        if let Some(static_pod) = StaticPod::from_pod(pod)
+            && crate::gates::control_plane::COMPONENTS.contains(&static_pod.component.as_str())
+        {
+            self.static_pods.push(static_pod);
         }
+    }
+}
+
+impl StaticPod {
+    /// A control-plane static Pod (kube-system, tier control-plane), by its component.
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let labels = pod.metadata.labels.as_ref()?;
+        if labels.get("tier").map(String::as_str) != Some("control-plane")
+            || pod.metadata.namespace.as_deref() != Some("kube-system")
+        {
+            return None;
+        }
+        let status = pod.status.as_ref();
+        let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let spec = pod.spec.as_ref();
+        Some(Self {
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            component: labels.get("component").cloned().unwrap_or_default(),
+            image: spec
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default(),
+            running: phase == "Running" && ready,
+            restarts: status
+                .and_then(|s| s.container_statuses.as_ref())
+                .map_or(0, |c| c.iter().map(|c| c.restart_count).sum()),
+        })
     }
 }
 
@@ -73,6 +86,8 @@ pub struct StaticPod {
     pub image: String,
     /// Running and Ready.
     pub running: bool,
+    /// Its containers' restarts.
+    pub restarts: i32,
 }
 
 /// The least share of Pods that must be Ready after the run.

@@ -232,6 +232,7 @@ fn postflight_wants_the_target_images_and_ready_pods() {
         component: "kube-apiserver".into(),
         image: image.into(),
         running,
+        restarts: 0,
     };
     let good = PostflightInputs {
         static_pods: vec![pod("registry.k8s.io/kube-apiserver:v1.35.2", true)],
@@ -351,4 +352,80 @@ fn image_tags_are_read_past_registries_and_digests() {
         Some("v1.2.3")
     );
     assert_eq!(image_tag("registry:5000/a/b"), None);
+}
+
+#[test]
+fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
+    let nodes = vec![
+        crate::testing::NodeFixture::control_plane("cp-1")
+            .kubelet("v1.35.2")
+            .build(),
+        crate::testing::NodeFixture::control_plane("cp-2")
+            .kubelet("v1.34.2")
+            .build(),
+    ];
+    let pod = |node: &str, component: &str, tag: &str, running: bool| StaticPod {
+        node: node.into(),
+        component: component.into(),
+        image: format!("registry.k8s.io/{component}:{tag}"),
+        running,
+        restarts: if running { 0 } else { 4 },
+    };
+    let healthy: Vec<StaticPod> = ["cp-1", "cp-2"]
+        .into_iter()
+        .flat_map(|node| {
+            let tag = if node == "cp-1" { "v1.35.2" } else { "v1.34.2" };
+            COMPONENTS
+                .into_iter()
+                .map(move |c| pod(node, c, tag, true))
+                .chain([pod(node, "etcd", "3.5.16-0", true)])
+        })
+        .collect();
+    let done = |name: &str| -> NodeRecord {
+        serde_json::from_value(serde_json::json!({"name": name, "role": "ControlPlane",
+            "kind": "Minor", "targetVersion": "v1.35.2", "versionBefore": "v1.34.2",
+            "step": "Done", "stepStartedAt": "2026-11-30T00:00:00Z",
+            "startedAt": "2026-11-30T00:00:00Z"}))
+        .expect("record")
+    };
+    let observed = |pods: Vec<StaticPod>, readyz: Source<()>| {
+        Ok(ControlPlaneObservation {
+            static_pods: pods,
+            readyz,
+        })
+    };
+    let good = control_plane_gate(&nodes, &observed(healthy.clone(), Ok(())), &[done("cp-1")]);
+    assert!(good.passed(), "{:?}", good.reasons);
+    assert!(good.evidence.contains("2/2 etcd members healthy"));
+
+    // cp-1 was upgraded but its scheduler still runs the old image; etcd on cp-2 is down;
+    // /readyz fails.
+    let mut broken = healthy.clone();
+    broken[2].image = "registry.k8s.io/kube-scheduler:v1.34.2".into();
+    broken[7].running = false;
+    broken[7].restarts = 4;
+    let verdict = control_plane_gate(
+        &nodes,
+        &observed(broken, Err("500: [-]etcd failed".into())),
+        &[done("cp-1")],
+    );
+    assert_eq!(verdict.reasons.len(), 4, "{:#?}", verdict.reasons);
+    assert!(verdict.reasons[0].contains(
+        "kube-scheduler on cp-1 runs registry.k8s.io/kube-scheduler:v1.34.2, not v1.35.2"
+    ));
+    assert!(verdict.reasons[1].starts_with("etcd on cp-2 is not Running and Ready (4 restart(s))"));
+    assert!(verdict.reasons[2].contains("etcd has 1 healthy member(s) for 2"));
+    assert!(verdict.reasons[3].contains("/readyz fails (500: [-]etcd failed)"));
+
+    // External etcd: no etcd static Pods, no member count.
+    let external: Vec<StaticPod> = healthy
+        .iter()
+        .filter(|p| p.component != "etcd")
+        .cloned()
+        .collect();
+    let verdict = control_plane_gate(&nodes, &observed(external, Ok(())), &[done("cp-1")]);
+    assert!(verdict.passed(), "{:?}", verdict.reasons);
+    assert!(!verdict.evidence.contains("etcd"));
+    let unreadable = control_plane_gate(&nodes, &Err("403".into()), &[]);
+    assert!(unreadable.reasons[0].contains("could not be read (403)"));
 }

@@ -20,6 +20,9 @@ pub struct Needs {
     pub postflight: bool,
     /// The hook Jobs in progress (status.hooks).
     pub hooks: bool,
+    /// The control plane's static Pods and `/readyz`: for the control-plane gate (before
+    /// the run and at each node boundary) and for a control-plane node coming back.
+    pub control_plane: bool,
     /// The nodes whose Pods (and then the PodDisruptionBudgets) to read: those draining,
     /// and the next batch's when it may start, so the decision that starts a node records
     /// its drain preview and cordons it in one go.
@@ -107,6 +110,11 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
+        control_plane: (preflight || at_boundary) && !status.phase.is_some_and(Phase::is_finished)
+            || status.nodes.iter().any(|n| {
+                n.role == NodeRole::ControlPlane
+                    && matches!(n.step, NodeStep::Rejoining | NodeStep::Soaking)
+            }),
         pods_of: pods_to_read(upgrade, status, at_boundary, nodes),
         jobs: JobsToRead::OfNodes(
             nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])

@@ -79,8 +79,15 @@ impl<'a> Machine<'a> {
             NodeStep::Upgrading => self.upgrade_node(index, batch),
             NodeStep::Rejoining => {
                 // Verified before it takes workloads again: a node that never comes back
-                // Ready at the target stays cordoned.
-                let verified = node.ready && at_target;
+                // Ready at the target (a control-plane node: with its components) stays
+                // cordoned.
+                let components = match (record.role, target) {
+                    (NodeRole::ControlPlane, Some(target)) => {
+                        self.components_not_at(&record.name, target)
+                    }
+                    _ => Vec::new(),
+                };
+                let verified = node.ready && at_target && components.is_empty();
                 if verified && node.unschedulable {
                     self.act(Action::Uncordon {
                         node: record.name.clone(),
@@ -98,6 +105,22 @@ impl<'a> Machine<'a> {
                     );
                     return;
                 }
+                // Say what it waits for, so that a node held here explains itself.
+                let waiting = match (node.ready && at_target, components.is_empty()) {
+                    (false, _) => format!(
+                        "waiting for the node to be Ready with kubelet {} (kubelet reports {}, \
+                         Ready={})",
+                        record.target_version, node.kubelet_version, node.ready
+                    ),
+                    (true, false) => format!(
+                        "waiting for its control-plane components: {}",
+                        components.join("; ")
+                    ),
+                    (true, true) => "uncordoning".to_owned(),
+                };
+                if record.message.as_deref() != Some(&waiting) {
+                    self.status.nodes[index].message = Some(waiting);
+                }
                 let timeout = Duration::from(self.spec.rejoin_timeout);
                 let waited = self.elapsed(&record.step_started_at);
                 if waited >= timeout {
@@ -105,13 +128,18 @@ impl<'a> Machine<'a> {
                         index,
                         format!(
                             "did not come back Ready with kubelet {} within {}s after its upgrade \
-                             Job succeeded (kubelet reports {}, Ready={}), so it was not \
-                             uncordoned; check the kubelet on the node (journalctl -u kubelet, \
-                             kubelet --version), then retry or skip it",
+                             Job succeeded (kubelet reports {}, Ready={}{}), so it was not \
+                             uncordoned and no other node starts; check the kubelet on the node \
+                             (journalctl -u kubelet, kubelet --version), then retry or skip it",
                             record.target_version,
                             timeout.as_secs(),
                             node.kubelet_version,
-                            node.ready
+                            node.ready,
+                            if components.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; {}", components.join("; "))
+                            }
                         ),
                     );
                 }
@@ -149,6 +177,18 @@ impl<'a> Machine<'a> {
                 self.requeue_within(soak - soaked);
             }
             NodeStep::Done | NodeStep::Failed => {}
+        }
+    }
+
+    /// What keeps a control-plane node's own components from counting as back at
+    /// `target` (empty when they are).
+    fn components_not_at(&self, node: &str, target: KubeVersion) -> Vec<String> {
+        match &self.observed.gates.control_plane {
+            Some(Ok(control_plane)) => control_plane.node_not_at(node, target),
+            Some(Err(error)) => vec![format!(
+                "the control plane's Pods could not be read ({error})"
+            )],
+            None => vec!["the control plane's Pods were not read yet".to_owned()],
         }
     }
 

@@ -3,6 +3,7 @@
 
 mod chain;
 mod checks;
+mod control_plane;
 mod drain;
 mod invariants;
 mod one_off;

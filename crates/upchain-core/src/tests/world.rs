@@ -16,6 +16,8 @@ pub(super) struct World {
     pub(super) never_return: BTreeSet<String>,
     /// Nodes whose Job succeeds but whose kubelet stays at its old version.
     pub(super) stays_old: BTreeSet<String>,
+    /// (node, component) static Pods that crash-loop.
+    pub(super) crash_looping: BTreeSet<(String, String)>,
     pub(super) others: Vec<OtherUpgrade>,
     pub(super) clock: i64,
     pub(super) gates: crate::gates::GateInputs,
@@ -66,6 +68,7 @@ impl World {
             failing: BTreeMap::new(),
             never_return: BTreeSet::new(),
             stays_old: BTreeSet::new(),
+            crash_looping: BTreeSet::new(),
             others: Vec::new(),
             clock: 0,
             gates: Default::default(),
@@ -93,6 +96,7 @@ impl World {
         if !needs.health_checks {
             gates.health_checks = None;
         }
+        gates.control_plane = needs.control_plane.then(|| Ok(self.control_plane()));
         let draining = needs.pods_of.clone();
         // Only the Jobs the operator reads, so the invariants hold on that view.
         let job_nodes = match &needs.jobs {
@@ -178,6 +182,33 @@ impl World {
                     })
                 })
                 .collect(),
+        }
+    }
+
+    /// The control plane's static Pods as kubelets report them: at their node's kubelet
+    /// version, Ready while the node is, but for the crash-looping ones; stacked etcd.
+    pub(super) fn control_plane(&self) -> crate::gates::ControlPlaneObservation {
+        let mut static_pods = Vec::new();
+        for node in &self.nodes {
+            if !node.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL) {
+                continue;
+            }
+            for component in crate::gates::COMPONENTS.into_iter().chain(["etcd"]) {
+                let crashing = self
+                    .crash_looping
+                    .contains(&(node.name.clone(), component.to_owned()));
+                static_pods.push(crate::gates::StaticPod {
+                    node: node.name.clone(),
+                    component: component.to_owned(),
+                    image: format!("registry.k8s.io/{component}:{}", node.kubelet_version),
+                    running: node.ready && !crashing,
+                    restarts: if crashing { 7 } else { 0 },
+                });
+            }
+        }
+        crate::gates::ControlPlaneObservation {
+            static_pods,
+            readyz: Ok(()),
         }
     }
 

@@ -117,8 +117,13 @@ pub(super) fn finish_pod_with(
 }
 
 /// What `kubeadm upgrade` does to a control-plane node's static Pods (etcd keeps its own
-/// version).
-pub(super) fn upgrade_static_pods(store: &mut Store, node: &str, version: &str) {
+/// version); those in `crash_looping` come back crash-looping.
+pub(super) fn upgrade_static_pods(
+    store: &mut Store,
+    node: &str,
+    version: &str,
+    crash_looping: &BTreeSet<(String, String)>,
+) {
     let on_node: Vec<Value> = store.pods_on(node).cloned().collect();
     for mut pod in on_node {
         let component = pod["metadata"]["labels"]["component"]
@@ -131,7 +136,29 @@ pub(super) fn upgrade_static_pods(store: &mut Store, node: &str, version: &str) 
         }
         pod["spec"]["containers"][0]["image"] =
             json!(format!("registry.k8s.io/{component}:{version}"));
-        let _ = store.write_own(pod, false);
+        let crashing = crash_looping.contains(&(node.to_owned(), component));
+        let Ok(mut written) = store.write_own(pod, false) else {
+            continue;
+        };
+        if crashing {
+            set_unready(&mut written, 7);
+            let _ = store.write_own(written, true);
+        }
+    }
+}
+
+/// A Running Pod whose container keeps restarting: not Ready, `restarts` restarts.
+pub fn set_unready(pod: &mut Value, restarts: i64) {
+    let status = &mut pod["status"];
+    status["conditions"] = json!([
+        {"type": "Ready", "status": "False", "reason": "ContainersNotReady"},
+        {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady"},
+    ]);
+    if let Some(containers) = status["containerStatuses"].as_array_mut() {
+        for container in containers {
+            container["ready"] = json!(false);
+            container["restartCount"] = json!(restarts);
+        }
     }
 }
 
@@ -321,7 +348,7 @@ pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) 
                         set_node_ready(n, true, &stamp);
                     }
                 });
-                upgrade_static_pods(store, &node, &kubelet);
+                upgrade_static_pods(store, &node, &kubelet, &state.crash_looping_after_upgrade);
                 if returns {
                     state.rejoins.push((node.clone(), now));
                 }

@@ -9,6 +9,7 @@ mod workloads;
 
 use disruption::*;
 use jobs::*;
+pub use kubelet::set_unready;
 use kubelet::*;
 pub use scheduler::could_schedule;
 use scheduler::*;
@@ -113,6 +114,9 @@ pub struct State {
     /// Nodes whose prepare Job finds no target packages (exit code 11), as when the
     /// node's repository or mirror lacks them.
     pub unprepared: BTreeSet<String>,
+    /// (node, component) control-plane static Pods that crash-loop once their node is
+    /// upgraded.
+    pub crash_looping_after_upgrade: BTreeSet<(String, String)>,
     /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
     /// script echoes.
     pub extra_log_lines: BTreeMap<String, Vec<String>>,
@@ -139,6 +143,7 @@ impl State {
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
             unprepared: BTreeSet::new(),
+            crash_looping_after_upgrade: BTreeSet::new(),
             extra_log_lines: BTreeMap::new(),
             sidecar: None,
             placements: Vec::new(),

@@ -546,3 +546,68 @@ async fn a_node_whose_prepare_check_fails_blocks_the_run_before_any_drain() {
     assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_control_plane_node_start()
+ {
+    let cluster = cluster(3, 1).await;
+    cluster
+        .sim
+        .behaviour()
+        .crash_looping_after_upgrade
+        .insert(("cp-1".into(), "kube-apiserver".into()));
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "rejoinTimeout": "10m"}),
+    )
+    .await;
+    wait_for(&cluster, "cp-1 held for its API server", |s| {
+        s.nodes.iter().any(|n| {
+            n.name == "cp-1"
+                && n.step == upchain_api::NodeStep::Rejoining
+                && n.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("kube-apiserver on cp-1 is not Running and Ready"))
+        })
+    })
+    .await;
+    // Held there (until the rejoin timeout fails it, which the core's scenario follows):
+    // cp-1 cordoned, cp-2 and cp-3 never touched.
+    let status = current_status(&cluster).await;
+    assert_eq!(status.nodes.len(), 1, "{:?}", status.nodes);
+    for node in cluster.sim.objects("nodes") {
+        let name = node["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(
+            node["spec"]["unschedulable"] == true,
+            name == "cp-1",
+            "{name}"
+        );
+    }
+    assert!(
+        cluster
+            .sim
+            .placements()
+            .iter()
+            .all(|p| p.upgrades_node.as_deref() != Some("cp-2")),
+        "no Job for cp-2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
+    let cluster = cluster(3, 1).await;
+    cluster.sim.crash_loop_static_pod("cp-2", "etcd");
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let reasons = blocked.status.expect("status").blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("etcd on cp-2 is not Running and Ready")
+            && reasons.contains("etcd has 2 healthy member(s) for 3 control-plane node(s)"),
+        "{reasons}"
+    );
+    assert_nothing_cordoned(&cluster);
+}
