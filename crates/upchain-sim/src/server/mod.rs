@@ -155,7 +155,14 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
                 &json!({"major": "1", "minor": minor, "gitVersion": version, "platform": "linux/amd64", "goVersion": "go1.24"}),
             );
         }
-        ["healthz" | "readyz" | "livez"] => return (StatusCode::OK, "ok").into_response(),
+        ["readyz"] => {
+            if let Some(check) = shared.surroundings().readyz_failing.clone() {
+                let body = format!("[-]{check} failed: reason withheld\nreadyz check failed\n");
+                return (StatusCode::INTERNAL_SERVER_ERROR, body).into_response();
+            }
+            return (StatusCode::OK, "ok").into_response();
+        }
+        ["healthz" | "livez"] => return (StatusCode::OK, "ok").into_response(),
         ["api", "v1", "namespaces", namespace, "pods", pod, "log"] if method == Method::GET => {
             let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
             return match shared.store().pod_log(

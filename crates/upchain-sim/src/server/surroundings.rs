@@ -21,6 +21,9 @@ pub struct Surroundings {
     pub silences: Vec<Silence>,
     /// Alertmanager answers 503, as when it is down.
     pub alertmanager_down: bool,
+    /// A check `/readyz` fails with, such as `etcd`: it then answers 500 naming it, as
+    /// the API server does when it cannot reach etcd.
+    pub readyz_failing: Option<String>,
 }
 
 /// A silence held by the simulated Alertmanager.

@@ -611,3 +611,24 @@ async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
     );
     assert_nothing_cordoned(&cluster);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_server_whose_readyz_fails_blocks_the_run_and_the_block_clears_by_itself() {
+    let cluster = cluster(1, 2).await;
+    cluster.sim.surroundings().readyz_failing = Some("etcd".into());
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"}}),
+    )
+    .await;
+    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    let reasons = blocked.status.expect("status").blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("the API server's /readyz fails") && reasons.contains("[-]etcd failed"),
+        "{reasons}"
+    );
+    assert_nothing_cordoned(&cluster);
+    cluster.sim.surroundings().readyz_failing = None;
+    wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(60)).await;
+    assert_every_node_upgraded(&cluster);
+}
