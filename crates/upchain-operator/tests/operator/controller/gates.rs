@@ -593,17 +593,22 @@ async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_contr
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
-    let cluster = cluster(3, 1).await;
-    cluster.sim.crash_loop_static_pod("cp-2", "etcd");
+/// Applies a K8sUpgrade rechecked every 5 s, waits for Blocked, and returns its reasons.
+async fn blocked_from_the_start(cluster: &Cluster) -> String {
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"}}),
     )
     .await;
-    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
-    let reasons = blocked.status.expect("status").blocked_reasons.join("\n");
+    let blocked = wait_for_phase(cluster, Phase::Blocked, Duration::from_secs(30)).await;
+    blocked.status.expect("status").blocked_reasons.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
+    let cluster = cluster(3, 1).await;
+    cluster.sim.crash_loop_static_pod("cp-2", "etcd");
+    let reasons = blocked_from_the_start(&cluster).await;
     assert!(
         reasons.contains("etcd on cp-2 is not Running and Ready")
             && reasons.contains("etcd has 2 healthy member(s) for 3 control-plane node(s)"),
@@ -616,13 +621,7 @@ async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
 async fn an_api_server_whose_readyz_fails_blocks_the_run_and_the_block_clears_by_itself() {
     let cluster = cluster(1, 2).await;
     cluster.sim.surroundings().readyz_failing = Some("etcd".into());
-    apply_upgrade(
-        &cluster.client,
-        json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"}}),
-    )
-    .await;
-    let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
-    let reasons = blocked.status.expect("status").blocked_reasons.join("\n");
+    let reasons = blocked_from_the_start(&cluster).await;
     assert!(
         reasons.contains("the API server's /readyz fails") && reasons.contains("[-]etcd failed"),
         "{reasons}"
