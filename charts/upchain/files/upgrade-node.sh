@@ -445,6 +445,14 @@ finish_run() {
   exit $code
 }
 
+# record_start STEP TARGET BEFORE: the run (holding the run lock) on record in the state
+# file; its end is recorded on every exit path.
+record_start() {
+  state RUN_ID "$RUN_ID" STATUS running PID $$ STEP "$1" EXIT_CODE "" TARGET "$2" \
+    VERSION_BEFORE "$3" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
+  trap finish_run EXIT
+}
+
 kubelet_version() {
   command -v kubelet >/dev/null || return 0
   kubelet --version 2>/dev/null | sed -n 's/^Kubernetes v//p'
@@ -461,9 +469,7 @@ run_upgrade() {
   if [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ -n "$(state_of VERSION_BEFORE)" ]; then
     before=$(state_of VERSION_BEFORE)
   fi
-  state RUN_ID "$RUN_ID" STATUS running PID $$ STEP start EXIT_CODE "" TARGET "$TARGET_VERSION" \
-    VERSION_BEFORE "$before" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
-  trap finish_run EXIT
+  record_start start "$TARGET_VERSION" "$before"
   log "upgrading $NODE_ROLE node to $TARGET_VERSION ($UPGRADE_KIND)"
   detect_os
   check_role
@@ -649,9 +655,7 @@ rollback() {
   flock -n 8 || die $E_BUSY "an upgrade run holds this node"
   # On record, so that a Job arriving meanwhile is refused rather than attached.
   RUN_ID="rollback-$version"
-  state RUN_ID "$RUN_ID" STATUS running PID $$ STEP rollback EXIT_CODE "" TARGET "$version" \
-    VERSION_BEFORE "$installed" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
-  trap finish_run EXIT
+  record_start rollback "$version" "$installed"
   log "rolling back kubeadm, kubelet and kubectl from $installed to $version"
   configure_repository
   refresh_index
