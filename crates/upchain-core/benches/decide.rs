@@ -93,8 +93,17 @@ fn run(size: usize) {
                 evidence: None,
             })
             .collect();
-        // The control plane's static Pods follow their node's kubelet, all Ready.
+        // The control plane's static Pods follow their node's kubelet, all Ready;
+        // kubeadm-config moves with the first control-plane node.
+        let kubeadm_version = observed
+            .nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(CONTROL_PLANE_LABEL))
+            .filter_map(|n| upchain_core::KubeVersion::parse_reported(&n.kubelet_version).ok())
+            .max()
+            .ok_or_else(|| "no control-plane node".to_owned());
         observed.gates.control_plane = Some(Ok(ControlPlaneObservation {
+            kubeadm_version,
             static_pods: observed
                 .nodes
                 .iter()

@@ -10,6 +10,7 @@ use kube_core::{Selector, SelectorExt};
 use sha2::{Digest, Sha256};
 use upchain_api::{NodeRole, NodesSpec, PlannedNode, UpgradeKind};
 
+use crate::gates::ControlPlaneObservation;
 use crate::observe::ObservedNode;
 use crate::version::{KubeVersion, VersionError};
 
@@ -268,10 +269,15 @@ fn selector(field: &'static str, selector: &LabelSelector) -> Result<Selector, P
 }
 
 /// Plans an upgrade of `nodes` to `target` under the node selection in `spec`.
+///
+/// `observed`, the control plane when read, says whether `kubeadm upgrade apply` already brought the
+/// cluster to the target (kubeadm-config and the API servers' image tags) and which API
+/// servers lag their kubelet; unread, the control-plane kubelets stand in for both.
 pub fn plan(
     target: KubeVersion,
     spec: &NodesSpec,
     nodes: &[ObservedNode],
+    observed: Option<&ControlPlaneObservation>,
 ) -> Result<Plan, PlanError> {
     if nodes.is_empty() {
         return Err(PlanError::NoNodes);
@@ -367,6 +373,22 @@ pub fn plan(
             .position(|o| o == name)
             .unwrap_or(usize::MAX)
     };
+    // Whether `kubeadm upgrade apply` has brought the cluster to the target: as the
+    // cluster records it when read, else as the control-plane kubelets suggest.
+    let apply_done = match observed.and_then(ControlPlaneObservation::kubeadm_applied) {
+        Some(applied) => applied >= target,
+        None => nodes.iter().any(|n| {
+            role_of(n) == Some(NodeRole::ControlPlane) && versions[n.name.as_str()] >= target
+        }),
+    };
+    // A control-plane node whose kubelet was moved by hand still needs kubeadm to move
+    // its static Pods.
+    let api_server_behind = |node: &ObservedNode| {
+        role_of(node) == Some(NodeRole::ControlPlane)
+            && observed
+                .and_then(|c| c.api_server_version(&node.name))
+                .is_some_and(|v| v < target)
+    };
     let mut candidates: Vec<(&ObservedNode, NodeRole)> = Vec::new();
     let mut excluded = Vec::new();
     for node in nodes {
@@ -374,7 +396,9 @@ pub fn plan(
         let reason = match role {
             None => Some(Exclusion::NotSelected),
             Some(_) if spec.skip.contains(&node.name) => Some(Exclusion::Skipped),
-            Some(_) if versions[node.name.as_str()] == target => Some(Exclusion::AtTarget),
+            Some(_) if versions[node.name.as_str()] == target && !api_server_behind(node) => {
+                Some(Exclusion::AtTarget)
+            }
             Some(_) => None,
         };
         match (reason, role) {
@@ -388,6 +412,20 @@ pub fn plan(
             (None, None) => {}
         }
     }
+    // Every control-plane node at the target but kubeadm-config behind: the first of them
+    // runs `kubeadm upgrade apply` again, so the cluster's configuration catches up.
+    if !apply_done && !candidates.iter().any(|(_, r)| *r == NodeRole::ControlPlane) {
+        let first = excluded
+            .iter()
+            .filter(|e| e.role == Some(NodeRole::ControlPlane) && e.reason == Exclusion::AtTarget)
+            .min_by_key(|e| (rank(&e.name), e.name.clone()))
+            .map(|e| e.name.clone());
+        if let Some(first) = first {
+            excluded.retain(|e| e.name != first);
+            let node = nodes.iter().find(|n| n.name == first);
+            candidates.extend(node.map(|n| (n, NodeRole::ControlPlane)));
+        }
+    }
     excluded.sort_by(|a, b| a.name.cmp(&b.name));
     // Control-plane nodes first, then workers; within a role, spec.order then name.
     candidates.sort_by(|(a, ra), (b, rb)| {
@@ -397,10 +435,6 @@ pub fn plan(
             .then(a.name.cmp(&b.name))
     });
 
-    // `kubeadm upgrade apply` has run once some control-plane node is at the target.
-    let apply_done = nodes
-        .iter()
-        .any(|n| role_of(n) == Some(NodeRole::ControlPlane) && versions[n.name.as_str()] >= target);
     // Each Job runs on a node outside its batch, so a batch never covers every node.
     let worker_batch = usize::try_from(spec.max_unavailable)
         .unwrap_or(1)
@@ -419,7 +453,12 @@ pub fn plan(
             .clone()
             .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
             .ok_or_else(|| PlanError::NoInternalIp(node.name.clone()))?;
-        let version = versions[node.name.as_str()];
+        // A control-plane node is as old as the older of its kubelet and its API server:
+        // after a kubelet moved by hand, kubeadm still crosses the API server's minor line.
+        let api_server = observed
+            .filter(|_| role == NodeRole::ControlPlane)
+            .and_then(|c| c.api_server_version(&node.name));
+        let version = versions[node.name.as_str()].min(api_server.unwrap_or(target));
         // The policy loop above guarantees a supported move for every candidate.
         let kind = version
             .upgrade_kind_to(target)
@@ -495,9 +534,70 @@ mod tests {
         plan.steps.iter().map(|s| s.name.as_str()).collect()
     }
 
+    /// Control-plane nodes whose API servers run these versions, kubeadm-config at `kubeadm`.
+    fn observed(api_servers: &[(&str, &str)], kubeadm: &str) -> ControlPlaneObservation {
+        ControlPlaneObservation {
+            static_pods: api_servers
+                .iter()
+                .map(|(node, version)| crate::gates::StaticPod {
+                    node: (*node).to_owned(),
+                    component: "kube-apiserver".to_owned(),
+                    image: format!("registry.k8s.io/kube-apiserver:{version}"),
+                    running: true,
+                    restarts: 0,
+                })
+                .collect(),
+            readyz: Ok(()),
+            kubeadm_version: Ok(v(kubeadm)),
+        }
+    }
+
+    #[test]
+    fn kubeadm_config_and_the_api_servers_say_whether_apply_has_run() {
+        let nodes = vec![
+            NodeFixture::control_plane("cp-0")
+                .kubelet("v1.35.2")
+                .build(),
+            NodeFixture::control_plane("cp-1")
+                .kubelet("v1.34.2")
+                .build(),
+            NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
+        ];
+        let first = |plan: &Plan| -> Vec<(String, bool)> {
+            plan.steps
+                .iter()
+                .map(|s| (s.name.clone(), s.first_control_plane))
+                .collect()
+        };
+        let step = |name: &str, first: bool| (name.to_owned(), first);
+        // cp-0's kubelet was moved by hand: its API server and kubeadm-config are behind,
+        // so cp-0 runs apply, crossing the minor line from its API server's version.
+        let by_hand = observed(&[("cp-0", "v1.34.2"), ("cp-1", "v1.34.2")], "v1.34.2");
+        let planned = plan(v("1.35.2"), &nodes_spec(), &nodes, Some(&by_hand)).expect("plan");
+        assert_eq!(
+            first(&planned),
+            [step("cp-0", true), step("cp-1", false), step("w-1", false)]
+        );
+        assert_eq!(planned.steps[0].kind, UpgradeKind::Minor);
+        // Without the cluster's word, the kubelets would have said apply had run.
+        let guessed = plan(v("1.35.2"), &nodes_spec(), &nodes, None).expect("plan");
+        assert_eq!(first(&guessed), [step("cp-1", false), step("w-1", false)]);
+        // Applied: cp-0 is done; cp-1 runs `kubeadm upgrade node`.
+        let applied = observed(&[("cp-0", "v1.35.2"), ("cp-1", "v1.34.2")], "v1.35.2");
+        let planned = plan(v("1.35.2"), &nodes_spec(), &nodes, Some(&applied)).expect("plan");
+        assert_eq!(first(&planned), [step("cp-1", false), step("w-1", false)]);
+        // Every control-plane node at the target, yet kubeadm-config behind: the first
+        // runs apply again so the cluster's configuration catches up.
+        let mut upgraded = nodes.clone();
+        upgraded[1].kubelet_version = "v1.35.2".into();
+        let stale = observed(&[("cp-0", "v1.35.2"), ("cp-1", "v1.35.2")], "v1.34.2");
+        let planned = plan(v("1.35.2"), &nodes_spec(), &upgraded, Some(&stale)).expect("plan");
+        assert_eq!(first(&planned), [step("cp-0", true), step("w-1", false)]);
+    }
+
     #[test]
     fn control_plane_first_then_workers_and_at_target_excluded() {
-        let plan = plan(v("1.35.2"), &nodes_spec(), &cluster()).expect("plan");
+        let plan = plan(v("1.35.2"), &nodes_spec(), &cluster(), None).expect("plan");
         assert_eq!(names(&plan), ["cp-0", "w-1", "w-3", "w-4", "w-5"]);
         assert_eq!(plan.kind, UpgradeKind::Minor);
         assert!(plan.steps[0].first_control_plane);
@@ -518,7 +618,7 @@ mod tests {
     fn workers_are_batched_by_max_unavailable() {
         let mut spec = nodes_spec();
         spec.max_unavailable = 2;
-        let plan = plan(v("1.35.2"), &spec, &cluster()).expect("plan");
+        let plan = plan(v("1.35.2"), &spec, &cluster(), None).expect("plan");
         let batches: Vec<i32> = plan.steps.iter().map(|s| s.batch).collect();
         assert_eq!(batches, [0, 1, 1, 2, 2]);
     }
@@ -534,7 +634,7 @@ mod tests {
         ];
         let mut spec = nodes_spec();
         spec.max_unavailable = 10;
-        let plan = plan(v("1.35.2"), &spec, &nodes).expect("plan");
+        let plan = plan(v("1.35.2"), &spec, &nodes, None).expect("plan");
         assert_eq!(
             plan.steps.iter().map(|s| s.batch).collect::<Vec<_>>(),
             [0, 0]
@@ -547,7 +647,7 @@ mod tests {
         let mut spec = nodes_spec();
         spec.order = vec!["w-5".into(), "w-3".into()];
         spec.skip = vec!["w-4".into()];
-        let plan = plan(v("1.35.2"), &spec, &cluster()).expect("plan");
+        let plan = plan(v("1.35.2"), &spec, &cluster(), None).expect("plan");
         assert_eq!(names(&plan), ["cp-0", "w-5", "w-3", "w-1"]);
         assert!(
             plan.excluded
@@ -567,7 +667,7 @@ mod tests {
                 .build(),
             NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
         ];
-        let plan = plan(v("1.35.2"), &nodes_spec(), &nodes).expect("plan");
+        let plan = plan(v("1.35.2"), &nodes_spec(), &nodes, None).expect("plan");
         assert_eq!(names(&plan), ["cp-1", "w-1"]);
         assert!(plan.steps.iter().all(|s| !s.first_control_plane));
         assert_eq!(plan.control_plane_version, v("1.34.2"));
@@ -591,7 +691,7 @@ mod tests {
                 .build(),
             NodeFixture::worker("gpu-1").kubelet("v1.34.2").build(),
         ];
-        let plan = plan(v("1.34.3"), &spec, &nodes).expect("plan");
+        let plan = plan(v("1.34.3"), &spec, &nodes, None).expect("plan");
         assert_eq!(names(&plan), ["cp-0", "w-1"]);
         assert_eq!(plan.excluded[0].reason, Exclusion::NotSelected);
     }
@@ -653,7 +753,7 @@ mod tests {
             ),
         ];
         for (nodes, target, expected) in table {
-            let err = plan(v(target), &spec, &nodes).expect_err(expected);
+            let err = plan(v(target), &spec, &nodes, None).expect_err(expected);
             assert!(err.to_string().contains(expected), "{err}");
         }
     }
@@ -670,15 +770,15 @@ mod tests {
                 NodeFixture::worker("old").kubelet(old).build(),
             ]
         };
-        assert!(plan(v("1.36.0"), &spec, &nodes("v1.33.0")).is_ok());
-        let err = plan(v("1.36.0"), &spec, &nodes("v1.32.0")).expect_err("too far behind");
+        assert!(plan(v("1.36.0"), &spec, &nodes("v1.33.0"), None).is_ok());
+        let err = plan(v("1.36.0"), &spec, &nodes("v1.32.0"), None).expect_err("too far behind");
         assert!(matches!(err, PlanError::LeftTooFarBehind { .. }));
     }
 
     #[test]
     fn hash_changes_with_the_plan() {
-        let a = plan(v("1.35.2"), &nodes_spec(), &cluster()).expect("plan");
-        let b = plan(v("1.35.3"), &nodes_spec(), &cluster()).expect("plan");
+        let a = plan(v("1.35.2"), &nodes_spec(), &cluster(), None).expect("plan");
+        let b = plan(v("1.35.3"), &nodes_spec(), &cluster(), None).expect("plan");
         assert_eq!(a.hash(), a.clone().hash());
         assert_ne!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 16);

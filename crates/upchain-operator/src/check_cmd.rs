@@ -34,7 +34,6 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         .iter()
         .map(ObservedNode::from_node)
         .collect();
-    let plan = plan(target, &upgrade.spec.nodes, &nodes)?;
     let inputs = upchain_operator::gather::gate_inputs(
         &client,
         &reqwest::Client::new(),
@@ -48,12 +47,13 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         },
     )
     .await;
+    let control_plane = inputs.control_plane.as_ref().and_then(|c| c.as_ref().ok());
+    let plan = plan(target, &upgrade.spec.nodes, &nodes, control_plane)?;
     let evaluation = upchain_core::gates::evaluate(
         &upgrade.spec,
         &nodes,
         &inputs,
-        target,
-        plan.kind,
+        &plan,
         &[],
         jiff::Timestamp::now().as_second(),
         true,

@@ -220,10 +220,18 @@ pub async fn alerts(http: &reqwest::Client, base: &str) -> Source<Vec<Alert>> {
         .collect())
 }
 
-/// The API server's `apiserver_requested_deprecated_apis` series.
-/// The control plane's static Pods (kube-system, tier=control-plane) and what the API
-/// server's `/readyz` answers.
+/// The control plane's static Pods (kube-system, tier=control-plane), what the API
+/// server's `/readyz` answers, and the version kubeadm-config records.
 async fn control_plane(client: &Client) -> Source<ControlPlaneObservation> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let kubeadm_version = match config_maps.get_opt("kubeadm-config").await {
+        Ok(config_map) => upchain_core::gates::kubeadm_config_version(config_map.as_ref()),
+        Err(e) => Err(format!(
+            "reading {}: {}",
+            upchain_core::gates::KUBEADM_CONFIG,
+            describe(&e)
+        )),
+    };
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let listed = pods
         .list(&ListParams::default().labels("tier=control-plane"))
@@ -237,6 +245,7 @@ async fn control_plane(client: &Client) -> Source<ControlPlaneObservation> {
     let mut observation = ControlPlaneObservation {
         static_pods: Vec::new(),
         readyz: readyz(client).await,
+        kubeadm_version,
     };
     for pod in &listed.items {
         observation.add(pod);
@@ -256,6 +265,7 @@ async fn readyz(client: &Client) -> Source<()> {
         .map_err(|e| describe(&e))
 }
 
+/// The API server's `apiserver_requested_deprecated_apis` series.
 pub async fn deprecated_apis(client: &Client) -> Source<Vec<DeprecatedApi>> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())

@@ -31,7 +31,9 @@ pub fn run(args: &PlanArgs, out: &mut impl Write) -> Result<(), Error> {
             .iter()
             .map(ObservedNode::from_node)
             .collect();
-    let plan = plan(target, &nodes_spec, &nodes)?;
+    // A node list has no kubeadm-config: the control-plane kubelets say whether
+    // `kubeadm upgrade apply` has run.
+    let plan = plan(target, &nodes_spec, &nodes, None)?;
     let report = Report::new(&plan, &nodes);
     let text = match args.output {
         OutputFormat::Table => report.table(),

@@ -118,6 +118,17 @@ fn pdb(namespace: &str, name: &str, budget: Value) -> Value {
         "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 }
 
+/// kubeadm's ClusterConfiguration, as `kubeadm init` and `kubeadm upgrade apply` upload it.
+pub fn cluster_configuration(version: &str) -> String {
+    format!(
+        "apiServer: {{}}\napiVersion: kubeadm.k8s.io/v1beta4\ncertificatesDir: /etc/kubernetes/pki\n\
+         clusterName: kubernetes\ncontrollerManager: {{}}\ndns: {{}}\n\
+         etcd:\n  local:\n    dataDir: /var/lib/etcd\nimageRepository: registry.k8s.io\n\
+         kind: ClusterConfiguration\nkubernetesVersion: {version}\nnetworking:\n  \
+         dnsDomain: cluster.local\n  serviceSubnet: 10.96.0.0/12\nscheduler: {{}}\n"
+    )
+}
+
 /// Fills a new store with the cluster `config` describes.
 pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(), ApiError> {
     let now = store.clock().rfc3339();
@@ -160,6 +171,12 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
             }
         }
     }
+    store.create_own(
+        "v1",
+        "ConfigMap",
+        json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+            "data": {"ClusterConfiguration": cluster_configuration(version)}}),
+    )?;
     if config.filler_pods_per_node > 0 {
         // One Deployment per worker's worth of Pods, as a large cluster has many
         // workloads rather than one huge one.

@@ -240,6 +240,25 @@ impl Sim {
         }
     }
 
+    /// Sets the kubernetesVersion kube-system/kubeadm-config records, as a cluster whose
+    /// control plane was changed by hand may have it.
+    pub fn set_kubeadm_version(&self, version: &str) {
+        controllers::record_kubeadm_version(&mut self.store(), version);
+    }
+
+    /// The kubernetesVersion kube-system/kubeadm-config records.
+    pub fn kubeadm_version(&self) -> Option<String> {
+        let config_map = self.store().all("configmaps").into_iter().find(|c| {
+            c["metadata"]["namespace"] == "kube-system" && c["metadata"]["name"] == "kubeadm-config"
+        })?;
+        let text = config_map["data"]["ClusterConfiguration"]
+            .as_str()?
+            .to_owned();
+        text.lines()
+            .find_map(|line| line.strip_prefix("kubernetesVersion: "))
+            .map(str::to_owned)
+    }
+
     /// Where every Pod was scheduled, in order: the record invariant checks read.
     pub fn placements(&self) -> Vec<Placement> {
         self.behaviour().placements.clone()

@@ -4,10 +4,14 @@
 //! the API server's `/readyz` (its etcd check included) passes. Checked before the run and
 //! at every node boundary: a control-plane node whose components did not come back never
 //! lets the next one start.
+//!
+//! It also says which version `kubeadm upgrade apply` last brought the cluster to:
+//! kube-system/kubeadm-config's ClusterConfiguration.kubernetesVersion, cross-checked with
+//! the API servers' image tags, so that a kubelet moved by hand does not pass for it.
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use upchain_api::{CONTROL_PLANE_LABEL, NodeStep};
 
 use super::*;
@@ -27,6 +31,37 @@ pub struct ControlPlaneObservation {
     pub static_pods: Vec<StaticPod>,
     /// The API server's `/readyz`: passed, or what it answered.
     pub readyz: Source<()>,
+    /// kube-system/kubeadm-config's ClusterConfiguration.kubernetesVersion, or why it
+    /// could not be read.
+    pub kubeadm_version: Source<KubeVersion>,
+}
+
+/// Where kubeadm keeps the cluster's configuration.
+pub const KUBEADM_CONFIG: &str = "kube-system/kubeadm-config";
+
+/// The kubernetesVersion kubeadm recorded in its ConfigMap (`None`: not found).
+pub fn kubeadm_config_version(config_map: Option<&ConfigMap>) -> Source<KubeVersion> {
+    let missing = |what: &str| {
+        format!(
+            "{KUBEADM_CONFIG} {what}: upchain upgrades clusters made by kubeadm, whose \
+             `kubeadm upgrade apply` needs it; check that this is a kubeadm cluster"
+        )
+    };
+    let config_map = config_map.ok_or_else(|| missing("does not exist"))?;
+    let text = config_map
+        .data
+        .as_ref()
+        .and_then(|data| data.get("ClusterConfiguration"))
+        .ok_or_else(|| missing("has no ClusterConfiguration"))?;
+    let document: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| format!("{KUBEADM_CONFIG}'s ClusterConfiguration is not YAML: {e}"))?;
+    let version = document
+        .get("kubernetesVersion")
+        .and_then(serde_yaml::Value::as_str)
+        .ok_or_else(|| missing("has no ClusterConfiguration.kubernetesVersion"))?;
+    KubeVersion::parse_reported(version).map_err(|e| {
+        format!("{KUBEADM_CONFIG} records kubernetesVersion `{version}`, not a version: {e}")
+    })
 }
 
 impl ControlPlaneObservation {
@@ -45,6 +80,39 @@ impl ControlPlaneObservation {
         self.static_pods
             .iter()
             .find(|p| p.node == node && p.component == component)
+    }
+
+    /// The version `node`'s kube-apiserver static Pod runs, by its image tag.
+    pub fn api_server_version(&self, node: &str) -> Option<KubeVersion> {
+        let pod = self.pod(node, "kube-apiserver")?;
+        KubeVersion::parse_reported(image_tag(&pod.image)?).ok()
+    }
+
+    /// The version `kubeadm upgrade apply` last brought the cluster to: what kubeadm-config
+    /// records, but no newer than the newest API server runs (an apply that stopped
+    /// before its API server moved has not happened). `None` when either is unknown.
+    pub fn kubeadm_applied(&self) -> Option<KubeVersion> {
+        let recorded = *self.kubeadm_version.as_ref().ok()?;
+        let newest_api_server = self
+            .static_pods
+            .iter()
+            .filter(|p| p.component == "kube-apiserver")
+            .filter_map(|p| self.api_server_version(&p.node))
+            .max()?;
+        Some(recorded.min(newest_api_server))
+    }
+
+    /// Why the node that ran `kubeadm upgrade apply` to `target` is not done with it:
+    /// kubeadm-config must record the target (or a later one) once apply finished.
+    pub fn apply_not_at(&self, node: &str, target: KubeVersion) -> Option<String> {
+        match &self.kubeadm_version {
+            Ok(recorded) if *recorded >= target => None,
+            Ok(recorded) => Some(format!(
+                "{KUBEADM_CONFIG} still records kubernetesVersion {recorded}, not {target}: \
+                 `kubeadm upgrade apply` on {node} did not finish; read its Job's log"
+            )),
+            Err(error) => Some(error.clone()),
+        }
     }
 
     /// What keeps `node`'s own components from counting as upgraded to `target`: each
@@ -81,11 +149,16 @@ fn not_ready(pod: &StaticPod) -> String {
 }
 
 /// The control-plane gate over the control-plane nodes; `records` say which are already
-/// upgraded, whose components must then run the version their record pinned.
+/// upgraded, whose components must then run the version their record pinned. With
+/// `workers_next` (the next batch is workers, to `target`), the skew rule holds too: no
+/// worker's kubelet, those about to start at the target included, may be newer than the
+/// oldest kube-apiserver. (A control-plane node's kubelet leads the other API servers
+/// while they wait for their turn, as kubeadm's own procedure has it.)
 pub fn control_plane_gate(
     nodes: &[ObservedNode],
     observed: &Source<ControlPlaneObservation>,
     records: &[NodeRecord],
+    workers_next: Option<KubeVersion>,
 ) -> Verdict {
     let observed = match observed {
         Ok(observed) => observed,
@@ -96,18 +169,25 @@ pub fn control_plane_gate(
         .filter(|n| n.labels.contains_key(CONTROL_PLANE_LABEL))
         .map(|n| n.name.as_str())
         .collect();
-    let upgraded: HashMap<&str, KubeVersion> = records
-        .iter()
-        .filter(|r| matches!(r.step, NodeStep::Soaking | NodeStep::Done))
-        .filter_map(|r| {
-            Some((
-                r.name.as_str(),
-                KubeVersion::parse_target(&r.target_version).ok()?,
-            ))
-        })
+    let upgraded_records = || {
+        records
+            .iter()
+            .filter(|r| matches!(r.step, NodeStep::Soaking | NodeStep::Done))
+            .filter_map(|r| Some((r, KubeVersion::parse_target(&r.target_version).ok()?)))
+    };
+    let upgraded: HashMap<&str, KubeVersion> = upgraded_records()
+        .map(|(r, target)| (r.name.as_str(), target))
         .collect();
     let stacked = observed.static_pods.iter().any(|p| p.component == "etcd");
     let mut reasons = Vec::new();
+    match &observed.kubeadm_version {
+        Err(error) => reasons.push(error.clone()),
+        Ok(_) => reasons.extend(
+            upgraded_records()
+                .filter(|(r, _)| r.first_control_plane)
+                .filter_map(|(r, target)| observed.apply_not_at(&r.name, target)),
+        ),
+    }
     for node in &control_planes {
         if let Some(pinned) = upgraded.get(node) {
             reasons.extend(observed.node_not_at(node, *pinned));
@@ -141,6 +221,9 @@ pub fn control_plane_gate(
              --raw '/readyz?verbose'"
         ));
     }
+    if let Some(target) = workers_next {
+        reasons.extend(skew(nodes, observed, target));
+    }
     let members = if stacked {
         format!(
             ", {healthy_members}/{} etcd members healthy",
@@ -157,4 +240,32 @@ pub fn control_plane_gate(
         ),
         reasons,
     )
+}
+
+/// The skew rule before workers move to `target`: every kube-apiserver at least as new
+/// as every worker's kubelet will be.
+fn skew(
+    nodes: &[ObservedNode],
+    observed: &ControlPlaneObservation,
+    target: KubeVersion,
+) -> Option<String> {
+    let (oldest_node, oldest) = observed
+        .static_pods
+        .iter()
+        .filter(|p| p.component == "kube-apiserver")
+        .filter_map(|p| Some((p.node.as_str(), observed.api_server_version(&p.node)?)))
+        .min_by_key(|(_, version)| *version)?;
+    let newest_worker = nodes
+        .iter()
+        .filter(|n| !n.labels.contains_key(CONTROL_PLANE_LABEL))
+        .filter_map(|n| KubeVersion::parse_reported(&n.kubelet_version).ok())
+        .chain([target])
+        .max()?;
+    (newest_worker > oldest).then(|| {
+        format!(
+            "the kube-apiserver on {oldest_node} runs {oldest}, older than the workers' \
+             kubelets at {newest_worker} would be: no kubelet may be newer than an API server; \
+             upgrade {oldest_node}'s control plane first (kubeadm upgrade node)"
+        )
+    })
 }

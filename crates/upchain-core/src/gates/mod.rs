@@ -127,19 +127,28 @@ pub fn evaluate(
     spec: &K8sUpgradeSpec,
     nodes: &[ObservedNode],
     inputs: &GateInputs,
-    target: KubeVersion,
-    kind: UpgradeKind,
+    plan: &crate::plan::Plan,
     records: &[NodeRecord],
     now: i64,
     before_the_run: bool,
 ) -> Evaluation {
+    let target = plan.target;
     let mut gates = if before_the_run {
-        preflight(spec, nodes, inputs, target, kind, records, now)
+        preflight(spec, nodes, inputs, target, plan.kind, records, now)
     } else {
         vec![nodes_gate(nodes, &spec.nodes.skip, records)]
     };
     if let Some(control_plane) = &inputs.control_plane {
-        gates.push(control_plane_gate(nodes, control_plane, records));
+        let workers_next = plan
+            .next_batch()
+            .any(|step| step.role == upchain_api::NodeRole::Worker)
+            .then_some(target);
+        gates.push(control_plane_gate(
+            nodes,
+            control_plane,
+            records,
+            workers_next,
+        ));
     }
     let health_checks = inputs
         .health_checks

@@ -1,5 +1,6 @@
 use super::*;
 use crate::testing::NodeFixture;
+use k8s_openapi::api::core::v1::ConfigMap;
 
 fn v(text: &str) -> KubeVersion {
     KubeVersion::parse_target(text).expect("version")
@@ -392,9 +393,15 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
         Ok(ControlPlaneObservation {
             static_pods: pods,
             readyz,
+            kubeadm_version: Ok(KubeVersion::new(1, 35, 2)),
         })
     };
-    let good = control_plane_gate(&nodes, &observed(healthy.clone(), Ok(())), &[done("cp-1")]);
+    let good = control_plane_gate(
+        &nodes,
+        &observed(healthy.clone(), Ok(())),
+        &[done("cp-1")],
+        None,
+    );
     assert!(good.passed(), "{:?}", good.reasons);
     assert!(good.evidence.contains("2/2 etcd members healthy"));
 
@@ -408,6 +415,7 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
         &nodes,
         &observed(broken, Err("500: [-]etcd failed".into())),
         &[done("cp-1")],
+        None,
     );
     assert_eq!(verdict.reasons.len(), 4, "{:#?}", verdict.reasons);
     assert!(verdict.reasons[0].contains(
@@ -423,9 +431,65 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
         .filter(|p| p.component != "etcd")
         .cloned()
         .collect();
-    let verdict = control_plane_gate(&nodes, &observed(external, Ok(())), &[done("cp-1")]);
+    let verdict = control_plane_gate(&nodes, &observed(external, Ok(())), &[done("cp-1")], None);
     assert!(verdict.passed(), "{:?}", verdict.reasons);
     assert!(!verdict.evidence.contains("etcd"));
-    let unreadable = control_plane_gate(&nodes, &Err("403".into()), &[]);
+    let unreadable = control_plane_gate(&nodes, &Err("403".into()), &[], None);
     assert!(unreadable.reasons[0].contains("could not be read (403)"));
+
+    // cp-1 ran `kubeadm upgrade apply`, yet kubeadm-config still records the old version.
+    let mut applied = done("cp-1");
+    applied.first_control_plane = true;
+    let mut stale = observed(healthy.clone(), Ok(())).expect("observed");
+    stale.kubeadm_version = Ok(KubeVersion::new(1, 34, 2));
+    let verdict = control_plane_gate(&nodes, &Ok(stale.clone()), &[applied.clone()], None);
+    assert_eq!(verdict.reasons.len(), 1, "{:#?}", verdict.reasons);
+    assert!(
+        verdict.reasons[0].contains(
+            "kube-system/kubeadm-config still records kubernetesVersion v1.34.2, not v1.35.2: \
+             `kubeadm upgrade apply` on cp-1 did not finish"
+        ),
+        "{}",
+        verdict.reasons[0]
+    );
+    stale.kubeadm_version = Err("kube-system/kubeadm-config does not exist: ...".into());
+    let verdict = control_plane_gate(&nodes, &Ok(stale), &[], None);
+    assert!(verdict.reasons[0].starts_with("kube-system/kubeadm-config does not exist"));
+
+    // The skew rule before workers: cp-2's API server is still at 1.34.2.
+    let verdict = control_plane_gate(
+        &nodes,
+        &observed(healthy.clone(), Ok(())),
+        &[done("cp-1")],
+        Some(KubeVersion::new(1, 35, 2)),
+    );
+    assert_eq!(verdict.reasons.len(), 1, "{:#?}", verdict.reasons);
+    assert!(verdict.reasons[0].starts_with(
+        "the kube-apiserver on cp-2 runs v1.34.2, older than the workers' kubelets at v1.35.2"
+    ));
+}
+
+#[test]
+fn kubeadm_config_says_which_version_kubeadm_applied() {
+    let config_map = |data: Option<&str>| -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+            "data": data.map(|d| serde_json::json!({"ClusterConfiguration": d})),
+        }))
+        .expect("config map")
+    };
+    let real = "apiServer: {}\napiVersion: kubeadm.k8s.io/v1beta4\nclusterName: kubernetes\n\
+                kind: ClusterConfiguration\nkubernetesVersion: v1.34.3\n";
+    assert_eq!(
+        kubeadm_config_version(Some(&config_map(Some(real)))),
+        Ok(KubeVersion::new(1, 34, 3))
+    );
+    let missing = kubeadm_config_version(None).expect_err("missing");
+    assert!(missing.contains("does not exist"), "{missing}");
+    let empty = kubeadm_config_version(Some(&config_map(None))).expect_err("empty");
+    assert!(empty.contains("has no ClusterConfiguration"), "{empty}");
+    let no_version =
+        kubeadm_config_version(Some(&config_map(Some("kind: ClusterConfiguration\n"))))
+            .expect_err("no version");
+    assert!(no_version.contains("kubernetesVersion"), "{no_version}");
 }

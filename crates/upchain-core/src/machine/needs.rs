@@ -20,8 +20,10 @@ pub struct Needs {
     pub postflight: bool,
     /// The hook Jobs in progress (status.hooks).
     pub hooks: bool,
-    /// The control plane's static Pods and `/readyz`: for the control-plane gate (before
-    /// the run and at each node boundary) and for a control-plane node coming back.
+    /// The control plane's static Pods, `/readyz` and kubeadm-config: for the plan (which
+    /// node runs `kubeadm upgrade apply`), the control-plane gate (before the run and at
+    /// each node boundary) and a control-plane node coming back. Read while a run is
+    /// under way, so the plan it shows does not change between reads.
     pub control_plane: bool,
     /// The nodes whose Pods (and then the PodDisruptionBudgets) to read: those draining,
     /// and the next batch's when it may start, so the decision that starts a node records
@@ -110,11 +112,7 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
-        control_plane: (preflight || at_boundary) && !status.phase.is_some_and(Phase::is_finished)
-            || status.nodes.iter().any(|n| {
-                n.role == NodeRole::ControlPlane
-                    && matches!(n.step, NodeStep::Rejoining | NodeStep::Soaking)
-            }),
+        control_plane: preflight || !status.phase.is_some_and(Phase::is_finished),
         pods_of: pods_to_read(upgrade, status, at_boundary, nodes),
         jobs: JobsToRead::OfNodes(
             nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])
@@ -152,7 +150,17 @@ fn pods_to_read(
     let Ok(target) = KubeVersion::parse_target(&upgrade.spec.target_version) else {
         return draining;
     };
-    plan(target, &upgrade.spec.nodes, nodes)
-        .map(|plan| plan.next_batch().map(|step| step.name.clone()).collect())
-        .unwrap_or(draining)
+    // The plan without the control plane's reads, which come later, and the last
+    // decision's, which had them.
+    let planned = status
+        .plan
+        .iter()
+        .take_while(|p| Some(p.batch) == status.plan.first().map(|f| f.batch));
+    let mut next: Vec<String> = planned.map(|p| p.name.clone()).collect();
+    if let Ok(plan) = plan(target, &upgrade.spec.nodes, nodes, None) {
+        next.extend(plan.next_batch().map(|step| step.name.clone()));
+    }
+    next.sort();
+    next.dedup();
+    if next.is_empty() { draining } else { next }
 }

@@ -83,7 +83,7 @@ impl<'a> Machine<'a> {
                 // cordoned.
                 let components = match (record.role, target) {
                     (NodeRole::ControlPlane, Some(target)) => {
-                        self.components_not_at(&record.name, target)
+                        self.components_not_at(&record, target)
                     }
                     _ => Vec::new(),
                 };
@@ -181,10 +181,17 @@ impl<'a> Machine<'a> {
     }
 
     /// What keeps a control-plane node's own components from counting as back at
-    /// `target` (empty when they are).
-    fn components_not_at(&self, node: &str, target: KubeVersion) -> Vec<String> {
+    /// `target` (empty when they are); the node that ran `kubeadm upgrade apply` also
+    /// waits for kubeadm-config to record the target.
+    fn components_not_at(&self, record: &NodeRecord, target: KubeVersion) -> Vec<String> {
         match &self.observed.gates.control_plane {
-            Some(Ok(control_plane)) => control_plane.node_not_at(node, target),
+            Some(Ok(control_plane)) => {
+                let mut problems = control_plane.node_not_at(&record.name, target);
+                if record.first_control_plane {
+                    problems.extend(control_plane.apply_not_at(&record.name, target));
+                }
+                problems
+            }
             Some(Err(error)) => vec![format!(
                 "the control plane's Pods could not be read ({error})"
             )],

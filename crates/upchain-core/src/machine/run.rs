@@ -257,7 +257,13 @@ impl<'a> Machine<'a> {
                 return ControlFlow::Break(());
             }
         }
-        match plan(target, &self.spec.nodes, &self.observed.nodes) {
+        let control_plane = self.observed.gates.control_plane.as_ref();
+        match plan(
+            target,
+            &self.spec.nodes,
+            &self.observed.nodes,
+            control_plane.and_then(|c| c.as_ref().ok()),
+        ) {
             Ok(plan) => {
                 self.withdraw_approval_for_joined_nodes(&plan);
                 self.status.plan = plan.to_status();

@@ -90,3 +90,116 @@ pub(super) fn an_unhealthy_etcd_member_blocks_before_anything_is_touched() {
     run.world.crash_looping.clear();
     assert_eq!(run.until(300, &[Phase::Succeeded]), Phase::Succeeded);
 }
+
+/// The node Jobs started, as (node, whether it runs `kubeadm upgrade apply`).
+fn jobs_started(decision: &Decision) -> Vec<(String, bool)> {
+    decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateJob(job) => {
+                let env = job.spec.as_ref()?.template.spec.as_ref()?.containers[0]
+                    .env
+                    .as_ref()?;
+                let value = |key: &str| {
+                    env.iter()
+                        .find(|e| e.name == key)
+                        .and_then(|e| e.value.clone())
+                };
+                if value("MODE").as_deref() == Some("prepare") {
+                    return None;
+                }
+                Some((value("NODE_NAME")?, value("FIRST_CONTROL_PLANE")? == "true"))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+pub(super) fn a_kubelet_moved_by_hand_still_gets_kubeadm_upgrade_apply() {
+    // cp-0's kubelet was upgraded by hand; its static Pods and kubeadm-config were not.
+    let mut world = World::new(three_control_planes());
+    world.node_mut("cp-0").kubelet_version = "v1.35.2".into();
+    world
+        .static_versions
+        .insert("cp-0".into(), "v1.34.2".into());
+    let mut run = Run::new(quick("1.35.2"), world);
+    let mut jobs = Vec::new();
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        jobs.extend(jobs_started(&decision));
+        if decision.status.phase.is_some_and(Phase::is_finished) {
+            break;
+        }
+        run.wait_as_asked(&decision, 60);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    assert_eq!(
+        jobs,
+        [
+            ("cp-0".to_owned(), true),
+            ("cp-1".to_owned(), false),
+            ("cp-2".to_owned(), false),
+            ("w-1".to_owned(), false),
+        ],
+        "cp-0 runs kubeadm upgrade apply, every other node kubeadm upgrade node"
+    );
+    assert_eq!(run.world.kubeadm_version, "v1.35.2");
+}
+
+#[test]
+pub(super) fn an_apply_that_leaves_kubeadm_config_behind_stops_before_the_next_node() {
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.rejoin_timeout = std::time::Duration::from_secs(600).into();
+    let mut world = World::new(three_control_planes());
+    world.kubeadm_config_stale = true;
+    let mut run = Run::new(upgrade, world);
+    let mut cordoned = Vec::new();
+    for _ in 0..300 {
+        let decision = run.decide_once();
+        cordoned.extend(cordons(&decision));
+        if decision.status.phase.is_some_and(Phase::is_finished) {
+            break;
+        }
+        run.wait_as_asked(&decision, 60);
+    }
+    assert_eq!(run.status().phase, Some(Phase::Failed));
+    assert_eq!(cordoned, ["cp-0"], "no other node was cordoned");
+    let message = run.status().nodes[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains(
+            "kube-system/kubeadm-config still records kubernetesVersion v1.34.2, not v1.35.2: \
+             `kubeadm upgrade apply` on cp-0 did not finish"
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+pub(super) fn workers_wait_while_an_api_server_is_older_than_their_target() {
+    // cp-1's kubelet was moved by hand and the node is skipped, so nothing moves its
+    // API server.
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.nodes.skip = vec!["cp-1".to_owned()];
+    let mut world = World::new(three_control_planes());
+    world.node_mut("cp-1").kubelet_version = "v1.35.2".into();
+    world
+        .static_versions
+        .insert("cp-1".into(), "v1.34.2".into());
+    let mut run = Run::new(upgrade, world);
+    let blocked = run.until(300, &[Phase::Blocked, Phase::Succeeded, Phase::Failed]);
+    assert_eq!(blocked, Phase::Blocked);
+    let reasons = run.status().blocked_reasons.join("\n");
+    assert!(
+        reasons.contains("the kube-apiserver on cp-1 runs v1.34.2, older than the workers'"),
+        "{reasons}"
+    );
+    let done: Vec<&str> = run.status().nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        done,
+        ["cp-0", "cp-2"],
+        "the control plane went first, no worker"
+    );
+    assert!(run.world.nodes.iter().all(|n| !n.unschedulable));
+}

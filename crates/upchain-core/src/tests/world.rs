@@ -18,6 +18,15 @@ pub(super) struct World {
     pub(super) stays_old: BTreeSet<String>,
     /// (node, component) static Pods that crash-loop.
     pub(super) crash_looping: BTreeSet<(String, String)>,
+    /// Control-plane nodes whose static Pods run another version than their kubelet, as
+    /// after a kubelet moved by hand.
+    pub(super) static_versions: BTreeMap<String, String>,
+    /// What kube-system/kubeadm-config records; the node Job that runs `kubeadm upgrade
+    /// apply` moves it, unless `kubeadm_config_stale`.
+    pub(super) kubeadm_version: String,
+    pub(super) kubeadm_config_stale: bool,
+    /// The node Jobs that run `kubeadm upgrade apply`.
+    pub(super) applies: BTreeSet<String>,
     pub(super) others: Vec<OtherUpgrade>,
     pub(super) clock: i64,
     pub(super) gates: crate::gates::GateInputs,
@@ -50,6 +59,12 @@ pub(super) struct ModelSilence {
 
 impl World {
     pub(super) fn new(nodes: Vec<ObservedNode>) -> Self {
+        let kubeadm_version = nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL))
+            .filter_map(|n| KubeVersion::parse_reported(&n.kubelet_version).ok())
+            .min()
+            .map_or_else(String::new, |v| v.to_string());
         let pods = nodes
             .iter()
             .map(|n| {
@@ -69,6 +84,10 @@ impl World {
             never_return: BTreeSet::new(),
             stays_old: BTreeSet::new(),
             crash_looping: BTreeSet::new(),
+            static_versions: BTreeMap::new(),
+            kubeadm_version,
+            kubeadm_config_stale: false,
+            applies: BTreeSet::new(),
             others: Vec::new(),
             clock: 0,
             gates: Default::default(),
@@ -197,10 +216,14 @@ impl World {
                 let crashing = self
                     .crash_looping
                     .contains(&(node.name.clone(), component.to_owned()));
+                let version = self
+                    .static_versions
+                    .get(&node.name)
+                    .unwrap_or(&node.kubelet_version);
                 static_pods.push(crate::gates::StaticPod {
                     node: node.name.clone(),
                     component: component.to_owned(),
-                    image: format!("registry.k8s.io/{component}:{}", node.kubelet_version),
+                    image: format!("registry.k8s.io/{component}:{version}"),
                     running: node.ready && !crashing,
                     restarts: if crashing { 7 } else { 0 },
                 });
@@ -209,6 +232,8 @@ impl World {
         crate::gates::ControlPlaneObservation {
             static_pods,
             readyz: Ok(()),
+            kubeadm_version: KubeVersion::parse_reported(&self.kubeadm_version)
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -317,6 +342,9 @@ impl World {
                             .and_then(|e| e.value.clone())
                             .expect("env set")
                     };
+                    if value("FIRST_CONTROL_PLANE") == "true" {
+                        self.applies.insert(name.clone());
+                    }
                     self.jobs.entry(name).or_insert((
                         value("NODE_NAME"),
                         value("TARGET_VERSION"),
@@ -380,6 +408,12 @@ impl World {
             self.jobs.get_mut(&name).expect("job").2 = JobState::Succeeded;
             let never_return = self.never_return.contains(&node);
             let stays_old = self.stays_old.contains(&node);
+            if !stays_old {
+                self.static_versions.remove(&node);
+                if self.applies.contains(&name) && !self.kubeadm_config_stale {
+                    self.kubeadm_version = format!("v{target}");
+                }
+            }
             let n = self.node_mut(&node);
             if !stays_old {
                 n.kubelet_version = format!("v{target}");

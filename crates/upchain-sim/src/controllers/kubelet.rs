@@ -11,6 +11,38 @@ pub(super) fn upgrade_env(pod: &Value) -> Option<(String, String)> {
         .map(|(_, node, version)| (node, version))
 }
 
+/// Whether a node's upgrade Pod runs `kubeadm upgrade apply` (FIRST_CONTROL_PLANE).
+fn runs_kubeadm_apply(pod: &Value) -> bool {
+    pod["spec"]["containers"]
+        .as_array()
+        .is_some_and(|containers| {
+            containers.iter().any(|c| {
+                c["env"].as_array().is_some_and(|env| {
+                    env.iter()
+                        .any(|e| e["name"] == "FIRST_CONTROL_PLANE" && e["value"] == "true")
+                })
+            })
+        })
+}
+
+/// What `kubeadm upgrade apply` records in kube-system/kubeadm-config.
+pub(crate) fn record_kubeadm_version(store: &mut Store, version: &str) {
+    let Some(config_maps) = store.type_by_id("configmaps") else {
+        return;
+    };
+    let Ok(mut config_map) = store.get(&config_maps, "kube-system", "kubeadm-config") else {
+        return;
+    };
+    let version = if version.starts_with('v') {
+        version.to_owned()
+    } else {
+        format!("v{version}")
+    };
+    config_map["data"]["ClusterConfiguration"] =
+        json!(crate::seed::cluster_configuration(&version));
+    let _ = store.write_own(config_map, false);
+}
+
 /// `(NODE_NAME, TARGET_VERSION)` of a node's prepare Pod.
 fn prepare_env(pod: &Value) -> Option<(String, String)> {
     node_job_env(pod)
@@ -309,6 +341,13 @@ pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) 
                     store.append_log(&namespace, &pod, &log);
                     finish_pod(store, &namespace, &pod, false, &stamp);
                     continue;
+                }
+                let applies = store
+                    .type_by_id("pods")
+                    .and_then(|pods| store.get(&pods, &namespace, &pod).ok())
+                    .is_some_and(|p| runs_kubeadm_apply(&p));
+                if applies && !state.kubeadm_config_stale {
+                    record_kubeadm_version(store, &version);
                 }
                 log.push_str(&format!(
                     "[upgrade-node] {node}: kubeadm upgrade done; restarting the kubelet\n"

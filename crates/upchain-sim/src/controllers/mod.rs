@@ -9,6 +9,7 @@ mod workloads;
 
 use disruption::*;
 use jobs::*;
+pub(crate) use kubelet::record_kubeadm_version;
 pub use kubelet::set_unready;
 use kubelet::*;
 pub use scheduler::could_schedule;
@@ -117,6 +118,9 @@ pub struct State {
     /// (node, component) control-plane static Pods that crash-loop once their node is
     /// upgraded.
     pub crash_looping_after_upgrade: BTreeSet<(String, String)>,
+    /// `kubeadm upgrade apply` leaves kube-system/kubeadm-config at the old version, as
+    /// when it stops before uploading its configuration.
+    pub kubeadm_config_stale: bool,
     /// Lines a node's upgrade Pod prints before its last ones, such as a secret a careless
     /// script echoes.
     pub extra_log_lines: BTreeMap<String, Vec<String>>,
@@ -144,6 +148,7 @@ impl State {
             failing_jobs: BTreeMap::new(),
             unprepared: BTreeSet::new(),
             crash_looping_after_upgrade: BTreeSet::new(),
+            kubeadm_config_stale: false,
             extra_log_lines: BTreeMap::new(),
             sidecar: None,
             placements: Vec::new(),

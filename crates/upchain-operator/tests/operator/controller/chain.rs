@@ -345,6 +345,46 @@ async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_control_plane_kubelet_moved_by_hand_still_gets_kubeadm_upgrade_apply() {
+    let cluster = cluster(2, 2).await;
+    // Only cp-1's kubelet was moved: its static Pods and kubeadm-config are at v1.34.2.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    nodes
+        .patch_status(
+            "cp-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2"}}})),
+        )
+        .await
+        .expect("cp-1's kubelet at the target");
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s"}),
+    )
+    .await;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    let status = done.status.expect("status");
+    let applied: Vec<(&str, bool)> = status
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.first_control_plane))
+        .collect();
+    assert_eq!(
+        applied,
+        [
+            ("cp-1", true),
+            ("cp-2", false),
+            ("worker-1", false),
+            ("worker-2", false)
+        ],
+        "cp-1 ran kubeadm upgrade apply"
+    );
+    assert_eq!(cluster.sim.kubeadm_version().as_deref(), Some("v1.35.2"));
+    assert_every_node_upgraded(&cluster);
+    assert_no_job_ran_on_its_node(&cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_new_target_mid_run_applies_at_the_next_node_boundary() {
     let cluster = cluster(1, 2).await;
     apply_upgrade(
@@ -553,6 +593,7 @@ async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_fol
         .await
         .expect("static Pod at the target");
     }
+    cluster.sim.set_kubeadm_version("v1.35.2");
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s"}),

@@ -593,6 +593,36 @@ async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_contr
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_that_leaves_kubeadm_config_behind_holds_its_node_and_starts_no_other() {
+    let cluster = cluster(2, 1).await;
+    cluster.sim.behaviour().kubeadm_config_stale = true;
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "rejoinTimeout": "10m"}),
+    )
+    .await;
+    wait_for(&cluster, "cp-1 held for kubeadm-config", |s| {
+        s.nodes.iter().any(|n| {
+            n.name == "cp-1"
+                && n.step == upchain_api::NodeStep::Rejoining
+                && n.message.as_deref().is_some_and(|m| {
+                    m.contains("kube-system/kubeadm-config still records kubernetesVersion v1.34.2")
+                })
+        })
+    })
+    .await;
+    assert_eq!(current_status(&cluster).await.nodes.len(), 1);
+    assert!(
+        cluster
+            .sim
+            .placements()
+            .iter()
+            .all(|p| p.upgrades_node.as_deref() != Some("cp-2")),
+        "no Job for cp-2"
+    );
+}
+
 /// Applies a K8sUpgrade rechecked every 5 s, waits for Blocked, and returns its reasons.
 async fn blocked_from_the_start(cluster: &Cluster) -> String {
     apply_upgrade(
