@@ -334,6 +334,25 @@ pub struct SnapshotSpec {
         regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
     )]
     pub timeout: Duration,
+    /// The smallest snapshot file accepted, in bytes: a snapshot of a live etcd is never
+    /// smaller than a few kilobytes.
+    #[serde(default = "default_min_snapshot_bytes")]
+    #[schemars(range(min = 1))]
+    pub min_size_bytes: i64,
+}
+
+fn default_min_snapshot_bytes() -> i64 {
+    1024
+}
+
+/// Why a minor upgrade may run without an etcd snapshot.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotWaiver {
+    /// Why, in words the next person on call understands (for example "etcd is external
+    /// and backed up hourly by the storage team").
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
 }
 
 fn default_snapshot_timeout() -> Duration {

@@ -6,7 +6,9 @@ use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::{GatesSpec, HooksSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, WindowSpec};
+use crate::{
+    GatesSpec, HooksSpec, K8sUpgradeStatus, NotifySpec, SnapshotSpec, SnapshotWaiver, WindowSpec,
+};
 
 /// Label kubeadm puts on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
@@ -91,9 +93,15 @@ pub struct K8sUpgradeSpec {
     #[serde(default)]
     pub gates: GatesSpec,
 
-    /// An etcd snapshot to take before the first node is touched. None when unset.
+    /// An etcd snapshot to take before the first node is touched. A minor upgrade
+    /// requires one unless snapshotWaiver says why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotSpec>,
+
+    /// Lets a minor upgrade run without spec.snapshot, for the reason given (recorded in
+    /// status.snapshotWaived and a Warning Event). Ignored when spec.snapshot is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_waiver: Option<SnapshotWaiver>,
 
     /// A maintenance window: nodes are only started inside it. Any time when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

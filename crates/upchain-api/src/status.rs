@@ -95,6 +95,10 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<SnapshotRecord>,
 
+    /// Why this minor upgrade runs without an etcd snapshot (spec.snapshotWaiver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_waived: Option<String>,
+
     /// This run's hook Jobs (spec.hooks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
@@ -413,9 +417,25 @@ pub struct SnapshotRecord {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
-    /// True once the snapshot Job succeeded.
+    /// True once the snapshot Job succeeded and reported a snapshot that passed the
+    /// checks: large enough, read back by `etcdutl snapshot status`, copied off the node.
     #[serde(default)]
     pub verified: bool,
+    /// The snapshot file's size in bytes, as the Job reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// `etcdutl snapshot status`: the snapshot's hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// `etcdutl snapshot status`: the etcd revision it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// `etcdutl snapshot status`: the number of keys it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_keys: Option<i64>,
+    /// Where the Job copied it, off the node (a PVC path, an object-store URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// 1 for the run's first snapshot Job; a failed one is retried after the gates'
     /// recheck interval under the next number.
     #[serde(default)]

@@ -56,6 +56,7 @@ fn run(size: usize) {
         "apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
         "metadata": {"name": "bench", "uid": "uid-1", "generation": 1},
         "spec": {"targetVersion": "1.35.2", "soak": "0s",
+                 "snapshotWaiver": {"reason": "the benchmark measures decisions"},
                  "nodes": {"maxUnavailable": (size / 100).max(1)}},
     }))
     .unwrap();

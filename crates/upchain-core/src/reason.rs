@@ -121,6 +121,8 @@ reasons! {
     SnapshotStarted,
     /// The etcd snapshot was taken.
     SnapshotTaken,
+    /// A minor upgrade runs without an etcd snapshot (spec.snapshotWaiver).
+    SnapshotWaived,
     /// No progress for spec.stallTimeout.
     Stalled,
     /// Every selected node runs the target.

@@ -12,9 +12,13 @@ pub fn nodes_spec() -> NodesSpec {
 }
 
 /// A K8sUpgrade named `test` with defaults and the given target.
+/// Its minor upgrades waive the etcd snapshot, which the snapshot's own tests configure.
 pub fn upgrade(target: &str) -> K8sUpgrade {
-    let spec: K8sUpgradeSpec =
-        serde_json::from_value(serde_json::json!({ "targetVersion": target })).expect("spec");
+    let spec: K8sUpgradeSpec = serde_json::from_value(serde_json::json!({
+        "targetVersion": target,
+        "snapshotWaiver": {"reason": "a model cluster has no etcd"},
+    }))
+    .expect("spec");
     let mut upgrade = K8sUpgrade::new("test", spec);
     upgrade.metadata.uid = Some("uid-1".to_owned());
     upgrade.metadata.generation = Some(1);

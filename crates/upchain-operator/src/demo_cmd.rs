@@ -82,9 +82,12 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     // them created, extended and expired.
     let silences =
         json!({"alertmanagerUrl": sim.alertmanager_url(), "extendBy": "2m", "maxDuration": "30m"});
+    // Its etcd snapshot comes from the backup CronJob the simulated cluster has, as the
+    // chart's example installs it.
+    let snapshot = json!({"namespace": "kube-system", "cronJob": "etcd-backup"});
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": NAME},
         "spec": {"targetVersion": args.target, "soak": format!("{}s", args.soak_seconds),
-                 "gates": {"silences": silences}}});
+                 "snapshot": snapshot, "gates": {"silences": silences}}});
     upgrades
         .patch(
             NAME,
@@ -105,6 +108,7 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     let mut last = String::new();
     let mut prepared = 0;
     let mut previewed = std::collections::BTreeSet::new();
+    let mut snapshot_said = false;
     let mut silences_seen: Vec<(String, bool)> = Vec::new();
     let status = loop {
         let status = upgrades
@@ -127,6 +131,18 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         if line != last {
             write(out, format!("{elapsed:>6.1}s  {line}\n"))?;
             last = line;
+        }
+        if let Some(snapshot) = status.snapshot.as_ref().filter(|s| s.verified)
+            && !snapshot_said
+        {
+            snapshot_said = true;
+            write(
+                out,
+                format!(
+                    "{elapsed:>6.1}s    etcd snapshot verified: {}\n",
+                    snapshot.message.as_deref().unwrap_or_default()
+                ),
+            )?;
         }
         if status.prepared_nodes.len() > prepared {
             prepared = status.prepared_nodes.len();

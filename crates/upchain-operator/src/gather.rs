@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, Secret};
-use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, LogParams};
 use kube::core::Selector;
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
@@ -18,7 +18,7 @@ use upchain_core::gates::{
     HelmRelease, ObservedDeployment, PostflightInputs, RunnerFacts, Source,
 };
 use upchain_core::snapshot::SnapshotInputs;
-use upchain_core::{Needs, ObservedJob};
+use upchain_core::{JobState, Needs, ObservedJob};
 
 /// How long a gate's HTTP source may take to answer.
 const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -462,7 +462,61 @@ pub async fn snapshot_inputs(
         }
         None => None,
     };
-    Ok(Some(SnapshotInputs { template, job }))
+    // A succeeded Job's report is read until the record says it was verified.
+    let verified = upgrade
+        .status
+        .as_ref()
+        .and_then(|s| s.snapshot.as_ref())
+        .is_some_and(|r| r.verified);
+    let container = template
+        .as_ref()
+        .ok()
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .map(|c| c.name.clone());
+    let log = match (&job, container) {
+        (Some(job), Some(container)) if job.state == JobState::Succeeded && !verified => Some(
+            finished_job_log(client, &spec.namespace, &job.name, &container)
+                .await
+                .and_then(|(_, log)| log),
+        ),
+        _ => None,
+    };
+    Ok(Some(SnapshotInputs { template, job, log }))
+}
+
+/// The Pod that decided how `job` ended, and the end of `container`'s log in it (or why
+/// it could not be read); Err when no such Pod could be found.
+pub(crate) async fn finished_job_log(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+    container: &str,
+) -> Result<(Pod, Result<String, String>), String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .map_err(|e| {
+            format!(
+                "listing the Pods of Job {namespace}/{job}: {}",
+                describe(&e)
+            )
+        })?;
+    let pod = upchain_core::evidence::deciding_pod(listed.items)
+        .ok_or_else(|| format!("Job {namespace}/{job} has no Pod left to read"))?;
+    let params = LogParams {
+        container: Some(container.to_owned()),
+        tail_lines: Some(i64::try_from(upchain_core::evidence::LOG_LINES * 4).unwrap_or(40)),
+        limit_bytes: Some(upchain_core::evidence::LOG_BYTES),
+        ..LogParams::default()
+    };
+    let log = pods
+        .logs(&pod.name_any(), &params)
+        .await
+        .map_err(|e| describe(&e));
+    Ok((pod, log))
 }
 
 /// The control-plane static Pods and the cluster's Pod readiness, read once when the

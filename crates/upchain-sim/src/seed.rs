@@ -118,6 +118,23 @@ fn pdb(namespace: &str, name: &str, budget: Value) -> Value {
         "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 }
 
+/// What a good etcd snapshot Job prints last (the chart's example CronJob prints the same).
+pub const GOOD_SNAPSHOT_REPORT: &str = r#"upchain-snapshot {"sizeBytes":4255776,"location":"pvc:etcd-backups/etcd-snapshot.db","status":{"hash":3700725305,"revision":48213,"totalKey":1290,"totalSize":4255776}}"#;
+
+/// The cluster's etcd backup CronJob, as the chart's example installs it; its Pods print
+/// [`GOOD_SNAPSHOT_REPORT`].
+pub fn etcd_backup() -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": "etcd-backup", "namespace": "kube-system"},
+        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
+            "metadata": {"annotations": {crate::controllers::LOG_ANNOTATION: GOOD_SNAPSHOT_REPORT}},
+            "spec": {"restartPolicy": "Never", "hostNetwork": true,
+                "nodeSelector": {CONTROL_PLANE_LABEL: ""},
+                "tolerations": [{"key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+                "containers": [{"name": "backup", "image": "registry.k8s.io/etcd:3.5.21-0",
+                    "command": ["/bin/sh", "/scripts/etcd-backup.sh"]}]}}}}}})
+}
+
 /// kubeadm's ClusterConfiguration, as `kubeadm init` and `kubeadm upgrade apply` upload it.
 pub fn cluster_configuration(version: &str) -> String {
     format!(
@@ -177,6 +194,7 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
         json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
             "data": {"ClusterConfiguration": cluster_configuration(version)}}),
     )?;
+    store.create_own("batch/v1", "CronJob", etcd_backup())?;
     if config.filler_pods_per_node > 0 {
         // One Deployment per worker's worth of Pods, as a large cluster has many
         // workloads rather than one huge one.

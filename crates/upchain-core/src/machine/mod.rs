@@ -241,7 +241,7 @@ impl<'a> Machine<'a> {
         self.read_the_checks_first()?;
         self.check_gates(first, &plan)?;
         self.wait_for_the_window()?;
-        self.take_the_snapshot(first)?;
+        self.take_the_snapshot(first, &plan)?;
         self.run_the_pre_hook(first)?;
         self.prepare_the_nodes(first, &plan)?;
         self.hold_pods_the_drain_would_lose(&plan)?;

@@ -244,6 +244,11 @@ impl<'a> Machine<'a> {
                 started_at: Time(self.now),
                 completed_at: None,
                 verified: false,
+                size_bytes: None,
+                hash: None,
+                revision: None,
+                total_keys: None,
+                location: None,
                 attempt,
                 message: None,
             });
@@ -265,23 +270,30 @@ impl<'a> Machine<'a> {
             .map_or(Time(self.now), |r| r.started_at.clone());
         let outcome = self.job_outcome(state, &started, Duration::from(spec.timeout));
         let now = Time(self.now);
-        match outcome {
-            JobOutcome::Succeeded => {
-                if let Some(record) = self.status.snapshot.as_mut() {
-                    record.verified = true;
-                    record.completed_at = Some(now);
-                    record.message = Some("the snapshot Job succeeded".to_owned());
-                }
-                self.progressed();
-                self.event(
-                    false,
-                    Reason::SnapshotTaken,
-                    format!("etcd snapshot Job {job} succeeded"),
-                );
-                self.set_phase(Phase::Preflight);
+        let outcome = match (outcome, inputs.and_then(|i| i.log.as_ref())) {
+            (JobOutcome::Succeeded, None) => {
+                // Its log is read on the next pass.
+                self.requeue_within(Duration::from_secs(1));
+                return self.note(Reason::Snapshot, format!("reading the log of {job}"));
             }
+            (JobOutcome::Succeeded, Some(Err(error))) => JobOutcome::Failed(format!(
+                "succeeded, but its log could not be read ({error}), so the snapshot is \
+                 unverified"
+            )),
+            (JobOutcome::Succeeded, Some(Ok(log))) => {
+                match crate::snapshot::verify_report(log, spec.min_size_bytes) {
+                    Ok(snapshot) => return self.snapshot_verified_as(snapshot, &job),
+                    Err(problems) => JobOutcome::Failed(format!(
+                        "succeeded, but its snapshot is unverified: {problems}"
+                    )),
+                }
+            }
+            (outcome, _) => outcome,
+        };
+        match outcome {
+            JobOutcome::Succeeded => {}
             JobOutcome::Failed(how) => {
-                let check = if how.starts_with("failed") {
+                let check = if how.starts_with("failed") || how.starts_with("succeeded") {
                     "Check its logs"
                 } else {
                     "It is deleted; check why it hung"
@@ -305,6 +317,35 @@ impl<'a> Machine<'a> {
                 format!("waiting for the etcd snapshot Job {job}"),
             ),
         }
+    }
+
+    /// Records the snapshot the Job reported and checked, and lets the run go on.
+    fn snapshot_verified_as(&mut self, snapshot: crate::snapshot::VerifiedSnapshot, job: &str) {
+        let message = format!(
+            "{} bytes at revision {} ({} keys, hash {}), copied to {}",
+            snapshot.size_bytes,
+            snapshot.revision,
+            snapshot.total_keys,
+            snapshot.hash,
+            snapshot.location
+        );
+        if let Some(record) = self.status.snapshot.as_mut() {
+            record.verified = true;
+            record.completed_at = Some(Time(self.now));
+            record.message = Some(message.clone());
+            record.size_bytes = Some(snapshot.size_bytes);
+            record.hash = Some(snapshot.hash);
+            record.revision = Some(snapshot.revision);
+            record.total_keys = Some(snapshot.total_keys);
+            record.location = Some(snapshot.location);
+        }
+        self.progressed();
+        self.event(
+            false,
+            Reason::SnapshotTaken,
+            format!("etcd snapshot Job {job} verified: {message}"),
+        );
+        self.set_phase(Phase::Preflight);
     }
 
     /// This run's post-run hook, when it failed: the run stays Failed until a retry.
@@ -440,12 +481,39 @@ impl<'a> Machine<'a> {
     }
 
     /// Before the first node, the etcd snapshot, when the spec asks for one.
-    pub(super) fn take_the_snapshot(&mut self, first: bool) -> ControlFlow<()> {
-        if !first || self.spec.snapshot.is_none() || self.snapshot_verified() {
+    pub(super) fn take_the_snapshot(&mut self, first: bool, plan: &Plan) -> ControlFlow<()> {
+        if !first || self.snapshot_verified() {
             return ControlFlow::Continue(());
         }
-        self.snapshot();
-        STOP
+        if self.spec.snapshot.is_some() {
+            self.snapshot();
+            return STOP;
+        }
+        if plan.kind != upchain_api::UpgradeKind::Minor {
+            return ControlFlow::Continue(());
+        }
+        let Some(waiver) = &self.spec.snapshot_waiver else {
+            self.block(vec![format!(
+                "a minor upgrade (to {}) needs a verified etcd snapshot first, as kubeadm \
+                 cannot downgrade the control plane: set spec.snapshot to your etcd backup \
+                 CronJob (the chart ships an example), or waive it with \
+                 spec.snapshotWaiver.reason",
+                plan.target
+            )]);
+            return STOP;
+        };
+        if self.status.snapshot_waived.as_deref() != Some(waiver.reason.as_str()) {
+            self.status.snapshot_waived = Some(waiver.reason.clone());
+            self.event(
+                true,
+                Reason::SnapshotWaived,
+                format!(
+                    "minor upgrade to {} without an etcd snapshot: {}",
+                    plan.target, waiver.reason
+                ),
+            );
+        }
+        ControlFlow::Continue(())
     }
 
     /// Before the first node, the pre-run hook, when the spec has one.

@@ -157,6 +157,7 @@ impl<'a> Machine<'a> {
         self.status.nodes.clear();
         self.status.upgraded_nodes.clear();
         self.status.hooks.clear();
+        self.status.snapshot_waived = None;
         self.status.prepare.clear();
         self.status.prepared_nodes.clear();
         self.status.completed_at = None;

@@ -122,15 +122,26 @@ impl<'a> Machine<'a> {
             self.status.started_at.as_ref(),
         );
         let snapshot = match (&self.spec.snapshot, this_run) {
-            (None, _) => Desired::no(
-                types::SNAPSHOT_TAKEN,
-                Reason::NotConfigured,
-                "no etcd snapshot is configured for this run",
-            ),
+            (None, _) => match &self.status.snapshot_waived {
+                Some(reason) => Desired::no(
+                    types::SNAPSHOT_TAKEN,
+                    Reason::SnapshotWaived,
+                    format!("no etcd snapshot, waived: {reason}"),
+                ),
+                None => Desired::no(
+                    types::SNAPSHOT_TAKEN,
+                    Reason::NotConfigured,
+                    "no etcd snapshot is configured for this run",
+                ),
+            },
             (Some(_), Some(record)) if record.verified => Desired::yes(
                 types::SNAPSHOT_TAKEN,
                 Reason::Verified,
-                format!("etcd snapshot Job {} succeeded", record.job),
+                format!(
+                    "etcd snapshot Job {} verified: {}",
+                    record.job,
+                    record.message.as_deref().unwrap_or_default()
+                ),
             ),
             (Some(_), Some(record)) => Desired::no(
                 types::SNAPSHOT_TAKEN,

@@ -107,6 +107,124 @@ pub(super) fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
 }
 
 #[test]
+pub(super) fn a_snapshot_that_is_short_unread_or_left_on_the_node_blocks_and_a_good_one_is_recorded()
+ {
+    let reports = [
+        (
+            r#"upchain-snapshot {"sizeBytes":20,"location":"pvc:b/e.db","status":{"hash":1,"revision":2,"totalKey":3}}"#,
+            "the snapshot is 20 bytes, below spec.snapshot.minSizeBytes (1024)",
+        ),
+        (
+            r#"upchain-snapshot {"sizeBytes":2109440,"location":"pvc:b/e.db"}"#,
+            "did not report `etcdutl snapshot status`",
+        ),
+        (
+            r#"upchain-snapshot {"sizeBytes":2109440,"status":{"hash":1,"revision":2,"totalKey":3}}"#,
+            "where the snapshot was copied off the node",
+        ),
+        (
+            "Snapshot saved at /var/lib/etcd-backup/snapshot.db",
+            "its log has no `upchain-snapshot {...}` line",
+        ),
+    ];
+    for (log, expected) in reports {
+        let mut world = World::new(small_cluster());
+        world.snapshot_log = log.to_owned();
+        let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+        let blocked = run.until(20, &[Phase::Blocked]);
+        assert_eq!(blocked, Phase::Blocked, "{log}");
+        let status = run.status();
+        let reason = &status.blocked_reasons[0];
+        assert!(
+            reason.contains("succeeded, but its snapshot is unverified"),
+            "{reason}"
+        );
+        assert!(reason.contains(expected), "{reason}");
+        assert!(!status.snapshot.as_ref().expect("record").verified);
+        assert!(
+            run.world.nodes.iter().all(|n| !n.unschedulable),
+            "no node touched"
+        );
+        assert!(!conditions::is_true(
+            &status.conditions,
+            types::SNAPSHOT_TAKEN
+        ));
+        // The backup is fixed: the next attempt, after the recheck interval, passes.
+        run.world.snapshot_log = GOOD_SNAPSHOT_REPORT.to_owned();
+        assert_eq!(
+            run.until(200, &[Phase::Succeeded, Phase::Failed]),
+            Phase::Succeeded
+        );
+        let record = run.status().snapshot.clone().expect("record");
+        assert!(record.verified && record.attempt == 2, "{record:?}");
+        assert_eq!(record.size_bytes, Some(2_109_440));
+        assert_eq!(record.revision, Some(48213));
+        assert_eq!(record.total_keys, Some(1290));
+        assert_eq!(record.hash.as_deref(), Some("dc949639"));
+        assert_eq!(record.location.as_deref(), Some("pvc:etcd-backups/etcd.db"));
+    }
+}
+
+#[test]
+pub(super) fn a_minor_upgrade_needs_a_snapshot_or_a_waiver_with_its_reason() {
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.snapshot_waiver = None;
+    let mut run = Run::new(upgrade, World::new(small_cluster()));
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    assert!(mutating(&blocked.actions).is_empty());
+    assert!(
+        blocked.status.blocked_reasons[0]
+            .starts_with("a minor upgrade (to v1.35.2) needs a verified etcd snapshot first"),
+        "{:?}",
+        blocked.status.blocked_reasons
+    );
+    // A patch upgrade does not.
+    let patch = quick("1.34.3");
+    let mut nodes = small_cluster();
+    nodes.retain(|n| n.name != "w-2");
+    let mut patch_run = Run::new(
+        {
+            let mut u = patch;
+            u.spec.snapshot_waiver = None;
+            u
+        },
+        World::new(nodes),
+    );
+    assert_eq!(
+        patch_run.until(200, &[Phase::Succeeded, Phase::Blocked]),
+        Phase::Succeeded
+    );
+    // Waived, with a reason: recorded, warned about once, the condition False.
+    run.upgrade.spec.snapshot_waiver = Some(upchain_api::SnapshotWaiver {
+        reason: "etcd is external, backed up hourly".into(),
+    });
+    let waived = run.decide_once();
+    assert_eq!(
+        waived.status.snapshot_waived.as_deref(),
+        Some("etcd is external, backed up hourly")
+    );
+    let warnings = waived
+        .actions
+        .iter()
+        .filter(
+            |a| matches!(a, Action::Event(e) if e.reason == Reason::SnapshotWaived && e.warning),
+        )
+        .count();
+    assert_eq!(warnings, 1);
+    let condition =
+        conditions::get(&waived.status.conditions, types::SNAPSHOT_TAKEN).expect("condition");
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "SnapshotWaived")
+    );
+    assert_eq!(
+        run.until(200, &[Phase::Succeeded, Phase::Failed]),
+        Phase::Succeeded
+    );
+}
+
+#[test]
 pub(super) fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_job() {
     let mut world = World::new(small_cluster());
     let mut template = backup_template();

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// What a good snapshot Job prints last.
+pub(super) const GOOD_SNAPSHOT_REPORT: &str = r#"upchain-snapshot {"sizeBytes":2109440,"location":"pvc:etcd-backups/etcd.db","status":{"hash":3700725305,"revision":48213,"totalKey":1290}}"#;
+
 /// A model cluster: applies actions the way the API server and kubelets would.
 #[derive(Clone, Debug)]
 pub(super) struct World {
@@ -35,6 +38,8 @@ pub(super) struct World {
     /// Snapshot Jobs and their states; `snapshot_outcome` is what the next one does.
     pub(super) snapshot_jobs: BTreeMap<String, JobState>,
     pub(super) snapshot_outcome: Option<JobState>,
+    /// What a snapshot Job prints: by default a good report.
+    pub(super) snapshot_log: String,
     /// PodDisruptionBudgets: one that allows no disruption refuses evictions it covers.
     pub(super) budgets: Vec<ObservedBudget>,
     /// Alertmanager's silences, by ID.
@@ -94,6 +99,7 @@ impl World {
             snapshot_template: Ok(backup_template()),
             snapshot_jobs: BTreeMap::new(),
             snapshot_outcome: Some(JobState::Succeeded),
+            snapshot_log: GOOD_SNAPSHOT_REPORT.to_owned(),
             budgets: Vec::new(),
             silences: BTreeMap::new(),
             hook_jobs: BTreeMap::new(),
@@ -177,15 +183,23 @@ impl World {
             budgets: self.budgets.clone(),
             operator_pod: None,
             gates,
-            snapshot: Some(crate::snapshot::SnapshotInputs {
-                template: self.snapshot_template.clone(),
-                job: status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
+            snapshot: Some({
+                let job = status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
                     Some(ObservedJob {
                         name: s.job.clone(),
                         state: self.snapshot_jobs.get(&s.job)?.clone(),
                         evidence: None,
                     })
-                }),
+                });
+                let log = job
+                    .as_ref()
+                    .filter(|j| j.state == JobState::Succeeded)
+                    .map(|_| Ok(self.snapshot_log.clone()));
+                crate::snapshot::SnapshotInputs {
+                    template: self.snapshot_template.clone(),
+                    job,
+                    log,
+                }
             }),
             postflight: Some(Default::default()),
             hook_jobs: status

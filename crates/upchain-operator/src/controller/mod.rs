@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Error as ControllerError};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -35,7 +35,7 @@ use upchain_api::{
     FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, SilenceRecord, UPGRADE_ANNOTATION,
     UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
-use upchain_core::evidence::{self, JobEvidence};
+use upchain_core::evidence::JobEvidence;
 use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
 
 use crate::gather;

@@ -173,26 +173,11 @@ pub(super) async fn job_evidence(
     namespace: &str,
     job: &str,
 ) -> Option<JobEvidence> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await;
-    let pod = match listed {
-        Ok(list) => evidence::deciding_pod(list.items)?,
+    match gather::finished_job_log(client, namespace, job, RUNNER_CONTAINER).await {
+        Ok((pod, log)) => Some(JobEvidence::from_pod(&pod, log)),
         Err(error) => {
             warn!(job, %error, "reading the Pod of a finished Job");
-            return None;
+            None
         }
-    };
-    let params = LogParams {
-        container: Some(RUNNER_CONTAINER.to_owned()),
-        tail_lines: Some(i64::try_from(evidence::LOG_LINES * 4).unwrap_or(40)),
-        limit_bytes: Some(evidence::LOG_BYTES),
-        ..LogParams::default()
-    };
-    let log = pods
-        .logs(&pod.name_any(), &params)
-        .await
-        .map_err(|e| gather::describe(&e));
-    Some(JobEvidence::from_pod(&pod, log))
+    }
 }

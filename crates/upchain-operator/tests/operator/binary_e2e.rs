@@ -74,7 +74,7 @@ fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
     let manifests = dir.path().join("upgrade.yaml");
     std::fs::write(
         &manifests,
-        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  soak: 0s\n",
+        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  soak: 0s\n  snapshot: {namespace: kube-system, cronJob: etcd-backup}\n",
     )
     .unwrap();
     let runner = Path::new(REPO).join("deploy/examples/upchain-system.yaml");

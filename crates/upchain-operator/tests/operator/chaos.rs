@@ -65,6 +65,7 @@ async fn apply(client: &Client, max_unavailable: u64) {
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
         "metadata": {"name": "chaos"},
         "spec": {"targetVersion": "1.35.2", "soak": "0s",
+                 "snapshotWaiver": {"reason": "chaos is about the nodes"},
                  "nodes": {"maxUnavailable": max_unavailable}}});
     // The API server may be failing on purpose: retry the test's own write.
     for _ in 0..50 {

@@ -9,6 +9,7 @@ mod binary_e2e;
 mod chaos;
 mod cli;
 mod controller;
+mod etcd_backup;
 mod harness;
 mod images;
 mod node_script;

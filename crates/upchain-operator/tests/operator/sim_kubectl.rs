@@ -111,7 +111,7 @@ fn kubectl_lists_applies_drains_and_deletes() {
     let upgrade = tempfile::NamedTempFile::new().expect("file");
     std::fs::write(
         upgrade.path(),
-        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n",
+        "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: to-1-35\nspec:\n  targetVersion: 1.35.2\n  snapshotWaiver: {reason: a simulated cluster}\n",
     )
     .expect("write");
     sim.ok(&[

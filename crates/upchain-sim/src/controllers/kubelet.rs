@@ -421,7 +421,20 @@ pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) 
                 namespace,
                 pod,
                 succeeded,
-            } => finish_pod(store, &namespace, &pod, succeeded, &stamp),
+            } => {
+                let printed = store
+                    .type_by_id("pods")
+                    .and_then(|pods| store.get(&pods, &namespace, &pod).ok())
+                    .and_then(|p| {
+                        p["metadata"]["annotations"][LOG_ANNOTATION]
+                            .as_str()
+                            .map(str::to_owned)
+                    });
+                if let Some(log) = printed {
+                    store.append_log(&namespace, &pod, &format!("{log}\n"));
+                }
+                finish_pod(store, &namespace, &pod, succeeded, &stamp);
+            }
         }
     }
 }

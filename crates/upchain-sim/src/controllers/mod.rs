@@ -103,6 +103,10 @@ enum Timer {
 /// (exits 1) or `hang` (never ends); by default it succeeds after the upgrade time.
 pub const OUTCOME_ANNOTATION: &str = "sim.upchain.dev/outcome";
 
+/// Pod annotation whose text a Job Pod other than an upgrade Pod prints before it ends,
+/// such as an etcd backup's report line.
+pub const LOG_ANNOTATION: &str = "sim.upchain.dev/log";
+
 /// The controllers' state and the behaviour faults tests set.
 #[derive(Debug)]
 pub struct State {

@@ -237,20 +237,20 @@ async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_bl
     let cluster = cluster(1, 2).await;
     let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
         Api::namespaced(cluster.client.clone(), "kube-system");
-    let apply_cron_job = |outcome: &'static str| {
+    let apply_cron_job = |outcome: &'static str, report: &'static str| {
         let cron_jobs = cron_jobs.clone();
         async move {
             cron_jobs
                 .patch(
                     "etcd-backup",
                     &PatchParams::apply("test").force(),
-                    &Patch::Apply(etcd_backup(outcome)),
+                    &Patch::Apply(etcd_backup(outcome, report)),
                 )
                 .await
                 .expect("CronJob")
         }
     };
-    apply_cron_job("fail").await;
+    apply_cron_job("fail", "").await;
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"},
@@ -270,12 +270,34 @@ async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_bl
     assert!(exposition.contains("k8s_upgrade_snapshot_taken{upgrade=\"to-1-35\"} 0"));
     assert_nothing_cordoned(&cluster);
 
+    // The Job now succeeds, but reports a snapshot too small to be one: still Blocked.
+    apply_cron_job(
+        "succeed",
+        r#"upchain-snapshot {"sizeBytes":20,"location":"pvc:etcd-backups/e.db","status":{"hash":1,"revision":1,"totalKey":1}}"#,
+    )
+    .await;
+    wait_for(&cluster, "a short snapshot refused", |s| {
+        s.phase == Some(Phase::Blocked)
+            && s.blocked_reasons.iter().any(|r| {
+                r.contains("succeeded, but its snapshot is unverified: the snapshot is 20 bytes")
+            })
+    })
+    .await;
+    assert_nothing_cordoned(&cluster);
+
     // The backup is repaired; the next attempt succeeds and the run goes on by itself.
-    apply_cron_job("succeed").await;
+    apply_cron_job("succeed", upchain_sim::seed::GOOD_SNAPSHOT_REPORT).await;
     let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
     let status = done.status.expect("status");
     let snapshot = status.snapshot.expect("snapshot record");
-    assert!(snapshot.verified && snapshot.attempt >= 2, "{snapshot:?}");
+    assert!(snapshot.verified && snapshot.attempt >= 3, "{snapshot:?}");
+    assert_eq!(snapshot.size_bytes, Some(4_255_776));
+    assert_eq!(snapshot.revision, Some(48213));
+    assert_eq!(snapshot.total_keys, Some(1290));
+    assert_eq!(
+        snapshot.location.as_deref(),
+        Some("pvc:etcd-backups/etcd-snapshot.db")
+    );
     let first_node = status.nodes.first().expect("a node").started_at.0;
     assert!(snapshot.completed_at.expect("completed").0 <= first_node);
     assert!(

@@ -181,7 +181,12 @@ async fn current_status(cluster: &Cluster) -> upchain_api::K8sUpgradeStatus {
     upgrade.status.expect("status")
 }
 
-async fn apply_upgrade(client: &Client, spec: serde_json::Value) {
+/// A spec without `snapshot` waives it, so that the scenarios not about the snapshot do
+/// not wait for one.
+async fn apply_upgrade(client: &Client, mut spec: serde_json::Value) {
+    if spec.get("snapshot").is_none() && spec.get("snapshotWaiver").is_none() {
+        spec["snapshotWaiver"] = json!({"reason": "the scenario is not about the snapshot"});
+    }
     let api: Api<K8sUpgrade> = Api::all(client.clone());
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": "to-1-35"}, "spec": spec});
     api.patch(
@@ -345,13 +350,15 @@ fn helm_release(revision: u32, status: &str) -> k8s_openapi::api::core::v1::Secr
     .unwrap()
 }
 
-/// The cluster's etcd backup CronJob; `outcome` is how the simulator ends its Pods.
-fn etcd_backup(outcome: &str) -> serde_json::Value {
+/// The cluster's etcd backup CronJob; `outcome` is how the simulator ends its Pods, and
+/// `report` what they print last.
+fn etcd_backup(outcome: &str, report: &str) -> serde_json::Value {
     json!({
         "apiVersion": "batch/v1", "kind": "CronJob",
         "metadata": {"name": "etcd-backup", "namespace": "kube-system"},
         "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
-            "metadata": {"annotations": {upchain_sim::controllers::OUTCOME_ANNOTATION: outcome}},
+            "metadata": {"annotations": {upchain_sim::controllers::OUTCOME_ANNOTATION: outcome,
+                                         upchain_sim::controllers::LOG_ANNOTATION: report}},
             "spec": {"restartPolicy": "Never", "containers": [{"name": "backup", "image": "registry.k8s.io/etcd:3.5.21-0",
                      "command": ["etcdctl", "snapshot", "save", "/backup/snapshot.db"]}]}}}}}
     })
