@@ -185,6 +185,7 @@ fn preflight(
     let mut verdicts = vec![
         nodes_gate(nodes, &spec.nodes.skip, records),
         quiet_gate(nodes, Duration::from(gates.quiet_period), now, records),
+        snapshot_gate(spec, kind, target),
     ];
     if let Some(facts) = &inputs.runner {
         verdicts.push(runner_gate(&spec.runner, facts));
@@ -210,6 +211,38 @@ fn preflight(
         verdicts.push(workloads_gate(deployments));
     }
     verdicts
+}
+
+/// The snapshot gate: a minor upgrade has an etcd snapshot configured, or a waiver with
+/// its reason (kubeadm cannot downgrade a control plane; going back is a restore). The
+/// snapshot itself is taken and verified after the gates pass.
+fn snapshot_gate(spec: &K8sUpgradeSpec, kind: UpgradeKind, target: KubeVersion) -> Verdict {
+    let (evidence, reasons) = match (&spec.snapshot, &spec.snapshot_waiver) {
+        (Some(snapshot), _) => (
+            format!(
+                "CronJob {}/{}: its snapshot is verified before the first node",
+                snapshot.namespace, snapshot.cron_job
+            ),
+            Vec::new(),
+        ),
+        (None, Some(waiver)) if kind == UpgradeKind::Minor => {
+            (format!("waived: {}", waiver.reason), Vec::new())
+        }
+        (None, None) if kind == UpgradeKind::Minor => (
+            "none configured".to_owned(),
+            vec![format!(
+                "a minor upgrade (to {target}) needs a verified etcd snapshot first, as \
+                 kubeadm cannot downgrade the control plane: set spec.snapshot to your etcd \
+                 backup CronJob (the chart ships an example), or waive it with \
+                 spec.snapshotWaiver.reason"
+            )],
+        ),
+        (None, _) => (
+            "none configured (a patch upgrade does not need one)".to_owned(),
+            Vec::new(),
+        ),
+    };
+    verdict("snapshot", evidence, reasons)
 }
 
 /// The alert gate, when Prometheus is configured and was read.

@@ -489,18 +489,14 @@ impl<'a> Machine<'a> {
             self.snapshot();
             return STOP;
         }
-        if plan.kind != upchain_api::UpgradeKind::Minor {
+        // Without a snapshot or a waiver, the snapshot gate refused a minor upgrade.
+        let Some(waiver) = self
+            .spec
+            .snapshot_waiver
+            .as_ref()
+            .filter(|_| plan.kind == upchain_api::UpgradeKind::Minor)
+        else {
             return ControlFlow::Continue(());
-        }
-        let Some(waiver) = &self.spec.snapshot_waiver else {
-            self.block(vec![format!(
-                "a minor upgrade (to {}) needs a verified etcd snapshot first, as kubeadm \
-                 cannot downgrade the control plane: set spec.snapshot to your etcd backup \
-                 CronJob (the chart ships an example), or waive it with \
-                 spec.snapshotWaiver.reason",
-                plan.target
-            )]);
-            return STOP;
         };
         if self.status.snapshot_waived.as_deref() != Some(waiver.reason.as_str()) {
             self.status.snapshot_waived = Some(waiver.reason.clone());

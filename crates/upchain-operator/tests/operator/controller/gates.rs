@@ -199,7 +199,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: x\nspec:\n  targetVersion: 1.35.2\n  gates:\n    prometheus:\n      url: {}\n",
+            "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: x\nspec:\n  targetVersion: 1.35.2\n  snapshot: {{namespace: kube-system, cronJob: etcd-backup}}\n  gates:\n    prometheus:\n      url: {}\n",
             cluster.sim.prometheus_url()
         ),
     )
@@ -223,6 +223,11 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     assert!(text.contains("BLOCK alerts"), "{text}");
     assert!(text.contains("alert KubeNodeNotReady is firing"), "{text}");
     assert!(text.contains("PASS  nodes"), "{text}");
+    assert!(
+        text.contains("PASS  snapshot         CronJob kube-system/etcd-backup"),
+        "{text}"
+    );
+    assert!(text.contains("PASS  control-plane"), "{text}");
     cluster.sim.surroundings().alerts.clear();
     let (code, text) = tokio::task::block_in_place(|| check("1.35.2"));
     assert_eq!(code, Some(0), "{text}");
