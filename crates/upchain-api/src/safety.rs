@@ -67,6 +67,13 @@ pub struct GatesSpec {
     /// page anyone while it is upgraded on purpose. Off when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub silences: Option<SilencesSpec>,
+
+    /// For an external etcd, which has no static Pods to count: a Job of yours (etcdctl
+    /// endpoint health against every member, say) run before each control-plane node and
+    /// before the first worker. The node starts only once it succeeded; a failure blocks
+    /// the run (retried every recheck interval). Stacked etcd is checked without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_etcd_check: Option<HookSpec>,
 }
 
 /// Silences the operator keeps in Alertmanager while a node is worked on: created when the
@@ -157,6 +164,7 @@ impl Default for GatesSpec {
             workloads: true,
             health_checks: Vec::new(),
             silences: None,
+            external_etcd_check: None,
         }
     }
 }

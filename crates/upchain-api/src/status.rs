@@ -452,6 +452,8 @@ pub enum HookKind {
     Pre,
     /// After the postflight.
     Post,
+    /// spec.gates.externalEtcdCheck, before each control-plane node and the first worker.
+    EtcdCheck,
 }
 
 impl HookKind {
@@ -460,6 +462,7 @@ impl HookKind {
         match self {
             HookKind::Pre => "pre",
             HookKind::Post => "post",
+            HookKind::EtcdCheck => "etcd-check",
         }
     }
 }
@@ -468,8 +471,11 @@ impl HookKind {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HookRecord {
-    /// Pre or Post.
+    /// Pre, Post or EtcdCheck.
     pub kind: HookKind,
+    /// For EtcdCheck: the node it ran before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
     /// The Job (namespace/name).
     pub job: String,
     /// 1 for the first Job; a retried hook runs under the next number.

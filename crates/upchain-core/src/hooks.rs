@@ -1,29 +1,32 @@
-//! Pre- and post-run hooks: Jobs from the user's templates, run once per run.
+//! Jobs from the user's templates: the pre- and post-run hooks, run once per run, and the
+//! external etcd check, run before each control-plane node and the first worker.
 
 use k8s_openapi::api::batch::v1::JobTemplateSpec;
-use upchain_api::{HookKind, HookSpec, HooksSpec};
+use upchain_api::{HookKind, HookSpec, K8sUpgradeSpec};
 
 use crate::job::bounded_name;
 
-/// The hook of `kind`, when the spec has one.
-pub fn hook(hooks: Option<&HooksSpec>, kind: HookKind) -> Option<&HookSpec> {
-    let hooks = hooks?;
+/// The Job spec of `kind`, when the spec has one.
+pub fn hook(spec: &K8sUpgradeSpec, kind: HookKind) -> Option<&HookSpec> {
     match kind {
-        HookKind::Pre => hooks.pre.as_ref(),
-        HookKind::Post => hooks.post.as_ref(),
+        HookKind::Pre => spec.hooks.as_ref()?.pre.as_ref(),
+        HookKind::Post => spec.hooks.as_ref()?.post.as_ref(),
+        HookKind::EtcdCheck => spec.gates.external_etcd_check.as_ref(),
     }
 }
 
 /// The hook's Job template, or why the spec's is not one.
 pub fn template(spec: &HookSpec, kind: HookKind) -> Result<JobTemplateSpec, String> {
+    let field = match kind {
+        HookKind::EtcdCheck => "spec.gates.externalEtcdCheck.template".to_owned(),
+        _ => format!("spec.hooks.{}.template", kind.as_str()),
+    };
     let template: JobTemplateSpec = serde_json::from_value(spec.template.clone()).map_err(|e| {
         format!(
-            "spec.hooks.{}.template is not a batch/v1 JobTemplateSpec ({e}); give it the \
-             metadata and spec of a Job, as in a CronJob's jobTemplate",
-            kind.as_str()
+            "{field} is not a batch/v1 JobTemplateSpec ({e}); give it the metadata and spec \
+             of a Job, as in a CronJob's jobTemplate"
         )
     })?;
-    let field = format!("spec.hooks.{}.template", kind.as_str());
     if let Some(error) = crate::template::job_template_error(&template, &field) {
         return Err(error);
     }
@@ -31,13 +34,28 @@ pub fn template(spec: &HookSpec, kind: HookKind) -> Result<JobTemplateSpec, Stri
 }
 
 /// The hook Job's name: one per run, kind and attempt.
-pub fn job_name(upgrade: &str, kind: HookKind, run_started: i64, attempt: i32) -> String {
-    bounded_name(&[
-        upgrade,
-        kind.as_str(),
-        &run_started.to_string(),
-        &attempt.to_string(),
-    ])
+pub fn job_name(
+    upgrade: &str,
+    kind: HookKind,
+    before: Option<&str>,
+    run_started: i64,
+    attempt: i32,
+) -> String {
+    let run_started = run_started.to_string();
+    let attempt = attempt.to_string();
+    let mut parts = vec![upgrade, kind.as_str()];
+    parts.extend(before);
+    parts.extend([run_started.as_str(), attempt.as_str()]);
+    bounded_name(&parts)
+}
+
+/// How messages name the Job of `kind`.
+pub fn describe(kind: HookKind) -> &'static str {
+    match kind {
+        HookKind::Pre => "the pre-run hook Job",
+        HookKind::Post => "the post-run hook Job",
+        HookKind::EtcdCheck => "the external etcd check Job",
+    }
 }
 
 #[cfg(test)]
@@ -71,13 +89,13 @@ mod tests {
     #[test]
     fn names_are_per_run_kind_and_attempt() {
         assert_ne!(
-            job_name("u", HookKind::Pre, 1, 1),
-            job_name("u", HookKind::Post, 1, 1)
+            job_name("u", HookKind::Pre, None, 1, 1),
+            job_name("u", HookKind::Post, None, 1, 1)
         );
         assert_ne!(
-            job_name("u", HookKind::Pre, 1, 1),
-            job_name("u", HookKind::Pre, 1, 2)
+            job_name("u", HookKind::Pre, None, 1, 1),
+            job_name("u", HookKind::Pre, None, 1, 2)
         );
-        assert!(job_name(&"x".repeat(300), HookKind::Pre, 1, 1).len() <= 63);
+        assert!(job_name(&"x".repeat(300), HookKind::Pre, None, 1, 1).len() <= 63);
     }
 }

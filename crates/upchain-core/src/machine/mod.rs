@@ -245,6 +245,7 @@ impl<'a> Machine<'a> {
         self.run_the_pre_hook(first)?;
         self.prepare_the_nodes(first, &plan)?;
         self.hold_pods_the_drain_would_lose(&plan)?;
+        self.check_the_external_etcd(&plan)?;
         self.unblock();
         self.start_batch(&plan);
         ControlFlow::Continue(())

@@ -360,15 +360,26 @@ impl<'a> Machine<'a> {
     /// none. A failed pre-run hook blocks (nothing was touched) and is retried every recheck
     /// interval; a failed post-run hook fails the run until the retry annotation.
     pub(super) fn hook(&mut self, kind: HookKind) -> HookProgress {
-        let Some(spec) = crate::hooks::hook(self.spec.hooks.as_ref(), kind).cloned() else {
+        self.hook_before(kind, None)
+    }
+
+    /// Runs the Job of `kind` once (per run, or, with `before`, per node it comes before).
+    fn hook_before(&mut self, kind: HookKind, before: Option<&str>) -> HookProgress {
+        let Some(spec) = crate::hooks::hook(self.spec, kind).cloned() else {
             return HookProgress::Done;
         };
         let Ok(template) = crate::hooks::template(&spec, kind) else {
             return HookProgress::Waiting; // refused with the reason before the plan
         };
-        let current = self.status.hooks.iter().find(|h| h.kind == kind).cloned();
-        // A failed post-run hook waits for the retry annotation; a pre-run hook retries.
-        let retried = kind == HookKind::Pre;
+        let what = crate::hooks::describe(kind);
+        let current = self
+            .status
+            .hooks
+            .iter()
+            .find(|h| h.kind == kind && h.before.as_deref() == before)
+            .cloned();
+        // A failed post-run hook waits for the retry annotation; the others retry.
+        let retried = kind != HookKind::Post;
         let attempt = match self.next_attempt(current.as_ref().map(OneOffRecord::from), retried) {
             NextAttempt::Done => return HookProgress::Done,
             NextAttempt::Run(attempt) => attempt,
@@ -388,12 +399,13 @@ impl<'a> Machine<'a> {
                 return HookProgress::Waiting;
             }
         };
-        let name = crate::hooks::job_name(self.name(), kind, self.run_started(), attempt);
+        let name = crate::hooks::job_name(self.name(), kind, before, self.run_started(), attempt);
         let job = format!("{}/{name}", spec.namespace);
         if current.as_ref().is_none_or(|r| r.job != job) {
             self.status.hooks.retain(|h| h.kind != kind);
             self.status.hooks.push(HookRecord {
                 kind,
+                before: before.map(str::to_owned),
                 job: job.clone(),
                 attempt,
                 started_at: Time(self.now),
@@ -403,11 +415,7 @@ impl<'a> Machine<'a> {
             });
             self.unblock();
             self.progressed();
-            self.event(
-                false,
-                Reason::HookStarted,
-                format!("running the {}-run hook Job {job}", kind.as_str()),
-            );
+            self.event(false, Reason::HookStarted, format!("running {what} {job}"));
         }
         let state = self
             .observed
@@ -428,11 +436,11 @@ impl<'a> Machine<'a> {
                 self.event(
                     false,
                     Reason::HookSucceeded,
-                    format!("the {}-run hook Job {job} succeeded", kind.as_str()),
+                    format!("{what} {job} succeeded"),
                 );
                 return HookProgress::Done;
             }
-            JobOutcome::Failed(how) => format!("the {}-run hook Job {job} {how}", kind.as_str()),
+            JobOutcome::Failed(how) => format!("{what} {job} {how}"),
             JobOutcome::Running(left) => {
                 self.keep_running(
                     &template,
@@ -440,30 +448,64 @@ impl<'a> Machine<'a> {
                     &name,
                     left,
                     Reason::RunningHook,
-                    format!("waiting for the {}-run hook Job {job}", kind.as_str()),
+                    format!("waiting for {what} {job}"),
                 );
                 return HookProgress::Waiting;
             }
         };
-        let failure = match kind {
-            HookKind::Pre => format!(
-                "{failure}; no node was touched. Check its logs; it is retried every recheck \
-                 interval"
-            ),
-            HookKind::Post => format!(
+        let failure = match (kind, before) {
+            (HookKind::Post, _) => format!(
                 "{failure}; every node was upgraded. Check its logs, fix the cause, then set \
                  a new value on the {RETRY_ANNOTATION} annotation to run it again"
             ),
+            (_, Some(node)) => format!(
+                "{failure}; {node} was not started. Check its logs and etcd; it is retried \
+                 every recheck interval"
+            ),
+            _ => format!(
+                "{failure}; no node was touched. Check its logs; it is retried every recheck \
+                 interval"
+            ),
         };
         self.complete_hook(kind, false, failure.clone());
-        match kind {
-            HookKind::Pre => self.block(vec![failure]),
-            HookKind::Post => {
-                self.event(true, Reason::HookFailed, failure.clone());
-                self.fail_on_hook(failure);
-            }
+        if kind == HookKind::Post {
+            self.event(true, Reason::HookFailed, failure.clone());
+            self.fail_on_hook(failure);
+        } else {
+            self.block(vec![failure]);
         }
         HookProgress::Waiting
+    }
+
+    /// spec.gates.externalEtcdCheck: before each control-plane node and before the first
+    /// worker, the check Job must have succeeded for that node.
+    pub(super) fn check_the_external_etcd(&mut self, plan: &Plan) -> ControlFlow<()> {
+        let Some(next) = plan.next_batch().next() else {
+            return ControlFlow::Continue(());
+        };
+        // The last check ran before a worker (a node with no control-plane record) once the
+        // workers have begun.
+        let workers_begun = self
+            .status
+            .hooks
+            .iter()
+            .filter(|h| h.kind == HookKind::EtcdCheck && h.succeeded)
+            .filter_map(|h| h.before.as_deref())
+            .any(|before| {
+                self.status
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == before)
+                    .is_none_or(|n| n.role == NodeRole::Worker)
+                    && before != next.name
+            });
+        if next.role == NodeRole::Worker && workers_begun {
+            return ControlFlow::Continue(());
+        }
+        match self.hook_before(HookKind::EtcdCheck, Some(&next.name)) {
+            HookProgress::Done => ControlFlow::Continue(()),
+            HookProgress::Waiting => STOP,
+        }
     }
 
     pub(super) fn complete_hook(&mut self, kind: HookKind, succeeded: bool, message: String) {

@@ -250,9 +250,9 @@ impl<'a> Machine<'a> {
             self.refuse(Reason::InvalidSpec, error);
             return ControlFlow::Break(());
         }
-        for kind in [HookKind::Pre, HookKind::Post] {
-            if let Some(Err(error)) = crate::hooks::hook(self.spec.hooks.as_ref(), kind)
-                .map(|h| crate::hooks::template(h, kind))
+        for kind in [HookKind::Pre, HookKind::Post, HookKind::EtcdCheck] {
+            if let Some(Err(error)) =
+                crate::hooks::hook(self.spec, kind).map(|h| crate::hooks::template(h, kind))
             {
                 self.refuse(Reason::InvalidSpec, error);
                 return ControlFlow::Break(());

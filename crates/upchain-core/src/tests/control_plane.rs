@@ -203,3 +203,81 @@ pub(super) fn workers_wait_while_an_api_server_is_older_than_their_target() {
     );
     assert!(run.world.nodes.iter().all(|n| !n.unschedulable));
 }
+
+fn with_external_etcd_check(mut upgrade: K8sUpgrade) -> K8sUpgrade {
+    upgrade.spec.gates.external_etcd_check = Some(
+        serde_json::from_value(serde_json::json!({"namespace": "ops", "template": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "check", "image": "etcd-tools", "command": ["etcdctl", "endpoint", "health", "--cluster"]}]}}}}}))
+        .expect("check"),
+    );
+    upgrade
+}
+
+/// The external etcd check Jobs created, by the node each came before.
+fn etcd_checks(decision: &Decision) -> Vec<String> {
+    decision
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateJob(job) => job.metadata.name.clone(),
+            _ => None,
+        })
+        .filter(|name| name.contains("-etcd-check-"))
+        .collect()
+}
+
+#[test]
+pub(super) fn an_external_etcd_check_runs_before_each_control_plane_node_and_the_first_worker() {
+    let mut nodes = three_control_planes();
+    nodes.push(NodeFixture::worker("w-2").kubelet("v1.34.2").build());
+    let mut run = Run::new(with_external_etcd_check(quick("1.35.2")), World::new(nodes));
+    let mut checks = Vec::new();
+    let mut cordoned = Vec::new();
+    let mut failed_once = false;
+    let mut blocked = false;
+    for _ in 0..400 {
+        let decision = run.decide_once();
+        checks.extend(etcd_checks(&decision));
+        cordoned.extend(cordons(&decision));
+        // etcd is unhealthy when cp-1 is next.
+        let before_cp_1 = checks.iter().any(|c| c.contains("-cp-1-"));
+        if before_cp_1 && !failed_once {
+            run.world.hook_outcome = JobState::Failed {
+                reason: "BackoffLimitExceeded".into(),
+                message: "endpoint https://10.0.0.9:2379 is unhealthy".into(),
+            };
+            failed_once = true;
+        }
+        if decision.status.phase == Some(Phase::Blocked) {
+            let reason = decision.status.blocked_reasons.join("\n");
+            assert!(
+                reason.contains("the external etcd check Job ops/test-etcd-check-cp-1-")
+                    && reason.contains("cp-1 was not started"),
+                "{reason}"
+            );
+            assert_eq!(
+                cordoned,
+                ["cp-0"],
+                "nothing after cp-0 while etcd is unhealthy"
+            );
+            run.world.hook_outcome = JobState::Succeeded;
+            blocked = true;
+        }
+        if decision.status.phase.is_some_and(Phase::is_finished) {
+            break;
+        }
+        run.wait_as_asked(&decision, 60);
+    }
+    assert!(blocked, "the failed check blocked the run");
+    assert_eq!(run.status().phase, Some(Phase::Succeeded));
+    let before: Vec<&str> = ["cp-0", "cp-1", "cp-2", "w-1"]
+        .into_iter()
+        .filter(|node| checks.iter().any(|c| c.contains(&format!("-{node}-"))))
+        .collect();
+    assert_eq!(before, ["cp-0", "cp-1", "cp-2", "w-1"]);
+    assert!(
+        !checks.iter().any(|c| c.contains("-w-2-")),
+        "only before the first worker: {checks:?}"
+    );
+}
