@@ -6,6 +6,7 @@ pub mod admission;
 pub mod clock;
 pub mod controllers;
 pub mod patch;
+pub mod player;
 pub mod registry;
 pub mod seed;
 pub mod selector;

@@ -4,64 +4,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use upchain_core::snapshot::verify_report;
 
+use crate::real_api::ControlPlane;
+
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-/// A real etcd behind a real API server, stopped when dropped.
-struct ControlPlane {
-    dir: tempfile::TempDir,
-    etcd_port: String,
-}
-
-impl ControlPlane {
-    /// Starts one, or says why not: without `../shared/k8s` the test is skipped, except in
-    /// CI (CI=true), where that is a failure.
-    fn up() -> Option<Self> {
-        let script = std::env::var_os("UPCHAIN_CONTROL_PLANE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(REPO).join("../shared/k8s/control-plane"));
-        if !script.exists() {
-            let why = format!(
-                "{} does not exist: the etcd backup test needs a real etcd (set \
-                 UPCHAIN_CONTROL_PLANE to a control-plane script)",
-                script.display()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPED: {why}");
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let status = Command::new(&script)
-            .args(["up", dir.path().to_str().expect("utf-8")])
-            .env("K8S_NO_KCM", "1")
-            .stdout(Stdio::null())
-            .status()
-            .expect("control-plane runs");
-        assert!(status.success(), "control-plane up failed");
-        let env = std::fs::read_to_string(dir.path().join("env")).expect("env");
-        let etcd_port = env
-            .lines()
-            .find_map(|l| l.strip_prefix("ETCD_PORT="))
-            .expect("ETCD_PORT")
-            .to_owned();
-        Some(Self { dir, etcd_port })
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let script = std::env::var_os("UPCHAIN_CONTROL_PLANE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(REPO).join("../shared/k8s/control-plane"));
-        let _ = Command::new(script)
-            .args(["down", self.dir.path().to_str().unwrap_or_default()])
-            .status();
-    }
-}
 
 /// Runs the chart's backup script against `etcd`, keeping snapshots in `backups`.
 fn backup(etcd: &ControlPlane, backups: &Path, extra: &[(&str, &str)]) -> (bool, String, String) {
@@ -69,7 +19,7 @@ fn backup(etcd: &ControlPlane, backups: &Path, extra: &[(&str, &str)]) -> (bool,
         .arg(Path::new(REPO).join("charts/upchain/files/etcd-backup.sh"))
         .env(
             "ETCD_ENDPOINT",
-            format!("http://127.0.0.1:{}", etcd.etcd_port),
+            format!("http://127.0.0.1:{}", etcd.env("ETCD_PORT")),
         )
         .env("ETCD_PKI", backups.join("no-pki"))
         .env("BACKUP_DIR", backups)
@@ -86,7 +36,7 @@ fn backup(etcd: &ControlPlane, backups: &Path, extra: &[(&str, &str)]) -> (bool,
 
 #[test]
 fn the_example_backup_saves_a_snapshot_upchain_verifies_and_keeps_the_newest() {
-    let Some(etcd) = ControlPlane::up() else {
+    let Some(etcd) = ControlPlane::up(false) else {
         return;
     };
     let backups = tempfile::tempdir().expect("tempdir");
@@ -136,7 +86,7 @@ fn the_example_backup_saves_a_snapshot_upchain_verifies_and_keeps_the_newest() {
 
 #[test]
 fn the_example_backup_uploads_to_an_s3_compatible_bucket_and_reports_it() {
-    let Some(etcd) = ControlPlane::up() else {
+    let Some(etcd) = ControlPlane::up(false) else {
         return;
     };
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -14,4 +14,5 @@ mod harness;
 mod images;
 mod node_script;
 mod observability;
+mod real_api;
 mod sim_kubectl;

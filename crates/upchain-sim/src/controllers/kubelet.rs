@@ -75,7 +75,7 @@ pub(super) fn pod_ip(pod: &Value) -> String {
     format!("10.244.{}.{}", (serial / 250) % 250, serial % 250 + 1)
 }
 
-pub(super) fn pod_status(
+pub(crate) fn pod_status(
     pod: &Value,
     phase: &str,
     exit_code: Option<i64>,

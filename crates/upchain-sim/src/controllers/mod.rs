@@ -9,9 +9,9 @@ mod workloads;
 
 use disruption::*;
 use jobs::*;
-pub(crate) use kubelet::record_kubeadm_version;
 pub use kubelet::set_unready;
 use kubelet::*;
+pub(crate) use kubelet::{pod_status, record_kubeadm_version};
 pub use scheduler::could_schedule;
 use scheduler::*;
 use workloads::*;

@@ -1,0 +1,478 @@
+//! The real-API-server tier: the real `upchain` binary, as the chart's ServiceAccount with
+//! the chart's RBAC (rendered by helm), against a real kube-apiserver and controller
+//! manager (`../shared/k8s/control-plane`), whose kubelets and scheduler the simulator's
+//! node player plays. Without `../shared/k8s` it says it skipped; with CI=true that fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use upchain_sim::player::{NodePlayer, PlayerConfig};
+
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// The control-plane script: `UPCHAIN_CONTROL_PLANE`, else `../shared/k8s/control-plane`.
+fn control_plane_script() -> PathBuf {
+    std::env::var_os("UPCHAIN_CONTROL_PLANE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("../shared/k8s/control-plane"))
+}
+
+/// A real control plane in a temporary directory, stopped when dropped.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    env: String,
+}
+
+impl ControlPlane {
+    /// Starts one (`with_controller_manager` false: etcd and the API server only), or
+    /// says why not: without the script the test is skipped, except in CI (CI=true).
+    pub fn up(with_controller_manager: bool) -> Option<Self> {
+        let script = control_plane_script();
+        if !script.exists() {
+            let why = format!(
+                "{} does not exist: the real-API-server tests need it (set \
+                 UPCHAIN_CONTROL_PLANE to a control-plane script)",
+                script.display()
+            );
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = Command::new(&script);
+        command
+            .args(["up", dir.path().to_str().expect("utf-8")])
+            .stdout(Stdio::null());
+        if !with_controller_manager {
+            command.env("K8S_NO_KCM", "1");
+        }
+        assert!(
+            command.status().expect("control-plane runs").success(),
+            "control-plane up failed"
+        );
+        let env = std::fs::read_to_string(dir.path().join("env")).expect("env");
+        let kubeconfig = dir.path().join("kubeconfig");
+        Some(Self {
+            dir,
+            kubeconfig,
+            env,
+        })
+    }
+
+    /// A value `control-plane up` wrote to its env file, such as ETCD_PORT.
+    pub fn env(&self, key: &str) -> String {
+        self.env
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} in the env file"))
+            .to_owned()
+    }
+
+    /// A client with the admin kubeconfig.
+    pub async fn client(&self) -> Client {
+        client_for(&self.kubeconfig).await
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(control_plane_script())
+            .args(["down", self.dir.path().to_str().unwrap_or_default()])
+            .status();
+    }
+}
+
+async fn client_for(kubeconfig: &Path) -> Client {
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kubeconfig).expect("kubeconfig"),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
+    Client::try_from(config).expect("client")
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is on PATH: run scripts/install-test-tools");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("kubectl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Installs what the chart would (CRD, RBAC, ServiceAccount, node script) and the
+/// runner's objects, and returns a kubeconfig that acts as the chart's ServiceAccount.
+fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
+    let admin = &cluster.kubeconfig;
+    let crd = Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml");
+    kubectl(
+        admin,
+        &["apply", "--server-side", "-f", crd.to_str().expect("utf-8")],
+        None,
+    );
+    kubectl(admin, &["create", "namespace", "upchain-system"], None);
+    let rendered = Command::new("helm")
+        .args([
+            "template",
+            "upchain",
+            "charts/upchain",
+            "--namespace",
+            "upchain-system",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/configmap-script.yaml",
+        ])
+        .current_dir(REPO)
+        .output()
+        .expect("helm is on PATH: run scripts/install-test-tools");
+    assert!(rendered.status.success(), "helm template: {rendered:?}");
+    kubectl(
+        admin,
+        &["apply", "-f", "-"],
+        Some(&String::from_utf8_lossy(&rendered.stdout)),
+    );
+    let runner =
+        std::fs::read_to_string(Path::new(REPO).join("deploy/examples/upchain-system.yaml"))
+            .expect("runner objects");
+    // The chart installed the real node script; the example's placeholder is not needed.
+    let keys: Vec<&str> = runner
+        .split("\n---\n")
+        .filter(|doc| {
+            !doc.contains("name: upchain-node-upgrade") && !doc.contains("kind: Namespace")
+        })
+        .collect();
+    kubectl(admin, &["apply", "-f", "-"], Some(&keys.join("\n---\n")));
+    let token = kubectl(
+        admin,
+        &[
+            "create",
+            "token",
+            "upchain",
+            "-n",
+            "upchain-system",
+            "--duration",
+            "2h",
+        ],
+        None,
+    );
+    let server = kubectl(
+        admin,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ],
+        None,
+    );
+    let ca = kubectl(
+        admin,
+        &[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ],
+        None,
+    );
+    let path = cluster.dir.path().join("upchain.kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: real, cluster: {{server: {server}, certificate-authority-data: {ca}}}}}]\n\
+             users: [{{name: upchain, user: {{token: {}}}}}]\n\
+             contexts: [{{name: upchain, context: {{cluster: real, user: upchain, namespace: upchain-system}}}}]\n\
+             current-context: upchain\n",
+            token.trim()
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+fn field(kubeconfig: &Path, path: &str) -> String {
+    kubectl(
+        kubeconfig,
+        &[
+            "get",
+            "k8su",
+            "to-1-35",
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ],
+        None,
+    )
+}
+
+fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A real control plane with the node player and the chart's install, ready for
+/// `upchain run` as the chart's ServiceAccount.
+struct RealRun {
+    cluster: ControlPlane,
+    player: NodePlayer,
+    operator_kubeconfig: PathBuf,
+    operator: Option<Process>,
+}
+
+impl RealRun {
+    async fn start(player: PlayerConfig) -> Option<Self> {
+        let cluster = ControlPlane::up(true)?;
+        let operator_kubeconfig = tokio::task::block_in_place(|| install_as_the_chart(&cluster));
+        let player = NodePlayer::start(cluster.client().await, player)
+            .await
+            .expect("the node player registers the nodes");
+        Some(Self {
+            cluster,
+            player,
+            operator_kubeconfig,
+            operator: None,
+        })
+    }
+
+    fn admin(&self) -> &Path {
+        &self.cluster.kubeconfig
+    }
+
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        kubectl(self.admin(), args, stdin)
+    }
+
+    /// Starts (or restarts, after a SIGKILL) `upchain run` as the chart's ServiceAccount.
+    fn run_operator(&mut self) {
+        self.operator = None;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.cluster.dir.path().join("operator.log"))
+            .expect("log");
+        self.operator = Some(Process(
+            Command::new(env!("CARGO_BIN_EXE_upchain"))
+                .args([
+                    "run",
+                    "--kubeconfig",
+                    self.operator_kubeconfig.to_str().expect("utf-8"),
+                    "--metrics-addr",
+                    "127.0.0.1:0",
+                    "--leader-election",
+                    "false",
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("upchain runs"),
+        ));
+    }
+
+    fn field(&self, path: &str) -> String {
+        field(self.admin(), path)
+    }
+
+    /// Waits for `phase`, or fails with the status, the Pods and the operator's log.
+    fn wait_for_phase(&self, phase: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = self.field(".status.phase");
+            if now == phase {
+                return;
+            }
+            if Instant::now() > deadline || (now == "Failed" && phase != "Failed") {
+                let log = std::fs::read_to_string(self.cluster.dir.path().join("operator.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "{now}, not {phase}: {}\n{}\noperator log (last lines first):\n{}",
+                    self.field(".status"),
+                    self.kubectl(&["get", "pods", "-A", "-o", "wide"], None),
+                    tail.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn apply_upgrade(&self) {
+        self.kubectl(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata: {name: to-1-35}\n\
+                 spec:\n  targetVersion: 1.35.2\n  soak: 0s\n  \
+                 gates: {quietPeriod: 0s, recheckInterval: 5s}\n  \
+                 snapshotWaiver: {reason: the test control plane's etcd is disposable}\n",
+            ),
+        );
+    }
+
+    /// Invariant 1: no upgrade Pod ran on the node it upgrades. Returns how many ran.
+    fn assert_no_job_ran_on_its_node(&self) -> usize {
+        let upgrades: Vec<_> = self
+            .player
+            .placements()
+            .into_iter()
+            .filter(|p| p.upgrades_node.is_some())
+            .collect();
+        for placement in &upgrades {
+            assert_ne!(
+                placement.upgrades_node.as_deref(),
+                Some(placement.node.as_str()),
+                "{placement:?}"
+            );
+        }
+        upgrades.len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_server() {
+    let Some(mut run) = RealRun::start(PlayerConfig {
+        control_planes: 1,
+        workers: 3,
+        ..PlayerConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    tokio::task::block_in_place(|| {
+        run.kubectl(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n---\n\
+                 apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: apps}\n\
+                 spec:\n  replicas: 3\n  selector: {matchLabels: {app: web}}\n  template:\n    \
+                 metadata: {labels: {app: web}}\n    spec:\n      terminationGracePeriodSeconds: 5\n      \
+                 containers: [{name: web, image: registry.example.org/web:1}]\n---\n\
+                 apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: apps}\n\
+                 spec: {maxUnavailable: 1, selector: {matchLabels: {app: web}}}\n",
+            ),
+        );
+        until("the web Pods Ready", Duration::from_secs(60), || {
+            run.kubectl(
+                &[
+                    "get",
+                    "deploy",
+                    "web",
+                    "-n",
+                    "apps",
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                ],
+                None,
+            ) == "3"
+        });
+        // Someone else cordoned worker-3: the nodes gate blocks, and describe says why.
+        run.kubectl(&["cordon", "worker-3"], None);
+        run.run_operator();
+        run.apply_upgrade();
+        run.wait_for_phase("Blocked", Duration::from_secs(60));
+        let described = run.kubectl(&["describe", "k8su", "to-1-35"], None);
+        assert!(
+            described.contains("worker-3") && described.contains("Blocked"),
+            "{described}"
+        );
+        assert_eq!(run.field(".status.nodes"), "", "nothing started");
+        run.kubectl(&["uncordon", "worker-3"], None);
+        // Killed (SIGKILL) while a worker drains and while a worker's Job runs.
+        for step in ["Draining", "Upgrading"] {
+            until(
+                &format!("a worker {step}"),
+                Duration::from_secs(120),
+                || {
+                    run.field(".status.currentStep") == step
+                        && run.field(".status.currentNode").starts_with("worker")
+                },
+            );
+            run.run_operator();
+        }
+        run.wait_for_phase("Succeeded", Duration::from_secs(240));
+        let nodes = run.kubectl(&["get", "nodes", "--no-headers"], None);
+        for line in nodes.lines() {
+            assert!(
+                line.contains("v1.35.2") && !line.contains("SchedulingDisabled"),
+                "{line}"
+            );
+        }
+    });
+    assert_eq!(run.assert_no_job_ran_on_its_node(), 4);
+    let mut rejoins = run.player.rejoins();
+    rejoins.sort();
+    assert_eq!(
+        rejoins,
+        ["cp-1", "worker-1", "worker-2", "worker-3"],
+        "each node upgraded once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_node_stops_the_run_on_a_real_api_server() {
+    let Some(mut run) = RealRun::start(PlayerConfig {
+        control_planes: 1,
+        workers: 2,
+        failing_nodes: ["worker-1".to_owned()].into(),
+        ..PlayerConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    tokio::task::block_in_place(|| {
+        run.run_operator();
+        run.apply_upgrade();
+        run.wait_for_phase("Failed", Duration::from_secs(180));
+        let message = run.field(".status.nodes[?(@.name==\"worker-1\")].message");
+        assert!(message.contains("exit 15"), "{message}");
+        let nodes = run.kubectl(&["get", "nodes", "--no-headers"], None);
+        for line in nodes.lines() {
+            let cordoned = line.contains("SchedulingDisabled");
+            assert_eq!(cordoned, line.starts_with("worker-1 "), "{line}");
+            if line.starts_with("worker-2 ") {
+                assert!(line.contains("v1.34.2"), "worker-2 never started: {line}");
+            }
+        }
+    });
+    run.assert_no_job_ran_on_its_node();
+}
