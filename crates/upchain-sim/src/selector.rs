@@ -25,6 +25,20 @@ enum Requirement {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Selector(Vec<Requirement>);
 
+impl Selector {
+    /// The keys its requirements name.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|r| match r {
+            Requirement::Exists(k)
+            | Requirement::NotExists(k)
+            | Requirement::Equals(k, _)
+            | Requirement::NotEquals(k, _)
+            | Requirement::In(k, _)
+            | Requirement::NotIn(k, _) => k.as_str(),
+        })
+    }
+}
+
 /// Splits on commas that are not inside parentheses.
 fn split_top_level(input: &str) -> Vec<&str> {
     let mut parts = Vec::new();

@@ -12,10 +12,107 @@ const EVENT_NOTE_BYTES: usize = 1024;
 /// Longest label value, and longest name part of a label key.
 const LABEL_VALUE_CHARS: usize = 63;
 
+/// Most a ConfigMap's or Secret's data may hold, in bytes.
+const DATA_BYTES: usize = 1024 * 1024;
+
+/// Whether a list of `rt` may select on `field`, as the API server allows.
+pub fn field_selectable(rt: &ResourceType, field: &str) -> bool {
+    let kind_fields: &[&str] = match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Pod") => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        ("", "Node") => &["spec.unschedulable"],
+        ("", "Secret") => &["type"],
+        ("", "Namespace") => &["status.phase"],
+        ("batch", "Job") => &["status.successful"],
+        ("", "Event") => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        _ => &[],
+    };
+    matches!(field, "metadata.name" | "metadata.namespace") || kind_fields.contains(&field)
+}
+
+/// A DNS subdomain (RFC 1123), as most object names must be.
+fn dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 /// The validation errors of a create (`old` None) or an update of a built-in object.
 pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) -> Vec<String> {
     let mut errors = Vec::new();
+    let name = object["metadata"]["name"].as_str().unwrap_or_default();
+    if !name.is_empty() && !dns_subdomain(name) {
+        errors.push(format!(
+            "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+        ));
+    }
     match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "ConfigMap" | "Secret") => {
+            let size: usize = ["data", "binaryData", "stringData"]
+                .iter()
+                .flat_map(|field| object[*field].as_object().into_iter().flatten())
+                .map(|(key, value)| key.len() + value.as_str().map_or(0, str::len))
+                .sum();
+            if size > DATA_BYTES {
+                errors.push(format!(
+                    "[]: Too long: may not be more than {DATA_BYTES} bytes"
+                ));
+            }
+        }
+        ("coordination.k8s.io", "Lease")
+            if object["spec"]["leaseDurationSeconds"]
+                .as_i64()
+                .is_some_and(|d| d <= 0) =>
+        {
+            errors.push(
+                "spec.leaseDurationSeconds: Invalid value: 0: must be greater than 0".to_owned(),
+            );
+        }
+        ("batch", "CronJob") => {
+            let schedule = object["spec"]["schedule"].as_str().unwrap_or_default();
+            if !cron_schedule(schedule) {
+                errors.push(format!(
+                    "spec.schedule: Invalid value: \"{schedule}\": unparseable schedule"
+                ));
+            }
+        }
+        ("", "Node") => {
+            for taint in object["spec"]["taints"].as_array().into_iter().flatten() {
+                let effect = taint["effect"].as_str().unwrap_or_default();
+                if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+                    errors.push(format!(
+                        "spec.taints[0].effect: Unsupported value: \"{effect}\": supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\""
+                    ));
+                }
+            }
+        }
         ("events.k8s.io", "Event") => {
             let note = object["note"].as_str().unwrap_or_default();
             if note.len() > EVENT_NOTE_BYTES {
@@ -30,6 +127,28 @@ pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) ->
     errors
 }
 
+/// A cron schedule as the CronJob controller parses it: five fields, or a macro.
+fn cron_schedule(schedule: &str) -> bool {
+    let macros = [
+        "@yearly",
+        "@annually",
+        "@monthly",
+        "@weekly",
+        "@daily",
+        "@midnight",
+        "@hourly",
+    ];
+    if macros.contains(&schedule) || schedule.starts_with("@every ") {
+        return true;
+    }
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    fields.len() == 5
+        && fields.iter().all(|f| {
+            f.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '*' | '/' | ',' | '-' | '?'))
+        })
+}
+
 /// A Job's Pod template: labels, restartPolicy (a Pod defaults it to Always, which a Job
 /// refuses), podFailurePolicy's rule, and immutability once created.
 fn job_errors(job: &Value, old: Option<&Value>, errors: &mut Vec<String>) {
@@ -40,6 +159,12 @@ fn job_errors(job: &Value, old: Option<&Value>, errors: &mut Vec<String>) {
         "spec.template.metadata.labels",
         errors,
     );
+    if template["spec"]["containers"]
+        .as_array()
+        .is_none_or(|c| c.is_empty())
+    {
+        errors.push("spec.template.spec.containers: Required value".to_owned());
+    }
     let restart_policy = template["spec"]["restartPolicy"]
         .as_str()
         .unwrap_or_default();

@@ -9,6 +9,7 @@ mod binary_e2e;
 mod chaos;
 mod cli;
 mod controller;
+mod differential;
 mod etcd_backup;
 mod harness;
 mod images;

@@ -335,15 +335,16 @@ impl RealRun {
         }
     }
 
-    fn apply_upgrade(&self) {
+    /// Applies K8sUpgrade `name` to 1.35.2, with `extra` spec lines.
+    fn apply_upgrade(&self, name: &str, extra: &str) {
         self.kubectl(
             &["apply", "-f", "-"],
-            Some(
-                "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata: {name: to-1-35}\n\
+            Some(&format!(
+                "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata: {{name: {name}}}\n\
                  spec:\n  targetVersion: 1.35.2\n  soak: 0s\n  \
-                 gates: {quietPeriod: 0s, recheckInterval: 5s}\n  \
-                 snapshotWaiver: {reason: the test control plane's etcd is disposable}\n",
-            ),
+                 gates: {{quietPeriod: 0s, recheckInterval: 5s}}\n  \
+                 snapshotWaiver: {{reason: the test control plane's etcd is disposable}}\n{extra}"
+            )),
         );
     }
 
@@ -407,7 +408,7 @@ async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_
         // Someone else cordoned worker-3: the nodes gate blocks, and describe says why.
         run.kubectl(&["cordon", "worker-3"], None);
         run.run_operator();
-        run.apply_upgrade();
+        run.apply_upgrade("to-1-35", "");
         run.wait_for_phase("Blocked", Duration::from_secs(60));
         let described = run.kubectl(&["describe", "k8su", "to-1-35"], None);
         assert!(
@@ -461,7 +462,7 @@ async fn a_failing_node_stops_the_run_on_a_real_api_server() {
     };
     tokio::task::block_in_place(|| {
         run.run_operator();
-        run.apply_upgrade();
+        run.apply_upgrade("to-1-35", "");
         run.wait_for_phase("Failed", Duration::from_secs(180));
         let message = run.field(".status.nodes[?(@.name==\"worker-1\")].message");
         assert!(message.contains("exit 15"), "{message}");
@@ -472,6 +473,95 @@ async fn a_failing_node_stops_the_run_on_a_real_api_server() {
             if line.starts_with("worker-2 ") {
                 assert!(line.contains("v1.34.2"), "worker-2 never started: {line}");
             }
+        }
+    });
+    run.assert_no_job_ran_on_its_node();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approval_a_second_upgrade_waiting_and_deletion_mid_run_on_a_real_api_server() {
+    let Some(mut run) = RealRun::start(PlayerConfig {
+        control_planes: 1,
+        workers: 2,
+        upgrade_time: Duration::from_secs(3),
+        ..PlayerConfig::default()
+    })
+    .await
+    else {
+        return;
+    };
+    tokio::task::block_in_place(|| {
+        run.run_operator();
+        run.apply_upgrade("to-1-35", "  approval: Manual\n");
+        until(
+            "the plan awaiting approval",
+            Duration::from_secs(60),
+            || run.field(".status.conditions[?(@.type==\"Ready\")].reason") == "AwaitingApproval",
+        );
+        assert_eq!(run.field(".status.nodes"), "", "nothing before approval");
+        let hash = run.field(".status.planHash");
+        run.kubectl(
+            &[
+                "annotate",
+                "k8su",
+                "to-1-35",
+                &format!("upchain.dev/approve={hash}"),
+            ],
+            None,
+        );
+        until(
+            "the approved run under way",
+            Duration::from_secs(60),
+            || !run.field(".status.currentNode").is_empty(),
+        );
+        run.apply_upgrade("second", "");
+        let second = |path: &str| {
+            run.kubectl(
+                &[
+                    "get",
+                    "k8su",
+                    "second",
+                    "-o",
+                    &format!("jsonpath={{{path}}}"),
+                ],
+                None,
+            )
+        };
+        until(
+            "the second waiting for the first",
+            Duration::from_secs(60),
+            || {
+                second(".status.conditions[?(@.type==\"Progressing\")].reason")
+                    == "WaitingForUpgrade"
+            },
+        );
+        assert_eq!(
+            second(".status.nodes"),
+            "",
+            "the waiting one touched nothing"
+        );
+        // Deleted while a worker's Job runs: the Job finishes, the node is uncordoned, and
+        // the finalizer goes.
+        until("a worker upgrading", Duration::from_secs(120), || {
+            run.field(".status.currentStep") == "Upgrading"
+                && run.field(".status.currentNode").starts_with("worker")
+        });
+        run.kubectl(&["delete", "k8su", "to-1-35", "--wait=false"], None);
+        until("to-1-35 gone", Duration::from_secs(120), || {
+            run.kubectl(&["get", "k8su", "-o", "name"], None)
+                .lines()
+                .all(|l| l != "k8supgrade.upchain.dev/to-1-35")
+        });
+        // The second takes over and finishes the cluster.
+        until("the second Succeeded", Duration::from_secs(240), || {
+            second(".status.phase") == "Succeeded"
+        });
+        let nodes = run.kubectl(&["get", "nodes", "--no-headers"], None);
+        for line in nodes.lines() {
+            assert!(
+                line.contains("v1.35.2") && !line.contains("SchedulingDisabled"),
+                "{line}"
+            );
         }
     });
     run.assert_no_job_ran_on_its_node();

@@ -32,8 +32,18 @@ pub(super) fn serve(
         _ => {}
     }
     let selector = |key: &str| {
-        Selector::parse(query.get(key).map(String::as_str).unwrap_or_default())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))
+        let parsed = Selector::parse(query.get(key).map(String::as_str).unwrap_or_default())
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if key == "fieldSelector"
+            && let Some(field) = parsed
+                .keys()
+                .find(|f| !crate::validation::field_selectable(rt, f))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "field label not supported: {field}"
+            )));
+        }
+        Ok(parsed)
     };
     let mut store = shared.store();
     match (verb, target.name.as_deref()) {

@@ -100,6 +100,13 @@ impl Store {
             ));
         }
         let namespace = if rt.namespaced { namespace } else { "" };
+        let in_body = object["metadata"]["namespace"].as_str().unwrap_or_default();
+        if rt.namespaced && !in_body.is_empty() && in_body != namespace {
+            return Err(ApiError::BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request"
+                    .into(),
+            ));
+        }
         if rt.namespaced && namespace.is_empty() {
             return Err(ApiError::BadRequest(format!(
                 "{} must be created in a namespace",
