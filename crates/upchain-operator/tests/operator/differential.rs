@@ -16,6 +16,8 @@ struct Probe {
     method: &'static str,
     path: String,
     body: Option<Value>,
+    /// A step that sets up the next probes: sent to both, its answers not compared.
+    setup: bool,
 }
 
 fn post(name: &'static str, path: &str, body: Value) -> Probe {
@@ -24,6 +26,15 @@ fn post(name: &'static str, path: &str, body: Value) -> Probe {
         method: "POST",
         path: path.to_owned(),
         body: Some(body),
+        setup: false,
+    }
+}
+
+/// A request that prepares the probes after it.
+fn setup(name: &'static str, path: &str, body: Value) -> Probe {
+    Probe {
+        setup: true,
+        ..post(name, path, body)
     }
 }
 
@@ -33,6 +44,7 @@ fn get(name: &'static str, path: &str) -> Probe {
         method: "GET",
         path: path.to_owned(),
         body: None,
+        setup: false,
     }
 }
 
@@ -137,6 +149,26 @@ fn probes() -> Vec<Probe> {
                 "spec": {"schedule": "every night", "jobTemplate": {"spec": {"template": {"spec":
                     {"restartPolicy": "Never", "containers": container}}}}}}),
         ),
+        setup(
+            "the default ServiceAccount, which Pods need",
+            "/api/v1/namespaces/default/serviceaccounts",
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        ),
+        post(
+            "a Pod with two containers that no node can run",
+            "/api/v1/namespaces/default/pods",
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "two"},
+                "spec": {"nodeSelector": {"probe": "nowhere"}, "containers": [{"name": "a", "image": "registry.example.org/a:1"},
+                                        {"name": "b", "image": "registry.example.org/b:1"}]}}),
+        ),
+        get(
+            "the log of a Pod with two containers, naming none",
+            "/api/v1/namespaces/default/pods/two/log",
+        ),
+        get(
+            "the log of a Pod no node runs yet",
+            "/api/v1/namespaces/default/pods/two/log?container=a",
+        ),
         post(
             "a Node with a taint effect that does not exist",
             "/api/v1/nodes",
@@ -179,7 +211,7 @@ async fn the_simulator_answers_as_a_real_api_server_does() {
     let mut differences = Vec::new();
     for probe in probes() {
         let (expected, got) = (send(&real, &probe).await, send(&simulated, &probe).await);
-        if expected != got {
+        if expected != got && !probe.setup {
             differences.push((probe.name, expected, got));
         }
     }

@@ -250,6 +250,16 @@ fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
     }
 }
 
+/// One control-plane node and two workers, whose upgrade Pods run for `upgrade_time`.
+fn small(upgrade_time: Duration) -> PlayerConfig {
+    PlayerConfig {
+        control_planes: 1,
+        workers: 2,
+        upgrade_time,
+        ..PlayerConfig::default()
+    }
+}
+
 /// A real control plane with the node player and the chart's install, ready for
 /// `upchain run` as the chart's ServiceAccount.
 struct RealRun {
@@ -285,12 +295,17 @@ impl RealRun {
     /// Starts (or restarts, after a SIGKILL) `upchain run` as the chart's ServiceAccount.
     fn run_operator(&mut self) {
         self.operator = None;
+        self.operator = Some(self.spawn_operator("upchain-0", &["--leader-election", "false"]));
+    }
+
+    /// `upchain run` as the chart's ServiceAccount, as Pod `identity`, with `args`.
+    fn spawn_operator(&self, identity: &str, args: &[&str]) -> Process {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.cluster.dir.path().join("operator.log"))
             .expect("log");
-        self.operator = Some(Process(
+        Process(
             Command::new(env!("CARGO_BIN_EXE_upchain"))
                 .args([
                     "run",
@@ -298,18 +313,34 @@ impl RealRun {
                     self.operator_kubeconfig.to_str().expect("utf-8"),
                     "--metrics-addr",
                     "127.0.0.1:0",
-                    "--leader-election",
-                    "false",
                 ])
+                .args(args)
+                .env("POD_NAME", identity)
+                .env("POD_NAMESPACE", "upchain-system")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
                 .expect("upchain runs"),
-        ));
+        )
     }
 
     fn field(&self, path: &str) -> String {
         field(self.admin(), path)
+    }
+
+    /// Who holds the Leases in the release namespace (the leader's).
+    fn lease_holders(&self) -> String {
+        self.kubectl(
+            &[
+                "get",
+                "lease",
+                "-n",
+                "upchain-system",
+                "-o",
+                "jsonpath={.items[*].spec.holderIdentity}",
+            ],
+            None,
+        )
     }
 
     /// Waits for `phase`, or fails with the status, the Pods and the operator's log.
@@ -480,14 +511,7 @@ async fn a_failing_node_stops_the_run_on_a_real_api_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn approval_a_second_upgrade_waiting_and_deletion_mid_run_on_a_real_api_server() {
-    let Some(mut run) = RealRun::start(PlayerConfig {
-        control_planes: 1,
-        workers: 2,
-        upgrade_time: Duration::from_secs(3),
-        ..PlayerConfig::default()
-    })
-    .await
-    else {
+    let Some(mut run) = RealRun::start(small(Duration::from_secs(3))).await else {
         return;
     };
     tokio::task::block_in_place(|| {
@@ -564,5 +588,43 @@ async fn approval_a_second_upgrade_waiting_and_deletion_mid_run_on_a_real_api_se
             );
         }
     });
+    run.assert_no_job_ran_on_its_node();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_elect_a_leader_and_the_survivor_finishes_on_a_real_api_server() {
+    let Some(run) = RealRun::start(small(Duration::from_secs(2))).await else {
+        return;
+    };
+    tokio::task::block_in_place(|| {
+        // The chart's leader Role: a Lease in the release namespace.
+        let election = ["--leader-election", "true", "--lease-seconds", "3"];
+        let mut replicas: Vec<(&str, Process)> = ["upchain-a", "upchain-b"]
+            .into_iter()
+            .map(|identity| (identity, run.spawn_operator(identity, &election)))
+            .collect();
+        run.apply_upgrade("to-1-35", "");
+        until("a worker in progress", Duration::from_secs(120), || {
+            run.field(".status.currentNode").starts_with("worker")
+        });
+        let holder = run.lease_holders();
+        let leader = replicas
+            .iter()
+            .position(|(identity, _)| holder.split_whitespace().any(|h| h == *identity))
+            .unwrap_or_else(|| panic!("no replica holds the Lease: {holder:?}"));
+        // The leader dies without releasing the Lease; the other takes it once it expires.
+        drop(replicas.remove(leader));
+        let survivor = replicas[0].0;
+        run.wait_for_phase("Succeeded", Duration::from_secs(180));
+        let holder = run.lease_holders();
+        assert!(holder.split_whitespace().any(|h| h == survivor), "{holder}");
+    });
+    let mut rejoins = run.player.rejoins();
+    rejoins.sort();
+    assert_eq!(
+        rejoins,
+        ["cp-1", "worker-1", "worker-2"],
+        "each node upgraded once"
+    );
     run.assert_no_job_ran_on_its_node();
 }

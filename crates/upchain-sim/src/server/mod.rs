@@ -165,13 +165,17 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         ["healthz" | "livez"] => return (StatusCode::OK, "ok").into_response(),
         ["api", "v1", "namespaces", namespace, "pods", pod, "log"] if method == Method::GET => {
             let number = |key: &str| query.get(key).and_then(|v| v.parse::<usize>().ok());
-            return match shared.store().pod_log(
+            let on_a_node = shared.store().pod_has_node(namespace, pod);
+            let log = shared.store().pod_log(
                 namespace,
                 pod,
                 query.get("container").map(String::as_str),
                 number("tailLines"),
                 number("limitBytes"),
-            ) {
+            );
+            return match log {
+                // A Pod no node runs yet has nothing to say: the API server answers 204.
+                Ok(log) if log.is_empty() && !on_a_node => StatusCode::NO_CONTENT.into_response(),
                 Ok(log) => {
                     (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], log).into_response()
                 }

@@ -111,6 +111,17 @@ impl Store {
             .push_str(text);
     }
 
+    /// Whether the Pod is bound to a node.
+    pub fn pod_has_node(&self, namespace: &str, pod: &str) -> bool {
+        self.type_by_id("pods")
+            .and_then(|pods| self.get(&pods, namespace, pod).ok())
+            .is_some_and(|p| {
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+            })
+    }
+
     /// A Pod's log, as `GET pods/{name}/log` serves it: the last `tail_lines` lines, then
     /// at most the last `limit_bytes` bytes. 404 when the Pod does not exist; 400 when it
     /// has several containers and `container` names none of them, as a real server answers.
