@@ -400,9 +400,13 @@ impl RealRun {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_server() {
+    // Slow enough that polling sees each step: Pods end after their 5 s grace period,
+    // and a node's Job runs for 3 s.
     let Some(mut run) = RealRun::start(PlayerConfig {
         control_planes: 1,
         workers: 3,
+        upgrade_time: Duration::from_secs(3),
+        honour_grace_period: true,
         ..PlayerConfig::default()
     })
     .await
