@@ -552,9 +552,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kubeadm_config_and_the_api_servers_say_whether_apply_has_run() {
-        let nodes = vec![
+    /// cp-0's kubelet at 1.35.2, the rest at 1.34.2.
+    fn partial_cluster() -> Vec<ObservedNode> {
+        vec![
             NodeFixture::control_plane("cp-0")
                 .kubelet("v1.35.2")
                 .build(),
@@ -562,7 +562,12 @@ mod tests {
                 .kubelet("v1.34.2")
                 .build(),
             NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
-        ];
+        ]
+    }
+
+    #[test]
+    fn kubeadm_config_and_the_api_servers_say_whether_apply_has_run() {
+        let nodes = partial_cluster();
         let first = |plan: &Plan| -> Vec<(String, bool)> {
             plan.steps
                 .iter()
@@ -658,15 +663,7 @@ mod tests {
 
     #[test]
     fn partial_run_resumes_without_a_second_kubeadm_apply() {
-        let nodes = vec![
-            NodeFixture::control_plane("cp-0")
-                .kubelet("v1.35.2")
-                .build(),
-            NodeFixture::control_plane("cp-1")
-                .kubelet("v1.34.2")
-                .build(),
-            NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
-        ];
+        let nodes = partial_cluster();
         let plan = plan(v("1.35.2"), &nodes_spec(), &nodes, None).expect("plan");
         assert_eq!(names(&plan), ["cp-1", "w-1"]);
         assert!(plan.steps.iter().all(|s| !s.first_control_plane));

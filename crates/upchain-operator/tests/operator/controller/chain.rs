@@ -348,15 +348,7 @@ async fn a_job_that_always_fails_stops_the_run_until_the_retry_annotation() {
 async fn a_control_plane_kubelet_moved_by_hand_still_gets_kubeadm_upgrade_apply() {
     let cluster = cluster(2, 2).await;
     // Only cp-1's kubelet was moved: its static Pods and kubeadm-config are at v1.34.2.
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
-    nodes
-        .patch_status(
-            "cp-1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2"}}})),
-        )
-        .await
-        .expect("cp-1's kubelet at the target");
+    kubelet_moved_by_hand(&cluster, "cp-1").await;
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s"}),
@@ -568,15 +560,7 @@ async fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained
 async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_follow() {
     let cluster = cluster(1, 2).await;
     // The control plane was upgraded by hand; only the workers are behind.
-    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
-    nodes
-        .patch_status(
-            "cp-1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2"}}})),
-        )
-        .await
-        .expect("cp-1 at the target");
+    kubelet_moved_by_hand(&cluster, "cp-1").await;
     let pods: Api<k8s_openapi::api::core::v1::Pod> =
         Api::namespaced(cluster.client.clone(), "kube-system");
     for component in [
@@ -616,4 +600,17 @@ async fn a_control_plane_already_at_the_target_is_left_alone_and_the_workers_fol
     );
     assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
+}
+
+/// `node`'s kubelet reports v1.35.2, as after an upgrade by hand of its packages alone.
+async fn kubelet_moved_by_hand(cluster: &Cluster, node: &str) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(cluster.client.clone());
+    nodes
+        .patch_status(
+            node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"nodeInfo": {"kubeletVersion": "v1.35.2"}}})),
+        )
+        .await
+        .expect("the kubelet at the target");
 }

@@ -583,25 +583,9 @@ async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_contr
         .behaviour()
         .crash_looping_after_upgrade
         .insert(("cp-1".into(), "kube-apiserver".into()));
-    apply_upgrade(
-        &cluster.client,
-        json!({"targetVersion": "1.35.2", "soak": "0s", "rejoinTimeout": "10m"}),
-    )
-    .await;
-    wait_for(&cluster, "cp-1 held for its API server", |s| {
-        s.nodes.iter().any(|n| {
-            n.name == "cp-1"
-                && n.step == upchain_api::NodeStep::Rejoining
-                && n.message
-                    .as_deref()
-                    .is_some_and(|m| m.contains("kube-apiserver on cp-1 is not Running and Ready"))
-        })
-    })
-    .await;
+    cp_1_held_in_rejoining(&cluster, "kube-apiserver on cp-1 is not Running and Ready").await;
     // Held there (until the rejoin timeout fails it, which the core's scenario follows):
     // cp-1 cordoned, cp-2 and cp-3 never touched.
-    let status = current_status(&cluster).await;
-    assert_eq!(status.nodes.len(), 1, "{:?}", status.nodes);
     for node in cluster.sim.objects("nodes") {
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         assert_eq!(
@@ -610,6 +594,28 @@ async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_contr
             "{name}"
         );
     }
+}
+
+/// Applies a K8sUpgrade, waits for cp-1 to be held in Rejoining with `waiting_for` in its
+/// record, and checks that no other node started and cp-2 got no Job.
+async fn cp_1_held_in_rejoining(cluster: &Cluster, waiting_for: &str) {
+    apply_upgrade(
+        &cluster.client,
+        json!({"targetVersion": "1.35.2", "soak": "0s", "rejoinTimeout": "10m"}),
+    )
+    .await;
+    wait_for(cluster, "cp-1 held in Rejoining", |s| {
+        s.nodes.iter().any(|n| {
+            n.name == "cp-1"
+                && n.step == upchain_api::NodeStep::Rejoining
+                && n.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains(waiting_for))
+        })
+    })
+    .await;
+    let status = current_status(cluster).await;
+    assert_eq!(status.nodes.len(), 1, "{:?}", status.nodes);
     assert!(
         cluster
             .sim
@@ -624,30 +630,11 @@ async fn an_api_server_crash_looping_after_its_upgrade_never_lets_the_next_contr
 async fn an_apply_that_leaves_kubeadm_config_behind_holds_its_node_and_starts_no_other() {
     let cluster = cluster(2, 1).await;
     cluster.sim.behaviour().kubeadm_config_stale = true;
-    apply_upgrade(
-        &cluster.client,
-        json!({"targetVersion": "1.35.2", "soak": "0s", "rejoinTimeout": "10m"}),
+    cp_1_held_in_rejoining(
+        &cluster,
+        "kube-system/kubeadm-config still records kubernetesVersion v1.34.2",
     )
     .await;
-    wait_for(&cluster, "cp-1 held for kubeadm-config", |s| {
-        s.nodes.iter().any(|n| {
-            n.name == "cp-1"
-                && n.step == upchain_api::NodeStep::Rejoining
-                && n.message.as_deref().is_some_and(|m| {
-                    m.contains("kube-system/kubeadm-config still records kubernetesVersion v1.34.2")
-                })
-        })
-    })
-    .await;
-    assert_eq!(current_status(&cluster).await.nodes.len(), 1);
-    assert!(
-        cluster
-            .sim
-            .placements()
-            .iter()
-            .all(|p| p.upgrades_node.as_deref() != Some("cp-2")),
-        "no Job for cp-2"
-    );
 }
 
 /// Applies a K8sUpgrade rechecked every 5 s, waits for Blocked, and returns its reasons.
