@@ -4,6 +4,12 @@
 //!     cargo bench -p upchain-operator --bench scale              # 100 and 1000 nodes
 //!     cargo bench -p upchain-operator --bench scale -- 5000      # any sizes
 //!     UPCHAIN_BENCH_PODS=0 cargo bench ...                        # nodes only
+//!     cargo bench -p upchain-operator --bench scale -- --real     # a real API server
+//!
+//! `--real` runs the same upgrade against a real kube-apiserver and controller manager
+//! (`../shared/k8s/control-plane`, or `UPCHAIN_CONTROL_PLANE`) whose kubelets the node
+//! player plays, with no workloads; the request columns are the simulator's to count and
+//! read "n/a" there.
 //!
 //! Prints one Markdown row per size (docs/benchmarks.md explains the columns).
 
@@ -14,10 +20,16 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::ListParams;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
+use upchain_sim::control_plane::ControlPlane;
 use upchain_sim::controllers::Behaviour;
+use upchain_sim::player::{NodePlayer, PlayerConfig};
 use upchain_sim::server::Verb;
 use upchain_sim::{Sim, SimConfig};
 
@@ -30,6 +42,7 @@ fn pods_per_node() -> usize {
 }
 
 fn main() {
+    let real = std::env::args().any(|a| a == "--real");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -45,7 +58,7 @@ fn main() {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for size in sizes {
-        runtime.block_on(run(size));
+        runtime.block_on(run(size, real));
     }
 }
 
@@ -160,36 +173,131 @@ fn human(d: Duration) -> String {
     }
 }
 
-async fn run(size: usize) {
-    let control_planes = 3;
-    let workers = size - control_planes;
-    let max_unavailable = (size / 100).max(1);
-    let sim = Sim::start(SimConfig {
-        control_planes,
-        workers,
-        workloads: false,
-        filler_pods_per_node: pods_per_node(),
-        behaviour: Behaviour {
-            upgrade_time: Duration::ZERO,
-            restart_time: Duration::ZERO,
-            pod_start_time: Duration::ZERO,
-        },
-        ..SimConfig::default()
-    })
-    .await
-    .expect("sim");
-    assert!(
-        sim.settled(Duration::from_secs(600)).await,
-        "filler Pods never started"
-    );
-    let pods = sim.objects("pods").len();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
-    let client = upchain_operator::install::simulated_cluster_client(&sim.url())
-        .await
-        .unwrap();
+/// The cluster a run upgrades: the simulator, or a real control plane and the node player.
+enum Cluster {
+    Simulated(Sim),
+    Real {
+        // Dropped first: the player stops before its API server does.
+        player: NodePlayer,
+        _control_plane: ControlPlane,
+    },
+}
 
+impl Cluster {
+    async fn start(
+        size: usize,
+        real: bool,
+        dir: &std::path::Path,
+    ) -> (Self, Client, std::path::PathBuf) {
+        let control_planes = 3;
+        let workers = size - control_planes;
+        let kubeconfig = dir.join("kubeconfig");
+        if real {
+            let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            let control_plane = ControlPlane::start(&ControlPlane::script(&repo), true)
+                .expect("a real control plane");
+            std::fs::copy(control_plane.kubeconfig(), &kubeconfig).unwrap();
+            let client = control_plane.client().await.unwrap();
+            upchain_operator::install::crd_and_runner_prerequisites(&client)
+                .await
+                .unwrap();
+            let player = NodePlayer::start(
+                client.clone(),
+                PlayerConfig {
+                    control_planes,
+                    workers,
+                    upgrade_time: Duration::ZERO,
+                    restart_time: Duration::ZERO,
+                    ..PlayerConfig::default()
+                },
+            )
+            .await
+            .expect("the node player registers the nodes");
+            let cluster = Cluster::Real {
+                player,
+                _control_plane: control_plane,
+            };
+            return (cluster, client, kubeconfig);
+        }
+        let sim = Sim::start(SimConfig {
+            control_planes,
+            workers,
+            workloads: false,
+            filler_pods_per_node: pods_per_node(),
+            behaviour: Behaviour {
+                upgrade_time: Duration::ZERO,
+                restart_time: Duration::ZERO,
+                pod_start_time: Duration::ZERO,
+                pod_stop_time: Duration::ZERO,
+            },
+            ..SimConfig::default()
+        })
+        .await
+        .expect("sim");
+        assert!(
+            sim.settled(Duration::from_secs(600)).await,
+            "filler Pods never started"
+        );
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        let client = upchain_operator::install::simulated_cluster_client(&sim.url())
+            .await
+            .unwrap();
+        (Cluster::Simulated(sim), client, kubeconfig)
+    }
+
+    /// Requests served so far, by verb and resource: only the simulator counts them.
+    fn requests(&self) -> Option<BTreeMap<(Verb, String), u64>> {
+        match self {
+            Cluster::Simulated(sim) => Some(sim.requests()),
+            Cluster::Real { .. } => None,
+        }
+    }
+
+    /// Seconds from the last node of a batch coming back Ready to the next batch's first
+    /// cordon, sorted.
+    fn overheads(&self) -> Vec<f64> {
+        let mut overheads: Vec<f64> = match self {
+            Cluster::Simulated(sim) => {
+                let rejoins = sim.rejoins();
+                sim.cordons()
+                    .iter()
+                    .filter(|m| m.nodes.iter().filter(|n| n.unschedulable).count() == 1)
+                    .filter_map(|m| {
+                        let freed = rejoins.iter().map(|r| r.1).filter(|t| *t <= m.at).max()?;
+                        Some(m.at.duration_since(freed).as_secs_f64())
+                    })
+                    .collect()
+            }
+            Cluster::Real { player, .. } => {
+                let rejoins: Vec<Timestamp> = player.rejoins().into_iter().map(|r| r.1).collect();
+                let cordons: Vec<Timestamp> = player.cordons().into_iter().map(|c| c.1).collect();
+                // The first cordon after each rejoin starts the next batch.
+                cordons
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, at)| {
+                        let freed = rejoins.iter().filter(|t| *t <= at).max()?;
+                        let first = i == 0 || cordons[i - 1] < *freed;
+                        first.then(|| at.duration_since(*freed).as_secs_f64())
+                    })
+                    .collect()
+            }
+        };
+        overheads.sort_by(f64::total_cmp);
+        overheads
+    }
+}
+
+async fn run(size: usize, real: bool) {
+    let max_unavailable = (size / 100).max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, client, kubeconfig) = Cluster::start(size, real, dir.path()).await;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .len();
     let log = dir.path().join("operator.log");
     let operator = Operator(
         Command::new(env!("CARGO_BIN_EXE_upchain"))
@@ -224,7 +332,7 @@ async fn run(size: usize) {
         "{size} nodes: operator RSS after filling its caches {}",
         peak_rss(&operator)
     );
-    let before = sim.requests();
+    let before = cluster.requests();
     let cpu_before = cpu_seconds(&operator);
     let started = Instant::now();
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
@@ -249,57 +357,54 @@ async fn run(size: usize) {
     }
     let total = started.elapsed();
     let cpu = cpu_seconds(&operator) - cpu_before;
-    let during = delta(&sim.requests(), &before);
+    let during = cluster
+        .requests()
+        .zip(before)
+        .map(|(after, before)| delta(&after, &before));
     // Idle: no upgrade in flight, nothing should be listed.
-    let idle_before = sim.requests();
+    let idle_before = cluster.requests();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle = delta(&sim.requests(), &idle_before);
-    let idle_lists: u64 = idle
-        .iter()
-        .filter(|((verb, _), _)| *verb == Verb::List)
-        .map(|(_, n)| n)
-        .sum();
-
-    // Overhead: from the last node of a batch coming back Ready to the next batch's
-    // first cordon.
-    let rejoins = sim.rejoins();
-    let mut overheads: Vec<f64> = sim
-        .cordons()
-        .iter()
-        .filter(|m| m.nodes.iter().filter(|n| n.unschedulable).count() == 1)
-        .filter_map(|m| {
-            let freed = rejoins.iter().map(|r| r.1).filter(|t| *t <= m.at).max()?;
-            Some(m.at.duration_since(freed).as_secs_f64())
-        })
-        .collect();
-    overheads.sort_by(f64::total_cmp);
+    let idle_lists: Option<u64> = cluster.requests().zip(idle_before).map(|(after, before)| {
+        delta(&after, &before)
+            .iter()
+            .filter(|((verb, _), _)| *verb == Verb::List)
+            .map(|(_, n)| n)
+            .sum()
+    });
+    let overheads = cluster.overheads();
     let metrics = scrape(&addr);
     let reconcile_p50 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.5);
     let reconcile_p99 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.99);
     let rss = peak_rss(&operator);
-    let reads: u64 = during
-        .iter()
-        .filter(|((verb, _), _)| matches!(verb, Verb::Get | Verb::List | Verb::Watch))
-        .map(|(_, n)| n)
-        .sum();
-    let writes: u64 = during
-        .iter()
-        .filter(|((verb, _), _)| !matches!(verb, Verb::Get | Verb::List | Verb::Watch))
-        .map(|(_, n)| n)
-        .sum();
     let per_node = |n: u64| n as f64 / size as f64;
+    let counted = |during: &BTreeMap<(Verb, String), u64>, read: bool| -> u64 {
+        during
+            .iter()
+            .filter(|((verb, _), _)| matches!(verb, Verb::Get | Verb::List | Verb::Watch) == read)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let not_counted = || "n/a".to_owned();
+    let requests = during.as_ref().map_or_else(not_counted, |d| {
+        format!(
+            "{:.1} / {:.1}",
+            per_node(counted(d, true)),
+            per_node(counted(d, false))
+        )
+    });
+    let lists = during.as_ref().map_or_else(not_counted, |d| {
+        format!("{}, {}", lists(d, "pods"), lists(d, "nodes"))
+    });
+    let idle_lists = idle_lists.map_or_else(not_counted, |n| n.to_string());
     println!(
-        "| {size} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} / {:.1} | {:.1} ms | {}, {} | {idle_lists} | {rss} |",
+        "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {requests} | {:.1} ms | {lists} | {idle_lists} | {rss} |",
+        if real { " (real)" } else { "" },
         human(total),
         quantile(&overheads, 0.5) * 1000.0,
         quantile(&overheads, 0.99) * 1000.0,
         bucket(reconcile_p50),
         bucket(reconcile_p99),
-        per_node(reads),
-        per_node(writes),
         cpu * 1000.0 / size as f64,
-        lists(&during, "pods"),
-        lists(&during, "nodes"),
     );
     drop(operator);
 }

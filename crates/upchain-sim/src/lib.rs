@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod clock;
+pub mod control_plane;
 pub mod controllers;
 pub mod patch;
 pub mod player;

@@ -13,12 +13,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -88,21 +91,58 @@ impl Default for PlayerConfig {
 pub struct Record {
     /// Every binding, in order.
     pub placements: Vec<Placement>,
-    /// Nodes that came back Ready at a new version, in order.
-    pub rejoins: Vec<String>,
+    /// Nodes that came back Ready at a new version, and when, in order.
+    pub rejoins: Vec<(String, Timestamp)>,
+    /// Nodes the player saw become unschedulable, and when, in order.
+    pub cordons: Vec<(String, Timestamp)>,
 }
 
 /// A running node player; stops when dropped.
 #[derive(Debug)]
 pub struct NodePlayer {
     record: Arc<Mutex<Record>>,
-    task: JoinHandle<()>,
+    /// The passes, the Lease renewals and the two watches feeding the passes.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for NodePlayer {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
+}
+
+/// A cache of every `K` in the cluster, kept by a watch as kubelets and schedulers keep
+/// theirs (a list every pass would cost a 1,000-node cluster more than the operator).
+async fn watched<K>(
+    client: &Client,
+    mut observe: impl FnMut(&K) + Send + 'static,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects();
+    let task = tokio::spawn(stream.for_each(move |object| {
+        if let Ok(object) = object {
+            observe(&object);
+        }
+        std::future::ready(())
+    }));
+    let _ = reader.wait_until_ready().await;
+    (reader, task)
 }
 
 impl NodePlayer {
@@ -138,16 +178,23 @@ impl NodePlayer {
         }
         seed_kubeadm(&client, &names[..config.control_planes], &config.version).await?;
         let record = Arc::new(Mutex::new(Record::default()));
+        let (nodes, node_watch) = watched::<Node>(&client, cordon_recorder(record.clone())).await;
+        let (pods, pod_watch) = watched::<Pod>(&client, |_| {}).await;
         let mut kubelets = Kubelets {
+            nodes,
+            pods,
             client,
             config,
             names,
             record: record.clone(),
             upgrades: BTreeMap::new(),
             finished_upgrades: BTreeSet::new(),
-            leases_renewed: None,
             load: BTreeMap::new(),
         };
+        let leases = tokio::spawn(renew_leases(
+            kubelets.client.clone(),
+            kubelets.names.clone(),
+        ));
         let task = tokio::spawn(async move {
             loop {
                 if let Err(error) = kubelets.pass().await {
@@ -156,7 +203,10 @@ impl NodePlayer {
                 tokio::time::sleep(kubelets.config.tick).await;
             }
         });
-        Ok(Self { record, task })
+        Ok(Self {
+            record,
+            tasks: vec![task, leases, node_watch, pod_watch],
+        })
     }
 
     /// Where every Pod was bound, in order.
@@ -168,12 +218,22 @@ impl NodePlayer {
             .clone()
     }
 
-    /// Nodes that came back Ready at a new version, in order.
-    pub fn rejoins(&self) -> Vec<String> {
+    /// Nodes that came back Ready at a new version, and when, in order.
+    pub fn rejoins(&self) -> Vec<(String, Timestamp)> {
         self.record
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .rejoins
+            .clone()
+    }
+
+    /// Nodes seen becoming unschedulable, and when (as the node watch delivered it), in
+    /// order.
+    pub fn cordons(&self) -> Vec<(String, Timestamp)> {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cordons
             .clone()
     }
 }
@@ -259,6 +319,10 @@ enum UpgradeStage {
 }
 
 struct Kubelets {
+    /// Every Node and Pod, as the watches last saw them: a pass may act on a change it
+    /// made itself a moment ago, which the API's answers (404, 409) make harmless.
+    nodes: Store<Node>,
+    pods: Store<Pod>,
     client: Client,
     config: PlayerConfig,
     names: Vec<String>,
@@ -267,31 +331,64 @@ struct Kubelets {
     upgrades: BTreeMap<PodSlot, Upgrade>,
     /// Job Pods played to their end.
     finished_upgrades: BTreeSet<PodSlot>,
-    leases_renewed: Option<Timestamp>,
     /// Pods on each node, counted at the start of a pass.
     load: BTreeMap<String, usize>,
 }
 
 /// How often a kubelet renews its node's Lease.
-const LEASE_RENEWAL: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+const LEASE_RENEWAL: Duration = Duration::from_secs(10);
+
+/// Renewals in flight at once: each kubelet renews its own, so they overlap.
+const LEASE_RENEWALS_AT_ONCE: usize = 16;
+
+/// Renews every node's Lease in `kube-node-lease` every [`LEASE_RENEWAL`], as each node's
+/// kubelet does, beside the passes so that a large cluster's renewals never hold them up.
+async fn renew_leases(client: Client, names: Vec<String>) {
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    loop {
+        let now = Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        futures_util::stream::iter(names.iter().cloned())
+            .map(|name| {
+                let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+                let leases = leases.clone();
+                async move {
+                    let renewed = leases
+                        .patch(&name, &PatchParams::apply("node-player").force(), &Patch::Apply(&lease))
+                        .await;
+                    if let Err(error) = renewed {
+                        tracing::debug!(%error, node = %name, "renewing a node's Lease");
+                    }
+                }
+            })
+            .buffer_unordered(LEASE_RENEWALS_AT_ONCE)
+            .collect::<()>()
+            .await;
+        tokio::time::sleep(LEASE_RENEWAL).await;
+    }
+}
 
 impl Kubelets {
-    /// One look at the cluster: leases, scheduling, running, finishing, upgrades.
+    /// One look at the cluster: scheduling, running, finishing, upgrades.
     async fn pass(&mut self) -> Result<(), PlayerError> {
-        self.renew_leases().await?;
-        let nodes: Vec<Value> = Api::<Node>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(api_error("listing nodes"))?
-            .items
-            .into_iter()
-            .filter_map(|n| serde_json::to_value(n).ok())
-            .collect();
-        let pods: Vec<Pod> = Api::<Pod>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(api_error("listing pods"))?
-            .items;
+        let pods = self.pods.state();
+        let unbound = |p: &Pod| p.spec.as_ref().is_none_or(|s| s.node_name.is_none());
+        // Every node is looked at only when something waits to be scheduled.
+        let nodes: Vec<Value> = if pods
+            .iter()
+            .any(|p| unbound(p) && p.metadata.deletion_timestamp.is_none())
+        {
+            self.nodes
+                .state()
+                .iter()
+                .filter_map(|n| serde_json::to_value(n.as_ref()).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let ours: BTreeSet<String> = self.names.iter().cloned().collect();
         self.load.clear();
         for pod in &pods {
@@ -299,7 +396,16 @@ impl Kubelets {
                 *self.load.entry(node).or_default() += 1;
             }
         }
-        for pod in &pods {
+        for pod in pods.iter().map(AsRef::as_ref) {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            let job_pod = pod.owner_references().iter().any(|o| o.kind == "Job");
+            if pod.metadata.deletion_timestamp.is_none()
+                && !unbound(pod)
+                && (matches!(phase, Some("Succeeded" | "Failed"))
+                    || (phase == Some("Running") && !job_pod))
+            {
+                continue;
+            }
             let value = serde_json::to_value(pod).unwrap_or_default();
             let node_name = value["spec"]["nodeName"].as_str().unwrap_or_default();
             if pod.metadata.deletion_timestamp.is_some() {
@@ -315,43 +421,14 @@ impl Kubelets {
             if !ours.contains(node_name) {
                 continue;
             }
-            let node = nodes
-                .iter()
-                .find(|n| n["metadata"]["name"] == node_name)
-                .cloned()
+            let node = self
+                .nodes
+                .get(&ObjectRef::new(node_name))
+                .and_then(|n| serde_json::to_value(n.as_ref()).ok())
                 .unwrap_or(Value::Null);
             self.run(pod, &value, &node).await?;
         }
         self.advance_upgrades().await
-    }
-
-    async fn renew_leases(&mut self) -> Result<(), PlayerError> {
-        let now = Timestamp::now();
-        if self
-            .leases_renewed
-            .is_some_and(|at| now.duration_since(at) < LEASE_RENEWAL)
-        {
-            return Ok(());
-        }
-        self.leases_renewed = Some(now);
-        let leases: Api<Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        let now = Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-            .to_string();
-        for name in &self.names {
-            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": "kube-node-lease"},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-            leases
-                .patch(
-                    name,
-                    &PatchParams::apply("node-player").force(),
-                    &Patch::Apply(&lease),
-                )
-                .await
-                .map_err(api_error(format!("renewing {name}'s Lease")))?;
-        }
-        Ok(())
     }
 
     /// Binds a pending Pod to the least loaded feasible node, as the scheduler would.
@@ -546,7 +623,7 @@ impl Kubelets {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .rejoins
-                        .push(node.clone());
+                        .push((node.clone(), Timestamp::now()));
                     self.end_upgrade_pod(&slot, "Succeeded", 0).await?;
                     self.upgrades.remove(&slot);
                     self.finished_upgrades.insert(slot);
@@ -701,6 +778,28 @@ impl Kubelets {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(api_error(format!("ending Pod {}", pod.name_any()))(e)),
+        }
+    }
+}
+
+/// Records each node's moving to unschedulable, once per cordon.
+fn cordon_recorder(record: Arc<Mutex<Record>>) -> impl FnMut(&Node) + Send + 'static {
+    let mut cordoned = BTreeSet::new();
+    move |node: &Node| {
+        let name = node.name_any();
+        let unschedulable = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        if !unschedulable {
+            cordoned.remove(&name);
+        } else if cordoned.insert(name.clone()) {
+            record
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cordons
+                .push((name, Timestamp::now()));
         }
     }
 }

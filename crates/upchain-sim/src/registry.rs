@@ -93,6 +93,14 @@ impl ResourceType {
                 "kind": "Eviction",
                 "verbs": ["create"],
             }));
+            entries.push(json!({
+                "name": "pods/binding", "singularName": "", "namespaced": true,
+                "kind": "Binding", "verbs": ["create"],
+            }));
+            entries.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"],
+            }));
         }
         entries
     }
@@ -162,6 +170,52 @@ pub fn builtins() -> Vec<ResourceType> {
             "Lease",
             "leases",
             true,
+            false,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            false,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            false,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            false,
+            &[],
+        ),
+        r(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            false,
+            &[],
+        ),
+        // Answered, never stored: the simulator allows everything (see serve).
+        r(
+            "authorization.k8s.io",
+            "v1",
+            "SelfSubjectAccessReview",
+            "selfsubjectaccessreviews",
+            false,
             false,
             &[],
         ),

@@ -15,6 +15,9 @@ const LABEL_VALUE_CHARS: usize = 63;
 /// Most a ConfigMap's or Secret's data may hold, in bytes.
 const DATA_BYTES: usize = 1024 * 1024;
 
+/// Most an object's annotations may hold, keys and values together, in bytes.
+const ANNOTATION_BYTES: usize = 256 * 1024;
+
 /// Whether a list of `rt` may select on `field`, as the API server allows.
 pub fn field_selectable(rt: &ResourceType, field: &str) -> bool {
     let kind_fields: &[&str] = match (rt.group.as_str(), rt.kind.as_str()) {
@@ -73,6 +76,7 @@ pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) ->
             "metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
         ));
     }
+    metadata_errors(object, old, &mut errors);
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "ConfigMap" | "Secret") => {
             let size: usize = ["data", "binaryData", "stringData"]
@@ -127,6 +131,40 @@ pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) ->
     errors
 }
 
+/// What every object's metadata must hold: valid labels, annotations within their size,
+/// and no finalizer added once the object is being deleted.
+fn metadata_errors(object: &Value, old: Option<&Value>, errors: &mut Vec<String>) {
+    let metadata = &object["metadata"];
+    label_errors(&metadata["labels"], "metadata.labels", errors);
+    let annotation_bytes: usize = metadata["annotations"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| key.len() + value.as_str().map_or(0, str::len))
+        .sum();
+    if annotation_bytes > ANNOTATION_BYTES {
+        errors.push(format!(
+            "metadata.annotations: Too long: may not be more than {ANNOTATION_BYTES} bytes"
+        ));
+    }
+    let Some(old) = old.filter(|old| !old["metadata"]["deletionTimestamp"].is_null()) else {
+        return;
+    };
+    let before = old["metadata"]["finalizers"].as_array();
+    let added: Vec<&str> = metadata["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| !before.is_some_and(|before| before.contains(f)))
+        .filter_map(Value::as_str)
+        .collect();
+    if !added.is_empty() {
+        errors.push(format!(
+            "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
+        ));
+    }
+}
+
 /// A cron schedule as the CronJob controller parses it: five fields, or a macro.
 fn cron_schedule(schedule: &str) -> bool {
     let macros = [
@@ -152,7 +190,6 @@ fn cron_schedule(schedule: &str) -> bool {
 /// A Job's Pod template: labels, restartPolicy (a Pod defaults it to Always, which a Job
 /// refuses), podFailurePolicy's rule, and immutability once created.
 fn job_errors(job: &Value, old: Option<&Value>, errors: &mut Vec<String>) {
-    label_errors(&job["metadata"]["labels"], "metadata.labels", errors);
     let template = &job["spec"]["template"];
     label_errors(
         &template["metadata"]["labels"],

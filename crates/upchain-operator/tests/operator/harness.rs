@@ -22,12 +22,14 @@ pub async fn simulated(config: SimConfig) -> (Sim, Client) {
     (sim, client)
 }
 
-/// How long a simulated node upgrade, node restart and Pod start take.
+/// How long a simulated node upgrade, node restart and a Pod's start (and its stop when
+/// deleted) take.
 pub fn timing(upgrade: Duration, restart: Duration, pod_start: Duration) -> Behaviour {
     Behaviour {
         upgrade_time: upgrade,
         restart_time: restart,
         pod_start_time: pod_start,
+        pod_stop_time: pod_start,
     }
 }
 

@@ -8,92 +8,53 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use upchain_sim::control_plane::{self, ControlPlaneError};
 use upchain_sim::player::{NodePlayer, PlayerConfig};
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-/// The control-plane script: `UPCHAIN_CONTROL_PLANE`, else `../shared/k8s/control-plane`.
-fn control_plane_script() -> PathBuf {
-    std::env::var_os("UPCHAIN_CONTROL_PLANE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(REPO).join("../shared/k8s/control-plane"))
-}
+/// A real control plane, or the reason the test is skipped.
+pub struct ControlPlane(control_plane::ControlPlane);
 
-/// A real control plane in a temporary directory, stopped when dropped.
-pub struct ControlPlane {
-    pub dir: tempfile::TempDir,
-    pub kubeconfig: PathBuf,
-    env: String,
+impl std::ops::Deref for ControlPlane {
+    type Target = control_plane::ControlPlane;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl ControlPlane {
     /// Starts one (`with_controller_manager` false: etcd and the API server only), or
     /// says why not: without the script the test is skipped, except in CI (CI=true).
     pub fn up(with_controller_manager: bool) -> Option<Self> {
-        let script = control_plane_script();
-        if !script.exists() {
-            let why = format!(
-                "{} does not exist: the real-API-server tests need it (set \
-                 UPCHAIN_CONTROL_PLANE to a control-plane script)",
-                script.display()
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPED: {why}");
-            return None;
+        let script = control_plane::ControlPlane::script(Path::new(REPO));
+        match control_plane::ControlPlane::start(&script, with_controller_manager) {
+            Ok(cluster) => Some(Self(cluster)),
+            Err(why @ ControlPlaneError::Missing(_)) => {
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+            Err(error) => panic!("{error}"),
         }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut command = Command::new(&script);
-        command
-            .args(["up", dir.path().to_str().expect("utf-8")])
-            .stdout(Stdio::null());
-        if !with_controller_manager {
-            command.env("K8S_NO_KCM", "1");
-        }
-        assert!(
-            command.status().expect("control-plane runs").success(),
-            "control-plane up failed"
-        );
-        let env = std::fs::read_to_string(dir.path().join("env")).expect("env");
-        let kubeconfig = dir.path().join("kubeconfig");
-        Some(Self {
-            dir,
-            kubeconfig,
-            env,
-        })
     }
 
     /// A value `control-plane up` wrote to its env file, such as ETCD_PORT.
     pub fn env(&self, key: &str) -> String {
-        self.env
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        self.0
+            .env(key)
             .unwrap_or_else(|| panic!("{key} in the env file"))
             .to_owned()
     }
 
     /// A client with the admin kubeconfig.
     pub async fn client(&self) -> Client {
-        client_for(&self.kubeconfig).await
+        self.0
+            .client()
+            .await
+            .expect("a client for the control plane")
     }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new(control_plane_script())
-            .args(["down", self.dir.path().to_str().unwrap_or_default()])
-            .status();
-    }
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    let config = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(kubeconfig).expect("kubeconfig"),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .expect("config");
-    Client::try_from(config).expect("client")
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
@@ -136,7 +97,7 @@ impl Drop for Process {
 /// Installs what the chart would (CRD, RBAC, ServiceAccount, node script) and the
 /// runner's objects, and returns a kubeconfig that acts as the chart's ServiceAccount.
 fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
-    let admin = &cluster.kubeconfig;
+    let admin = cluster.kubeconfig();
     let crd = Path::new(REPO).join("crds/k8supgrades.upchain.dev.yaml");
     kubectl(
         admin,
@@ -213,7 +174,7 @@ fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
         ],
         None,
     );
-    let path = cluster.dir.path().join("upchain.kubeconfig");
+    let path = cluster.dir().join("upchain.kubeconfig");
     std::fs::write(
         &path,
         format!(
@@ -285,7 +246,7 @@ impl RealRun {
     }
 
     fn admin(&self) -> &Path {
-        &self.cluster.kubeconfig
+        self.cluster.kubeconfig()
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
@@ -303,7 +264,7 @@ impl RealRun {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.cluster.dir.path().join("operator.log"))
+            .open(self.cluster.dir().join("operator.log"))
             .expect("log");
         Process(
             Command::new(env!("CARGO_BIN_EXE_upchain"))
@@ -352,7 +313,7 @@ impl RealRun {
                 return;
             }
             if Instant::now() > deadline || (now == "Failed" && phase != "Failed") {
-                let log = std::fs::read_to_string(self.cluster.dir.path().join("operator.log"))
+                let log = std::fs::read_to_string(self.cluster.dir().join("operator.log"))
                     .unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 panic!(
@@ -474,7 +435,7 @@ async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_
         }
     });
     assert_eq!(run.assert_no_job_ran_on_its_node(), 4);
-    let mut rejoins = run.player.rejoins();
+    let mut rejoins: Vec<String> = run.player.rejoins().into_iter().map(|r| r.0).collect();
     rejoins.sort();
     assert_eq!(
         rejoins,
@@ -623,7 +584,7 @@ async fn two_replicas_elect_a_leader_and_the_survivor_finishes_on_a_real_api_ser
         let holder = run.lease_holders();
         assert!(holder.split_whitespace().any(|h| h == survivor), "{holder}");
     });
-    let mut rejoins = run.player.rejoins();
+    let mut rejoins: Vec<String> = run.player.rejoins().into_iter().map(|r| r.0).collect();
     rejoins.sort();
     assert_eq!(
         rejoins,

@@ -35,7 +35,7 @@ pub(super) fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>, now
             .filter(|p| label_selector_matches(&pdb["spec"]["selector"], &labels_of(p)))
             .collect();
         let expected = covered.len();
-        let healthy = covered.iter().filter(|p| phase(p) == "Running").count();
+        let healthy = covered.iter().filter(|p| pod_ready(p)).count();
         let spec = &pdb["spec"];
         let desired = if !spec["minAvailable"].is_null() {
             int_or_percent(&spec["minAvailable"], expected, true).unwrap_or(expected)

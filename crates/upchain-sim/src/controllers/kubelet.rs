@@ -214,7 +214,12 @@ pub(super) fn kubelets(
     let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
     // Pods that changed, Pods already starting, and every Pod on a node that changed (it
     // may have become Ready).
-    let mut candidates: BTreeSet<(String, String)> = state.starting.keys().cloned().collect();
+    let mut candidates: BTreeSet<(String, String)> = state
+        .starting
+        .keys()
+        .chain(state.stopping.keys())
+        .cloned()
+        .collect();
     for (kind, slot) in changed {
         match kind.as_str() {
             "pods" => {
@@ -247,12 +252,18 @@ pub(super) fn kubelets(
         .map(|p| (namespace(p).to_owned(), name(p).to_owned()))
         .collect();
     state.starting.retain(|slot, _| present.contains(slot));
+    state.stopping.retain(|slot, _| present.contains(slot));
     for pod in pods {
         let node_name = text(&pod, &["spec", "nodeName"]);
-        let Some(node) = nodes.get(node_name) else {
+        let node = nodes.get(node_name);
+        if deleting(&pod) {
+            stop(store, state, &pod, node, now);
+            continue;
+        }
+        let Some(node) = node else {
             continue;
         };
-        if deleting(&pod) || !matches!(phase(&pod), "" | "Pending") || !node_ready(node) {
+        if !matches!(phase(&pod), "" | "Pending") || !node_ready(node) {
             continue;
         }
         let slot = (namespace(&pod).to_owned(), name(&pod).to_owned());
@@ -303,6 +314,38 @@ pub(super) fn kubelets(
                 .unwrap_or(now);
             state.timers.push((at, timer));
         }
+    }
+}
+
+/// A terminating Pod's kubelet stops its containers, then deletes it for good. A Pod whose
+/// node is gone goes at once (the Pod garbage collector's job); one on a node that is not
+/// Ready waits for its kubelet to come back, as on a real cluster.
+fn stop(store: &mut Store, state: &mut State, pod: &Value, node: Option<&Value>, now: Timestamp) {
+    let graceful = pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_i64()
+        .is_some_and(|grace| grace > 0);
+    if !graceful {
+        return;
+    }
+    let slot = (namespace(pod).to_owned(), name(pod).to_owned());
+    if node.is_some_and(|node| !node_ready(node)) {
+        state.stopping.remove(&slot);
+        return;
+    }
+    let grace = pod["metadata"]["deletionGracePeriodSeconds"]
+        .as_u64()
+        .unwrap_or_default();
+    let stopped_at = *state.stopping.entry(slot.clone()).or_insert_with(|| {
+        let stop_time = state
+            .behaviour
+            .pod_stop_time
+            .min(Duration::from_secs(grace));
+        now.saturating_add(SignedDuration::try_from(stop_time).unwrap_or_default())
+            .unwrap_or(now)
+    });
+    if node.is_none() || stopped_at <= now {
+        state.stopping.remove(&slot);
+        let _ = store.delete_pod(&slot.0, &slot.1, Some(0), Default::default());
     }
 }
 

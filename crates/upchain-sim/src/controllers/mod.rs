@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::selector::{label_selector_matches, labels_of, requirement_matches};
 use crate::server::Shared;
-use crate::store::{Key, Store, node_ready};
+use crate::store::{Key, Store, node_ready, pod_ready};
 
 /// How simulated nodes behave when an upgrade Job runs on their behalf.
 #[derive(Clone, Debug)]
@@ -39,6 +39,9 @@ pub struct Behaviour {
     pub restart_time: Duration,
     /// From a Pod being bound to a node to it running.
     pub pod_start_time: Duration,
+    /// From a Pod's deletion to its containers having stopped (capped by its grace
+    /// period), as processes that honour SIGTERM take.
+    pub pod_stop_time: Duration,
 }
 
 impl Default for Behaviour {
@@ -47,6 +50,7 @@ impl Default for Behaviour {
             upgrade_time: Duration::from_secs(2),
             restart_time: Duration::from_secs(2),
             pod_start_time: Duration::from_secs(1),
+            pod_stop_time: Duration::from_secs(1),
         }
     }
 }
@@ -139,6 +143,9 @@ pub struct State {
     /// Pods bound to a Ready node, by (namespace, name), and when their containers will
     /// be running.
     starting: BTreeMap<(String, String), Timestamp>,
+    /// Pods terminating on a Ready node, by (namespace, name), and when their containers
+    /// will have stopped.
+    stopping: BTreeMap<(String, String), Timestamp>,
     /// Jobs to look at again at a time (a deadline or a TTL), by (namespace, name).
     job_rechecks: BTreeMap<(String, String), Timestamp>,
 }
@@ -159,6 +166,7 @@ impl State {
             rejoins: Vec::new(),
             timers: Vec::new(),
             starting: BTreeMap::new(),
+            stopping: BTreeMap::new(),
             job_rechecks: BTreeMap::new(),
         }
     }
@@ -278,6 +286,40 @@ fn set_node_ready(node: &mut Value, ready: bool, now: &str) {
     }
 }
 
+/// The taint the node lifecycle controller keeps on a cordoned node, and only there.
+const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
+/// The node lifecycle controller's part in a cordon: `spec.unschedulable` brings the
+/// `node.kubernetes.io/unschedulable:NoSchedule` taint, and uncordoning takes it away.
+fn cordon_taints(store: &mut Store, changed: &BTreeSet<Key>) {
+    for mut node in changed_of(store, changed, "nodes") {
+        let cordoned = node["spec"]["unschedulable"] == true;
+        let mut taints = node["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let tainted = taints.iter().any(|t| t["key"] == UNSCHEDULABLE_TAINT);
+        if cordoned == tainted {
+            continue;
+        }
+        if cordoned {
+            let stamp = store.clock().rfc3339();
+            taints.push(
+                json!({"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule", "timeAdded": stamp}),
+            );
+        } else {
+            taints.retain(|t| t["key"] != UNSCHEDULABLE_TAINT);
+        }
+        node["spec"]["taints"] = json!(taints);
+        if taints.is_empty()
+            && let Some(spec) = node["spec"].as_object_mut()
+        {
+            spec.remove("taints");
+        }
+        let _ = store.write_own(node, false);
+    }
+}
+
 /// One pass of every controller. Each looks only at what changed since the last pass
 /// (and at what it asked to look at again later), so a pass costs what changed, not the
 /// size of the cluster.
@@ -285,6 +327,7 @@ pub fn reconcile(store: &mut Store, state: &mut State) {
     let now = store.clock().now();
     fire_timers(store, state, now);
     let changed = store.take_changed();
+    cordon_taints(store, &changed);
     workloads(store, &changed);
     daemonsets(store, &changed);
     jobs(store, state, &changed, now);

@@ -105,6 +105,20 @@ pub(super) fn taints_tolerated(node: &Value, tolerations: &Value) -> bool {
         })
 }
 
+/// A DaemonSet's Pods tolerate what the DaemonSet controller adds to every one of them:
+/// cordoned, not-ready and unreachable nodes.
+fn daemon_tolerations(own: &Value) -> Value {
+    let mut tolerations = own.as_array().cloned().unwrap_or_default();
+    for (key, effect) in [
+        ("node.kubernetes.io/unschedulable", "NoSchedule"),
+        ("node.kubernetes.io/not-ready", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+    ] {
+        tolerations.push(json!({"key": key, "operator": "Exists", "effect": effect}));
+    }
+    Value::Array(tolerations)
+}
+
 pub(super) fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
     // A node's taints, or its coming and going, concern every DaemonSet.
     let daemonsets = if changed.iter().any(|(kind, _)| kind == "nodes") {
@@ -116,10 +130,10 @@ pub(super) fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
         if deleting(&ds) {
             continue;
         }
-        let tolerations = &ds["spec"]["template"]["spec"]["tolerations"];
+        let tolerations = daemon_tolerations(&ds["spec"]["template"]["spec"]["tolerations"]);
         let eligible: Vec<String> = store
             .iter("nodes")
-            .filter(|n| taints_tolerated(n, tolerations))
+            .filter(|n| taints_tolerated(n, &tolerations))
             .map(|n| name(n).to_owned())
             .collect();
         let owned: Vec<&Value> = controlled_pods(store, &ds)
@@ -144,6 +158,7 @@ pub(super) fn daemonsets(store: &mut Store, changed: &BTreeSet<Key>) {
         for node in missing {
             let mut pod = pod_from_template(&ds, &ds["spec"]["template"], None, &[]);
             pod["spec"]["nodeName"] = json!(node);
+            pod["spec"]["tolerations"] = tolerations.clone();
             let _ = store.create_own("v1", "Pod", pod);
         }
         for pod in &orphaned {

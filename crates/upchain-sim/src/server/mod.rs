@@ -152,7 +152,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             let minor = version.split('.').nth(1).unwrap_or("0").to_owned();
             return json_response(
                 200,
-                &json!({"major": "1", "minor": minor, "gitVersion": version, "platform": "linux/amd64", "goVersion": "go1.24"}),
+                &json!({"major": "1", "minor": minor, "emulationMajor": "1", "emulationMinor": minor,
+                    "minCompatibilityMajor": "1", "minCompatibilityMinor": minor, "gitVersion": version,
+                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc",
+                    "platform": "linux/amd64"}),
             );
         }
         ["readyz"] => {

@@ -16,7 +16,9 @@ pub(super) fn serve(
     match (&target.subresource, target.name.as_deref()) {
         (Some(sub), _)
             if sub != "status"
-                && !(sub == "eviction" && rt.plural == "pods" && rt.group.is_empty()) =>
+                && !(matches!(sub.as_str(), "eviction" | "binding")
+                    && rt.plural == "pods"
+                    && rt.group.is_empty()) =>
         {
             return Err(ApiError::NotFound {
                 kind: "subresource".into(),
@@ -86,7 +88,24 @@ pub(super) fn serve(
             ))
         }
         (Verb::Create, Some(name)) if target.subresource.as_deref() == Some("eviction") => {
-            Ok((201, store.evict(&namespace, name)?))
+            let eviction = if body.is_empty() {
+                Value::Null
+            } else {
+                parse_body(headers, body)?
+            };
+            let grace = eviction["deleteOptions"]["gracePeriodSeconds"].as_i64();
+            Ok((201, store.evict(&namespace, name, grace)?))
+        }
+        (Verb::Create, Some(name)) if target.subresource.as_deref() == Some("binding") => {
+            let binding = parse_body(headers, body)?;
+            let node = binding["target"]["name"].as_str().unwrap_or_default();
+            Ok((201, store.bind(&namespace, name, node)?))
+        }
+        (Verb::Create, None) if rt.id() == "selfsubjectaccessreviews.authorization.k8s.io" => {
+            let mut review = parse_body(headers, body)?;
+            review["status"] = json!({"allowed": true,
+                "reason": "the simulated API server authorizes every request"});
+            Ok((201, review))
         }
         (Verb::Create, None) => Ok((
             201,
@@ -157,6 +176,14 @@ pub(super) fn serve(
                 Some("Orphan") => Propagation::Orphan,
                 _ => Propagation::Background,
             };
+            check_preconditions(&store.get(rt, &namespace, name)?, &options)?;
+            if rt.id() == "pods" {
+                let grace = query
+                    .get("gracePeriodSeconds")
+                    .and_then(|g| g.parse().ok())
+                    .or_else(|| options["gracePeriodSeconds"].as_i64());
+                return Ok((200, store.delete_pod(&namespace, name, grace, propagation)?));
+            }
             Ok((200, store.delete(rt, &namespace, name, propagation)?))
         }
         (Verb::Delete, None) => {
@@ -184,6 +211,24 @@ pub(super) fn serve(
             "{verb:?} is not supported on this path"
         ))),
     }
+}
+
+/// A deletion's preconditions (uid, resourceVersion) hold for `current`, or 409.
+fn check_preconditions(current: &Value, options: &Value) -> Result<(), ApiError> {
+    for key in ["uid", "resourceVersion"] {
+        let (Some(wanted), Some(actual)) = (
+            options["preconditions"][key].as_str(),
+            current["metadata"][key].as_str(),
+        ) else {
+            continue;
+        };
+        if wanted != actual {
+            return Err(ApiError::Conflict(format!(
+                "Precondition failed: {key} in precondition: {wanted}, {key} in object meta: {actual}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A continue token: `<resourceVersion>/<namespace>/<name>` of the last item served.

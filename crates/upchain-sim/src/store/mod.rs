@@ -1,10 +1,12 @@
 //! The object store with the API server's semantics: one cluster-wide resourceVersion,
 //! optimistic concurrency, the status subresource, finalizers, owner-reference garbage
-//! collection, Eviction against PodDisruptionBudgets, and a bounded watch history.
+//! collection, graceful Pod deletion, Eviction against PodDisruptionBudgets, and a
+//! bounded watch history.
 
 mod cordons;
 mod errors;
 mod owners;
+mod pods;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -12,6 +14,7 @@ mod write;
 pub use cordons::{CordonMoment, NodeState, node_ready};
 pub use errors::*;
 use owners::*;
+pub use pods::pod_ready;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};

@@ -140,22 +140,59 @@ fn pod_logs_are_served_from_their_tail() {
 fn eviction_honours_disruption_budgets() {
     let mut s = store();
     let pods = rt(&s, "pods");
+    let ready = json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]});
     for name in ["a", "b"] {
-        s.create(&pods, "default", json!({"metadata": {"name": name, "labels": {"app": "db"}}, "status": {"phase": "Running"}}), true).expect("pod");
+        database_pod(&mut s, name, ready.clone());
     }
+    database_budget(&mut s, 1, 2);
+    s.evict("default", "a", None)
+        .expect("first eviction allowed");
+    let refused = s.evict("default", "b", None).expect_err("budget spent");
+    assert_eq!(refused.code(), 429);
+    assert!(refused.to_string().contains("disruption budget db"));
+    assert!(s.get(&pods, "default", "b").is_ok());
+    let terminating = s
+        .get(&pods, "default", "a")
+        .expect("a terminates for its grace period");
+    assert_eq!(terminating["metadata"]["deletionGracePeriodSeconds"], 30);
+    s.evict("default", "a", None)
+        .expect("evicting a terminating Pod again is allowed");
+}
+
+#[test]
+fn a_pod_that_is_not_ready_is_evicted_only_while_its_budget_is_healthy() {
+    for (healthy, allowed) in [(0, false), (1, true)] {
+        let mut s = store();
+        database_pod(&mut s, "a", json!({"phase": "Running"}));
+        database_budget(&mut s, 0, healthy);
+        let evicted = s.evict("default", "a", None);
+        assert_eq!(evicted.is_ok(), allowed, "{healthy} healthy: {evicted:?}");
+    }
+}
+
+/// A Pod labelled app=db on worker-1 with `status`.
+fn database_pod(s: &mut Store, name: &str, status: Value) {
+    let pods = rt(s, "pods");
+    s.create(
+        &pods,
+        "default",
+        json!({"metadata": {"name": name, "labels": {"app": "db"}},
+            "spec": {"nodeName": "worker-1"}, "status": status}),
+        true,
+    )
+    .expect("pod");
+}
+
+/// A budget of at least one app=db Pod, with `allowed` disruptions and `healthy` Pods.
+fn database_budget(s: &mut Store, allowed: i64, healthy: i64) {
     s.create_own(
         "policy/v1",
         "PodDisruptionBudget",
         json!({"metadata": {"name": "db", "namespace": "default"},
-        "spec": {"selector": {"matchLabels": {"app": "db"}}, "minAvailable": 1},
-        "status": {"disruptionsAllowed": 1, "currentHealthy": 2, "desiredHealthy": 1}}),
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "minAvailable": 1},
+            "status": {"disruptionsAllowed": allowed, "currentHealthy": healthy, "desiredHealthy": 1}}),
     )
     .expect("pdb");
-    s.evict("default", "a").expect("first eviction allowed");
-    let refused = s.evict("default", "b").expect_err("budget spent");
-    assert_eq!(refused.code(), 429);
-    assert!(refused.to_string().contains("disruption budget db"));
-    assert!(s.get(&pods, "default", "b").is_ok());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Writes: admission, create, update, patch (merge, strategic, JSON, server-side apply),
-//! eviction, and the cluster's own writes.
+//! and the cluster's own writes.
 
 use super::*;
 
@@ -268,7 +268,11 @@ impl Store {
         let finalizers_left = next["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        if deleting && !finalizers_left {
+        // A Pod terminating gracefully goes when its kubelet says so, not at a write.
+        let graceful = next["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_some_and(|grace| grace > 0);
+        if deleting && !finalizers_left && !graceful {
             self.commit(rt, slot, None, ChangeType::Deleted, next.clone());
             self.collect_garbage();
             return Ok(next);
@@ -353,57 +357,6 @@ impl Store {
             }
         }
         self.write(rt, namespace, name, current, next, status_only)
-    }
-
-    /// Evicts a Pod unless a PodDisruptionBudget covering it allows no disruption (429).
-    pub fn evict(&mut self, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        let pods = self
-            .type_by_id("pods")
-            .ok_or_else(|| ApiError::Internal("pods are not served".into()))?;
-        let pod = self.get(&pods, namespace, name)?;
-        let healthy = pod["status"]["phase"].as_str() == Some("Running");
-        let pdbs = self
-            .type_by_id("poddisruptionbudgets.policy")
-            .ok_or_else(|| ApiError::Internal("PDBs are not served".into()))?;
-        let labels = labels_of(&pod);
-        let covering: Vec<Value> = self
-            .list(
-                &pdbs,
-                Some(namespace),
-                &Selector::default(),
-                &Selector::default(),
-            )
-            .into_iter()
-            .filter(|pdb| label_selector_matches(&pdb["spec"]["selector"], &labels))
-            .collect();
-        if healthy {
-            for pdb in &covering {
-                let pdb_name = meta(pdb, "name");
-                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
-                if allowed < 1
-                    || self
-                        .stubborn_pdbs
-                        .contains(&format!("{namespace}/{pdb_name}"))
-                {
-                    return Err(ApiError::TooManyRequests(format!(
-                        "Cannot evict pod as it would violate the pod's disruption budget. The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
-                        pdb["status"]["desiredHealthy"].as_i64().unwrap_or(0),
-                        pdb["status"]["currentHealthy"].as_i64().unwrap_or(0)
-                    )));
-                }
-            }
-            for pdb in covering {
-                let mut next = pdb.clone();
-                let allowed = pdb["status"]["disruptionsAllowed"].as_i64().unwrap_or(0);
-                next["status"]["disruptionsAllowed"] = json!(allowed - 1);
-                let pdb_name = meta(&pdb, "name").to_owned();
-                self.write(&pdbs, namespace, &pdb_name, pdb, next, true)?;
-            }
-        }
-        self.delete(&pods, namespace, name, Propagation::Background)?;
-        Ok(
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        )
     }
 
     /// Creates an object the cluster itself makes (a controller or seed), keeping its status.
