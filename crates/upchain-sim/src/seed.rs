@@ -29,6 +29,9 @@ pub fn node(name: &str, index: usize, control_plane: bool, version: &str, now: &
         labels["node.kubernetes.io/exclude-from-external-load-balancers"] = json!("");
         taints.push(json!({"key": CONTROL_PLANE_LABEL, "effect": "NoSchedule"}));
     }
+    // The node's /24 of the pod network 10.64.0.0/10 (room for 16,384 nodes), as the
+    // controller manager allocates it.
+    let pod_cidr = format!("10.{}.{}.0/24", 64 + index / 256, index % 256);
     let images: Vec<Value> = (0..36)
         .map(|i| {
             json!({"names": [
@@ -67,10 +70,10 @@ pub fn node(name: &str, index: usize, control_plane: bool, version: &str, now: &
                  "fieldsV1": {"f:status": {"f:conditions": {"k:{\"type\":\"Ready\"}": {"f:lastHeartbeatTime": {}, "f:status": {}}},
                    "f:images": {}, "f:nodeInfo": {"f:kubeletVersion": {}}}}},
                 {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1", "time": now, "fieldsType": "FieldsV1",
-                 "fieldsV1": {"f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, "v:\"10.244.0.0/24\"": {}}}}},
+                 "fieldsV1": {"f:spec": {"f:podCIDR": {}, "f:podCIDRs": {".": {}, format!("v:\"{pod_cidr}\""): {}}}}},
             ],
         },
-        "spec": {"podCIDR": format!("10.244.{index}.0/24"), "podCIDRs": [format!("10.244.{index}.0/24")], "taints": taints},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr], "taints": taints},
         "status": {
             "addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", index / 250, index % 250 + 2)}, {"type": "Hostname", "address": name}],
             "capacity": {"cpu": "8", "memory": "32853052Ki", "pods": "110", "ephemeral-storage": "203056560Ki", "hugepages-2Mi": "0"},

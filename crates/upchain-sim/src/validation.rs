@@ -116,6 +116,15 @@ pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) ->
                     ));
                 }
             }
+            let cidrs = object["spec"]["podCIDRs"].as_array().into_iter().flatten();
+            for (index, cidr) in cidrs.enumerate() {
+                let cidr = cidr.as_str().unwrap_or_default();
+                if !ipv4_cidr(cidr) {
+                    errors.push(format!(
+                        "spec.podCIDRs[{index}]: Invalid value: \"{cidr}\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+                    ));
+                }
+            }
         }
         ("events.k8s.io", "Event") => {
             let note = object["note"].as_str().unwrap_or_default();
@@ -163,6 +172,17 @@ fn metadata_errors(object: &Value, old: Option<&Value>, errors: &mut Vec<String>
             "metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"
         ));
     }
+}
+
+/// An IPv4 CIDR such as 10.9.8.0/24 (what the simulator's nodes use; IPv6 is not checked).
+fn ipv4_cidr(cidr: &str) -> bool {
+    if cidr.contains(':') {
+        return true;
+    }
+    let Some((address, bits)) = cidr.split_once('/') else {
+        return false;
+    };
+    address.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
 }
 
 /// A cron schedule as the CronJob controller parses it: five fields, or a macro.

@@ -444,6 +444,12 @@ fn probes() -> Vec<Probe> {
                 "metadata": {"name": "probe"}, "status": {"notInTheSchema": true}}),
         ),
         post(
+            "a Node whose pod CIDR is not an address (10.244.256.0/24)",
+            "/api/v1/nodes",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "probe-cidr"},
+                "spec": {"podCIDR": "10.244.256.0/24", "podCIDRs": ["10.244.256.0/24"]}}),
+        ),
+        post(
             "a Node with a taint effect that does not exist",
             "/api/v1/nodes",
             json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "probe-node"},
