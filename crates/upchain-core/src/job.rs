@@ -231,11 +231,19 @@ impl NodeJob<'_> {
             node_affinity: Some(NodeAffinity {
                 required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                     node_selector_terms: vec![NodeSelectorTerm {
-                        match_fields: Some(vec![NodeSelectorRequirement {
-                            key: "metadata.name".to_owned(),
-                            operator: "NotIn".to_owned(),
-                            values: Some(excluded),
-                        }]),
+                        // One requirement per node: the API server allows a single value
+                        // for In and NotIn on a node field, and a term's requirements all
+                        // apply.
+                        match_fields: Some(
+                            excluded
+                                .into_iter()
+                                .map(|node| NodeSelectorRequirement {
+                                    key: "metadata.name".to_owned(),
+                                    operator: "NotIn".to_owned(),
+                                    values: Some(vec![node]),
+                                })
+                                .collect(),
+                        ),
                         match_expressions: on_control_plane.then(|| {
                             vec![NodeSelectorRequirement {
                                 key: CONTROL_PLANE_LABEL.to_owned(),

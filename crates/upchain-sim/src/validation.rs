@@ -134,7 +134,15 @@ pub fn builtin_errors(rt: &ResourceType, object: &Value, old: Option<&Value>) ->
                 ));
             }
         }
-        ("batch", "Job") => job_errors(object, old, &mut errors),
+        ("batch", "Job") => {
+            job_errors(object, old, &mut errors);
+            node_field_errors(
+                &object["spec"]["template"]["spec"],
+                "spec.template.spec",
+                &mut errors,
+            );
+        }
+        ("", "Pod") => node_field_errors(&object["spec"], "spec", &mut errors),
         _ => {}
     }
     errors
@@ -183,6 +191,31 @@ fn ipv4_cidr(cidr: &str) -> bool {
         return false;
     };
     address.parse::<std::net::Ipv4Addr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 32)
+}
+
+/// A Pod spec's required node affinity on node fields (`matchFields`): In and NotIn take
+/// exactly one value there.
+fn node_field_errors(pod_spec: &Value, path: &str, errors: &mut Vec<String>) {
+    let terms = pod_spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"]
+        .as_array();
+    for (t, term) in terms.into_iter().flatten().enumerate() {
+        for (r, requirement) in term["matchFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let single = requirement["values"]
+                .as_array()
+                .is_some_and(|v| v.len() == 1);
+            if matches!(requirement["operator"].as_str(), Some("In" | "NotIn")) && !single {
+                errors.push(format!(
+                    "{path}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[{t}].matchFields[{r}].values: Required value: must be only one value when `operator` is 'In' or 'NotIn' for node field selector"
+                ));
+            }
+        }
+    }
 }
 
 /// A cron schedule as the CronJob controller parses it: five fields, or a macro.

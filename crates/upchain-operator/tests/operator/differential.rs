@@ -242,6 +242,29 @@ fn probes() -> Vec<Probe> {
             ),
         ),
         post(
+            "a Job kept off two nodes by one node-field requirement",
+            "/apis/batch/v1/namespaces/default/jobs",
+            job(
+                json!({"restartPolicy": "Never", "containers": container,
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name",
+                            "operator": "NotIn", "values": ["worker-1", "worker-2"]}]}]}}}}),
+                json!({}),
+            ),
+        ),
+        post(
+            "a Job kept off two nodes by a requirement each",
+            "/apis/batch/v1/namespaces/default/jobs",
+            job(
+                json!({"restartPolicy": "Never", "containers": container,
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchFields": [
+                            {"key": "metadata.name", "operator": "NotIn", "values": ["worker-1"]},
+                            {"key": "metadata.name", "operator": "NotIn", "values": ["worker-2"]}]}]}}}}),
+                json!({}),
+            ),
+        ),
+        post(
             "a good Job",
             "/apis/batch/v1/namespaces/default/jobs",
             job(
