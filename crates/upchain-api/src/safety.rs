@@ -45,13 +45,21 @@ pub struct GatesSpec {
     pub compatibility: CompatibilityGate,
 
     /// Refuse while a Helm release is pending (pending-install, pending-upgrade or
-    /// pending-rollback). Needs read access to Secrets (only their metadata is read), so
-    /// it is off by default.
+    /// pending-rollback) or failed. Needs read access to Secrets (only their metadata is
+    /// read), so it is off by default.
     #[serde(default)]
     pub helm: bool,
 
-    /// Refuse while a Deployment is not reconciled: not Available, not Progressing, or
-    /// with fewer updated replicas than available ones (10% tolerance, for autoscaling).
+    /// What the Helm gate does with a failed release: `Block` (default), since a failed
+    /// release is what a cluster change should not be stacked on, or `Warn` to only say
+    /// so in the gate's evidence.
+    #[serde(default)]
+    pub helm_failed_releases: FailedReleasePolicy,
+
+    /// Refuse while a Deployment is not reconciled (not Available, not Progressing, or
+    /// with fewer updated replicas than available ones, 10% tolerance for autoscaling), or
+    /// a StatefulSet or DaemonSet has a Pod unavailable or, unless it updates OnDelete,
+    /// not at its current revision.
     #[serde(default = "default_true")]
     pub workloads: bool,
 
@@ -161,6 +169,7 @@ impl Default for GatesSpec {
             prometheus: None,
             compatibility: CompatibilityGate::default(),
             helm: false,
+            helm_failed_releases: FailedReleasePolicy::default(),
             workloads: true,
             health_checks: Vec::new(),
             silences: None,
@@ -386,7 +395,8 @@ pub struct HooksSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HookSpec {
-    /// Namespace the Job is created in.
+    /// Namespace the Job is created in: the runner namespace (spec.runner.namespace), the
+    /// only one where upchain may create Jobs. Another one blocks the run, saying so.
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// A batch/v1 JobTemplateSpec (`metadata` and `spec`, as in a CronJob's
@@ -501,4 +511,16 @@ pub struct NotifySpec {
     /// The Secret key holding a Slack-compatible incoming-webhook URL. The URL is never
     /// logged or shown in status.
     pub webhook_secret: NamespacedKeyRef,
+}
+
+/// What the Helm gate does with a release whose latest revision failed.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum FailedReleasePolicy {
+    /// The run is Blocked until the release is fixed or rolled back.
+    #[default]
+    Block,
+    /// The run goes on; the gate's evidence names the failed releases.
+    Warn,
 }

@@ -29,7 +29,14 @@ pub struct UpgradeGauges {
     pub phase: Phase,
     /// `k8s_upgrade_nodes{state}`: nodes per state (node steps, plus Pending for the plan).
     pub nodes: BTreeMap<&'static str, i64>,
+    /// `k8s_upgrade_waiting{reason}`: what the run waits on a person for, if anything
+    /// (one of [`WAITING_REASONS`]).
+    pub waiting: Option<&'static str>,
 }
+
+/// Why a run waits for a person, as `k8s_upgrade_waiting` labels it: `spec.paused`, or its
+/// plan's approval (`approval: Manual`).
+pub const WAITING_REASONS: [&str; 2] = ["Paused", "AwaitingApproval"];
 
 /// Every state `k8s_upgrade_nodes` reports, so series go to 0 rather than vanish.
 pub const NODE_STATES: [&str; 7] = [
@@ -85,6 +92,11 @@ pub fn gauges(status: &K8sUpgradeStatus) -> UpgradeGauges {
         last_progress_timestamp: seconds(status.last_progress_at.as_ref()),
         phase,
         nodes,
+        waiting: conditions::get(&status.conditions, types::READY).and_then(|ready| {
+            WAITING_REASONS
+                .into_iter()
+                .find(|reason| *reason == ready.reason)
+        }),
     }
 }
 

@@ -15,12 +15,17 @@ pub fn hook(spec: &K8sUpgradeSpec, kind: HookKind) -> Option<&HookSpec> {
     }
 }
 
+/// Where the spec sets the hook, as a message names it.
+pub fn field(kind: HookKind) -> String {
+    match kind {
+        HookKind::EtcdCheck => "spec.gates.externalEtcdCheck".to_owned(),
+        _ => format!("spec.hooks.{}", kind.as_str()),
+    }
+}
+
 /// The hook's Job template, or why the spec's is not one.
 pub fn template(spec: &HookSpec, kind: HookKind) -> Result<JobTemplateSpec, String> {
-    let field = match kind {
-        HookKind::EtcdCheck => "spec.gates.externalEtcdCheck.template".to_owned(),
-        _ => format!("spec.hooks.{}.template", kind.as_str()),
-    };
+    let field = format!("{}.template", field(kind));
     let template: JobTemplateSpec = serde_json::from_value(spec.template.clone()).map_err(|e| {
         format!(
             "{field} is not a batch/v1 JobTemplateSpec ({e}); give it the metadata and spec \
@@ -63,8 +68,10 @@ mod tests {
     use super::*;
 
     fn spec(template: serde_json::Value) -> HookSpec {
-        serde_json::from_value(serde_json::json!({"namespace": "ops", "template": template}))
-            .expect("hook")
+        serde_json::from_value(
+            serde_json::json!({"namespace": "upchain-system", "template": template}),
+        )
+        .expect("hook")
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
             control_plane: true,
             ..Needs::default()
         },
+        // Run as a person, who may create Jobs wherever their kubeconfig lets them.
+        None,
     )
     .await;
     let control_plane = inputs.control_plane.as_ref().and_then(|c| c.as_ref().ok());

@@ -134,6 +134,17 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: std::net::SocketAddr,
+
+    /// The one namespace upchain may create node and hook Jobs in (where the chart gives
+    /// it a Role); a K8sUpgrade naming another is Blocked. Unset: any namespace, Jobs
+    /// watched cluster-wide.
+    #[arg(long, env = "UPCHAIN_RUNNER_NAMESPACE")]
+    pub runner_namespace: Option<String>,
+
+    /// The namespace of the etcd backup CronJob, whose snapshot Jobs are watched beside
+    /// the runner namespace's (with --runner-namespace).
+    #[arg(long, env = "UPCHAIN_SNAPSHOT_NAMESPACE")]
+    pub snapshot_namespace: Option<String>,
 }
 
 /// Arguments of `upchain sim`.

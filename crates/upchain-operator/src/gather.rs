@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
 use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, ControlPlaneObservation, DeprecatedApi, GateInputs,
-    HelmRelease, ObservedDeployment, PostflightInputs, RunnerFacts, Source,
+    HelmRelease, ObservedDeployment, ObservedSet, PostflightInputs, RunnerFacts, Source,
 };
 use upchain_core::snapshot::SnapshotInputs;
 use upchain_core::{JobState, Needs, ObservedJob};
@@ -54,12 +54,14 @@ where
     }
 }
 
-/// Reads the gates' sources that `needs` asks for.
+/// Reads the gates' sources that `needs` asks for. `permitted_namespace` is the one
+/// namespace this operator may create Jobs in, if it is confined to one.
 pub async fn gate_inputs(
     client: &Client,
     http: &reqwest::Client,
     upgrade: &K8sUpgrade,
     needs: &Needs,
+    permitted_namespace: Option<&str>,
 ) -> GateInputs {
     let gates = &upgrade.spec.gates;
     let mut inputs = GateInputs::default();
@@ -84,7 +86,7 @@ pub async fn gate_inputs(
     if !needs.preflight {
         return inputs;
     }
-    inputs.runner = Some(runner_facts(client, upgrade).await);
+    inputs.runner = Some(runner_facts(client, upgrade, permitted_namespace).await);
     if gates.compatibility.deprecated_apis {
         inputs.deprecated_apis = Some(deprecated_apis(client).await);
     }
@@ -96,6 +98,7 @@ pub async fn gate_inputs(
     }
     if gates.workloads {
         inputs.deployments = Some(deployments(client).await);
+        inputs.sets = Some(stateful_and_daemon_sets(client).await);
     }
     inputs
 }
@@ -368,10 +371,45 @@ async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {
     Ok(deployments)
 }
 
+async fn stateful_and_daemon_sets(client: &Client) -> Source<Vec<ObservedSet>> {
+    let mut sets = Vec::new();
+    let stateful: Api<StatefulSet> = Api::all(client.clone());
+    list_paged(&stateful, ListParams::default(), |page| {
+        sets.extend(page.iter().map(ObservedSet::from_stateful_set));
+    })
+    .await
+    .map_err(|e| format!("listing StatefulSets: {}", describe(&e)))?;
+    let daemon: Api<DaemonSet> = Api::all(client.clone());
+    list_paged(&daemon, ListParams::default(), |page| {
+        sets.extend(page.iter().map(ObservedSet::from_daemon_set));
+    })
+    .await
+    .map_err(|e| format!("listing DaemonSets: {}", describe(&e)))?;
+    Ok(sets)
+}
+
 /// What exists of the runner's namespace, script ConfigMap and SSH Secret (the Secret by
 /// metadata only: its key is never read).
-async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
+async fn runner_facts(
+    client: &Client,
+    upgrade: &K8sUpgrade,
+    permitted_namespace: Option<&str>,
+) -> RunnerFacts {
     let runner = &upgrade.spec.runner;
+    let permitted_namespace = permitted_namespace.map(str::to_owned);
+    if permitted_namespace
+        .as_ref()
+        .is_some_and(|permitted| *permitted != runner.namespace)
+    {
+        // Nothing there is upchain's to read; the core names the namespace to use.
+        return RunnerFacts {
+            namespace: Ok(false),
+            script_keys: Ok(None),
+            ssh_secret: Ok(false),
+            known_hosts_keys: Ok(None),
+            permitted_namespace,
+        };
+    }
     let namespace = Api::<Namespace>::all(client.clone())
         .get_metadata_opt(&runner.namespace)
         .await
@@ -384,6 +422,7 @@ async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
             script_keys: Ok(None),
             ssh_secret: Ok(false),
             known_hosts_keys: Ok(None),
+            permitted_namespace,
         };
     }
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace);
@@ -419,6 +458,7 @@ async fn runner_facts(client: &Client, upgrade: &K8sUpgrade) -> RunnerFacts {
         script_keys,
         ssh_secret,
         known_hosts_keys,
+        permitted_namespace,
     }
 }
 

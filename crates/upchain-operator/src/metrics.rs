@@ -19,7 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use upchain_api::{K8sUpgradeStatus, NodeStep, Phase};
-use upchain_core::gauges::{NODE_STATES, gauges, node_seconds};
+use upchain_core::gauges::{NODE_STATES, WAITING_REASONS, gauges, node_seconds};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpgradeLabel {
@@ -36,6 +36,12 @@ struct PhaseLabel {
 struct StateLabel {
     upgrade: String,
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    upgrade: String,
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +147,7 @@ pub struct Metrics {
     last_progress: Family<UpgradeLabel, Gauge>,
     phase: Family<PhaseLabel, Gauge>,
     nodes: Family<StateLabel, Gauge>,
+    waiting: Family<ReasonLabel, Gauge>,
     node_duration: Family<RoleLabel, Histogram>,
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
@@ -175,6 +182,7 @@ impl Metrics {
             last_progress: Family::default(),
             phase: Family::default(),
             nodes: Family::default(),
+            waiting: Family::default(),
             node_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(15.0, 2.0, 10))
             }),
@@ -228,6 +236,11 @@ impl Metrics {
             "k8s_upgrade_nodes",
             "Nodes of the run per state",
             metrics.nodes.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_waiting",
+            "1 while the run waits for a person, by reason (Paused, AwaitingApproval)",
+            metrics.waiting.clone(),
         );
         registry.register(
             "k8s_upgrade_node_duration_seconds",
@@ -303,6 +316,15 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(g.nodes.get(state).copied().unwrap_or(0));
         }
+        for reason in WAITING_REASONS {
+            let label = ReasonLabel {
+                upgrade: upgrade.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.waiting
+                .get_or_create(&label)
+                .set(i64::from(g.waiting == Some(reason)));
+        }
         let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
         for node in status.nodes.iter().filter(|n| n.step == NodeStep::Done) {
             // A node finished before this process started was observed by the process
@@ -349,6 +371,12 @@ impl Metrics {
             self.nodes.remove(&StateLabel {
                 upgrade: upgrade.to_owned(),
                 state: state.to_owned(),
+            });
+        }
+        for reason in WAITING_REASONS {
+            self.waiting.remove(&ReasonLabel {
+                upgrade: upgrade.to_owned(),
+                reason: reason.to_owned(),
             });
         }
         self.timed

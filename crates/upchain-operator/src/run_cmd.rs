@@ -22,6 +22,8 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
                 name: name.clone(),
             },
         ),
+        runner_namespace: args.runner_namespace.clone().filter(|n| !n.is_empty()),
+        snapshot_namespace: args.snapshot_namespace.clone().filter(|n| !n.is_empty()),
     };
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

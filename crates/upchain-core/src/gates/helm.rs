@@ -30,13 +30,13 @@ pub struct HelmRelease {
     pub status: String,
 }
 
-/// No Helm release is pending; a failed one only warns (in the evidence).
-pub fn helm_gate(releases: &Source<Vec<HelmRelease>>) -> Verdict {
+/// No Helm release is pending, and none failed unless `failed` says to only warn.
+pub fn helm_gate(releases: &Source<Vec<HelmRelease>>, failed: FailedReleasePolicy) -> Verdict {
     let releases = match releases {
         Ok(releases) => releases,
         Err(error) => return unreachable("helm", "Helm's release Secrets", error),
     };
-    let reasons = releases
+    let mut reasons: Vec<String> = releases
         .iter()
         .filter(|r| r.status.starts_with("pending-"))
         .map(|r| {
@@ -48,17 +48,28 @@ pub fn helm_gate(releases: &Source<Vec<HelmRelease>>) -> Verdict {
             )
         })
         .collect();
-    let failed = releases.iter().filter(|r| r.status == "failed").count();
+    let failed_releases: Vec<&HelmRelease> =
+        releases.iter().filter(|r| r.status == "failed").collect();
+    if failed == FailedReleasePolicy::Block {
+        reasons.extend(failed_releases.iter().map(|r| {
+            format!(
+                "Helm release {}/{} failed at revision {}: fix it (helm history {} -n {}) or \
+                 roll it back before the cluster is upgraded, or set \
+                 spec.gates.helmFailedReleases to Warn",
+                r.namespace, r.name, r.revision, r.name, r.namespace
+            )
+        }));
+    }
+    let warned = if failed == FailedReleasePolicy::Warn && !failed_releases.is_empty() {
+        format!("; {} failed (a warning only)", failed_releases.len())
+    } else {
+        String::new()
+    };
     verdict(
         "helm",
         format!(
-            "{} release(s), none pending{}",
-            releases.len(),
-            if failed > 0 {
-                format!("; {failed} failed (a warning only)")
-            } else {
-                String::new()
-            }
+            "{} release(s), none pending or failed{warned}",
+            releases.len()
         ),
         reasons,
     )

@@ -26,12 +26,12 @@ pub use workloads::*;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use upchain_api::{
-    DEFAULT_CONTAINERD_FLOORS, GatesSpec, HostKeyPolicy, K8sUpgradeSpec, NodeRecord, RunnerSpec,
-    UpgradeKind,
+    DEFAULT_CONTAINERD_FLOORS, FailedReleasePolicy, GatesSpec, HookKind, HostKeyPolicy,
+    K8sUpgradeSpec, NodeRecord, RunnerSpec, UpgradeKind,
 };
 
 use crate::observe::ObservedNode;
@@ -71,6 +71,8 @@ pub struct GateInputs {
     pub helm_releases: Option<Source<Vec<HelmRelease>>>,
     /// Deployments.
     pub deployments: Option<Source<Vec<ObservedDeployment>>>,
+    /// The StatefulSets and DaemonSets, for the same gate.
+    pub sets: Option<Source<Vec<ObservedSet>>>,
     /// What exists of what the node Jobs need (namespace, script ConfigMap, SSH Secret).
     pub runner: Option<RunnerFacts>,
     /// The objects each health check selected.
@@ -188,7 +190,7 @@ fn preflight(
         snapshot_gate(spec, kind, target),
     ];
     if let Some(facts) = &inputs.runner {
-        verdicts.push(runner_gate(&spec.runner, facts));
+        verdicts.push(runner_gate(spec, facts));
     }
     verdicts.extend(alerts(gates, inputs));
     if kind == UpgradeKind::Minor {
@@ -205,10 +207,14 @@ fn preflight(
         }
     }
     if let Some(releases) = inputs.helm_releases.as_ref() {
-        verdicts.push(helm_gate(releases));
+        verdicts.push(helm_gate(releases, gates.helm_failed_releases));
     }
     if let Some(deployments) = inputs.deployments.as_ref() {
-        verdicts.push(workloads_gate(deployments));
+        let none = Ok(Vec::new());
+        verdicts.push(workloads_gate(
+            deployments,
+            inputs.sets.as_ref().unwrap_or(&none),
+        ));
     }
     verdicts
 }

@@ -15,6 +15,9 @@ pub struct RunnerFacts {
     /// The keys of the known-hosts ConfigMap that hold at least one line; None when there
     /// is no such ConfigMap.
     pub known_hosts_keys: Source<Option<Vec<String>>>,
+    /// The one namespace this operator may create Jobs in (where its Role is: the chart's
+    /// runnerNamespace), or None where it may create them anywhere.
+    pub permitted_namespace: Option<String>,
 }
 
 /// What the node Jobs need and is missing, each named as a person would create it.
@@ -56,14 +59,44 @@ pub(super) fn runner_missing(runner: &RunnerSpec, facts: &RunnerFacts) -> Vec<St
     missing
 }
 
-/// What the node Jobs need exists.
-pub fn runner_gate(runner: &RunnerSpec, facts: &RunnerFacts) -> Verdict {
-    let reasons = runner_missing(runner, facts)
-        .iter()
-        .map(|what| {
-            format!("{what} is missing: the node Jobs need it (see spec.runner); create it")
+/// Why Jobs of this spec would be created where they may not be: hooks run in the runner
+/// namespace only, and that must be the one this operator may create Jobs in.
+fn misplaced_jobs(spec: &K8sUpgradeSpec, permitted: Option<&str>) -> Vec<String> {
+    let namespace = &spec.runner.namespace;
+    if let Some(permitted) = permitted.filter(|p| p != namespace) {
+        return vec![format!(
+            "spec.runner.namespace is {namespace}, but this upchain may create Jobs only in {permitted} (its Role is there: the chart's runnerNamespace); set spec.runner.namespace to {permitted}, or install upchain with runnerNamespace={namespace}"
+        )];
+    }
+    [HookKind::Pre, HookKind::Post, HookKind::EtcdCheck]
+        .into_iter()
+        .filter_map(|kind| Some((kind, crate::hooks::hook(spec, kind)?)))
+        .filter(|(_, hook)| hook.namespace != *namespace)
+        .map(|(kind, hook)| {
+            format!(
+                "{} runs its Job in namespace {}: hooks run in the runner namespace only, where upchain may create Jobs; set its namespace to {namespace}",
+                crate::hooks::field(kind),
+                hook.namespace
+            )
         })
-        .collect();
+        .collect()
+}
+
+/// What the node Jobs need exists, and every Job of the run goes where upchain may create
+/// it.
+pub fn runner_gate(spec: &K8sUpgradeSpec, facts: &RunnerFacts) -> Verdict {
+    let runner = &spec.runner;
+    let misplaced = misplaced_jobs(spec, facts.permitted_namespace.as_deref());
+    let reasons = if misplaced.is_empty() {
+        runner_missing(runner, facts)
+            .iter()
+            .map(|what| {
+                format!("{what} is missing: the node Jobs need it (see spec.runner); create it")
+            })
+            .collect()
+    } else {
+        misplaced
+    };
     verdict(
         "runner",
         format!(

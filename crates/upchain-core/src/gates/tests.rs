@@ -187,18 +187,32 @@ fn pending_helm_releases_refuse_and_failed_ones_warn() {
         revision: 4,
         status: status.into(),
     };
-    let verdict = helm_gate(&Ok(vec![
+    let releases = Ok(vec![
         release("web", "deployed"),
         release("db", "pending-upgrade"),
         release("old", "failed"),
-    ]));
-    assert_eq!(verdict.reasons.len(), 1);
+    ]);
+    let blocked = helm_gate(&releases, FailedReleasePolicy::Block);
+    assert_eq!(blocked.reasons.len(), 2);
     assert!(
-        verdict.reasons[0].starts_with("Helm release apps/db is pending-upgrade at revision 4")
+        blocked.reasons[0].starts_with("Helm release apps/db is pending-upgrade at revision 4")
     );
-    assert!(verdict.evidence.contains("1 failed (a warning only)"));
-    assert!(helm_gate(&Ok(vec![release("web", "deployed")])).passed());
-    assert!(!helm_gate(&Err("forbidden".into())).passed());
+    assert!(
+        blocked.reasons[1].starts_with("Helm release apps/old failed at revision 4: fix it"),
+        "{:?}",
+        blocked.reasons
+    );
+    let warned = helm_gate(&releases, FailedReleasePolicy::Warn);
+    assert_eq!(warned.reasons.len(), 1, "only the pending one blocks");
+    assert!(warned.evidence.contains("1 failed (a warning only)"));
+    assert!(
+        helm_gate(
+            &Ok(vec![release("web", "deployed")]),
+            FailedReleasePolicy::Block
+        )
+        .passed()
+    );
+    assert!(!helm_gate(&Err("forbidden".into()), FailedReleasePolicy::Block).passed());
 }
 
 fn deployment(updated: i32, available: i32) -> ObservedDeployment {
@@ -215,15 +229,47 @@ fn deployment(updated: i32, available: i32) -> ObservedDeployment {
 
 #[test]
 fn workloads_not_reconciled_refuse_with_a_tolerance() {
-    assert!(workloads_gate(&Ok(vec![deployment(9, 10)])).passed());
-    let short = workloads_gate(&Ok(vec![deployment(5, 10)]));
+    let deployments = |d: ObservedDeployment| workloads_gate(&Ok(vec![d]), &Ok(Vec::new()));
+    assert!(deployments(deployment(9, 10)).passed());
+    let short = deployments(deployment(5, 10));
     assert!(short.reasons[0].contains("5 updated of 10 available"));
     let mut stuck = deployment(10, 10);
     stuck.progressing_condition = Some((false, "ProgressDeadlineExceeded".into()));
-    assert!(workloads_gate(&Ok(vec![stuck])).reasons[0].contains("ProgressDeadlineExceeded"));
+    assert!(deployments(stuck).reasons[0].contains("ProgressDeadlineExceeded"));
     let mut down = deployment(10, 2);
     down.available_condition = Some(false);
-    assert!(workloads_gate(&Ok(vec![down])).reasons[0].contains("is not Available"));
+    assert!(deployments(down).reasons[0].contains("is not Available"));
+}
+
+#[test]
+fn stateful_and_daemon_sets_need_every_pod_available_and_current() {
+    let set = |kind, updated, available, on_delete| ObservedSet {
+        kind,
+        namespace: "data".into(),
+        name: "db".into(),
+        desired: 3,
+        updated,
+        available,
+        on_delete,
+    };
+    let gate = |s: ObservedSet| workloads_gate(&Ok(Vec::new()), &Ok(vec![s]));
+    assert!(gate(set("StatefulSet", 3, 3, false)).passed());
+    assert_eq!(
+        gate(set("StatefulSet", 3, 2, false)).reasons,
+        [
+            "StatefulSet data/db has 2 of 3 Pods available: fix it first, a drain would make it \
+          worse"
+        ]
+    );
+    assert!(
+        gate(set("DaemonSet", 1, 3, false)).reasons[0]
+            .starts_with("DaemonSet data/db has 1 of 3 Pods at its current revision")
+    );
+    assert!(
+        gate(set("DaemonSet", 1, 3, true)).passed(),
+        "OnDelete moves Pods only when they are deleted"
+    );
+    assert!(!workloads_gate(&Ok(Vec::new()), &Err("forbidden".into())).passed());
 }
 
 #[test]
@@ -253,35 +299,35 @@ fn postflight_wants_the_target_images_and_ready_pods() {
 
 #[test]
 fn missing_runner_prerequisites_refuse_by_name() {
-    let runner = RunnerSpec::default();
+    let spec = crate::testing::upgrade("1.35.2").spec;
+    let runner = &spec.runner;
     let present = RunnerFacts {
         namespace: Ok(true),
         script_keys: Ok(Some(vec![runner.script_config_map.key.clone()])),
         ssh_secret: Ok(true),
         known_hosts_keys: Ok(Some(vec![runner.known_hosts.key.clone()])),
+        permitted_namespace: None,
     };
-    assert!(runner_gate(&runner, &present).passed());
+    assert!(runner_gate(&spec, &present).passed());
     let no_known_hosts = RunnerFacts {
         known_hosts_keys: Ok(None),
         ..present.clone()
     };
-    let reasons = runner_gate(&runner, &no_known_hosts).reasons;
+    let reasons = runner_gate(&spec, &no_known_hosts).reasons;
     assert!(
         reasons[0]
             .starts_with("ConfigMap upchain-system/upchain-known-hosts (the nodes' SSH host keys"),
         "{reasons:?}"
     );
-    let accept_new = RunnerSpec {
-        host_key_policy: upchain_api::HostKeyPolicy::AcceptNew,
-        ..RunnerSpec::default()
-    };
+    let mut accept_new = spec.clone();
+    accept_new.runner.host_key_policy = upchain_api::HostKeyPolicy::AcceptNew;
     assert!(runner_gate(&accept_new, &no_known_hosts).passed());
     let no_secret = RunnerFacts {
         ssh_secret: Ok(false),
         ..present.clone()
     };
     assert_eq!(
-        runner_gate(&runner, &no_secret).reasons,
+        runner_gate(&spec, &no_secret).reasons,
         [
             "Secret upchain-system/upchain-ssh (the SSH key) is missing: the node Jobs need \
           it (see spec.runner); create it"
@@ -292,7 +338,7 @@ fn missing_runner_prerequisites_refuse_by_name() {
         ..present.clone()
     };
     assert!(
-        runner_gate(&runner, &wrong_key).reasons[0]
+        runner_gate(&spec, &wrong_key).reasons[0]
             .starts_with("key upgrade-node.sh of ConfigMap upchain-system/upchain-node-upgrade")
     );
     let no_namespace = RunnerFacts {
@@ -300,9 +346,44 @@ fn missing_runner_prerequisites_refuse_by_name() {
         ..no_secret
     };
     assert_eq!(
-        runner_gate(&runner, &no_namespace).reasons.len(),
+        runner_gate(&spec, &no_namespace).reasons.len(),
         1,
         "only the namespace is named"
+    );
+}
+
+#[test]
+fn jobs_go_only_where_upchain_may_create_them() {
+    let mut spec = crate::testing::upgrade("1.35.2").spec;
+    let facts = RunnerFacts {
+        namespace: Ok(true),
+        script_keys: Ok(Some(vec![spec.runner.script_config_map.key.clone()])),
+        ssh_secret: Ok(true),
+        known_hosts_keys: Ok(Some(vec![spec.runner.known_hosts.key.clone()])),
+        permitted_namespace: Some("upchain-system".to_owned()),
+    };
+    assert!(runner_gate(&spec, &facts).passed());
+    spec.runner.namespace = "kube-system".to_owned();
+    assert_eq!(
+        runner_gate(&spec, &facts).reasons,
+        [
+            "spec.runner.namespace is kube-system, but this upchain may create Jobs only in \
+          upchain-system (its Role is there: the chart's runnerNamespace); set \
+          spec.runner.namespace to upchain-system, or install upchain with \
+          runnerNamespace=kube-system"
+        ]
+    );
+    spec.runner.namespace = "upchain-system".to_owned();
+    spec.gates.external_etcd_check = Some(
+        serde_json::from_value(serde_json::json!({"namespace": "ops", "template": {}}))
+            .expect("hook"),
+    );
+    assert_eq!(
+        runner_gate(&spec, &facts).reasons,
+        [
+            "spec.gates.externalEtcdCheck runs its Job in namespace ops: hooks run in the runner \
+          namespace only, where upchain may create Jobs; set its namespace to upchain-system"
+        ]
     );
 }
 

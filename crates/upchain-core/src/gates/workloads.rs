@@ -1,4 +1,5 @@
-//! The workloads gate: every Deployment updated, ready and available.
+//! The workloads gate: every Deployment, StatefulSet and DaemonSet updated, ready and
+//! available.
 
 use super::*;
 
@@ -45,12 +46,80 @@ impl ObservedDeployment {
     }
 }
 
+/// A StatefulSet or a DaemonSet, reduced to what the workloads gate needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedSet {
+    /// `StatefulSet` or `DaemonSet`.
+    pub kind: &'static str,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Pods wanted: spec.replicas, or status.desiredNumberScheduled.
+    pub desired: i32,
+    /// Pods at the current revision: status.updatedReplicas or updatedNumberScheduled.
+    pub updated: i32,
+    /// Pods available: status.availableReplicas or numberAvailable.
+    pub available: i32,
+    /// The update strategy is OnDelete: Pods move to a new revision only when deleted, so
+    /// an old revision is no rollout in flight.
+    pub on_delete: bool,
+}
+
+impl ObservedSet {
+    /// Reduces a StatefulSet.
+    pub fn from_stateful_set(set: &StatefulSet) -> Self {
+        let status = set.status.clone().unwrap_or_default();
+        let spec = set.spec.as_ref();
+        ObservedSet {
+            kind: "StatefulSet",
+            namespace: set.metadata.namespace.clone().unwrap_or_default(),
+            name: set.metadata.name.clone().unwrap_or_default(),
+            desired: spec.and_then(|s| s.replicas).unwrap_or(1),
+            updated: status.updated_replicas.unwrap_or(0),
+            available: status.available_replicas.unwrap_or(0),
+            on_delete: spec
+                .and_then(|s| s.update_strategy.as_ref())
+                .and_then(|u| u.type_.as_deref())
+                == Some("OnDelete"),
+        }
+    }
+
+    /// Reduces a DaemonSet.
+    pub fn from_daemon_set(set: &DaemonSet) -> Self {
+        let status = set.status.clone().unwrap_or_default();
+        ObservedSet {
+            kind: "DaemonSet",
+            namespace: set.metadata.namespace.clone().unwrap_or_default(),
+            name: set.metadata.name.clone().unwrap_or_default(),
+            desired: status.desired_number_scheduled,
+            updated: status.updated_number_scheduled.unwrap_or(0),
+            available: status.number_available.unwrap_or(0),
+            on_delete: set
+                .spec
+                .as_ref()
+                .and_then(|s| s.update_strategy.as_ref())
+                .and_then(|u| u.type_.as_deref())
+                == Some("OnDelete"),
+        }
+    }
+}
+
 /// Every Deployment is reconciled: Available, Progressing, updated replicas not short of
-/// available ones by more than 10% (autoscalers move replicas under our feet).
-pub fn workloads_gate(deployments: &Source<Vec<ObservedDeployment>>) -> Verdict {
+/// available ones by more than 10% (autoscalers move replicas under our feet). Every
+/// StatefulSet and DaemonSet has all its Pods available and, unless it updates OnDelete,
+/// at its current revision.
+pub fn workloads_gate(
+    deployments: &Source<Vec<ObservedDeployment>>,
+    sets: &Source<Vec<ObservedSet>>,
+) -> Verdict {
     let deployments = match deployments {
         Ok(deployments) => deployments,
         Err(error) => return unreachable("workloads", "Deployments", error),
+    };
+    let sets = match sets {
+        Ok(sets) => sets,
+        Err(error) => return unreachable("workloads", "StatefulSets and DaemonSets", error),
     };
     let mut reasons = Vec::new();
     for d in deployments.iter().filter(|d| d.replicas > 0) {
@@ -74,9 +143,28 @@ pub fn workloads_gate(deployments: &Source<Vec<ObservedDeployment>>) -> Verdict 
             ));
         }
     }
+    for set in sets.iter().filter(|s| s.desired > 0) {
+        let name = format!("{} {}/{}", set.kind, set.namespace, set.name);
+        if set.available < set.desired {
+            reasons.push(format!(
+                "{name} has {} of {} Pods available: fix it first, a drain would make it worse",
+                set.available, set.desired
+            ));
+        } else if set.updated < set.desired && !set.on_delete {
+            reasons.push(format!(
+                "{name} has {} of {} Pods at its current revision: a rollout is in flight; \
+                 wait for it to finish",
+                set.updated, set.desired
+            ));
+        }
+    }
     verdict(
         "workloads",
-        format!("{} Deployment(s) reconciled", deployments.len()),
+        format!(
+            "{} Deployment(s), {} StatefulSet(s) and DaemonSet(s) reconciled",
+            deployments.len(),
+            sets.len()
+        ),
         reasons,
     )
 }

@@ -206,7 +206,7 @@ pub(super) fn workers_wait_while_an_api_server_is_older_than_their_target() {
 
 fn with_external_etcd_check(mut upgrade: K8sUpgrade) -> K8sUpgrade {
     upgrade.spec.gates.external_etcd_check = Some(
-        serde_json::from_value(serde_json::json!({"namespace": "ops", "template": {"spec": {"template": {"spec": {
+        serde_json::from_value(serde_json::json!({"namespace": "upchain-system", "template": {"spec": {"template": {"spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "check", "image": "etcd-tools", "command": ["etcdctl", "endpoint", "health", "--cluster"]}]}}}}}))
         .expect("check"),
@@ -252,7 +252,7 @@ pub(super) fn an_external_etcd_check_runs_before_each_control_plane_node_and_the
         if decision.status.phase == Some(Phase::Blocked) {
             let reason = decision.status.blocked_reasons.join("\n");
             assert!(
-                reason.contains("the external etcd check Job ops/test-etcd-check-cp-1-")
+                reason.contains("the external etcd check Job upchain-system/test-etcd-check-cp-1-")
                     && reason.contains("cp-1 was not started"),
                 "{reason}"
             );

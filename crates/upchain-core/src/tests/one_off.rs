@@ -247,7 +247,7 @@ pub(super) fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_
 }
 
 pub(super) fn with_hooks(mut upgrade: K8sUpgrade) -> K8sUpgrade {
-    let hook = serde_json::json!({"namespace": "ops", "timeout": "10m", "template": {"spec": {
+    let hook = serde_json::json!({"namespace": "upchain-system", "timeout": "10m", "template": {"spec": {
         "template": {"spec": {"restartPolicy": "Never",
             "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}});
     upgrade.spec.hooks = Some(
@@ -291,7 +291,7 @@ pub(super) fn the_pre_hook_runs_before_the_first_node_and_the_post_hook_after_th
     assert!(
         hooks
             .iter()
-            .all(|h| h.succeeded && h.job.starts_with("ops/test-"))
+            .all(|h| h.succeeded && h.job.starts_with("upchain-system/test-"))
     );
 }
 
@@ -306,7 +306,7 @@ pub(super) fn a_failed_pre_hook_blocks_untouched_and_a_failed_post_hook_fails_th
     let mut run = Run::new(with_hooks(quick("1.35.2")), world);
     assert_eq!(run.until(20, &[Phase::Blocked]), Phase::Blocked);
     assert!(run.status().nodes.is_empty(), "no node touched");
-    assert!(run.status().blocked_reasons[0].contains("pre-run hook Job ops/"));
+    assert!(run.status().blocked_reasons[0].contains("pre-run hook Job upchain-system/"));
     assert!(run.status().blocked_reasons[0].contains("exit 3"));
     // The hook is fixed: the retried pre hook passes, the post hook fails.
     run.world.hook_outcome = JobState::Succeeded;

@@ -143,6 +143,24 @@ fn write_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 pub struct Settings {
     /// The operator's own Pod, evicted last when its node is drained.
     pub operator_pod: Option<PodRef>,
+    /// The one namespace the operator may create node and hook Jobs in (its Role's); None:
+    /// any, and Jobs are watched cluster-wide.
+    pub runner_namespace: Option<String>,
+    /// The namespace of the etcd backup CronJob whose Jobs it may create; watched beside
+    /// the runner namespace.
+    pub snapshot_namespace: Option<String>,
+}
+
+impl Settings {
+    /// Where the operator's Jobs are watched: the runner and snapshot namespaces, or
+    /// everywhere when it is not confined.
+    fn job_namespaces(&self) -> Option<Vec<String>> {
+        let runner = self.runner_namespace.clone()?;
+        let mut namespaces = vec![runner];
+        namespaces.extend(self.snapshot_namespace.clone());
+        namespaces.dedup();
+        Some(namespaces)
+    }
 }
 
 struct Context {
@@ -196,6 +214,7 @@ pub async fn run(
     let released = futures_util::stream::unfold(released, |mut released| async move {
         released.recv().await.map(|()| ((), released))
     });
+    let job_namespaces = settings.job_namespaces();
     let context = Arc::new(Context {
         events: Events::new(client.clone()),
         client: client.clone(),
@@ -207,12 +226,19 @@ pub async fn run(
         http: reqwest::Client::new(),
         lock_released,
     });
-    let jobs_api: Api<Job> = Api::all(client.clone());
+    let jobs_apis: Vec<Api<Job>> = match job_namespaces {
+        Some(namespaces) => namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(client.clone(), namespace))
+            .collect(),
+        None => vec![Api::all(client.clone())],
+    };
     let watch_metrics = metrics.clone();
-    controller
+    let mut controller = controller;
+    for jobs_api in jobs_apis {
         // Not `.owns()`: node Jobs carry no owner reference (see UPGRADE_ANNOTATION), but
         // name their K8sUpgrade in an annotation.
-        .watches(
+        controller = controller.watches(
             jobs_api,
             watcher::Config::default().labels(UPGRADE_LABEL),
             |job: Job| {
@@ -220,7 +246,9 @@ pub async fn run(
                     .get(UPGRADE_ANNOTATION)
                     .map(|name| ObjectRef::<K8sUpgrade>::new(name))
             },
-        )
+        );
+    }
+    controller
         // A node change can move every upgrade along (at most one is running). The trigger
         // is the same stream that fills the node cache, and fires after the cache holds the
         // change: a second watch could wake the reconcile before the cache caught up, and

@@ -98,7 +98,14 @@ pub(super) async fn observe(
         pods,
         others: other_upgrades(&name, ctx).await?,
         operator_pod: ctx.settings.operator_pod.clone(),
-        gates: gather::gate_inputs(&ctx.client, &ctx.http, upgrade, needs).await,
+        gates: gather::gate_inputs(
+            &ctx.client,
+            &ctx.http,
+            upgrade,
+            needs,
+            ctx.settings.runner_namespace.as_deref(),
+        )
+        .await,
         snapshot: if needs.snapshot {
             gather::snapshot_inputs(&ctx.client, upgrade)
                 .await

@@ -41,35 +41,247 @@ fn images_pin_their_bases_and_run_as_non_root() {
     }
 }
 
-/// The chart rendered with its defaults, as `helm template` prints it.
-fn default_chart() -> Vec<serde_json::Value> {
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// `helm template` of the chart with `args` (such as `-f` or `--set-json`): its objects,
+/// or what helm said when it refused.
+fn render(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
     let tools = std::env::var("HOME").unwrap_or_default() + "/.cache/upchain/tools/bin/helm";
     let helm = if std::path::Path::new(&tools).exists() {
         tools
     } else {
         "helm".to_owned()
     };
-    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/upchain");
     let output = std::process::Command::new(helm)
         .args([
             "template",
             "upchain",
-            chart,
+            "charts/upchain",
             "--namespace",
             "upchain-system",
         ])
+        .args(args)
+        .current_dir(REPO)
         .output()
         .expect("helm is installed by scripts/install-test-tools");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
     let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    Ok(serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_json::Value| !v.is_null())
+        .collect())
+}
+
+/// The chart rendered with its defaults.
+fn default_chart() -> Vec<serde_json::Value> {
+    render(&[]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One permission: (namespace, "" cluster-wide; API group, or "url" for a non-resource
+/// URL; resource or URL; object name, "*" for any; verb).
+type Grant = (String, String, String, String, String);
+
+/// Every permission the chart's Roles and ClusterRoles grant, one per verb and name.
+fn grants(objects: &[serde_json::Value]) -> Vec<Grant> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().map(text).collect()
+    };
+    let mut grants = Vec::new();
+    for object in objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+    {
+        let namespace = if object["kind"] == "Role" {
+            text(&object["metadata"]["namespace"])
+        } else {
+            String::new()
+        };
+        for rule in object["rules"].as_array().into_iter().flatten() {
+            let names = match list(&rule["resourceNames"]) {
+                names if names.is_empty() => vec!["*".to_owned()],
+                names => names,
+            };
+            let targets: Vec<(String, String)> = list(&rule["apiGroups"])
+                .into_iter()
+                .flat_map(|group| {
+                    list(&rule["resources"])
+                        .into_iter()
+                        .map(move |resource| (group.clone(), resource))
+                })
+                .chain(
+                    list(&rule["nonResourceURLs"])
+                        .into_iter()
+                        .map(|url| ("url".to_owned(), url)),
+                )
+                .collect();
+            for (group, resource) in targets {
+                for name in &names {
+                    for verb in list(&rule["verbs"]) {
+                        grants.push((
+                            namespace.clone(),
+                            group.clone(),
+                            resource.clone(),
+                            name.clone(),
+                            verb,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    grants
+}
+
+/// What docs/install.md says upchain may do, given the runner namespace, the SSH Secret's
+/// name and the optional grants switched on (`extra`, in the same form).
+fn allow_list(
+    runner: &str,
+    ssh_secret: &str,
+    extra: &[(&str, &str, &str, &str, &[&str])],
+) -> Vec<Grant> {
+    let always: &[(&str, &str, &str, &str, &[&str])] = &[
+        (
+            "",
+            "upchain.dev",
+            "k8supgrades",
+            "*",
+            &["get", "list", "watch", "patch"],
+        ),
+        ("", "upchain.dev", "k8supgrades/status", "*", &["patch"]),
+        (
+            "",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "k8supgrades.upchain.dev",
+            &["get"],
+        ),
+        ("", "", "nodes", "*", &["get", "list", "watch", "patch"]),
+        ("", "", "pods", "*", &["list", "delete"]),
+        ("", "", "pods/eviction", "*", &["create"]),
+        ("", "policy", "poddisruptionbudgets", "*", &["list"]),
+        ("", "", "namespaces", "*", &["get"]),
+        ("", "apps", "deployments", "*", &["get", "list"]),
+        ("", "apps", "daemonsets", "*", &["get", "list"]),
+        ("", "apps", "statefulsets", "*", &["get", "list"]),
+        ("", "events.k8s.io", "events", "*", &["create", "patch"]),
+        ("", "url", "/readyz", "*", &["get"]),
+        ("", "url", "/metrics", "*", &["get"]),
+        (
+            "upchain-system",
+            "coordination.k8s.io",
+            "leases",
+            "*",
+            &["get", "list", "watch", "create", "update", "patch"],
+        ),
+        (
+            "RUNNER",
+            "batch",
+            "jobs",
+            "*",
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        ("RUNNER", "", "pods", "*", &["list"]),
+        ("RUNNER", "", "pods/log", "*", &["get"]),
+        ("RUNNER", "", "configmaps", "*", &["get"]),
+        ("RUNNER", "", "secrets", "SSH", &["get"]),
+        ("kube-system", "", "configmaps", "kubeadm-config", &["get"]),
+        ("kube-system", "batch", "cronjobs", "*", &["get"]),
+        (
+            "kube-system",
+            "batch",
+            "jobs",
+            "*",
+            &["get", "list", "watch", "create", "delete"],
+        ),
+        ("kube-system", "", "pods", "*", &["list"]),
+        ("kube-system", "", "pods/log", "*", &["get"]),
+    ];
+    always
+        .iter()
+        .chain(extra)
+        .flat_map(|(namespace, group, resource, name, verbs)| {
+            let namespace = if *namespace == "RUNNER" {
+                runner
+            } else {
+                namespace
+            };
+            let name = if *name == "SSH" { ssh_secret } else { name };
+            verbs.iter().map(move |verb| {
+                (
+                    namespace.to_owned(),
+                    (*group).to_owned(),
+                    (*resource).to_owned(),
+                    name.to_owned(),
+                    (*verb).to_owned(),
+                )
+            })
+        })
         .collect()
+}
+
+#[test]
+fn the_chart_grants_nothing_beyond_its_allow_list() {
+    let default = grants(&default_chart());
+    let allowed = allow_list("upchain-system", "upchain-ssh", &[]);
+    let beyond: Vec<&Grant> = default.iter().filter(|g| !allowed.contains(g)).collect();
+    assert!(
+        beyond.is_empty(),
+        "granted beyond docs/install.md: {beyond:#?}"
+    );
+    for secret_read in default.iter().filter(|g| g.2 == "secrets") {
+        assert_eq!(
+            secret_read.3, "upchain-ssh",
+            "only the SSH Secret, by name: {secret_read:?}"
+        );
+    }
+    assert!(
+        !default.iter().any(|g| g.0.is_empty() && g.2 == "jobs"),
+        "no Jobs cluster-wide"
+    );
+    let full = render(&["-f", "tests/helm/full-values.yaml"]).expect("full values render");
+    let allowed = allow_list(
+        "node-upgrades",
+        "node-upgrade-ssh",
+        &[
+            ("", "", "secrets", "*", &["list"]),
+            ("", "ceph.rook.io", "cephclusters", "*", &["get", "list"]),
+            ("upchain-system", "", "secrets", "slack-webhook", &["get"]),
+            ("monitoring", "", "configmaps", "addon-matrix", &["get"]),
+        ],
+    );
+    let beyond: Vec<Grant> = grants(&full)
+        .into_iter()
+        .filter(|g| !allowed.contains(g))
+        .collect();
+    assert!(
+        beyond.is_empty(),
+        "granted beyond docs/install.md: {beyond:#?}"
+    );
+}
+
+#[test]
+fn health_check_reads_of_secrets_or_wildcards_are_refused_at_render_time() {
+    for (rule, says) in [
+        (
+            r#"[{"apiGroups":[""],"resources":["secrets"],"verbs":["get"]}]"#,
+            "would let upchain read Secrets",
+        ),
+        (
+            r#"[{"apiGroups":["*"],"resources":["cephclusters"],"verbs":["get"]}]"#,
+            "uses a wildcard",
+        ),
+        (
+            r#"[{"apiGroups":["ceph.rook.io"],"resources":["*"],"verbs":["list"]}]"#,
+            "uses a wildcard",
+        ),
+    ] {
+        let refused =
+            render(&["--set-json", &format!("rbac.healthCheckReads={rule}")]).expect_err("refused");
+        assert!(refused.contains(says), "{rule}: {refused}");
+    }
 }
 
 #[test]
@@ -112,4 +324,41 @@ fn the_default_chart_grants_what_documented_features_read_and_probes_time_out() 
             container[probe]
         );
     }
+}
+
+#[test]
+fn alerts_are_installed_wherever_the_prometheus_operator_is() {
+    let kinds = |objects: Vec<serde_json::Value>| -> Vec<String> {
+        objects
+            .iter()
+            .filter_map(|o| o["kind"].as_str())
+            .filter(|k| matches!(*k, "PrometheusRule" | "ServiceMonitor"))
+            .map(str::to_owned)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    assert!(
+        kinds(default_chart()).is_empty(),
+        "nothing to install them into"
+    );
+    let with_the_operator = render(&[
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+        "--api-versions",
+        "monitoring.coreos.com/v1/ServiceMonitor",
+    ])
+    .expect("renders");
+    assert_eq!(
+        kinds(with_the_operator),
+        ["PrometheusRule", "ServiceMonitor"]
+    );
+    let switched_off = render(&[
+        "--api-versions",
+        "monitoring.coreos.com/v1/PrometheusRule",
+        "--set",
+        "metrics.prometheusRule.enabled=false",
+    ])
+    .expect("renders");
+    assert!(kinds(switched_off).is_empty());
 }

@@ -278,6 +278,9 @@ impl RealRun {
                 .args(args)
                 .env("POD_NAME", identity)
                 .env("POD_NAMESPACE", "upchain-system")
+                // As the chart's Deployment sets them: Jobs only where its Roles are.
+                .env("UPCHAIN_RUNNER_NAMESPACE", "upchain-system")
+                .env("UPCHAIN_SNAPSHOT_NAMESPACE", "kube-system")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()

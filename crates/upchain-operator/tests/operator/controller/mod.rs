@@ -403,7 +403,7 @@ async fn ceph_cluster(client: &Client, health: &str) {
 }
 
 fn hook(outcome: &str) -> serde_json::Value {
-    json!({"namespace": "default", "timeout": "1m", "template": {"spec": {"backoffLimit": 0,
+    json!({"namespace": "upchain-system", "timeout": "1m", "template": {"spec": {"backoffLimit": 0,
         "template": {"metadata": {"annotations": {"sim.upchain.dev/outcome": outcome}},
             "spec": {"restartPolicy": "Never",
                 "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}})

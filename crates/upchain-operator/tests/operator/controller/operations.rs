@@ -83,7 +83,7 @@ async fn hooks_run_before_and_after_and_a_failed_post_hook_fails_the_run_until_r
         .expect("Ready");
     assert_eq!(ready.reason, "HookFailed");
     assert!(
-        ready.message.contains("post-run hook Job default/"),
+        ready.message.contains("post-run hook Job upchain-system/"),
         "{}",
         ready.message
     );
