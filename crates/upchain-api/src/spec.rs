@@ -217,17 +217,28 @@ fn default_max_unavailable() -> i32 {
 /// it detached from the session (docs/node-script.md).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.__namespace__ != 'kube-system' || (has(self.allowSystemNamespace) && self.allowSystemNamespace)").message("spec.runner.namespace kube-system would run the node Jobs (root on every node, through SSH) beside the control plane: give them a namespace of their own, or set spec.runner.allowSystemNamespace: true"))]
+#[x_kube(validation = Rule::new("!(has(self.requireImageDigest) && self.requireImageDigest) || self.image.matches('@sha256:[0-9a-f]{64}$')").message("spec.runner.requireImageDigest is true: give spec.runner.image by digest (image@sha256:<64 hex digits>), so that what runs on the nodes cannot change under a tag"))]
 pub struct RunnerSpec {
     /// Namespace the upgrade Jobs are created in. It must hold the script ConfigMap and
-    /// the SSH Secret.
+    /// the SSH Secret. `kube-system` is refused unless `allowSystemNamespace` is set.
     #[serde(default = "default_runner_namespace")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
+
+    /// Allow `namespace: kube-system`: the node Jobs hold an SSH key that is root on every
+    /// node, and belong in a namespace of their own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_system_namespace: bool,
 
     /// Container image of the Job: it needs bash and an OpenSSH client.
     #[serde(default = "default_runner_image")]
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
+
+    /// Refuse an `image` that is not given by digest (`image@sha256:...`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_image_digest: bool,
 
     /// ConfigMap (in `namespace`) and key holding the node upgrade script.
     #[serde(default = "default_script")]
@@ -258,9 +269,10 @@ pub struct RunnerSpec {
     pub attempts: i32,
 
     /// Finished Jobs are deleted after this many seconds (default 7 days), so their logs
-    /// stay readable for a week after a run.
+    /// stay readable for a week after a run; at least 60, so that upchain reads a Job's
+    /// end before it goes.
     #[serde(default = "default_ttl_seconds_after_finished")]
-    #[schemars(range(min = 0, max = 7776000))]
+    #[schemars(range(min = 60, max = 7776000))]
     pub ttl_seconds_after_finished: i32,
 
     /// Port of the nodes' SSH servers.
@@ -409,7 +421,9 @@ impl Default for RunnerSpec {
     fn default() -> Self {
         Self {
             namespace: default_runner_namespace(),
+            allow_system_namespace: false,
             image: default_runner_image(),
+            require_image_digest: false,
             script_config_map: default_script(),
             ssh_secret: default_ssh_secret(),
             ssh_user: default_ssh_user(),

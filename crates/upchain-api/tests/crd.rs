@@ -68,6 +68,15 @@ fn full_example_is_admitted() {
 }
 
 #[test]
+fn the_runner_may_opt_into_kube_system_and_require_a_digest() {
+    let digest = format!("registry.example.org/runner@sha256:{}", "a".repeat(64));
+    admit(json!({"targetVersion": "1.35.2", "runner": {
+        "namespace": "kube-system", "allowSystemNamespace": true,
+        "requireImageDigest": true, "image": digest}}))
+    .expect("admitted");
+}
+
+#[test]
 fn bad_objects_are_refused_with_a_readable_message() {
     let table = [
         (json!({}), "targetVersion: Required value"),
@@ -108,6 +117,19 @@ fn bad_objects_are_refused_with_a_readable_message() {
         (
             json!({"targetVersion": "1.35.2", "runner": {"sshPort": 0}}),
             "sshPort: Invalid value: 0: must be greater than or equal to 1",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "runner": {"namespace": "kube-system"}}),
+            "give them a namespace of their own, or set spec.runner.allowSystemNamespace: true",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "runner": {"requireImageDigest": true,
+                "image": "registry.example.org/runner:1.0"}}),
+            "give spec.runner.image by digest",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "runner": {"ttlSecondsAfterFinished": 0}}),
+            "ttlSecondsAfterFinished: Invalid value: 0: must be greater than or equal to 60",
         ),
         (
             json!({"targetVersion": "1.35.2", "runner": {"scriptConfigMap": {"name": "s", "key": "../x"}}}),

@@ -12,6 +12,15 @@ use crate::gates::{Source, Verdict};
 /// Failing objects a verdict names before it counts the rest.
 const NAMED_FAILURES: usize = 5;
 
+/// Most objects one check judges: each is held in memory and evaluated on every reconcile
+/// of a run. The operator reads one more than this, to know there are more.
+pub const MAX_OBJECTS: usize = 1000;
+
+/// Most comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) one expression may
+/// hold. The CEL interpreter has no runtime cost budget as the API server's has, so the
+/// cost is bounded by what the expression may do per object and by [`MAX_OBJECTS`].
+const MAX_COMPREHENSIONS: usize = 3;
+
 /// The objects each check selected, by check name, or why they could not be read.
 pub type HealthInputs = BTreeMap<String, Source<Vec<serde_json::Value>>>;
 
@@ -21,6 +30,19 @@ pub fn gate_name(check: &HealthCheck) -> String {
 }
 
 fn compile(index: usize, check: &HealthCheck) -> Result<Program, String> {
+    let comprehensions = ["all(", "exists(", "exists_one(", "map(", "filter("]
+        .iter()
+        .map(|macro_call| check.expression.matches(&format!(".{macro_call}")).count())
+        .sum::<usize>();
+    if comprehensions > MAX_COMPREHENSIONS {
+        return Err(format!(
+            "spec.gates.healthChecks[{index}] ({}): the expression holds {comprehensions} \
+             comprehensions (all, exists, exists_one, map, filter); at most \
+             {MAX_COMPREHENSIONS} are allowed, so that a check's cost stays bounded: split it \
+             into several checks",
+            check.name
+        ));
+    }
     Program::compile(&check.expression).map_err(|error| {
         format!(
             "spec.gates.healthChecks[{index}] ({}): the expression {:?} does not parse: {}",
@@ -97,6 +119,17 @@ pub fn verdict(
             );
         }
     };
+    if objects.len() > MAX_OBJECTS {
+        return fail(
+            format!("more than {MAX_OBJECTS} {what} matched"),
+            vec![format!(
+                "health check {}: more than {MAX_OBJECTS} {what} matched; at most \
+                 {MAX_OBJECTS} are judged per check: narrow it with a namespace, objectName or \
+                 selector",
+                check.name
+            )],
+        );
+    }
     if objects.is_empty() {
         return fail(
             format!("no {what} matched"),
@@ -176,6 +209,18 @@ mod tests {
     }
 
     #[test]
+    fn a_check_that_selects_too_many_objects_asks_for_a_narrower_selection() {
+        let ok = check("self.status.ceph.health == 'HEALTH_OK'");
+        let many = vec![ceph("HEALTH_OK"); MAX_OBJECTS + 1];
+        let refused = judged(&ok, Ok(many));
+        assert!(
+            refused.reasons[0].contains("more than 1000 ceph.rook.io/v1 CephCluster matched"),
+            "{refused:?}"
+        );
+        assert!(judged(&ok, Ok(vec![ceph("HEALTH_OK"); MAX_OBJECTS])).passed());
+    }
+
+    #[test]
     fn every_selected_object_must_pass_and_none_selected_fails() {
         let ready =
             check("self.status.conditions.exists(c, c.type == 'Ready' && c.status == 'True')");
@@ -237,5 +282,10 @@ mod tests {
         );
         assert!(error.contains("does not parse"), "{error}");
         assert!(validate(&[check("has(self.status)")]).is_ok());
+        let costly = validate(&[check(
+            "self.a.all(x, x.b.all(y, y.c.exists(z, z.d.map(w, w) == [])))",
+        )])
+        .expect_err("refused");
+        assert!(costly.contains("4 comprehensions"), "{costly}");
     }
 }

@@ -146,10 +146,15 @@ async fn health_check_objects(
                         .map_err(|e| format!("its selector is invalid: {e}"))?;
                     params = params.labels_from(&selector);
                 }
+                // One more than the core judges, so that it can say there are more.
                 let mut objects = Vec::new();
-                list_paged(&api, params, |page| objects.extend(page))
-                    .await
-                    .map_err(|e| describe(&e))?;
+                let cap = upchain_core::health::MAX_OBJECTS + 1;
+                list_paged(&api, params, |page| {
+                    let room = cap.saturating_sub(objects.len());
+                    objects.extend(page.into_iter().take(room));
+                })
+                .await
+                .map_err(|e| describe(&e))?;
                 objects
             }
         };

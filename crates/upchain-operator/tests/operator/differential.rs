@@ -460,6 +460,21 @@ fn probes() -> Vec<Probe> {
                 "metadata": {"name": "probe"}, "spec": {"targetVersion": "1.35.2"}}),
         )
         .setup(),
+        post(
+            "a K8sUpgrade whose Jobs would run in kube-system (a CEL rule on `namespace`)",
+            "/apis/upchain.dev/v1alpha1/k8supgrades",
+            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+                "metadata": {"name": "system"},
+                "spec": {"targetVersion": "1.35.2", "runner": {"namespace": "kube-system"}}}),
+        ),
+        post(
+            "the same, allowed by allowSystemNamespace",
+            "/apis/upchain.dev/v1alpha1/k8supgrades",
+            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+                "metadata": {"name": "system"},
+                "spec": {"targetVersion": "1.35.2",
+                    "runner": {"namespace": "kube-system", "allowSystemNamespace": true}}}),
+        ),
         apply(
             "a status apply with a field the CRD does not declare",
             "/apis/upchain.dev/v1alpha1/k8supgrades/probe/status",
