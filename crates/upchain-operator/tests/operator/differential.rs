@@ -72,6 +72,25 @@ fn apply(name: &'static str, path: &str, body: Value) -> Probe {
     }
 }
 
+/// An eviction of Pod `pod` in `default`.
+fn evict(name: &'static str, pod: &str) -> Probe {
+    post(
+        name,
+        &format!("/api/v1/namespaces/default/pods/{pod}/eviction"),
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod}}),
+    )
+}
+
+/// A binding of Pod `pod` in `default` to `node`, as a scheduler posts it.
+fn bind(name: &'static str, pod: &str, node: &str) -> Probe {
+    post(
+        name,
+        &format!("/api/v1/namespaces/default/pods/{pod}/binding"),
+        json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": pod},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node}}),
+    )
+}
+
 /// A request that prepares the probes after it.
 fn setup(name: &'static str, path: &str, body: Value) -> Probe {
     post(name, path, body).setup()
@@ -391,11 +410,7 @@ fn probes() -> Vec<Probe> {
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guarded",
         )
         .until(|pdb| pdb["status"]["observedGeneration"] == 1),
-        post(
-            "evicting the Pod that is not Ready under that budget",
-            "/api/v1/namespaces/default/pods/guarded/eviction",
-            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "guarded"}}),
-        ),
+        evict("evicting the Pod that is not Ready under that budget", "guarded"),
         delete(
             "deleting a Pod bound to a node",
             "/api/v1/namespaces/default/pods/guarded",
@@ -407,29 +422,15 @@ fn probes() -> Vec<Probe> {
             "/api/v1/namespaces/default/pods/guarded",
         )
         .fields(|v| json!(v["metadata"]["deletionTimestamp"].is_string())),
-        post(
-            "evicting the terminating Pod",
-            "/api/v1/namespaces/default/pods/guarded/eviction",
-            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "guarded"}}),
-        ),
+        evict("evicting the terminating Pod", "guarded"),
         setup(
             "a Pod no scheduler has bound",
             "/api/v1/namespaces/default/pods",
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unbound"},
                 "spec": {"nodeSelector": {"probe": "nowhere"}, "containers": container}}),
         ),
-        post(
-            "binding it",
-            "/api/v1/namespaces/default/pods/unbound/binding",
-            json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": "probe-kubelet"}}),
-        ),
-        post(
-            "binding it again",
-            "/api/v1/namespaces/default/pods/unbound/binding",
-            json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "unbound"},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": "probe-kubelet"}}),
-        ),
+        bind("binding it", "unbound", "probe-kubelet"),
+        bind("binding it again", "unbound", "probe-kubelet"),
         apply(
             "a Job applied",
             "/apis/batch/v1/namespaces/default/jobs/applied",
