@@ -30,3 +30,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "upchain.runnerNamespace" -}}
 {{- default .Release.Namespace .Values.runnerNamespace -}}
 {{- end -}}
+
+{{/* --metrics-tls of the operator, from metrics.tls.mode. */}}
+{{- define "upchain.metricsTls" -}}
+{{- get (dict "selfSigned" "self-signed" "secret" "files" "none" "none") .Values.metrics.tls.mode -}}
+{{- end -}}
+
+{{- define "upchain.metricsScheme" -}}
+{{- if eq .Values.metrics.tls.mode "none" }}HTTP{{ else }}HTTPS{{ end -}}
+{{- end -}}

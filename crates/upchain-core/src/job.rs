@@ -508,6 +508,26 @@ mod tests {
     }
 
     #[test]
+    fn node_jobs_meet_the_restricted_pod_security_level() {
+        let runner = crate::testing::upgrade("1.35.2").spec.runner;
+        let batch = ["worker-1".to_owned()];
+        for mode in [JobMode::Upgrade, JobMode::Prepare] {
+            let rendered = NodeJob {
+                mode,
+                ..job(&runner, "worker-1", &batch)
+            }
+            .render();
+            assert_eq!(
+                crate::pod_security::violations(
+                    pod(&rendered),
+                    crate::pod_security::Level::Restricted
+                ),
+                Vec::<String>::new()
+            );
+        }
+    }
+
+    #[test]
     fn jobs_run_on_a_control_plane_node_outside_the_batch_unless_none_is_left() {
         let runner = RunnerSpec::default();
         let batch = vec!["cp-1".to_owned()];

@@ -16,6 +16,7 @@ pub mod job;
 pub mod machine;
 pub mod observe;
 pub mod plan;
+pub mod pod_security;
 pub mod reason;
 pub mod snapshot;
 pub mod template;

@@ -131,9 +131,31 @@ pub struct RunArgs {
     #[arg(long, env = "UPCHAIN_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub lease_seconds: u64,
 
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    /// Address of /metrics, /healthz and /readyz, as IP:PORT; an IPv6 address may go
+    /// without brackets (the chart passes the Pod's IP), the port after its last colon.
+    #[arg(long, env = "UPCHAIN_METRICS_ADDR", default_value = "127.0.0.1:8080", value_parser = parse_listen_addr)]
     pub metrics_addr: std::net::SocketAddr,
+
+    /// Who may read /metrics: anyone who reaches it, or only bearer tokens that the API
+    /// server authenticates and allows `get` on the non-resource URL /metrics (a
+    /// TokenReview and a SubjectAccessReview per token a minute). /healthz and /readyz
+    /// stay open for the kubelet.
+    #[arg(long, env = "UPCHAIN_METRICS_AUTH", value_enum, default_value_t = MetricsAuth::None)]
+    pub metrics_auth: MetricsAuth,
+
+    /// Serve the endpoints over TLS: with a certificate made at start-up, or with tls.crt
+    /// and tls.key from --metrics-tls-dir (read again every five minutes).
+    #[arg(long, env = "UPCHAIN_METRICS_TLS", value_enum, default_value_t = MetricsTls::None)]
+    pub metrics_tls: MetricsTls,
+
+    /// Where --metrics-tls files finds tls.crt and tls.key (a kubernetes.io/tls Secret's
+    /// mount).
+    #[arg(
+        long,
+        env = "UPCHAIN_METRICS_TLS_DIR",
+        default_value = "/etc/upchain/metrics-tls"
+    )]
+    pub metrics_tls_dir: PathBuf,
 
     /// The one namespace upchain may create node and hook Jobs in (where the chart gives
     /// it a Role); a K8sUpgrade naming another is Blocked. Unset: any namespace, Jobs
@@ -173,6 +195,42 @@ pub struct SimArgs {
     /// Start with nodes only: no static Pods, CoreDNS, kube-proxy or applications.
     #[arg(long)]
     pub bare: bool,
+}
+
+/// Who may read `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsAuth {
+    /// Anyone who can reach the address.
+    None,
+    /// Bearer tokens the API server authenticates and authorizes.
+    Kubernetes,
+}
+
+/// How the endpoints are encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MetricsTls {
+    /// Plain HTTP.
+    None,
+    /// A certificate made at start-up.
+    SelfSigned,
+    /// tls.crt and tls.key from --metrics-tls-dir.
+    Files,
+}
+
+/// `IP:PORT`, where an IPv6 address may also go without brackets: the port follows the
+/// last colon, so `$(POD_IP):8080` works for both families.
+fn parse_listen_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let error = || {
+        format!("`{text}` is not IP:PORT, such as 10.0.0.7:8080, [fd00::7]:8080 or fd00::7:8080")
+    };
+    let (host, port) = text.rsplit_once(':').ok_or_else(error)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = host.parse().map_err(|_| error())?;
+    let port: u16 = port.parse().map_err(|_| error())?;
+    Ok((ip, port).into())
 }
 
 fn parse_topology(text: &str) -> Result<(usize, usize), String> {
@@ -236,6 +294,26 @@ impl Cli {
         match self.log_format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_listen_address_takes_either_family_with_the_port_after_the_last_colon() {
+        let parsed = |text| parse_listen_addr(text).map(|a| a.to_string());
+        assert_eq!(parsed("10.0.0.7:8080").unwrap(), "10.0.0.7:8080");
+        assert_eq!(parsed("[fd00::7]:8080").unwrap(), "[fd00::7]:8080");
+        assert_eq!(parsed("fd00::7:8080").unwrap(), "[fd00::7]:8080");
+        assert_eq!(parsed("::1:9000").unwrap(), "[::1]:9000");
+        for bad in ["10.0.0.7", "pod:8080", "10.0.0.7:99999", "", "fd00::7"] {
+            let error = parsed(bad).unwrap_err();
+            assert!(error.contains("IP:PORT"), "{bad}: {error}");
         }
     }
 }

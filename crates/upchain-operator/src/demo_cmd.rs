@@ -9,7 +9,7 @@ use std::sync::Arc;
 use upchain_api::{K8sUpgrade, K8sUpgradeStatus, Phase};
 
 use upchain_operator::controller::{self, Settings};
-use upchain_operator::metrics::{self, Metrics};
+use upchain_operator::metrics::Metrics;
 use upchain_sim::Sim;
 
 use crate::cli::DemoArgs;
@@ -59,9 +59,14 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stop = stopped.clone();
-    let metrics_addr = metrics::serve(([127, 0, 0, 1], 0).into(), metrics.clone(), async move {
-        let _ = server_stop.wait_for(|s| *s).await;
-    })
+    let metrics_addr = upchain_operator::serve::serve(
+        ([127, 0, 0, 1], 0).into(),
+        metrics.clone(),
+        upchain_operator::serve::Endpoints::default(),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    )
     .await
     .map_err(|e| Error::Demo(format!("serving metrics: {e}")))?;
     write(

@@ -55,14 +55,9 @@ pub enum Error {
         /// Why.
         source: kube_lease_manager::LeaseManagerError,
     },
-    /// The metrics address could not be bound.
-    #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The metrics endpoints could not be served.
+    #[error("{0}")]
+    Serve(#[from] upchain_operator::serve::ServeError),
     /// The demo did not finish its upgrade.
     #[error("demo: {0}")]
     Demo(String),
@@ -84,7 +79,7 @@ impl Error {
             | Error::Refused(_)
             | Error::Connect(_)
             | Error::LeaderElection { .. }
-            | Error::Listen { .. } => 2,
+            | Error::Serve(_) => 2,
             Error::Sim(
                 upchain_sim::SimError::Version(_) | upchain_sim::SimError::Listen { .. },
             ) => 2,

@@ -17,6 +17,7 @@ use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, ControlPlaneObservation, DeprecatedApi, GateInputs,
     HelmRelease, ObservedDeployment, ObservedSet, PostflightInputs, RunnerFacts, Source,
 };
+use upchain_core::pod_security::{self, Level};
 use upchain_core::snapshot::SnapshotInputs;
 use upchain_core::{JobState, Needs, ObservedJob};
 
@@ -413,13 +414,23 @@ async fn runner_facts(
             ssh_secret: Ok(false),
             known_hosts_keys: Ok(None),
             permitted_namespace,
+            pod_security: Level::Privileged,
         };
     }
-    let namespace = Api::<Namespace>::all(client.clone())
+    let found = Api::<Namespace>::all(client.clone())
         .get_metadata_opt(&runner.namespace)
         .await
-        .map(|n| n.is_some())
         .map_err(|e| describe(&e));
+    let pod_security = Level::enforced(
+        found
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .and_then(|n| n.metadata.labels.as_ref())
+            .and_then(|labels| labels.get(pod_security::ENFORCE_LABEL))
+            .map(String::as_str),
+    );
+    let namespace = found.map(|n| n.is_some());
     if namespace != Ok(true) {
         // Nothing else can exist in it; the core names the namespace alone.
         return RunnerFacts {
@@ -428,6 +439,7 @@ async fn runner_facts(
             ssh_secret: Ok(false),
             known_hosts_keys: Ok(None),
             permitted_namespace,
+            pod_security: Level::Privileged,
         };
     }
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace);
@@ -464,6 +476,7 @@ async fn runner_facts(
         ssh_secret,
         known_hosts_keys,
         permitted_namespace,
+        pod_security,
     }
 }
 

@@ -7,5 +7,6 @@ pub mod gather;
 pub mod install;
 pub mod metrics;
 pub mod notify;
+pub mod serve;
 pub mod silences;
 pub mod startup;

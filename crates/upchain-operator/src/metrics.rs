@@ -2,15 +2,10 @@
 //! (label `upgrade`), so its alerts keep working.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -418,6 +413,11 @@ impl Metrics {
         self.ready.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the controller's caches are filled.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
     /// The exposition text.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -425,65 +425,6 @@ impl Metrics {
         let _ = encode(&mut text, &self.registry);
         text
     }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` completes.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let router = axum::Router::new()
-        .route(
-            "/metrics",
-            get({
-                let metrics = metrics.clone();
-                move || async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        metrics.encode(),
-                    )
-                }
-            }),
-        )
-        .route(
-            "/healthz",
-            get({
-                let metrics = metrics.clone();
-                move || async move {
-                    let problems = metrics.health.problems(Instant::now());
-                    if problems.is_empty() {
-                        (StatusCode::OK, "ok".to_owned()).into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n")).into_response()
-                    }
-                }
-            }),
-        )
-        .route(
-            "/readyz",
-            get(move || async move {
-                if metrics.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ok").into_response()
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches not yet filled").into_response()
-                }
-            }),
-        );
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(%error, "metrics server stopped");
-        }
-    });
-    Ok(bound)
 }
 
 #[cfg(test)]

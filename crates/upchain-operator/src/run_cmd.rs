@@ -5,10 +5,11 @@ use kube::{Client, Config};
 use std::sync::Arc;
 
 use upchain_operator::controller::{self, LeaseSettings, Settings};
-use upchain_operator::metrics::{self, Metrics};
+use upchain_operator::metrics::Metrics;
+use upchain_operator::serve::{self, Endpoints, Tls};
 use upchain_operator::startup;
 
-use crate::cli::RunArgs;
+use crate::cli::{MetricsAuth, MetricsTls, RunArgs};
 use crate::error::Error;
 use crate::sim_cmd::shutdown_signal;
 
@@ -28,15 +29,24 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut server_stop = stopped.clone();
-    let bound = metrics::serve(args.metrics_addr, metrics.clone(), async move {
+    let endpoints = Endpoints {
+        tls: match args.metrics_tls {
+            MetricsTls::None => None,
+            MetricsTls::SelfSigned => Some(Tls::SelfSigned),
+            MetricsTls::Files => Some(Tls::Files(args.metrics_tls_dir.clone())),
+        },
+        auth: (args.metrics_auth == MetricsAuth::Kubernetes).then(|| client.clone()),
+    };
+    let scheme = if endpoints.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let bound = serve::serve(args.metrics_addr, metrics.clone(), endpoints, async move {
         let _ = server_stop.wait_for(|s| *s).await;
     })
-    .await
-    .map_err(|source| Error::Listen {
-        addr: args.metrics_addr,
-        source,
-    })?;
-    eprintln!("upchain controller running; metrics on http://{bound}/metrics; Ctrl-C stops it");
+    .await?;
+    eprintln!("upchain controller running; metrics on {scheme}://{bound}/metrics; Ctrl-C stops it");
     let lease_namespace = args
         .lease_namespace
         .clone()

@@ -1,6 +1,7 @@
 //! The runner gate: what the node Jobs need exists.
 
 use super::*;
+use crate::pod_security::{self, Level};
 
 /// What exists of what the node Jobs need, as the operator read it (the SSH Secret by
 /// metadata only); each an error when it could not be read.
@@ -18,6 +19,9 @@ pub struct RunnerFacts {
     /// The one namespace this operator may create Jobs in (where its Role is: the chart's
     /// runnerNamespace), or None where it may create them anywhere.
     pub permitted_namespace: Option<String>,
+    /// The Pod Security level the runner namespace enforces (its
+    /// `pod-security.kubernetes.io/enforce` label).
+    pub pod_security: Level,
 }
 
 /// What the node Jobs need and is missing, each named as a person would create it.
@@ -82,6 +86,31 @@ fn misplaced_jobs(spec: &K8sUpgradeSpec, permitted: Option<&str>) -> Vec<String>
         .collect()
 }
 
+/// Why the runner namespace's Pod Security admission would refuse a hook's Pods. The node
+/// Jobs meet the restricted level themselves.
+fn refused_hooks(spec: &K8sUpgradeSpec, level: Level) -> Vec<String> {
+    [HookKind::Pre, HookKind::Post, HookKind::EtcdCheck]
+        .into_iter()
+        .filter_map(|kind| {
+            let hook = crate::hooks::hook(spec, kind)?;
+            // A template that is not one is named when the hook is due.
+            let template = crate::hooks::template(hook, kind).ok()?;
+            let pod = template.spec?.template.spec?;
+            let found = pod_security::violations(&pod, level);
+            (!found.is_empty()).then(|| {
+                format!(
+                    "{}.template: namespace {} enforces Pod Security {:?}, which would refuse \
+                     its Pods: {}; set these in the template (docs/gates.md#hooks)",
+                    crate::hooks::field(kind),
+                    spec.runner.namespace,
+                    level.as_str(),
+                    found.join("; ")
+                )
+            })
+        })
+        .collect()
+}
+
 /// What the node Jobs need exists, and every Job of the run goes where upchain may create
 /// it.
 pub fn runner_gate(spec: &K8sUpgradeSpec, facts: &RunnerFacts) -> Verdict {
@@ -93,6 +122,7 @@ pub fn runner_gate(spec: &K8sUpgradeSpec, facts: &RunnerFacts) -> Verdict {
             .map(|what| {
                 format!("{what} is missing: the node Jobs need it (see spec.runner); create it")
             })
+            .chain(refused_hooks(spec, facts.pod_security))
             .collect()
     } else {
         misplaced

@@ -307,6 +307,7 @@ fn missing_runner_prerequisites_refuse_by_name() {
         ssh_secret: Ok(true),
         known_hosts_keys: Ok(Some(vec![runner.known_hosts.key.clone()])),
         permitted_namespace: None,
+        pod_security: crate::pod_security::Level::Restricted,
     };
     assert!(runner_gate(&spec, &present).passed());
     let no_known_hosts = RunnerFacts {
@@ -352,16 +353,23 @@ fn missing_runner_prerequisites_refuse_by_name() {
     );
 }
 
-#[test]
-fn jobs_go_only_where_upchain_may_create_them() {
-    let mut spec = crate::testing::upgrade("1.35.2").spec;
-    let facts = RunnerFacts {
+/// Everything the node Jobs need exists, in the permitted namespace upchain-system, which
+/// enforces `level`.
+fn everything_present(spec: &K8sUpgradeSpec, level: crate::pod_security::Level) -> RunnerFacts {
+    RunnerFacts {
         namespace: Ok(true),
         script_keys: Ok(Some(vec![spec.runner.script_config_map.key.clone()])),
         ssh_secret: Ok(true),
         known_hosts_keys: Ok(Some(vec![spec.runner.known_hosts.key.clone()])),
         permitted_namespace: Some("upchain-system".to_owned()),
-    };
+        pod_security: level,
+    }
+}
+
+#[test]
+fn jobs_go_only_where_upchain_may_create_them() {
+    let mut spec = crate::testing::upgrade("1.35.2").spec;
+    let facts = everything_present(&spec, crate::pod_security::Level::Privileged);
     assert!(runner_gate(&spec, &facts).passed());
     spec.runner.namespace = "kube-system".to_owned();
     assert_eq!(
@@ -385,6 +393,63 @@ fn jobs_go_only_where_upchain_may_create_them() {
           namespace only, where upchain may create Jobs; set its namespace to upchain-system"
         ]
     );
+}
+
+#[test]
+fn a_hook_the_runner_namespace_would_refuse_under_pod_security_blocks_with_each_field() {
+    let mut spec = crate::testing::upgrade("1.35.2").spec;
+    let facts = everything_present(&spec, crate::pod_security::Level::Restricted);
+    let hook = |security: serde_json::Value| {
+        serde_json::from_value(serde_json::json!({
+            "namespace": "upchain-system",
+            "template": {"spec": {"template": {"spec": {
+                "restartPolicy": "Never",
+                "securityContext": security,
+                "containers": [{"name": "smoke", "image": "curl", "securityContext": {
+                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}
+                }}]
+            }}}}
+        }))
+        .expect("hook")
+    };
+    spec.hooks = Some(upchain_api::HooksSpec {
+        pre: Some(hook(serde_json::json!({}))),
+        post: None,
+    });
+    let reasons = runner_gate(&spec, &facts).reasons;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with(
+            "spec.hooks.pre.template: namespace upchain-system enforces Pod Security \"restricted\""
+        ),
+        "{reasons:?}"
+    );
+    assert!(reasons[0].contains("runAsNonRoot: true"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("seccompProfile.type: RuntimeDefault"),
+        "{reasons:?}"
+    );
+    assert!(
+        !reasons[0].contains("allowPrivilegeEscalation"),
+        "{reasons:?}"
+    );
+
+    spec.hooks = Some(upchain_api::HooksSpec {
+        pre: Some(hook(serde_json::json!({
+            "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}
+        }))),
+        post: None,
+    });
+    assert!(runner_gate(&spec, &facts).passed());
+    let baseline = RunnerFacts {
+        pod_security: crate::pod_security::Level::Baseline,
+        ..facts
+    };
+    spec.hooks = Some(upchain_api::HooksSpec {
+        pre: Some(hook(serde_json::json!({}))),
+        post: None,
+    });
+    assert!(runner_gate(&spec, &baseline).passed());
 }
 
 #[test]

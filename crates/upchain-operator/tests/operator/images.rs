@@ -83,17 +83,41 @@ fn default_chart() -> Vec<serde_json::Value> {
 /// URL; resource or URL; object name, "*" for any; verb).
 type Grant = (String, String, String, String, String);
 
-/// Every permission the chart's Roles and ClusterRoles grant, one per verb and name.
-fn grants(objects: &[serde_json::Value]) -> Vec<Grant> {
+/// Every permission the chart's Roles and ClusterRoles grant the subject
+/// `namespace/name`, one per verb and name.
+fn grants_to(objects: &[serde_json::Value], namespace: &str, name: &str) -> Vec<Grant> {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     let list = |v: &serde_json::Value| -> Vec<String> {
         v.as_array().into_iter().flatten().map(text).collect()
     };
-    let mut grants = Vec::new();
-    for object in objects
+    // (kind, namespace of a Role, name) of every role bound to the subject.
+    let bound: Vec<(String, String, String)> = objects
         .iter()
-        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
-    {
+        .filter(|o| o["kind"] == "RoleBinding" || o["kind"] == "ClusterRoleBinding")
+        .filter(|o| {
+            o["subjects"].as_array().into_iter().flatten().any(|s| {
+                s["kind"] == "ServiceAccount" && s["namespace"] == namespace && s["name"] == name
+            })
+        })
+        .map(|o| {
+            let role = &o["roleRef"];
+            let namespace = if role["kind"] == "Role" {
+                text(&o["metadata"]["namespace"])
+            } else {
+                String::new()
+            };
+            (text(&role["kind"]), namespace, text(&role["name"]))
+        })
+        .collect();
+    let mut grants = Vec::new();
+    for object in objects.iter().filter(|o| {
+        let namespace = if o["kind"] == "Role" {
+            text(&o["metadata"]["namespace"])
+        } else {
+            String::new()
+        };
+        bound.contains(&(text(&o["kind"]), namespace, text(&o["metadata"]["name"])))
+    }) {
         let namespace = if object["kind"] == "Role" {
             text(&object["metadata"]["namespace"])
         } else {
@@ -135,6 +159,11 @@ fn grants(objects: &[serde_json::Value]) -> Vec<Grant> {
     grants
 }
 
+/// What the chart grants upchain's own ServiceAccount.
+fn grants(objects: &[serde_json::Value]) -> Vec<Grant> {
+    grants_to(objects, "upchain-system", "upchain")
+}
+
 /// What docs/install.md says upchain may do, given the runner namespace, the SSH Secret's
 /// name and the optional grants switched on (`extra`, in the same form).
 fn allow_list(
@@ -167,6 +196,20 @@ fn allow_list(
         ("", "apps", "daemonsets", "*", &["get", "list"]),
         ("", "apps", "statefulsets", "*", &["get", "list"]),
         ("", "events.k8s.io", "events", "*", &["create", "patch"]),
+        (
+            "",
+            "authentication.k8s.io",
+            "tokenreviews",
+            "*",
+            &["create"],
+        ),
+        (
+            "",
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            "*",
+            &["create"],
+        ),
         ("", "url", "/readyz", "*", &["get"]),
         ("", "url", "/metrics", "*", &["get"]),
         (
@@ -361,4 +404,134 @@ fn alerts_are_installed_wherever_the_prometheus_operator_is() {
     ])
     .expect("renders");
     assert!(kinds(switched_off).is_empty());
+}
+
+#[test]
+fn metrics_are_served_on_the_pod_ip_over_tls_to_permitted_readers_only() {
+    let objects = default_chart();
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--metrics-addr=$(POD_IP):8080"), "{args:?}");
+    assert!(args.contains(&"--metrics-auth=kubernetes"), "{args:?}");
+    assert!(args.contains(&"--metrics-tls=self-signed"), "{args:?}");
+    assert!(container["env"].as_array().expect("env").iter().any(
+        |e| e["name"] == "POD_IP" && e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    ));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
+    }
+    // The reader role is for Prometheus: only /metrics, and bound to no one by default.
+    let reader = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "upchain-metrics-reader")
+        .expect("metrics-reader ClusterRole");
+    assert_eq!(
+        reader["rules"],
+        serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
+    );
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["metadata"]["name"] == "upchain-metrics-reader"
+                && o["kind"] == "ClusterRoleBinding")
+    );
+
+    let full = render(&["-f", "tests/helm/full-values.yaml"]).expect("full values render");
+    assert_eq!(
+        grants_to(&full, "monitoring", "prometheus-k8s"),
+        [(
+            String::new(),
+            "url".to_owned(),
+            "/metrics".to_owned(),
+            "*".to_owned(),
+            "get".to_owned()
+        )]
+    );
+    let deployment = full
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("Deployment");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        "upchain-metrics-tls"
+    );
+    let monitor = full
+        .iter()
+        .find(|o| o["kind"] == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["scheme"], "https");
+    assert_eq!(
+        endpoint["tlsConfig"]["serverName"],
+        "upchain-metrics.upchain-system.svc"
+    );
+    assert_eq!(
+        endpoint["bearerTokenFile"],
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    );
+
+    let open = render(&[
+        "--set",
+        "metrics.auth=none",
+        "--set",
+        "metrics.tls.mode=none",
+    ])
+    .expect("renders");
+    assert!(
+        grants(&open)
+            .iter()
+            .all(|g| g.2 != "tokenreviews" && g.2 != "subjectaccessreviews"),
+        "no reviews without metrics.auth"
+    );
+    assert!(
+        !open
+            .iter()
+            .any(|o| o["metadata"]["name"] == "upchain-metrics-reader")
+    );
+}
+
+#[test]
+fn node_jobs_may_reach_only_ssh_on_the_nodes_and_dns() {
+    let full = render(&["-f", "tests/helm/full-values.yaml"]).expect("full values render");
+    let policy = full
+        .iter()
+        .find(|o| o["kind"] == "NetworkPolicy")
+        .expect("NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], "node-upgrades");
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchExpressions"][0]["key"],
+        upchain_api::NODE_LABEL
+    );
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(spec["ingress"], serde_json::json!([]));
+    let egress = spec["egress"].as_array().expect("egress");
+    assert_eq!(egress.len(), 2);
+    assert_eq!(
+        egress[0]["to"],
+        serde_json::json!([{"ipBlock": {"cidr": "10.20.0.0/16"}}, {"ipBlock": {"cidr": "fd00:20::/64"}}])
+    );
+    assert_eq!(
+        egress[0]["ports"],
+        serde_json::json!([{"protocol": "TCP", "port": 2222}])
+    );
+    assert!(
+        egress[1]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .all(|p| p["port"] == 53)
+    );
 }

@@ -105,6 +105,17 @@ fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
         None,
     );
     kubectl(admin, &["create", "namespace", "upchain-system"], None);
+    // As docs/install.md labels it: the node Jobs' Pods must pass restricted admission.
+    kubectl(
+        admin,
+        &[
+            "label",
+            "namespace",
+            "upchain-system",
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    );
     let rendered = Command::new("helm")
         .args([
             "template",
@@ -272,9 +283,12 @@ impl RealRun {
                     "run",
                     "--kubeconfig",
                     self.operator_kubeconfig.to_str().expect("utf-8"),
-                    "--metrics-addr",
-                    "127.0.0.1:0",
                 ])
+                .args(if args.contains(&"--metrics-addr") {
+                    &[][..]
+                } else {
+                    &["--metrics-addr", "127.0.0.1:0"][..]
+                })
                 .args(args)
                 .env("POD_NAME", identity)
                 .env("POD_NAMESPACE", "upchain-system")
@@ -595,4 +609,103 @@ async fn two_replicas_elect_a_leader_and_the_survivor_finishes_on_a_real_api_ser
         "each node upgraded once"
     );
     run.assert_no_job_ran_on_its_node();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_answer_only_permitted_tokens_over_tls_on_a_real_api_server() {
+    let Some(run) = RealRun::start(small(Duration::from_secs(1))).await else {
+        return;
+    };
+    let token = |account: &str| {
+        run.kubectl(
+            &["create", "serviceaccount", account, "-n", "upchain-system"],
+            None,
+        );
+        run.kubectl(&["create", "token", account, "-n", "upchain-system"], None)
+            .trim()
+            .to_owned()
+    };
+    let (prometheus, stranger) =
+        tokio::task::block_in_place(|| (token("prometheus"), token("stranger")));
+    // As metrics.readers would bind it.
+    run.kubectl(
+        &[
+            "create",
+            "clusterrolebinding",
+            "prometheus-reads-upchain",
+            "--clusterrole",
+            "upchain-metrics-reader",
+            "--serviceaccount",
+            "upchain-system:prometheus",
+        ],
+        None,
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    // As the chart's Deployment runs it.
+    let _operator = run.spawn_operator(
+        "upchain-0",
+        &[
+            "--leader-election",
+            "false",
+            "--metrics-addr",
+            &addr,
+            "--metrics-auth",
+            "kubernetes",
+            "--metrics-tls",
+            "self-signed",
+        ],
+    );
+    let http = reqwest::Client::builder()
+        // The certificate is self-signed, as with the chart's default.
+        .danger_accept_invalid_certs(true)
+        .build()
+        .expect("client");
+    let get = |path: &str, token: Option<&str>| {
+        let request = http.get(format!("https://{addr}{path}"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.unwrap_or_default()))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get("/healthz", None).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the metrics server never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (status, _) = get("/healthz", None).await.expect("answer");
+    assert_eq!(status, 200, "the kubelet's probes need no token");
+    let (status, body) = get("/metrics", None).await.expect("answer");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("bearer token"), "{body}");
+    let (status, body) = get("/metrics", Some("not-a-token")).await.expect("answer");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = get("/metrics", Some(&stranger)).await.expect("answer");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("system:serviceaccount:upchain-system:stranger may not get /metrics"),
+        "{body}"
+    );
+    let (status, body) = get("/metrics", Some(&prometheus)).await.expect("answer");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("upchain_leader"), "{body}");
+    assert!(
+        http.get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .is_err(),
+        "no plain HTTP beside TLS"
+    );
 }

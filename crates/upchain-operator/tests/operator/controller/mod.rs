@@ -406,5 +406,9 @@ fn hook(outcome: &str) -> serde_json::Value {
     json!({"namespace": "upchain-system", "timeout": "1m", "template": {"spec": {"backoffLimit": 0,
         "template": {"metadata": {"annotations": {"sim.upchain.dev/outcome": outcome}},
             "spec": {"restartPolicy": "Never",
-                "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}})
+                // The runner namespace enforces Pod Security restricted.
+                "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{"name": "hook", "image": "registry.example.org/hook:1",
+                    "securityContext": {"allowPrivilegeEscalation": false,
+                        "capabilities": {"drop": ["ALL"]}}}]}}}}})
 }
