@@ -120,14 +120,44 @@ pub fn drain_progress(
         .collect();
     blocked_by.sort();
     let waiting = sorted(must_leave.iter().map(|p| p.reference()).collect());
-    DrainProgress {
-        waiting,
-        evict: keys(&|p| {
+    // As many Ready Pods behind each budget as it allows now: the Eviction API would refuse
+    // the rest (429), and the drain is woken when a budget moves. A Pod that is not Ready
+    // is always tried, as its budget's unhealthy-Pod policy may let it go.
+    let mut room: Vec<i32> = budgets.iter().map(|b| b.disruptions_allowed).collect();
+    let mut within_budgets = |p: &ObservedPod| {
+        if !p.ready {
+            return true;
+        }
+        let covering: Vec<usize> = (0..budgets.len())
+            .filter(|i| budgets[*i].covers(p))
+            .collect();
+        if covering.iter().any(|i| room[*i] <= 0) {
+            return false;
+        }
+        for i in covering {
+            room[i] -= 1;
+        }
+        true
+    };
+    let mut evictable: Vec<&&ObservedPod> = must_leave
+        .iter()
+        .filter(leaving)
+        .filter(|p| {
             !(held_unmanaged(p)
                 || held_empty_dir(p)
                 || deletable(p)
                 || (others_left && is_operator(p)))
-        }),
+        })
+        .collect();
+    evictable.sort_by_cached_key(|p| p.reference().to_string());
+    let evict = evictable
+        .into_iter()
+        .filter(|p| within_budgets(p))
+        .map(|p| p.reference())
+        .collect();
+    DrainProgress {
+        waiting,
+        evict,
         delete: keys(&deletable),
         blocked_by,
         unmanaged: keys(&held_unmanaged),
@@ -246,9 +276,10 @@ mod tests {
         assert!(waits.delete.is_empty());
         assert_eq!(
             pod_names(&waits.evict),
-            ["apps/db", "apps/web"],
-            "the eviction is tried, and refused"
+            ["apps/web"],
+            "db waits for its budget to move rather than be refused"
         );
+        assert_eq!(waits.blocked_by, ["apps/db-pdb"]);
         let allowed = DrainSpec {
             delete_pdb_blocked_single_replica_pods: true,
             ..DrainSpec::default()
@@ -263,6 +294,48 @@ mod tests {
                 .delete
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn only_as_many_ready_pods_as_their_budgets_allow_are_evicted_at_once() {
+        let web = |name: &str| ObservedPod {
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            ..crate::testing::pod("apps", name)
+        };
+        let pods = vec![
+            web("web-1"),
+            web("web-2"),
+            web("web-3"),
+            ObservedPod {
+                ready: false,
+                ..web("web-4")
+            },
+            pod("cache"),
+        ];
+        let one_at_a_time = budget("apps", "web-pdb", "web", 1);
+        let progress = drain_progress(
+            &pods,
+            None,
+            std::slice::from_ref(&one_at_a_time),
+            &DrainSpec::default(),
+        );
+        // One Ready replica, the one that is not Ready (its budget's unhealthy-Pod policy
+        // may let it go), and the Pod no budget covers.
+        assert_eq!(
+            pod_names(&progress.evict),
+            ["apps/cache", "apps/web-1", "apps/web-4"]
+        );
+        assert_eq!(progress.waiting.len(), 5);
+        // A second budget over the same Pods with no room holds them all back.
+        let none_left = budget("apps", "web-strict", "web", 0);
+        let held = drain_progress(
+            &pods,
+            None,
+            &[one_at_a_time, none_left],
+            &DrainSpec::default(),
+        );
+        assert_eq!(pod_names(&held.evict), ["apps/cache", "apps/web-4"]);
+        assert_eq!(held.blocked_by, ["apps/web-strict"]);
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod tests;
 
 pub use machine::{
     Action, Decision, Event, JobsToRead, Needs, Notification, NotifyKind, decide, finalize,
-    holds_lock, needs, record_silences, silence_failed_event, silenced_event,
+    holds_lock, needs, record_silences, silence_failed_event, silenced_event, woken_by_nodes,
 };
 pub use observe::{
     JobState, Observed, ObservedBudget, ObservedJob, ObservedNode, ObservedPod, OtherUpgrade,

@@ -223,6 +223,8 @@ pub struct ObservedPod {
     pub unmanaged: bool,
     /// It mounts an emptyDir volume, whose data an eviction deletes.
     pub empty_dir: bool,
+    /// Its Ready condition is True: a budget counts it as healthy.
+    pub ready: bool,
     /// Its labels, which PodDisruptionBudgets select on.
     pub labels: BTreeMap<String, String>,
 }
@@ -302,6 +304,13 @@ impl ObservedPod {
                 .unwrap_or_default()
                 .iter()
                 .any(|v| v.empty_dir.is_some()),
+            ready: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"),
             labels: metadata.labels.clone().unwrap_or_default(),
         }
     }

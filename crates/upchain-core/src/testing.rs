@@ -104,6 +104,7 @@ pub fn pod(namespace: &str, name: &str) -> crate::observe::ObservedPod {
         terminating: false,
         unmanaged: false,
         empty_dir: false,
+        ready: true,
         labels: BTreeMap::new(),
     }
 }

@@ -17,7 +17,6 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -32,6 +31,9 @@ use upchain_sim::controllers::Behaviour;
 use upchain_sim::player::{NodePlayer, PlayerConfig};
 use upchain_sim::server::Verb;
 use upchain_sim::{Sim, SimConfig};
+
+mod support;
+use support::Operator;
 
 /// Pods per worker: 20 unless UPCHAIN_BENCH_PODS says otherwise.
 fn pods_per_node() -> usize {
@@ -54,20 +56,11 @@ fn main() {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reads / writes per node | operator CPU per node | Pod lists, Node lists | idle lists (10 s) | peak RSS |"
+        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reconciles per node | reads / writes per node | operator CPU per node | Pod lists, Node lists | idle requests (60 s) | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for size in sizes {
         runtime.block_on(run(size, real));
-    }
-}
-
-struct Operator(Child);
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -101,15 +94,6 @@ fn histogram_quantile(metrics: &str, name: &str, q: f64) -> f64 {
         .map_or(f64::NAN, |b| b.0)
 }
 
-fn scrape(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("metrics");
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 fn lists(requests: &BTreeMap<(Verb, String), u64>, resource: &str) -> u64 {
     requests
         .get(&(Verb::List, resource.to_owned()))
@@ -135,34 +119,6 @@ fn bucket(seconds: f64) -> String {
     } else {
         "over 8192 ms".to_owned()
     }
-}
-
-/// CPU seconds the operator process has used (user and system).
-fn cpu_seconds(operator: &Operator) -> f64 {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{}/stat", operator.0.id())).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
-        .sum();
-    // Clock ticks are 100 per second on Linux.
-    ticks / 100.0
-}
-
-/// The operator process's peak resident set (VmHWM) so far.
-fn peak_rss(operator: &Operator) -> String {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", operator.0.id())).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .map(|l| l.trim_start_matches("VmHWM:").trim().to_owned())
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn human(d: Duration) -> String {
@@ -229,6 +185,8 @@ impl Cluster {
                 restart_time: Duration::ZERO,
                 pod_start_time: Duration::ZERO,
                 pod_stop_time: Duration::ZERO,
+                // As real kubelets post status: the operator must not wake for it.
+                heartbeat: Duration::from_secs(10),
             },
             ..SimConfig::default()
         })
@@ -298,42 +256,16 @@ async fn run(size: usize, real: bool) {
         .unwrap()
         .items
         .len();
-    let log = dir.path().join("operator.log");
-    let operator = Operator(
-        Command::new(env!("CARGO_BIN_EXE_upchain"))
-            .args([
-                "run",
-                "--leader-election",
-                "false",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("upchain run"),
-    );
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .find_map(|l| l.split("metrics on http://").nth(1))
-            .and_then(|r| r.split('/').next())
-        {
-            break addr.to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let operator = Operator::start(&kubeconfig, &dir.path().join("operator.log")).await;
     // Let it fill its caches, then count only the run.
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!(
         "{size} nodes: operator RSS after filling its caches {}",
-        peak_rss(&operator)
+        operator.peak_rss()
     );
     let before = cluster.requests();
-    let cpu_before = cpu_seconds(&operator);
+    let reconciles_before = operator.counter("upchain_reconciles_total");
+    let cpu_before = operator.cpu_seconds();
     let started = Instant::now();
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
         "metadata": {"name": "scale"},
@@ -356,26 +288,25 @@ async fn run(size: usize, real: bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let total = started.elapsed();
-    let cpu = cpu_seconds(&operator) - cpu_before;
+    let cpu = operator.cpu_seconds() - cpu_before;
     let during = cluster
         .requests()
         .zip(before)
         .map(|(after, before)| delta(&after, &before));
-    // Idle: no upgrade in flight, nothing should be listed.
+    let reconciles = operator.counter("upchain_reconciles_total") - reconciles_before;
+    // Idle: the run Succeeded and stays in the cluster while the kubelets post status
+    // every 10 s; nothing should be asked of the API server.
     let idle_before = cluster.requests();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle_lists: Option<u64> = cluster.requests().zip(idle_before).map(|(after, before)| {
-        delta(&after, &before)
-            .iter()
-            .filter(|((verb, _), _)| *verb == Verb::List)
-            .map(|(_, n)| n)
-            .sum()
-    });
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let idle_requests: Option<u64> = cluster
+        .requests()
+        .zip(idle_before)
+        .map(|(after, before)| delta(&after, &before).values().sum());
     let overheads = cluster.overheads();
-    let metrics = scrape(&addr);
+    let metrics = operator.scrape();
     let reconcile_p50 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.5);
     let reconcile_p99 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.99);
-    let rss = peak_rss(&operator);
+    let rss = operator.peak_rss();
     let per_node = |n: u64| n as f64 / size as f64;
     let counted = |during: &BTreeMap<(Verb, String), u64>, read: bool| -> u64 {
         during
@@ -395,15 +326,16 @@ async fn run(size: usize, real: bool) {
     let lists = during.as_ref().map_or_else(not_counted, |d| {
         format!("{}, {}", lists(d, "pods"), lists(d, "nodes"))
     });
-    let idle_lists = idle_lists.map_or_else(not_counted, |n| n.to_string());
+    let idle_requests = idle_requests.map_or_else(not_counted, |n| n.to_string());
     println!(
-        "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {requests} | {:.1} ms | {lists} | {idle_lists} | {rss} |",
+        "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} | {requests} | {:.1} ms | {lists} | {idle_requests} | {rss} |",
         if real { " (real)" } else { "" },
         human(total),
         quantile(&overheads, 0.5) * 1000.0,
         quantile(&overheads, 0.99) * 1000.0,
         bucket(reconcile_p50),
         bucket(reconcile_p99),
+        reconciles / size as f64,
         cpu * 1000.0 / size as f64,
     );
     drop(operator);

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, Secret};
@@ -279,11 +280,18 @@ pub async fn deprecated_apis(client: &Client) -> Source<Vec<DeprecatedApi>> {
     let request = http::Request::get("/metrics")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
-    let text = client
-        .request_text(request)
+    let failed = |e: String| format!("GET /metrics on the API server: {e}");
+    let body = client
+        .request_stream(request)
         .await
-        .map_err(|e| format!("GET /metrics on the API server: {}", describe(&e)))?;
-    Ok(upchain_core::gates::parse_deprecated_apis(&text))
+        .map_err(|e| failed(describe(&e)))?;
+    // Streamed: only the series the gate reads are kept, not the whole exposition.
+    let mut lines = std::pin::pin!(body.lines());
+    let mut series = Vec::new();
+    while let Some(line) = lines.try_next().await.map_err(|e| failed(e.to_string()))? {
+        series.extend(upchain_core::gates::deprecated_api_series(&line));
+    }
+    Ok(series)
 }
 
 /// The addon matrix, and each addon's running image.

@@ -3,32 +3,29 @@
 
 use super::*;
 
-/// The `apiserver_requested_deprecated_apis` series with a positive value, from the API
-/// server's Prometheus text exposition.
-pub fn parse_deprecated_apis(text: &str) -> Vec<DeprecatedApi> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("apiserver_requested_deprecated_apis{"))
-        .filter_map(|rest| {
-            let (labels, value) = rest.rsplit_once('}')?;
-            if value.trim().parse::<f64>().ok()? <= 0.0 {
-                return None;
-            }
-            let label = |key: &str| {
-                labels
-                    .split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim() == key)
-                    .map(|(_, v)| v.trim_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
-            Some(DeprecatedApi {
-                group: label("group"),
-                version: label("version"),
-                resource: label("resource"),
-                removed_release: label("removed_release"),
-            })
-        })
-        .collect()
+/// The `apiserver_requested_deprecated_apis` series on one line of the API server's
+/// Prometheus text exposition, when it has a positive value. Line by line, so the
+/// exposition (megabytes on a busy server) is never held whole.
+pub fn deprecated_api_series(line: &str) -> Option<DeprecatedApi> {
+    let rest = line.strip_prefix("apiserver_requested_deprecated_apis{")?;
+    let (labels, value) = rest.rsplit_once('}')?;
+    if value.trim().parse::<f64>().ok()? <= 0.0 {
+        return None;
+    }
+    let label = |key: &str| {
+        labels
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    Some(DeprecatedApi {
+        group: label("group"),
+        version: label("version"),
+        resource: label("resource"),
+        removed_release: label("removed_release"),
+    })
 }
 
 /// One `apiserver_requested_deprecated_apis` series.

@@ -459,7 +459,9 @@ fn deprecated_api_series_are_read_from_the_exposition() {
         apiserver_requested_deprecated_apis{group=\"\",removed_release=\"1.40\",resource=\"widgets\",subresource=\"\",version=\"v1\"} 0\n\
         apiserver_request_total{code=\"200\"} 5\n";
     assert_eq!(
-        parse_deprecated_apis(text),
+        text.lines()
+            .filter_map(deprecated_api_series)
+            .collect::<Vec<_>>(),
         [DeprecatedApi {
             group: "flowcontrol.apiserver.k8s.io".into(),
             version: "v1beta3".into(),

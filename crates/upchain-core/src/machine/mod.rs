@@ -22,7 +22,7 @@ mod summary;
 pub use decision::{Action, Decision, Event, Notification, NotifyKind};
 pub use finalize::{Finalization, finalize};
 pub use lock::holds_lock;
-pub use needs::{JobsToRead, Needs, needs};
+pub use needs::{JobsToRead, Needs, needs, woken_by_nodes};
 use one_off::HookProgress;
 pub use silences::{record_silences, silence_failed_event, silenced_event};
 

@@ -64,6 +64,19 @@ impl Needs {
     }
 }
 
+/// Whether a Node change can move `upgrade`'s next decision, so that the operator wakes it
+/// for one: only while a run is under way or Blocked. A K8sUpgrade that is finished, or
+/// Pending, is woken by its spec, its Jobs, the lock's release, its window or its recheck,
+/// never by Nodes: kubelets post status every few seconds, and a finished K8sUpgrade kept
+/// in the cluster by GitOps must not cost a read for each.
+pub fn woken_by_nodes(upgrade: &K8sUpgrade) -> bool {
+    upgrade
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|phase| phase.is_running() || phase == Phase::Blocked)
+}
+
 /// The one definition of "at a node boundary": the next batch may start within the next
 /// decision, as no node drains or runs its Job (one rejoining or soaking may finish within
 /// it). The checks and the next batch's Pods are read then, so that decision has them.

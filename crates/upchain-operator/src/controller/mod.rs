@@ -5,11 +5,13 @@
 //! on the replica that leads.
 
 mod apply;
+mod drain_watch;
 mod events;
 mod lease;
 mod observe;
 
 use apply::*;
+use drain_watch::DrainWatch;
 use events::*;
 pub use lease::{LeaseSettings, run_with_leader_election};
 use observe::*;
@@ -42,7 +44,7 @@ use crate::gather;
 use crate::metrics::Metrics;
 use upchain_core::{
     Action, JobState, JobsToRead, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode,
-    ObservedPod, OtherUpgrade, PodRef, decide, finalize, holds_lock,
+    ObservedPod, OtherUpgrade, PodRef, decide, finalize, holds_lock, woken_by_nodes,
 };
 
 /// Errors of one reconcile; each is retried with backoff.
@@ -176,6 +178,8 @@ struct Context {
     /// Wakes every K8sUpgrade when one lets go of the cluster, so a waiting one starts now
     /// rather than at its next recheck.
     lock_released: tokio::sync::mpsc::UnboundedSender<()>,
+    /// The draining nodes' Pods and the budgets, watched.
+    drain: DrainWatch,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -187,10 +191,14 @@ pub async fn run(
 ) {
     let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
     let nodes_api: Api<Node> = Api::all(client.clone());
+    let controller = Controller::new(upgrades_api, watcher::Config::default());
+    let upgrades = controller.store();
     // Nodes are cached pruned to what the decisions read, and listed in small pages: a
     // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
     let (nodes, writer) = reflector::store();
     let node_watch_metrics = metrics.clone();
+    let mut seen: HashMap<String, ObservedNode> = HashMap::new();
+    let woken = upgrades.clone();
     let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
         .default_backoff()
         .modify(ObservedNode::prune)
@@ -205,17 +213,35 @@ pub async fn run(
             node_watch_metrics
                 .health
                 .watched("Node", node.is_ok(), std::time::Instant::now());
-            std::future::ready(node.ok().map(|_| ()))
+            // Only a change of what the decisions read wakes anything: not a heartbeat.
+            let changed = node.ok().and_then(|node| {
+                let observed = ObservedNode::from_node(&node);
+                let before = seen.insert(observed.name.clone(), observed.clone());
+                (before.as_ref() != Some(&observed)).then_some(())
+            });
+            std::future::ready(changed)
+        })
+        .flat_map(move |()| {
+            let to_wake: Vec<ObjectRef<K8sUpgrade>> = woken
+                .state()
+                .iter()
+                .filter(|upgrade| woken_by_nodes(upgrade))
+                .map(|upgrade| ObjectRef::from_obj(upgrade.as_ref()))
+                .collect();
+            futures_util::stream::iter(to_wake)
         });
 
-    let controller = Controller::new(upgrades_api, watcher::Config::default());
-    let upgrades = controller.store();
     let (lock_released, released) = tokio::sync::mpsc::unbounded_channel();
     let released = futures_util::stream::unfold(released, |mut released| async move {
         released.recv().await.map(|()| ((), released))
     });
+    let (drain_changed, drain_wakes) = tokio::sync::mpsc::unbounded_channel();
+    let drain_wakes = futures_util::stream::unfold(drain_wakes, |mut wakes| async move {
+        wakes.recv().await.map(|upgrade| (upgrade, wakes))
+    });
     let job_namespaces = settings.job_namespaces();
     let context = Arc::new(Context {
+        drain: DrainWatch::new(client.clone(), drain_changed),
         events: Events::new(client.clone()),
         client: client.clone(),
         settings,
@@ -249,12 +275,13 @@ pub async fn run(
         );
     }
     controller
-        // A node change can move every upgrade along (at most one is running). The trigger
+        // A node change can move the running upgrade along (at most one runs). The trigger
         // is the same stream that fills the node cache, and fires after the cache holds the
         // change: a second watch could wake the reconcile before the cache caught up, and
         // a node that then stays put would never wake it again.
-        .reconcile_all_on(node_stream)
+        .reconcile_on(node_stream)
         .reconcile_all_on(released)
+        .reconcile_on(drain_wakes)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {
@@ -300,6 +327,7 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         .map_err(read_error("reading the K8sUpgrade"))?
     else {
         ctx.metrics.forget(&upgrade.name_any());
+        ctx.drain.release(&upgrade.name_any());
         return Ok(Requeue::await_change());
     };
     let result = if upgrade.meta().deletion_timestamp.is_some() {

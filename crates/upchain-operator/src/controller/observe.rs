@@ -57,34 +57,14 @@ pub(super) async fn observe(
 ) -> Result<Observed, Error> {
     let name = upgrade.name_any();
     let jobs = observe_jobs(upgrade, needs, ctx).await?;
-    // Pods are read only for the nodes being drained, never cached cluster-wide.
-    let mut pods = std::collections::BTreeMap::new();
-    let pods_api: Api<Pod> = Api::all(ctx.client.clone());
-    for node in needs.pods_of.iter().cloned() {
-        // Whole Pods (the drain reads their volumes), finished ones left out by the
-        // selector; only the nodes of one batch are read.
-        let selector = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
-        let on_node = pods_api
-            .list(&ListParams::default().fields(&selector))
-            .await
-            .map_err(read_error(format!("listing the Pods on {node}")))?;
-        pods.insert(
-            node,
-            on_node.items.iter().map(ObservedPod::from_pod).collect(),
-        );
-    }
-    // Budgets are read with the Pods they cover, only while a node drains.
-    let budgets = if pods.is_empty() {
-        Vec::new()
+    // Pods only of the nodes being drained (and the next batch's), never cluster-wide;
+    // from the drain's watches, which also wake this K8sUpgrade when they change.
+    let (pods, budgets) = if needs.pods_of.is_empty() {
+        ctx.drain.release(&name);
+        (std::collections::BTreeMap::new(), Vec::new())
     } else {
-        let api: Api<PodDisruptionBudget> = Api::all(ctx.client.clone());
-        let mut budgets = Vec::new();
-        gather::list_paged(&api, ListParams::default(), |page| {
-            budgets.extend(page.iter().map(ObservedBudget::from_budget));
-        })
-        .await
-        .map_err(read_error("listing PodDisruptionBudgets"))?;
-        budgets
+        let pods = ctx.drain.pods(&name, &needs.pods_of).await?;
+        (pods, ctx.drain.budgets().await?)
     };
     Ok(Observed {
         budgets,

@@ -30,6 +30,7 @@ pub fn timing(upgrade: Duration, restart: Duration, pod_start: Duration) -> Beha
         restart_time: restart,
         pod_start_time: pod_start,
         pod_stop_time: pod_start,
+        ..Behaviour::default()
     }
 }
 

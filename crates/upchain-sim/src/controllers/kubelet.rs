@@ -205,6 +205,49 @@ pub(super) fn update_node(store: &mut Store, node: &str, change: impl FnOnce(&mu
     let _ = store.write_own(object, true);
 }
 
+/// Each Ready node's kubelet posts its status every `behaviour.heartbeat`, the nodes
+/// spread over the interval: a pass touches only the nodes due, not every node.
+pub(super) fn heartbeats(store: &mut Store, state: &mut State, now: Timestamp) {
+    let interval = state.behaviour.heartbeat;
+    if interval.is_zero() {
+        return;
+    }
+    let step = SignedDuration::try_from(interval).unwrap_or_default();
+    let later = |by: SignedDuration| now.saturating_add(by).unwrap_or(now);
+    let due = state.heartbeats.get_or_insert_with(|| {
+        let names: Vec<String> = store.iter("nodes").map(|n| name(n).to_owned()).collect();
+        let count = names.len().max(1) as f64;
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| (later(step.mul_f64(i as f64 / count)), node))
+            .collect()
+    });
+    let mut posted = Vec::new();
+    while due.front().is_some_and(|(at, _)| *at <= now) {
+        if let Some((_, node)) = due.pop_front() {
+            due.push_back((later(step), node.clone()));
+            posted.push(node);
+        }
+    }
+    let stamp = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    for node in posted {
+        // A kubelet that is down (its node NotReady) posts nothing.
+        if !store.node(&node).is_some_and(node_ready) {
+            continue;
+        }
+        update_node(store, &node, |object| {
+            for condition in object["status"]["conditions"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                condition["lastHeartbeatTime"] = json!(stamp);
+            }
+        });
+    }
+}
+
 pub(super) fn kubelets(
     store: &mut Store,
     state: &mut State,

@@ -42,6 +42,10 @@ pub struct Behaviour {
     /// From a Pod's deletion to its containers having stopped (capped by its grace
     /// period), as processes that honour SIGTERM take.
     pub pod_stop_time: Duration,
+    /// How often each Ready node's kubelet posts its status (the conditions'
+    /// lastHeartbeatTime moves, nothing else), spread over the interval as real kubelets
+    /// are; zero: never.
+    pub heartbeat: Duration,
 }
 
 impl Default for Behaviour {
@@ -51,6 +55,7 @@ impl Default for Behaviour {
             restart_time: Duration::from_secs(2),
             pod_start_time: Duration::from_secs(1),
             pod_stop_time: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -148,6 +153,9 @@ pub struct State {
     stopping: BTreeMap<(String, String), Timestamp>,
     /// Jobs to look at again at a time (a deadline or a TTL), by (namespace, name).
     job_rechecks: BTreeMap<(String, String), Timestamp>,
+    /// When each node's kubelet posts its status next, soonest first; filled on the first
+    /// pass.
+    heartbeats: Option<std::collections::VecDeque<(Timestamp, String)>>,
 }
 
 impl State {
@@ -168,6 +176,7 @@ impl State {
             starting: BTreeMap::new(),
             stopping: BTreeMap::new(),
             job_rechecks: BTreeMap::new(),
+            heartbeats: None,
         }
     }
 }
@@ -326,6 +335,7 @@ fn cordon_taints(store: &mut Store, changed: &BTreeSet<Key>) {
 pub fn reconcile(store: &mut Store, state: &mut State) {
     let now = store.clock().now();
     fire_timers(store, state, now);
+    heartbeats(store, state, now);
     let changed = store.take_changed();
     cordon_taints(store, &changed);
     workloads(store, &changed);
