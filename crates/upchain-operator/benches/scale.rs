@@ -43,6 +43,17 @@ fn pods_per_node() -> usize {
         .unwrap_or(20)
 }
 
+/// How often the simulated kubelets post status: 10 s unless UPCHAIN_BENCH_HEARTBEAT
+/// gives other seconds (0: never).
+fn heartbeat() -> Duration {
+    Duration::from_secs(
+        std::env::var("UPCHAIN_BENCH_HEARTBEAT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
 fn main() {
     let real = std::env::args().any(|a| a == "--real");
     let sizes: Vec<usize> = std::env::args()
@@ -186,7 +197,7 @@ impl Cluster {
                 pod_start_time: Duration::ZERO,
                 pod_stop_time: Duration::ZERO,
                 // As real kubelets post status: the operator must not wake for it.
-                heartbeat: Duration::from_secs(10),
+                heartbeat: heartbeat(),
             },
             ..SimConfig::default()
         })
@@ -298,10 +309,20 @@ async fn run(size: usize, real: bool) {
     // every 10 s; nothing should be asked of the API server.
     let idle_before = cluster.requests();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let idle_requests: Option<u64> = cluster
-        .requests()
-        .zip(idle_before)
-        .map(|(after, before)| delta(&after, &before).values().sum());
+    // All of them, and how many of those renewed a watch (each ends after about 290 s).
+    let idle_requests: Option<(u64, u64)> =
+        cluster.requests().zip(idle_before).map(|(after, before)| {
+            let during = delta(&after, &before);
+            for ((verb, resource), n) in during.iter().filter(|(_, n)| **n > 0) {
+                eprintln!("{size} nodes: idle request: {n} {verb:?} {resource}");
+            }
+            let watches = during
+                .iter()
+                .filter(|((verb, _), _)| *verb == Verb::Watch)
+                .map(|(_, n)| n)
+                .sum();
+            (during.values().sum(), watches)
+        });
     let overheads = cluster.overheads();
     let metrics = operator.scrape();
     let reconcile_p50 = histogram_quantile(&metrics, "upchain_reconcile_duration_seconds", 0.5);
@@ -326,7 +347,13 @@ async fn run(size: usize, real: bool) {
     let lists = during.as_ref().map_or_else(not_counted, |d| {
         format!("{}, {}", lists(d, "pods"), lists(d, "nodes"))
     });
-    let idle_requests = idle_requests.map_or_else(not_counted, |n| n.to_string());
+    let idle_requests = idle_requests.map_or_else(not_counted, |(all, watches)| {
+        if watches == 0 {
+            all.to_string()
+        } else {
+            format!("{all} ({watches} watches renewed)")
+        }
+    });
     println!(
         "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} | {requests} | {:.1} ms | {lists} | {idle_requests} | {rss} |",
         if real { " (real)" } else { "" },

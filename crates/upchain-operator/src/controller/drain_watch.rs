@@ -148,16 +148,17 @@ impl DrainWatch {
             .modify(|pod| pod.metadata.managed_fields = None)
             .reflect(writer)
             .for_each(move |event| {
+                // Only a Pod leaving moves the drain along: one that starts terminating, or
+                // that lands on the cordoned node (a DaemonSet's), does not.
                 let pod_left = match &event {
-                    Ok(watcher::Event::Delete(_)) => Some(true),
-                    Ok(watcher::Event::Apply(_)) => Some(false),
-                    Ok(_) => None,
+                    Ok(watcher::Event::Delete(_)) => true,
+                    Ok(_) => false,
                     Err(error) => {
                         warn!(%error, node, "watching the Pods of a draining node failed; retrying");
-                        None
+                        false
                     }
                 };
-                if let Some(pod_left) = pod_left {
+                if pod_left {
                     let upgrade = watched
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -165,7 +166,7 @@ impl DrainWatch {
                         .get(&node)
                         .map(|w| w.upgrade.clone());
                     if let Some(upgrade) = upgrade {
-                        paced_wake(&watched, &wake, &upgrade, pod_left);
+                        paced_wake(&watched, &wake, &upgrade, true);
                     }
                 }
                 std::future::ready(())
