@@ -33,6 +33,9 @@ struct Watched {
     budgets: Option<(Store<PodDisruptionBudget>, Task)>,
     /// By K8sUpgrade: how wakes from budget changes are spaced.
     pacing: HashMap<String, Pacing>,
+    /// The last error of each watch (by what it watches), for the reconcile that waits on
+    /// it in vain.
+    failures: HashMap<String, String>,
 }
 
 struct NodeWatch {
@@ -97,7 +100,7 @@ impl DrainWatch {
         };
         let mut pods = BTreeMap::new();
         for (node, store) in stores {
-            ready(&store, &format!("the Pods on {node}")).await?;
+            self.ready(&store, &pods_on(&node)).await?;
             let unfinished = store
                 .state()
                 .iter()
@@ -119,7 +122,7 @@ impl DrainWatch {
             let (store, _) = watched.budgets.get_or_insert_with(|| self.watch_budgets());
             store.clone()
         };
-        ready(&store, "PodDisruptionBudgets").await?;
+        self.ready(&store, BUDGETS).await?;
         Ok(store
             .state()
             .iter()
@@ -155,6 +158,7 @@ impl DrainWatch {
                     Ok(_) => false,
                     Err(error) => {
                         warn!(%error, node, "watching the Pods of a draining node failed; retrying");
+                        failed(&watched, &pods_on(&node), error);
                         false
                     }
                 };
@@ -189,14 +193,13 @@ impl DrainWatch {
             .for_each(move |event| {
                 match event {
                     Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
-                        let draining: Vec<String> = watched
+                        let mut draining: Vec<String> = watched
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .nodes
                             .values()
                             .map(|w| w.upgrade.clone())
                             .collect();
-                        let mut draining = draining;
                         draining.sort();
                         draining.dedup();
                         for upgrade in draining {
@@ -206,6 +209,7 @@ impl DrainWatch {
                     Ok(_) => {}
                     Err(error) => {
                         warn!(%error, "watching PodDisruptionBudgets failed; retrying");
+                        failed(&watched, BUDGETS, &error);
                     }
                 }
                 std::future::ready(())
@@ -214,17 +218,39 @@ impl DrainWatch {
     }
 }
 
-async fn ready<K>(store: &Store<K>, what: &str) -> Result<(), Error>
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    match tokio::time::timeout(READY_WITHIN, store.wait_until_ready()).await {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Error::Gather(format!(
-            "watching {what} did not list them within {}s",
-            READY_WITHIN.as_secs()
-        ))),
+const BUDGETS: &str = "PodDisruptionBudgets";
+
+fn pods_on(node: &str) -> String {
+    format!("the Pods on {node}")
+}
+
+fn failed(watched: &Mutex<Watched>, what: &str, error: &impl std::fmt::Display) {
+    watched
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .failures
+        .insert(what.to_owned(), error.to_string());
+}
+
+impl DrainWatch {
+    /// Waits for a new watch's first list; past `READY_WITHIN`, fails with the watch's
+    /// last error, which is usually a missing permission.
+    async fn ready<K>(&self, store: &Store<K>, what: &str) -> Result<(), Error>
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        if let Ok(Ok(())) = tokio::time::timeout(READY_WITHIN, store.wait_until_ready()).await {
+            return Ok(());
+        }
+        let last = self.lock().failures.get(what).cloned();
+        Err(Error::Gather(format!(
+            "watching {what} did not list them within {}s{}; upchain needs list and watch on \
+             Pods and PodDisruptionBudgets cluster-wide (docs/install.md)",
+            READY_WITHIN.as_secs(),
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )))
     }
 }
 
