@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use upchain_api::{K8sUpgrade, Phase};
 use upchain_sim::controllers::Behaviour;
 use upchain_sim::server::Verb;
 use upchain_sim::{Sim, SimConfig};
@@ -138,24 +137,7 @@ async fn run(replicas: u64, start_up: Duration) {
         "spec": {"targetVersion": "1.35.2", "soak": "0s",
                  "snapshotWaiver": {"reason": "the benchmark measures the drain"}}});
     let applied = jiff::Timestamp::now();
-    let api: Api<K8sUpgrade> = Api::all(client.clone());
-    api.patch(
-        "drain",
-        &PatchParams::apply("bench"),
-        &Patch::Apply(&object),
-    )
-    .await
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let phase = api.get("drain").await.unwrap().status.and_then(|s| s.phase);
-        if phase == Some(Phase::Succeeded) {
-            break;
-        }
-        assert_ne!(phase, Some(Phase::Failed), "the run failed");
-        assert!(Instant::now() < deadline, "the run did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::upgrade(&client, "drain", &object, Duration::from_secs(900)).await;
     let reconciles = operator.counter("upchain_reconciles_total") - reconciles_before;
     let cpu = operator.cpu_seconds() - cpu_before;
     let rss = operator.peak_rss();

@@ -22,10 +22,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
+use kube::api::Api;
 use kube::api::ListParams;
-use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use upchain_api::{K8sUpgrade, Phase};
 use upchain_sim::control_plane::ControlPlane;
 use upchain_sim::controllers::Behaviour;
 use upchain_sim::player::{NodePlayer, PlayerConfig};
@@ -282,22 +281,7 @@ async fn run(size: usize, real: bool) {
         "metadata": {"name": "scale"},
         "spec": {"targetVersion": "1.35.2", "soak": "0s", "nodes": {"maxUnavailable": max_unavailable},
                  "snapshotWaiver": {"reason": "the benchmark measures the nodes"}}});
-    let api: Api<K8sUpgrade> = Api::all(client.clone());
-    api.patch(
-        "scale",
-        &PatchParams::apply("bench"),
-        &Patch::Apply(&object),
-    )
-    .await
-    .unwrap();
-    loop {
-        let phase = api.get("scale").await.unwrap().status.and_then(|s| s.phase);
-        if phase == Some(Phase::Succeeded) {
-            break;
-        }
-        assert_ne!(phase, Some(Phase::Failed), "the run failed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::upgrade(&client, "scale", &object, Duration::from_secs(7200)).await;
     let total = started.elapsed();
     let cpu = operator.cpu_seconds() - cpu_before;
     let during = cluster

@@ -1,8 +1,12 @@
 //! What the benchmarks share: the real `upchain run`, its metrics, and its process's costs.
 
 use std::path::Path;
+use std::time::Instant;
+
+use kube::api::{Api, Patch, PatchParams};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use upchain_api::{K8sUpgrade, Phase};
 
 /// `upchain run` against a kubeconfig, killed when dropped.
 pub struct Operator {
@@ -99,5 +103,29 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Applies the K8sUpgrade `object` (named `name`) and waits until it has Succeeded; panics
+/// if it fails or takes longer than `within`.
+pub async fn upgrade(
+    client: &kube::Client,
+    name: &str,
+    object: &serde_json::Value,
+    within: Duration,
+) {
+    let api: Api<K8sUpgrade> = Api::all(client.clone());
+    api.patch(name, &PatchParams::apply("bench"), &Patch::Apply(object))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let phase = api.get(name).await.unwrap().status.and_then(|s| s.phase);
+        if phase == Some(Phase::Succeeded) {
+            return;
+        }
+        assert_ne!(phase, Some(Phase::Failed), "the run failed");
+        assert!(Instant::now() < deadline, "the run did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

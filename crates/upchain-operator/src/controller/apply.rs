@@ -66,7 +66,7 @@ pub(super) async fn set_unschedulable(
 pub(super) const EVICTIONS_AT_ONCE: usize = 8;
 
 /// Evicts one Pod. A refused eviction (429: a budget allows no disruption now) or a Pod
-/// already gone is not an error: the drain rechecks on its own schedule.
+/// already gone is not an error: the drain's watches wake the run when a budget moves.
 pub(super) async fn evict(
     ctx: &Context,
     pod: PodRef,
