@@ -35,6 +35,10 @@ pub const UPGRADE_ANNOTATION: &str = "upchain.dev/upgrade";
 /// Annotation carrying the uid of the K8sUpgrade a Job belongs to, so that a Job left by
 /// an earlier object of the same name is never taken for this one's.
 pub const UPGRADE_UID_ANNOTATION: &str = "upchain.dev/upgrade-uid";
+/// Annotation on a Node that passed a run's prepare check, naming the run
+/// (`<K8sUpgrade>/<target>/<run start>`): the record of thousands of passed checks lives on
+/// the nodes rather than in one status.
+pub const PREPARED_ANNOTATION: &str = "upchain.dev/prepared";
 /// Label carrying the (possibly shortened) name of the node a Job upgrades.
 pub const NODE_LABEL: &str = "upchain.dev/node";
 /// Annotation carrying the full name of the node a Job upgrades.

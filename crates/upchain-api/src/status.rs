@@ -59,15 +59,15 @@ pub struct K8sUpgradeStatus {
     pub progress: Option<String>,
 
     /// One record per node this run has started, in the order they were started; of the
-    /// nodes done, only the last 100 keep their record (see `upgradedNodes`).
+    /// nodes done, only the last 10 keep their record (see `upgradedWithoutRecord`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeRecord>,
 
-    /// Nodes this run upgraded whose records were folded to a name, oldest first, so that
-    /// the status of a run over thousands of nodes stays well under the API server's
-    /// object size limit. Their Jobs and Events keep the detail.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub upgraded_nodes: Vec<String>,
+    /// How many nodes this run upgraded whose records were dropped, so that the status
+    /// stays the same size whatever the cluster's. Their `NodeUpgraded` Events (for as
+    /// long as the cluster keeps Events) and the nodes' kubelet versions remain.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub upgraded_without_record: i32,
 
     /// Why the run is Blocked or waiting: every reason, each saying what to fix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -103,19 +103,32 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
 
-    /// This run's prepare checks: one Job per node, before any node is cordoned, that
-    /// checks over SSH, changing nothing, that the node can be upgraded.
+    /// This run's prepare checks that run or failed: one Job per node, before any node
+    /// is cordoned, that checks over SSH, changing nothing, that the node can be upgraded.
+    /// A node that passed carries the `upchain.dev/prepared` annotation instead, and
+    /// `preparedCount` counts them. Cleared once the first node starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub prepare: Vec<PrepareRecord>,
 
-    /// The nodes that passed their prepare check in this run (their records are dropped
-    /// to keep the status small). Both lists are cleared once the first node starts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub prepared_nodes: Vec<String>,
+    /// How many nodes of the plan passed their prepare check in this run.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prepared_count: i32,
 
-    /// The nodes still to upgrade, in order, as last computed from the cluster.
+    /// The first 20 nodes still to start, in order, as last computed from the cluster.
+    /// `pendingNodes` counts them all; `kubectl get nodes -o yaml | upchain plan -f -`
+    /// prints the whole plan and its hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<PlannedNode>,
+
+    /// How many nodes of the plan are still to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_nodes: Option<i32>,
+
+    /// With `spec.approval: Manual`, while a run is in progress: the names of the
+    /// approved plan's nodes still to start, so that a node joining the plan mid-run is
+    /// caught. Only names, about 20 bytes a node; empty with `approval: Automatic`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_nodes: Vec<String>,
 
     /// Hash of the plan (node names, order, versions and target), for approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -564,4 +577,8 @@ pub struct RunRecord {
     /// Why it ended that way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }

@@ -31,6 +31,7 @@ fn node(name: String, control_plane: bool) -> ObservedNode {
         pressure: Vec::new(),
         ready_since: Some(0),
         container_runtime: "containerd://1.7.22".to_owned(),
+        prepared: None,
     }
 }
 
@@ -148,6 +149,9 @@ fn run(size: usize) {
             match action {
                 Action::Cordon { node } => set(&mut observed, node, &|n| n.unschedulable = true),
                 Action::Uncordon { node } => set(&mut observed, node, &|n| n.unschedulable = false),
+                Action::MarkPrepared { node, run } => {
+                    set(&mut observed, node, &|n| n.prepared = Some(run.clone()))
+                }
                 // Every Job succeeds at once; an upgrade Job's node is back at the target.
                 Action::CreateJob(job) => {
                     let node = job.metadata.annotations.as_ref().unwrap()[NODE_ANNOTATION].clone();

@@ -1,6 +1,6 @@
 //! What the `/metrics` gauges say about one K8sUpgrade, derived from its status alone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use upchain_api::{K8sUpgradeStatus, Phase};
@@ -65,20 +65,11 @@ pub fn gauges(status: &K8sUpgradeStatus) -> UpgradeGauges {
     {
         *nodes.entry(record.step.as_str()).or_default() += 1;
     }
-    *nodes.entry("Done").or_default() +=
-        i64::try_from(status.upgraded_nodes.len()).unwrap_or(i64::MAX);
-    let active: HashSet<&str> = status
-        .nodes
-        .iter()
-        .filter(|n| n.step.is_active())
-        .map(|n| n.name.as_str())
-        .collect();
-    let pending = status
-        .plan
-        .iter()
-        .filter(|p| !active.contains(p.name.as_str()))
-        .count();
-    nodes.insert("Pending", i64::try_from(pending).unwrap_or(i64::MAX));
+    *nodes.entry("Done").or_default() += i64::from(status.upgraded_without_record);
+    nodes.insert(
+        "Pending",
+        i64::from(status.pending_nodes.unwrap_or_default()),
+    );
     UpgradeGauges {
         in_flight,
         started_timestamp: if in_flight {

@@ -6,6 +6,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube_core::{Selector, SelectorExt};
+use upchain_api::PREPARED_ANNOTATION;
 
 /// A node as the plan and the phase machine see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub struct ObservedNode {
     pub ready_since: Option<i64>,
     /// `status.nodeInfo.containerRuntimeVersion`, such as `containerd://1.7.22`.
     pub container_runtime: String,
+    /// The `upchain.dev/prepared` annotation: the run whose prepare check it passed.
+    pub prepared: Option<String>,
 }
 
 impl ObservedNode {
@@ -37,7 +40,9 @@ impl ObservedNode {
     pub fn prune(node: &mut Node) {
         let metadata = &mut node.metadata;
         metadata.managed_fields = None;
-        metadata.annotations = None;
+        if let Some(annotations) = metadata.annotations.as_mut() {
+            annotations.retain(|key, _| key == PREPARED_ANNOTATION);
+        }
         metadata.owner_references = None;
         if let Some(spec) = node.spec.as_mut() {
             *spec = NodeSpec {
@@ -121,6 +126,12 @@ impl ObservedNode {
                 .and_then(|s| s.node_info.as_ref())
                 .map(|info| info.container_runtime_version.clone())
                 .unwrap_or_default(),
+            prepared: node
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PREPARED_ANNOTATION))
+                .cloned(),
         }
     }
 }

@@ -179,6 +179,20 @@ pub struct Step {
     pub internal_ip: String,
 }
 
+impl Step {
+    /// The step as `status.plan` shows it.
+    pub fn to_status(&self) -> PlannedNode {
+        PlannedNode {
+            name: self.name.clone(),
+            role: self.role,
+            version: self.version.to_string(),
+            kind: self.kind,
+            first_control_plane: self.first_control_plane,
+            batch: self.batch,
+        }
+    }
+}
+
 /// A node left out of the plan, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Excluded {
@@ -213,21 +227,6 @@ impl Plan {
     /// True when every selected node already runs the target.
     pub fn is_complete(&self) -> bool {
         self.steps.is_empty()
-    }
-
-    /// The plan as shown in status.
-    pub fn to_status(&self) -> Vec<PlannedNode> {
-        self.steps
-            .iter()
-            .map(|s| PlannedNode {
-                name: s.name.clone(),
-                role: s.role,
-                version: s.version.to_string(),
-                kind: s.kind,
-                first_control_plane: s.first_control_plane,
-                batch: s.batch,
-            })
-            .collect()
     }
 
     /// A short stable hash of what the plan would do, for approvals and change detection.

@@ -41,6 +41,7 @@ impl NodeFixture {
             internal_ip: Some(format!("10.0.0.{}", name.len())),
             ready_since: Some(0),
             container_runtime: "containerd://1.7.22".to_owned(),
+            prepared: None,
         })
     }
 

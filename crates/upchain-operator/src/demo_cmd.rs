@@ -149,8 +149,8 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
                 ),
             )?;
         }
-        if status.prepared_nodes.len() > prepared {
-            prepared = status.prepared_nodes.len();
+        if status.prepared_count > prepared {
+            prepared = status.prepared_count;
             write(
                 out,
                 format!(

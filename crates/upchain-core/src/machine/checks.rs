@@ -114,7 +114,7 @@ impl<'a> Machine<'a> {
     /// True before the run's first node: every gate applies then; between nodes, the node
     /// gate and (waited out for a while first) the alert gate.
     pub(super) fn before_the_first_node(&self) -> bool {
-        self.status.nodes.is_empty() && self.status.upgraded_nodes.is_empty()
+        self.status.nodes.is_empty() && self.status.upgraded_without_record == 0
     }
 
     /// A node finished within this decision and the next one's checks were not read for

@@ -16,6 +16,14 @@ pub enum Action {
         /// The node.
         node: String,
     },
+    /// Record on the node, in the `upchain.dev/prepared` annotation, that it passed this
+    /// run's prepare check: one name per node would outgrow the status at thousands.
+    MarkPrepared {
+        /// The node.
+        node: String,
+        /// The run: `<K8sUpgrade>/<target>/<run start>`.
+        run: String,
+    },
     /// Evict these Pods (namespace/name) through the Eviction API, respecting PDBs.
     Evict {
         /// The node being drained.

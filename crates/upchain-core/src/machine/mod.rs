@@ -56,10 +56,12 @@ pub const WAIT_POLL: Duration = Duration::from_secs(30);
 /// Runs kept in status.history.
 pub const HISTORY_LIMIT: usize = 5;
 
-/// Done nodes that keep their full record in status; older ones fold into
-/// `upgradedNodes`. A record is about 300 bytes: 5,000 of them would pass etcd's 1.5 MiB
-/// object limit, and a status write past it fails.
-pub const DONE_RECORDS_KEPT: usize = 100;
+/// Done nodes that keep their full record in status; older ones are only counted, in
+/// `upgradedWithoutRecord`. A record is 300 bytes to 2.5 kB (its log tail): the status
+/// stays a few kilobytes whatever the cluster's size, and every write carries all of it.
+pub const DONE_RECORDS_KEPT: usize = 10;
+/// Nodes of the plan listed in `status.plan`; `status.pendingNodes` counts them all.
+pub const PLAN_SHOWN: usize = 20;
 /// What a step returns once it has made its change: the transition ends there.
 const STOP: ControlFlow<()> = ControlFlow::Break(());
 /// Safety bound on transitions taken in one decision.
@@ -91,6 +93,7 @@ pub fn decide(upgrade: &K8sUpgrade, observed: &Observed, now: Timestamp) -> Deci
         actions: Vec::new(),
         requeue: None,
         state: State::default(),
+        plan: None,
     };
     for _ in 0..MAX_TRANSITIONS {
         let before = machine.status.clone();
@@ -131,6 +134,8 @@ struct Machine<'a> {
     actions: Vec<Action>,
     requeue: Option<Duration>,
     state: State,
+    /// The plan as last computed in this decision: the status shows only its head.
+    plan: Option<Plan>,
 }
 
 impl<'a> Machine<'a> {
@@ -309,7 +314,9 @@ impl<'a> Machine<'a> {
         if self.status.phase != Some(Phase::Failed) || !already_said {
             self.event(true, reason, format!("{message}; nothing was changed"));
         }
+        self.plan = None;
         self.status.plan.clear();
+        self.status.pending_nodes = None;
         self.status.plan_hash = None;
         self.set_phase(Phase::Failed);
         self.note(reason, message);

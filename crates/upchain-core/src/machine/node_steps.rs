@@ -37,7 +37,6 @@ impl<'a> Machine<'a> {
                 job_result: None,
             };
             self.status.nodes.retain(|r| r.name != step.name);
-            self.status.upgraded_nodes.retain(|n| *n != step.name);
             self.status.nodes.push(record);
             started.push(step.name.clone());
         }

@@ -43,9 +43,22 @@ impl<'a> Machine<'a> {
     pub(super) fn prepare_the_nodes(&mut self, first: bool, plan: &Plan) -> ControlFlow<()> {
         if !first {
             self.status.prepare.clear();
-            self.status.prepared_nodes.clear();
+            self.status.prepared_count = 0;
             return ControlFlow::Continue(());
         }
+        let mark = self.prepared_mark(plan);
+        let observed: &'a Observed = self.observed;
+        let marked: std::collections::HashSet<&'a str> = observed
+            .nodes
+            .iter()
+            .filter(|n| n.prepared.as_deref() == Some(mark.as_str()))
+            .map(|n| n.name.as_str())
+            .collect();
+        let passed = |node: &str| marked.contains(node);
+        // A pass is on record in status until its node shows the mark.
+        self.status
+            .prepare
+            .retain(|r| !(r.succeeded && passed(&r.node)));
         let concurrency = usize::try_from(self.spec.runner.prepare_concurrency)
             .unwrap_or(1)
             .max(1);
@@ -58,16 +71,23 @@ impl<'a> Machine<'a> {
         let mut failures = Vec::new();
         let mut waiting = 0;
         let mut passed_now = false;
-        // Looked up once per node: a plan has thousands.
-        let passed: std::collections::HashSet<String> =
-            self.status.prepared_nodes.iter().cloned().collect();
+        let mut prepared: i32 = 0;
         for step in &plan.steps {
-            if passed.contains(&step.name) {
+            if passed(&step.name) {
+                prepared += 1;
                 continue;
             }
             let record = self.status.prepare.iter().find(|r| r.node == step.name);
             let attempt = match self.next_attempt(record.map(OneOffRecord::from), true) {
-                NextAttempt::Done => continue,
+                NextAttempt::Done => {
+                    // Passed, and its mark not seen yet: placed again if it was lost.
+                    prepared += 1;
+                    self.act(Action::MarkPrepared {
+                        node: step.name.clone(),
+                        run: mark.clone(),
+                    });
+                    continue;
+                }
                 NextAttempt::Run(attempt) => attempt,
                 NextAttempt::Failed { message, retry_in } => {
                     self.requeue_within(retry_in.unwrap_or_default());
@@ -87,7 +107,12 @@ impl<'a> Machine<'a> {
                 Check::Running => {}
                 Check::Passed => {
                     waiting -= 1;
+                    prepared += 1;
                     passed_now = true;
+                    self.act(Action::MarkPrepared {
+                        node: step.name.clone(),
+                        run: mark.clone(),
+                    });
                 }
                 Check::Failed(failure) => {
                     waiting -= 1;
@@ -95,6 +120,7 @@ impl<'a> Machine<'a> {
                 }
             }
         }
+        self.status.prepared_count = prepared;
         if !failures.is_empty() {
             self.block(failures);
             return STOP;
@@ -113,14 +139,23 @@ impl<'a> Machine<'a> {
         if waiting > 0 {
             self.note(
                 Reason::Preparing,
-                format!(
-                    "checking {waiting} node(s) before any is cordoned ({} passed)",
-                    self.status.prepared_nodes.len()
-                ),
+                format!("checking {waiting} node(s) before any is cordoned ({prepared} passed)"),
             );
             return STOP;
         }
         ControlFlow::Continue(())
+    }
+
+    /// What a node that passed this run's prepare check carries in its
+    /// `upchain.dev/prepared` annotation: the K8sUpgrade, the target and the run's start, so
+    /// that a pass for another run or target never counts.
+    fn prepared_mark(&self, plan: &Plan) -> String {
+        let started = self
+            .status
+            .started_at
+            .as_ref()
+            .map_or(0, |t| t.0.as_second());
+        format!("{}/{}/{started}", self.owner().name, plan.target)
     }
 
     fn start_prepare(&mut self, step: &crate::plan::Step, target: KubeVersion, attempt: i32) {
@@ -152,8 +187,9 @@ impl<'a> Machine<'a> {
         let namespace = &self.spec.runner.namespace;
         match self.job_outcome(observed.map(|j| &j.state), &record.started_at, timeout) {
             JobOutcome::Succeeded => {
-                self.status.prepare.remove(index);
-                self.status.prepared_nodes.push(step.name.clone());
+                let record = &mut self.status.prepare[index];
+                record.completed_at = Some(Time(self.now));
+                record.succeeded = true;
                 self.progressed();
                 Check::Passed
             }

@@ -155,11 +155,11 @@ impl<'a> Machine<'a> {
         }
         let now = Time(self.now);
         self.status.nodes.clear();
-        self.status.upgraded_nodes.clear();
+        self.status.upgraded_without_record = 0;
         self.status.hooks.clear();
         self.status.snapshot_waived = None;
         self.status.prepare.clear();
-        self.status.prepared_nodes.clear();
+        self.status.prepared_count = 0;
         self.status.completed_at = None;
         self.status.started_at = Some(now.clone());
         self.status.last_progress_at = Some(now);
@@ -267,8 +267,9 @@ impl<'a> Machine<'a> {
         ) {
             Ok(plan) => {
                 self.withdraw_approval_for_joined_nodes(&plan);
-                self.status.plan = plan.to_status();
                 self.status.plan_hash = Some(plan.hash());
+                self.plan = Some(plan.clone());
+                self.remember_approved_nodes();
                 ControlFlow::Continue(plan)
             }
             Err(error) => {
@@ -291,9 +292,9 @@ impl<'a> Machine<'a> {
         }
         let known: std::collections::HashSet<&str> = self
             .status
-            .plan
+            .approved_nodes
             .iter()
-            .map(|p| p.name.as_str())
+            .map(String::as_str)
             .chain(self.status.nodes.iter().map(|n| n.name.as_str()))
             .collect();
         let joined: Vec<&str> = plan
@@ -312,6 +313,26 @@ impl<'a> Machine<'a> {
         );
         self.status.approved_plan_hash = None;
         self.event(true, Reason::AwaitingApproval, message);
+    }
+
+    /// With an approval in force on a run in progress, the approved nodes still to start:
+    /// what [`Self::withdraw_approval_for_joined_nodes`] compares the next plan with.
+    fn remember_approved_nodes(&mut self) {
+        let approved = self.spec.approval == Approval::Manual
+            && self.status.approved_plan_hash.is_some()
+            && self.run_in_progress();
+        self.status.approved_nodes = match (&self.plan, approved) {
+            (Some(plan), true) => {
+                let started: std::collections::HashSet<&str> =
+                    self.status.nodes.iter().map(|n| n.name.as_str()).collect();
+                plan.steps
+                    .iter()
+                    .filter(|s| !started.contains(s.name.as_str()))
+                    .map(|s| s.name.clone())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
     }
 
     /// `spec.paused` starts no node.
@@ -358,10 +379,13 @@ impl<'a> Machine<'a> {
             );
             self.status.target_version = Some(target.to_string());
             self.status.upgrade_kind = Some(plan.kind);
-            // A check passed for the old target says nothing about the new one.
+            // A check passed for the old target says nothing about the new one, and the
+            // nodes it upgraded are in the new plan again.
             self.status.prepare.clear();
-            self.status.prepared_nodes.clear();
+            self.status.prepared_count = 0;
+            self.status.upgraded_without_record = 0;
         }
+        self.remember_approved_nodes();
         ControlFlow::Continue(())
     }
 }

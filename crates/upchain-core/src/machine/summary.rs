@@ -5,7 +5,8 @@ use upchain_api::HostKeyPolicy;
 
 use super::*;
 
-/// Folds the oldest Done records past [`DONE_RECORDS_KEPT`] into `upgraded_nodes`.
+/// Drops the oldest Done records past [`DONE_RECORDS_KEPT`], counting those of this run's
+/// target in `upgraded_without_record`.
 pub(super) fn fold_done_records(status: &mut K8sUpgradeStatus) {
     let done = status
         .nodes
@@ -23,7 +24,7 @@ pub(super) fn fold_done_records(status: &mut K8sUpgradeStatus) {
             surplus -= 1;
             // A record of an earlier target is history, not this run's progress.
             if Some(&record.target_version) == pinned.as_ref() {
-                status.upgraded_nodes.push(record.name);
+                status.upgraded_without_record += 1;
             }
         } else {
             kept.push(record);
@@ -33,10 +34,32 @@ pub(super) fn fold_done_records(status: &mut K8sUpgradeStatus) {
 }
 
 impl<'a> Machine<'a> {
+    /// The plan's head and its count: the nodes still to start. A plan not computed in
+    /// this decision (a finished run) leaves the last one shown.
+    fn show_the_plan(&mut self) {
+        let Some(plan) = &self.plan else {
+            return;
+        };
+        let started: std::collections::HashSet<&str> =
+            self.status.nodes.iter().map(|n| n.name.as_str()).collect();
+        let mut pending = plan
+            .steps
+            .iter()
+            .filter(|s| !started.contains(s.name.as_str()));
+        let shown: Vec<_> = pending.by_ref().take(PLAN_SHOWN).collect();
+        let count = shown.len() + pending.count();
+        self.status.plan = shown
+            .into_iter()
+            .map(crate::plan::Step::to_status)
+            .collect();
+        self.status.pending_nodes = Some(i32::try_from(count).unwrap_or(i32::MAX));
+    }
+
     /// Fills in what is derived from the rest: conditions, summary columns, requeue.
     pub(super) fn finish(mut self, previous: &K8sUpgradeStatus) -> Decision {
         self.silences();
         fold_done_records(&mut self.status);
+        self.show_the_plan();
         let generation = self.upgrade.metadata.generation;
         self.status.observed_generation = generation;
         let phase = self.status.phase.unwrap_or(Phase::Pending);
@@ -65,13 +88,9 @@ impl<'a> Machine<'a> {
             .iter()
             .filter(|n| n.step == NodeStep::Done && Some(&n.target_version) == pinned.as_ref())
             .count()
-            + self.status.upgraded_nodes.len();
-        let remaining = self
-            .status
-            .plan
-            .iter()
-            .filter(|p| !active.iter().any(|a| a.name == p.name))
-            .count()
+            + usize::try_from(self.status.upgraded_without_record).unwrap_or_default();
+        let remaining = usize::try_from(self.status.pending_nodes.unwrap_or_default())
+            .unwrap_or_default()
             + active.len();
         self.status.progress = self
             .status

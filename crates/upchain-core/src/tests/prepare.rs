@@ -36,7 +36,15 @@ pub(super) fn a_node_that_fails_its_prepare_check_blocks_before_any_cordon_and_i
         blocked.actions.iter().any(|a| matches!(a,
         Action::Event(e) if e.reason == Reason::PrepareFailed && e.node.as_deref() == Some("w-3")))
     );
-    assert_eq!(blocked.status.prepared_nodes, ["cp-0", "w-1"]);
+    assert_eq!(blocked.status.prepared_count, 2);
+    let marked: Vec<&str> = run
+        .world
+        .nodes
+        .iter()
+        .filter(|n| n.prepared.is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(marked, ["cp-0", "w-1"], "a pass is kept on the node");
     // The mirror gets the packages: the recheck passes and the first node starts.
     run.world.unprepared.clear();
     run.world.tick(300);
@@ -56,7 +64,35 @@ pub(super) fn a_node_that_fails_its_prepare_check_blocks_before_any_cordon_and_i
     assert!(started.actions.iter().any(|a| matches!(a,
         Action::Event(e) if e.reason == Reason::NodesPrepared)));
     run.until(200, &[Phase::Succeeded]);
-    assert!(run.status().prepare.is_empty() && run.status().prepared_nodes.is_empty());
+    assert!(run.status().prepare.is_empty() && run.status().prepared_count == 0);
+}
+
+#[test]
+pub(super) fn a_pass_marked_for_another_run_is_checked_again() {
+    let mut world = World::new(small_cluster());
+    world.node_mut("w-1").prepared = Some("another/v1.35.2/0".to_owned());
+    // w-3 fails its check, so the run waits with the others' passes marked.
+    world.unprepared.insert("w-3".to_owned());
+    let mut run = Run::new(quick("1.35.2"), world);
+    let preparing = run.decide_once();
+    let checked: Vec<&str> = preparing
+        .status
+        .prepare
+        .iter()
+        .map(|r| r.node.as_str())
+        .collect();
+    assert!(checked.contains(&"w-1"), "{checked:?}");
+    run.world.tick(1);
+    let blocked = run.decide_once();
+    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
+    let mark = run.world.node_mut("w-1").prepared.clone();
+    assert!(
+        mark.as_deref().is_some_and(|m| m.starts_with(&format!(
+            "{}/v1.35.2/",
+            run.upgrade.metadata.name.as_deref().unwrap_or_default()
+        ))),
+        "{mark:?}"
+    );
 }
 
 #[test]

@@ -294,6 +294,9 @@ impl World {
                 }
                 Action::Cordon { node } => self.node_mut(node).unschedulable = true,
                 Action::Uncordon { node } => self.node_mut(node).unschedulable = false,
+                Action::MarkPrepared { node, run } => {
+                    self.node_mut(node).prepared = Some(run.clone());
+                }
                 Action::Evict { node, pods, .. } => {
                     let budgets = &self.budgets;
                     if let Some(list) = self.pods.get_mut(node) {

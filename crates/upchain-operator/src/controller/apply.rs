@@ -33,6 +33,20 @@ pub(super) async fn write_status(
     Ok(())
 }
 
+async fn mark_prepared(ctx: &Context, node: &str, run: &str) -> Result<(), Error> {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    api.patch(
+        node,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {PREPARED_ANNOTATION: run}}})),
+    )
+    .await
+    .map_err(write_error(format!(
+        "marking {node} as prepared ({PREPARED_ANNOTATION})"
+    )))?;
+    Ok(())
+}
+
 pub(super) async fn set_unschedulable(
     ctx: &Context,
     node: &str,
@@ -101,6 +115,7 @@ pub(super) async fn carry_out(
         match action {
             Action::Cordon { node } => set_unschedulable(ctx, node, true).await?,
             Action::Uncordon { node } => set_unschedulable(ctx, node, false).await?,
+            Action::MarkPrepared { node, run } => mark_prepared(ctx, node, run).await?,
             Action::Evict {
                 pods,
                 grace_period_seconds,

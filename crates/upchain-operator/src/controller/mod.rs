@@ -34,8 +34,8 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 use upchain_api::{
-    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, SilenceRecord, UPGRADE_ANNOTATION,
-    UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
+    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, PREPARED_ANNOTATION, SilenceRecord,
+    UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
 use upchain_core::evidence::JobEvidence;
 use upchain_core::job::{RUNNER_CONTAINER, bounded_name};

@@ -92,7 +92,7 @@ async fn custom_resources_and_server_side_apply_on_status() {
     // A status past etcd's limit is refused, as a real cluster refuses it.
     let names: Vec<String> = (0..130_000).map(|i| format!("node-{i:06}")).collect();
     let huge = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-        "status": {"upgradedNodes": names}});
+        "status": {"approvedNodes": names}});
     match upgrades
         .patch_status(
             "u",
