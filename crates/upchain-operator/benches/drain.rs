@@ -137,7 +137,7 @@ async fn run(replicas: u64, start_up: Duration) {
         "spec": {"targetVersion": "1.35.2", "soak": "0s",
                  "snapshotWaiver": {"reason": "the benchmark measures the drain"}}});
     let applied = jiff::Timestamp::now();
-    support::upgrade(&client, "drain", &object, Duration::from_secs(900)).await;
+    let _ = support::upgrade(&client, "drain", &object, Duration::from_secs(900)).await;
     let reconciles = operator.counter("upchain_reconciles_total") - reconciles_before;
     let cpu = operator.cpu_seconds() - cpu_before;
     let rss = operator.peak_rss();

@@ -66,9 +66,9 @@ fn main() {
     };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
-        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reconciles per node | reads / writes per node | operator CPU per node | Pod lists, Node lists | idle requests (60 s) | peak RSS |"
+        "| nodes | Pods | maxUnavailable | total | overhead per node p50 / p99 | reconcile p50 / p99 | reconciles per node | reads / writes per node | status writes per node, kB written per node, largest | operator CPU per node | Pod lists, Node lists | idle requests (60 s) | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for size in sizes {
         runtime.block_on(run(size, real));
     }
@@ -281,7 +281,7 @@ async fn run(size: usize, real: bool) {
         "metadata": {"name": "scale"},
         "spec": {"targetVersion": "1.35.2", "soak": "0s", "nodes": {"maxUnavailable": max_unavailable},
                  "snapshotWaiver": {"reason": "the benchmark measures the nodes"}}});
-    support::upgrade(&client, "scale", &object, Duration::from_secs(7200)).await;
+    let writes = support::upgrade(&client, "scale", &object, Duration::from_secs(7200)).await;
     let total = started.elapsed();
     let cpu = operator.cpu_seconds() - cpu_before;
     let during = cluster
@@ -341,7 +341,7 @@ async fn run(size: usize, real: bool) {
         }
     });
     println!(
-        "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} | {requests} | {:.1} ms | {lists} | {idle_requests} | {rss} |",
+        "| {size}{} | {pods} | {max_unavailable} | {} | {:.0} / {:.0} ms | {} / {} | {:.1} | {requests} | {:.1}, {:.1} kB, {:.1} kB | {:.1} ms | {lists} | {idle_requests} | {rss} |",
         if real { " (real)" } else { "" },
         human(total),
         quantile(&overheads, 0.5) * 1000.0,
@@ -349,6 +349,9 @@ async fn run(size: usize, real: bool) {
         bucket(reconcile_p50),
         bucket(reconcile_p99),
         reconciles / size as f64,
+        per_node(writes.count),
+        per_node(writes.bytes) / 1000.0,
+        writes.largest as f64 / 1000.0,
         cpu * 1000.0 / size as f64,
     );
     drop(operator);

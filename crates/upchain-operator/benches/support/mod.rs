@@ -1,9 +1,7 @@
 //! What the benchmarks share: the real `upchain run`, its metrics, and its process's costs.
 
-use std::path::Path;
-use std::time::Instant;
-
 use kube::api::{Api, Patch, PatchParams};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use upchain_api::{K8sUpgrade, Phase};
@@ -106,26 +104,64 @@ impl Drop for Operator {
     }
 }
 
-/// Applies the K8sUpgrade `object` (named `name`) and waits until it has Succeeded; panics
-/// if it fails or takes longer than `within`.
+/// The status writes of one K8sUpgrade, as its watchers saw them.
+#[derive(Debug, Default)]
+pub struct StatusWrites {
+    /// Writes that changed the status.
+    pub count: u64,
+    /// Their serialized sizes, summed.
+    pub bytes: u64,
+    /// The largest.
+    pub largest: usize,
+}
+
+/// Applies the K8sUpgrade `object` (named `name`) and follows it through a watch until it
+/// has Succeeded, counting its status writes; panics if it fails or takes longer than
+/// `within`.
 pub async fn upgrade(
     client: &kube::Client,
     name: &str,
     object: &serde_json::Value,
     within: Duration,
-) {
+) -> StatusWrites {
+    use futures_util::StreamExt;
+    use kube::runtime::watcher;
+
     let api: Api<K8sUpgrade> = Api::all(client.clone());
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
     api.patch(name, &PatchParams::apply("bench"), &Patch::Apply(object))
         .await
         .unwrap();
-    let deadline = Instant::now() + within;
-    loop {
-        let phase = api.get(name).await.unwrap().status.and_then(|s| s.phase);
-        if phase == Some(Phase::Succeeded) {
-            return;
+    let mut writes = StatusWrites::default();
+    let mut last: Vec<u8> = Vec::new();
+    let follow = async {
+        while let Some(event) = events.next().await {
+            let (watcher::Event::Apply(upgrade) | watcher::Event::InitApply(upgrade)) =
+                event.expect("the K8sUpgrade watch")
+            else {
+                continue;
+            };
+            let Some(status) = upgrade
+                .status
+                .filter(|_| upgrade.metadata.name.as_deref() == Some(name))
+            else {
+                continue;
+            };
+            let body = serde_json::to_vec(&status).unwrap();
+            if body != last {
+                writes.count += 1;
+                writes.bytes += body.len() as u64;
+                writes.largest = writes.largest.max(body.len());
+                last = body;
+            }
+            assert_ne!(status.phase, Some(Phase::Failed), "the run failed");
+            if status.phase == Some(Phase::Succeeded) {
+                return;
+            }
         }
-        assert_ne!(phase, Some(Phase::Failed), "the run failed");
-        assert!(Instant::now() < deadline, "the run did not finish");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    tokio::time::timeout(within, follow)
+        .await
+        .expect("the run did not finish");
+    writes
 }
