@@ -40,9 +40,14 @@ impl ObservedNode {
     pub fn prune(node: &mut Node) {
         let metadata = &mut node.metadata;
         metadata.managed_fields = None;
-        if let Some(annotations) = metadata.annotations.as_mut() {
-            annotations.retain(|key, _| key == PREPARED_ANNOTATION);
-        }
+        metadata.annotations = metadata
+            .annotations
+            .take()
+            .map(|mut annotations| {
+                annotations.retain(|key, _| key == PREPARED_ANNOTATION);
+                annotations
+            })
+            .filter(|kept| !kept.is_empty());
         metadata.owner_references = None;
         if let Some(spec) = node.spec.as_mut() {
             *spec = NodeSpec {
@@ -192,6 +197,26 @@ impl ObservedJob {
             state,
             evidence: None,
         }
+    }
+
+    /// A Job judged as [`ObservedJob::from_job`] does, except that a Job of one
+    /// completion whose Pod has Succeeded (every container exited 0) has succeeded: the
+    /// Job controller batches Pod updates and marks it Complete up to a second later, a
+    /// second each node, prepare check and hook would wait for nothing. A Pod's failure
+    /// is still judged by the Job, which may retry it.
+    pub fn from_job_and_pods<'p>(job: &Job, pods: impl IntoIterator<Item = &'p Pod>) -> Self {
+        let mut observed = Self::from_job(job);
+        let one_completion = job
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.completions.unwrap_or(1) == 1);
+        let pod_succeeded = pods
+            .into_iter()
+            .any(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+        if observed.state == JobState::Running && one_completion && pod_succeeded {
+            observed.state = JobState::Succeeded;
+        }
+        observed
     }
 }
 
@@ -419,6 +444,7 @@ mod tests {
                 "annotations": {
                     "kubeadm.alpha.kubernetes.io/cri-socket": "unix:///run/containerd/containerd.sock",
                     "node.alpha.kubernetes.io/ttl": "0",
+                    "upchain.dev/prepared": "fleet/v1.35.2/1796000000",
                     "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
                 "managedFields": [{"manager": "kubelet", "operation": "Update",
                     "apiVersion": "v1", "fieldsType": "FieldsV1",
@@ -458,12 +484,60 @@ mod tests {
         assert!(observed.unschedulable && observed.ready);
         assert_eq!(observed.pressure, ["DiskPressure"]);
         assert_eq!(observed.internal_ip.as_deref(), Some("10.0.0.7"));
+        assert_eq!(
+            observed.prepared.as_deref(),
+            Some("fleet/v1.35.2/1796000000")
+        );
+        assert_eq!(
+            pruned.metadata.annotations.as_ref().map(BTreeMap::len),
+            Some(1)
+        );
         let size = |n: &Node| serde_json::to_vec(n).expect("serializes").len();
         assert!(
-            size(&pruned) * 10 < size(&node),
+            size(&pruned) * 9 < size(&node),
             "{} bytes pruned from {}",
             size(&pruned),
             size(&node)
         );
+    }
+
+    fn job(completions: i32, condition: Option<&str>) -> Job {
+        let conditions: Vec<serde_json::Value> = condition
+            .map(|type_| serde_json::json!({"type": type_, "status": "True"}))
+            .into_iter()
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j"},
+            "spec": {"completions": completions, "template": {}},
+            "status": {"conditions": conditions},
+        }))
+        .expect("a valid Job")
+    }
+
+    fn pod(phase: &str) -> Pod {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "j-1"}, "status": {"phase": phase}}),
+        )
+        .expect("a valid Pod")
+    }
+
+    #[test]
+    fn a_job_whose_one_pod_succeeded_has_succeeded_before_the_job_controller_says_so() {
+        let state = |job: &Job, pods: &[Pod]| ObservedJob::from_job_and_pods(job, pods).state;
+        assert_eq!(
+            state(&job(1, None), &[pod("Succeeded")]),
+            JobState::Succeeded
+        );
+        assert_eq!(state(&job(1, None), &[pod("Running")]), JobState::Running);
+        // A failed Pod may be retried: only the Job's Failed condition ends it.
+        assert_eq!(state(&job(1, None), &[pod("Failed")]), JobState::Running);
+        // More than one completion is the Job's to count.
+        assert_eq!(state(&job(2, None), &[pod("Succeeded")]), JobState::Running);
+        // The Job's own verdict stands.
+        assert!(matches!(
+            state(&job(1, Some("Failed")), &[pod("Succeeded")]),
+            JobState::Failed { .. }
+        ));
+        assert_eq!(state(&job(1, Some("Complete")), &[]), JobState::Succeeded);
     }
 }

@@ -543,7 +543,7 @@ pub async fn snapshot_inputs(
         .map(|c| c.name.clone());
     let log = match (&job, container) {
         (Some(job), Some(container)) if job.state == JobState::Succeeded && !verified => Some(
-            finished_job_log(client, &spec.namespace, &job.name, &container)
+            finished_job_log(client, &spec.namespace, &job.name, &container, Vec::new())
                 .await
                 .and_then(|(_, log)| log),
         ),
@@ -552,25 +552,34 @@ pub async fn snapshot_inputs(
     Ok(Some(SnapshotInputs { template, job, log }))
 }
 
-/// The Pod that decided how `job` ended, and the end of `container`'s log in it (or why
-/// it could not be read); Err when no such Pod could be found.
+/// The label the Job controller puts on a Job's Pods.
+pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// The Pod that decided how `job` ended (among `known`, from a cache, or else listed),
+/// and the end of `container`'s log in it (or why it could not be read); Err when no such
+/// Pod could be found.
 pub(crate) async fn finished_job_log(
     client: &Client,
     namespace: &str,
     job: &str,
     container: &str,
+    known: Vec<Pod>,
 ) -> Result<(Pod, Result<String, String>), String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await
-        .map_err(|e| {
-            format!(
-                "listing the Pods of Job {namespace}/{job}: {}",
-                describe(&e)
-            )
-        })?;
-    let pod = upchain_core::evidence::deciding_pod(listed.items)
+    let candidates = if known.is_empty() {
+        pods.list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={job}")))
+            .await
+            .map_err(|e| {
+                format!(
+                    "listing the Pods of Job {namespace}/{job}: {}",
+                    describe(&e)
+                )
+            })?
+            .items
+    } else {
+        known
+    };
+    let pod = upchain_core::evidence::deciding_pod(candidates)
         .ok_or_else(|| format!("Job {namespace}/{job} has no Pod left to read"))?;
     let params = LogParams {
         container: Some(container.to_owned()),

@@ -7,12 +7,14 @@
 mod apply;
 mod drain_watch;
 mod events;
+mod job_pods;
 mod lease;
 mod observe;
 
 use apply::*;
 use drain_watch::DrainWatch;
 use events::*;
+use job_pods::JobPods;
 pub use lease::{LeaseSettings, run_with_leader_election};
 use observe::*;
 
@@ -180,6 +182,8 @@ struct Context {
     lock_released: tokio::sync::mpsc::UnboundedSender<()>,
     /// The draining nodes' Pods and the budgets, watched.
     drain: DrainWatch,
+    /// The Pods of the operator's Jobs, watched.
+    job_pods: JobPods,
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -240,7 +244,9 @@ pub async fn run(
         wakes.recv().await.map(|upgrade| (upgrade, wakes))
     });
     let job_namespaces = settings.job_namespaces();
+    let (job_pods, job_pods_succeeded) = JobPods::watch(&client, job_namespaces.as_deref());
     let context = Arc::new(Context {
+        job_pods,
         drain: DrainWatch::new(client.clone(), drain_changed),
         events: Events::new(client.clone()),
         client: client.clone(),
@@ -282,6 +288,7 @@ pub async fn run(
         .reconcile_on(node_stream)
         .reconcile_all_on(released)
         .reconcile_on(drain_wakes)
+        .reconcile_on(job_pods_succeeded)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| {

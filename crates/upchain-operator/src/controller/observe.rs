@@ -20,6 +20,14 @@ pub(super) async fn observe_jobs(
     }
     let namespace = &upgrade.spec.runner.namespace;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
+    let cached = ctx.job_pods.of_namespace(namespace);
+    let pods_of = |job: &str| -> Vec<Pod> {
+        cached
+            .iter()
+            .filter(|pod| pod.labels().get(gather::JOB_NAME_LABEL).map(String::as_str) == Some(job))
+            .map(|pod| pod.as_ref().clone())
+            .collect()
+    };
     let mut jobs: Vec<ObservedJob> = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -28,13 +36,13 @@ pub(super) async fn observe_jobs(
         .iter()
         // A Job left by an earlier K8sUpgrade of the same name is not this one's.
         .filter(|job| job.annotations().get(UPGRADE_UID_ANNOTATION) == upgrade.uid().as_ref())
-        .map(ObservedJob::from_job)
+        .map(|job| ObservedJob::from_job_and_pods(job, &pods_of(&job.name_any())))
         .collect();
     for job in jobs
         .iter_mut()
         .filter(|j| j.state != JobState::Running && needs.evidence_of.contains(&j.name))
     {
-        job.evidence = job_evidence(&ctx.client, namespace, &job.name).await;
+        job.evidence = job_evidence(&ctx.client, namespace, &job.name, pods_of(&job.name)).await;
     }
     Ok(jobs)
 }
@@ -159,8 +167,9 @@ pub(super) async fn job_evidence(
     client: &Client,
     namespace: &str,
     job: &str,
+    known: Vec<Pod>,
 ) -> Option<JobEvidence> {
-    match gather::finished_job_log(client, namespace, job, RUNNER_CONTAINER).await {
+    match gather::finished_job_log(client, namespace, job, RUNNER_CONTAINER, known).await {
         Ok((pod, log)) => Some(JobEvidence::from_pod(&pod, log)),
         Err(error) => {
             warn!(job, %error, "reading the Pod of a finished Job");

@@ -232,7 +232,7 @@ fn allow_list(
             "*",
             &["get", "list", "watch", "create", "patch", "delete"],
         ),
-        ("RUNNER", "", "pods", "*", &["list"]),
+        ("RUNNER", "", "pods", "*", &["list", "watch"]),
         ("RUNNER", "", "pods/log", "*", &["get"]),
         ("RUNNER", "", "configmaps", "*", &["get"]),
         ("RUNNER", "", "secrets", "SSH", &["get"]),
@@ -245,7 +245,7 @@ fn allow_list(
             "*",
             &["get", "list", "watch", "create", "delete"],
         ),
-        ("kube-system", "", "pods", "*", &["list"]),
+        ("kube-system", "", "pods", "*", &["list", "watch"]),
         ("kube-system", "", "pods/log", "*", &["get"]),
     ];
     always
