@@ -376,8 +376,9 @@ pub struct JobResult {
     /// When it finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
-    /// The last lines of its log (at most 10 lines of 200 characters), with anything that
-    /// looks like a secret replaced by `[redacted]`.
+    /// The last lines of its log (at most 10 lines of 200 characters for a Job that failed,
+    /// 3 for one that succeeded), with anything that looks like a secret replaced by
+    /// `[redacted]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_tail: Vec<String>,
     /// Why the Pod or its log could not be read, if it could not.

@@ -138,7 +138,13 @@ fn run(size: usize) {
             "{:?}",
             decision.status
         );
-        largest = largest.max(serde_json::to_vec(&decision.status).unwrap().len());
+        let body = serde_json::to_vec(&decision.status).unwrap();
+        if body.len() > largest {
+            largest = body.len();
+            if let Ok(path) = std::env::var("UPCHAIN_BENCH_LARGEST_STATUS") {
+                std::fs::write(path, &body).unwrap();
+            }
+        }
         upgrade.status = Some(decision.status);
         for action in &decision.actions {
             let set = |observed: &mut Observed, name: &str, f: &dyn Fn(&mut ObservedNode)| {

@@ -11,9 +11,12 @@ use upchain_api::JobResult;
 
 use crate::observe::JobState;
 
-/// Log lines kept per Job: enough to see how it ended, small enough that a hundred node
-/// records stay far below the API server's object size limit.
+/// Log lines kept per failed Job: enough to see how it ended, small enough that a batch of
+/// node records stays far below the API server's object size limit.
 pub const LOG_LINES: usize = 10;
+/// Log lines kept per Job that succeeded: how it ended. Every node of a batch carries its
+/// record until the batch is done, and every status write carries them all.
+pub const SUCCEEDED_LOG_LINES: usize = 3;
 /// Characters kept per log line.
 pub const LOG_LINE_CHARS: usize = 200;
 /// Bytes of log the operator asks the API server for.
@@ -106,8 +109,15 @@ pub fn log_tail(log: &str) -> Vec<String> {
 
 /// The record of a Job that ended in `state`, from what was read of its Pod.
 pub fn job_result(job: &str, state: &JobState, evidence: Option<&JobEvidence>) -> JobResult {
+    let succeeded = *state == JobState::Succeeded;
     let (log_tail, note) = match evidence.map(|e| &e.log) {
-        Some(Ok(log)) => (self::log_tail(log), None),
+        Some(Ok(log)) => {
+            let mut tail = self::log_tail(log);
+            if succeeded {
+                tail = tail.split_off(tail.len().saturating_sub(SUCCEEDED_LOG_LINES));
+            }
+            (tail, None)
+        }
         Some(Err(error)) => (
             Vec::new(),
             Some(format!("the log could not be read: {error}")),
@@ -119,7 +129,7 @@ pub fn job_result(job: &str, state: &JobState, evidence: Option<&JobEvidence>) -
     };
     JobResult {
         job: job.to_owned(),
-        succeeded: *state == JobState::Succeeded,
+        succeeded,
         exit_code: evidence.and_then(|e| e.exit_code),
         started_at: evidence.and_then(|e| e.started_at).map(Time),
         finished_at: evidence.and_then(|e| e.finished_at).map(Time),
@@ -175,6 +185,27 @@ mod tests {
         assert_eq!(tail[LOG_LINES - 1], "line 29");
         let long = log_tail(&"x ".repeat(500));
         assert_eq!(long[0].chars().count(), LOG_LINE_CHARS);
+    }
+
+    #[test]
+    fn a_job_that_succeeded_keeps_fewer_lines_than_one_that_failed() {
+        let log: String = (0..30).map(|i| format!("line {i}\n")).collect();
+        let evidence = JobEvidence {
+            exit_code: Some(0),
+            started_at: None,
+            finished_at: None,
+            log: Ok(log),
+        };
+        let succeeded = job_result("j", &JobState::Succeeded, Some(&evidence));
+        assert_eq!(succeeded.log_tail, ["line 27", "line 28", "line 29"]);
+        let failed = JobState::Failed {
+            reason: "BackoffLimitExceeded".to_owned(),
+            message: String::new(),
+        };
+        assert_eq!(
+            job_result("j", &failed, Some(&evidence)).log_tail.len(),
+            LOG_LINES
+        );
     }
 
     #[test]
