@@ -3,10 +3,16 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
+use k8s_openapi::api::core::v1::{
+    Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec,
+    PodStatus,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube_core::{Selector, SelectorExt};
 use upchain_api::PREPARED_ANNOTATION;
+
+/// The annotation the kubelet puts on a static Pod's mirror in the API server.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
 /// A node as the plan and the phase machine see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -314,6 +320,52 @@ impl ObservedBudget {
 
 impl ObservedPod {
     /// Reduces a Pod to what the drain decides on.
+    /// Drops from a Pod everything [`ObservedPod::from_pod`] does not read: a drained
+    /// node's cache then holds its Pods' names, owners, labels, readiness and emptyDir
+    /// volumes, not their containers (a node Job's Pod carries its whole script).
+    pub fn prune(pod: &mut Pod) {
+        let metadata = &mut pod.metadata;
+        metadata.managed_fields = None;
+        metadata.annotations = metadata
+            .annotations
+            .take()
+            .map(|mut annotations| {
+                annotations.retain(|key, _| key == MIRROR_ANNOTATION);
+                annotations
+            })
+            .filter(|kept| !kept.is_empty());
+        if let Some(spec) = pod.spec.as_mut() {
+            let volumes = spec.volumes.take().map(|volumes| {
+                volumes
+                    .into_iter()
+                    .filter(|v| v.empty_dir.is_some())
+                    .collect::<Vec<_>>()
+            });
+            *spec = PodSpec {
+                volumes: volumes.filter(|kept| !kept.is_empty()),
+                node_name: spec.node_name.take(),
+                ..PodSpec::default()
+            };
+        }
+        if let Some(status) = pod.status.as_mut() {
+            let conditions = status.conditions.take().map(|conditions| {
+                conditions
+                    .into_iter()
+                    .map(|c| PodCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        ..PodCondition::default()
+                    })
+                    .collect()
+            });
+            *status = PodStatus {
+                phase: status.phase.take(),
+                conditions,
+                ..PodStatus::default()
+            };
+        }
+    }
+
     pub fn from_pod(pod: &Pod) -> Self {
         let metadata = &pod.metadata;
         let owners = metadata.owner_references.as_deref().unwrap_or_default();
@@ -325,7 +377,7 @@ impl ObservedPod {
             mirror: metadata
                 .annotations
                 .as_ref()
-                .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror")),
+                .is_some_and(|a| a.contains_key(MIRROR_ANNOTATION)),
             finished: pod
                 .status
                 .as_ref()
@@ -539,5 +591,37 @@ mod tests {
             JobState::Failed { .. }
         ));
         assert_eq!(state(&job(1, Some("Complete")), &[]), JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_pruned_pod_is_observed_as_the_whole_one() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "apps",
+                "labels": {"app": "web"},
+                "annotations": {"kubernetes.io/config.mirror": "x", "checksum/config": "abc"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                    "uid": "u", "controller": true}],
+                "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "worker-1",
+                "containers": [{"name": "web", "image": "web:1", "command": ["sh", "-c", "x".repeat(4096)]}],
+                "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "config", "configMap": {"name": "c"}}]},
+            "status": {"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True", "message": "ready"}],
+                "containerStatuses": [{"name": "web", "image": "web:1", "imageID": "i",
+                    "ready": true, "restartCount": 0}]}
+        }))
+        .expect("a valid Pod");
+        let mut pruned = pod.clone();
+        ObservedPod::prune(&mut pruned);
+        assert_eq!(ObservedPod::from_pod(&pruned), ObservedPod::from_pod(&pod));
+        let observed = ObservedPod::from_pod(&pod);
+        assert!(observed.mirror && observed.empty_dir && observed.ready && !observed.unmanaged);
+        let size = |p: &Pod| serde_json::to_vec(p).expect("serializes").len();
+        assert!(
+            size(&pruned) * 5 < size(&pod),
+            "{} of {}",
+            size(&pruned),
+            size(&pod)
+        );
     }
 }

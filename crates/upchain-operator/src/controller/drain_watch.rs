@@ -144,11 +144,15 @@ impl DrainWatch {
     fn watch_node(&self, upgrade: &str, node: &str) -> NodeWatch {
         let (pods, writer) = reflector::store();
         let api: Api<Pod> = Api::all(self.client.clone());
-        let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        // In pages: a node can hold thousands of finished Job Pods, and a page being
+        // decoded is this watch's peak memory.
+        let config = watcher::Config::default()
+            .fields(&format!("spec.nodeName={node}"))
+            .page_size(100);
         let (watched, wake, node) = (self.watched.clone(), self.wake.clone(), node.to_owned());
         let stream = watcher(api, config)
             .default_backoff()
-            .modify(|pod| pod.metadata.managed_fields = None)
+            .modify(ObservedPod::prune)
             .reflect(writer)
             .for_each(move |event| {
                 // Only a Pod leaving moves the drain along: one that starts terminating, or
