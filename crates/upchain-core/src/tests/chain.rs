@@ -252,8 +252,11 @@ pub(super) fn a_long_run_keeps_the_last_done_records_and_counts_the_rest() {
     let mut worst = status.nodes.last().expect("a record").clone();
     let long = "x".repeat(crate::evidence::LOG_LINE_CHARS);
     worst.job_result.as_mut().expect("result").log_tail = vec![long; crate::evidence::LOG_LINES];
-    worst.drain_preview.as_mut().expect("preview").evict =
-        vec!["n".repeat(2 * 63 + 1); crate::drain::PREVIEW_NAMES];
+    worst.drain_preview = Some(upchain_api::DrainPreview {
+        evict_count: 100,
+        evict: vec!["n".repeat(2 * 63 + 1); crate::drain::PREVIEW_NAMES],
+        blocked_by: Vec::new(),
+    });
     let record = serde_json::to_vec(&worst).expect("serializes").len();
     let worst_status = record * (crate::machine::DONE_RECORDS_KEPT + 100);
     assert!(worst_status < 1_000_000, "{record} bytes per record");

@@ -125,10 +125,12 @@ pub async fn upgrade(
     within: Duration,
 ) -> StatusWrites {
     use futures_util::StreamExt;
-    use kube::runtime::watcher;
+    use kube::runtime::{WatchStreamExt, watcher};
 
     let api: Api<K8sUpgrade> = Api::all(client.clone());
-    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut events = watcher(api.clone(), watcher::Config::default())
+        .default_backoff()
+        .boxed();
     api.patch(name, &PatchParams::apply("bench"), &Patch::Apply(object))
         .await
         .unwrap();
@@ -136,8 +138,8 @@ pub async fn upgrade(
     let mut last: Vec<u8> = Vec::new();
     let follow = async {
         while let Some(event) = events.next().await {
-            let (watcher::Event::Apply(upgrade) | watcher::Event::InitApply(upgrade)) =
-                event.expect("the K8sUpgrade watch")
+            // A watch that fell behind lists again; the writes in between are not counted.
+            let Ok(watcher::Event::Apply(upgrade) | watcher::Event::InitApply(upgrade)) = event
             else {
                 continue;
             };
