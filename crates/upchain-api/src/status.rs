@@ -351,8 +351,7 @@ pub struct NodeRecord {
     /// now and cover a Pod still to leave, which is what the drain waits on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for_budgets: Vec<String>,
-    /// What the drain was going to do, computed before the node was cordoned; kept until
-    /// the drain is done (its `DrainPreview` Event keeps it after).
+    /// What the drain was going to do, computed before the node was cordoned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_preview: Option<DrainPreview>,
     /// How the node's last upgrade Job ended, kept after the Job itself is deleted.

@@ -205,11 +205,6 @@ impl<'a> Machine<'a> {
         record.message = message;
         record.waiting_for_pods.clear();
         record.waiting_for_budgets.clear();
-        // Drained: the preview is history, kept by its DrainPreview Event, and each record
-        // of a batch is in every status write until the batch is done.
-        if step == NodeStep::Upgrading {
-            record.drain_preview = None;
-        }
         self.progressed();
     }
 
