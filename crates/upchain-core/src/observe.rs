@@ -8,8 +8,22 @@ use k8s_openapi::api::core::v1::{
     PodStatus,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::{Selector, SelectorExt};
 use upchain_api::PREPARED_ANNOTATION;
+
+/// Drops every annotation of `metadata` but `key`, and the map itself when that leaves it
+/// empty: a cached object keeps the one annotation a decision reads.
+fn keep_only_annotation(metadata: &mut ObjectMeta, key: &str) {
+    metadata.annotations = metadata
+        .annotations
+        .take()
+        .map(|mut annotations| {
+            annotations.retain(|k, _| k == key);
+            annotations
+        })
+        .filter(|kept| !kept.is_empty());
+}
 
 /// The annotation the kubelet puts on a static Pod's mirror in the API server.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
@@ -46,14 +60,7 @@ impl ObservedNode {
     pub fn prune(node: &mut Node) {
         let metadata = &mut node.metadata;
         metadata.managed_fields = None;
-        metadata.annotations = metadata
-            .annotations
-            .take()
-            .map(|mut annotations| {
-                annotations.retain(|key, _| key == PREPARED_ANNOTATION);
-                annotations
-            })
-            .filter(|kept| !kept.is_empty());
+        keep_only_annotation(metadata, PREPARED_ANNOTATION);
         metadata.owner_references = None;
         if let Some(spec) = node.spec.as_mut() {
             *spec = NodeSpec {
@@ -326,14 +333,7 @@ impl ObservedPod {
     pub fn prune(pod: &mut Pod) {
         let metadata = &mut pod.metadata;
         metadata.managed_fields = None;
-        metadata.annotations = metadata
-            .annotations
-            .take()
-            .map(|mut annotations| {
-                annotations.retain(|key, _| key == MIRROR_ANNOTATION);
-                annotations
-            })
-            .filter(|kept| !kept.is_empty());
+        keep_only_annotation(metadata, MIRROR_ANNOTATION);
         if let Some(spec) = pod.spec.as_mut() {
             let volumes = spec.volumes.take().map(|volumes| {
                 volumes
