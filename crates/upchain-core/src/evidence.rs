@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use regex::Regex;
 use upchain_api::JobResult;
@@ -42,17 +42,27 @@ pub fn deciding_pod(pods: Vec<Pod>) -> Option<Pod> {
         .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
 }
 
+/// How the node Job's own container (not an injected sidecar) in `pod` ended, if it has.
+fn runner_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.as_ref())
+}
+
+/// Whether `pod` shows how its node Job's container ended. A cached copy can lag behind
+/// the Job that its end finished: such a copy is read again rather than recorded as is.
+pub fn runner_has_ended(pod: &Pod) -> bool {
+    runner_terminated(pod).is_some()
+}
+
 impl JobEvidence {
     /// What the node Job's own container (not an injected sidecar) left in `pod`, with
     /// its `log` as read.
     pub fn from_pod(pod: &Pod, log: Result<String, String>) -> Self {
-        let terminated = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_deref())
-            .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
-            .and_then(|c| c.state.as_ref())
-            .and_then(|s| s.terminated.as_ref());
+        let terminated = runner_terminated(pod);
         Self {
             exit_code: terminated.map(|t| t.exit_code),
             started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
@@ -163,8 +173,16 @@ mod tests {
             "2026-11-30T00:05:00Z",
             serde_json::json!([terminated("istio-proxy", 137), terminated("upgrade", 0)]),
         );
+        let running = pod(
+            "j-3",
+            "2026-11-30T00:05:00Z",
+            serde_json::json!([{"name": "upgrade", "image": "i", "ready": true,
+                "restartCount": 0, "imageID": "", "state": {"running": {}}}]),
+        );
+        assert!(!runner_has_ended(&running), "a stale copy is read again");
         let deciding = deciding_pod(vec![last, first]).expect("a pod");
         assert_eq!(deciding.metadata.name.as_deref(), Some("j-2"));
+        assert!(runner_has_ended(&deciding));
         let evidence = JobEvidence::from_pod(&deciding, Ok("done".into()));
         assert_eq!(
             evidence.exit_code,

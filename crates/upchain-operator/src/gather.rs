@@ -555,7 +555,8 @@ pub async fn snapshot_inputs(
 /// The label the Job controller puts on a Job's Pods.
 pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
-/// The Pod that decided how `job` ended (among `known`, from a cache, or else listed),
+/// The Pod that decided how `job` ended (among `known`, from a cache, when the cached copy
+/// shows its end; or else listed),
 /// and the end of `container`'s log in it (or why it could not be read); Err when no such
 /// Pod could be found.
 pub(crate) async fn finished_job_log(
@@ -566,21 +567,25 @@ pub(crate) async fn finished_job_log(
     known: Vec<Pod>,
 ) -> Result<(Pod, Result<String, String>), String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let candidates = if known.is_empty() {
-        pods.list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={job}")))
-            .await
-            .map_err(|e| {
-                format!(
-                    "listing the Pods of Job {namespace}/{job}: {}",
-                    describe(&e)
-                )
-            })?
-            .items
-    } else {
-        known
+    let cached = upchain_core::evidence::deciding_pod(known)
+        .filter(upchain_core::evidence::runner_has_ended);
+    let pod = match cached {
+        Some(pod) => pod,
+        None => {
+            let listed = pods
+                .list(&ListParams::default().labels(&format!("{JOB_NAME_LABEL}={job}")))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "listing the Pods of Job {namespace}/{job}: {}",
+                        describe(&e)
+                    )
+                })?
+                .items;
+            upchain_core::evidence::deciding_pod(listed)
+                .ok_or_else(|| format!("Job {namespace}/{job} has no Pod left to read"))?
+        }
     };
-    let pod = upchain_core::evidence::deciding_pod(candidates)
-        .ok_or_else(|| format!("Job {namespace}/{job} has no Pod left to read"))?;
     let params = LogParams {
         container: Some(container.to_owned()),
         tail_lines: Some(i64::try_from(upchain_core::evidence::LOG_LINES * 4).unwrap_or(40)),
