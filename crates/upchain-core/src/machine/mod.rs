@@ -6,6 +6,7 @@
 //! step) is on record before any cordon, eviction or Job. Repeating a decision against an
 //! unchanged cluster repeats only idempotent actions (same cordon, same Job name).
 
+mod budget;
 mod checks;
 mod decision;
 mod finalize;
@@ -19,6 +20,7 @@ mod run;
 mod silences;
 mod summary;
 
+pub use budget::{NAMES_SHOWN, STATUS_BUDGET, name_the_batch};
 pub use decision::{Action, Decision, Event, Notification, NotifyKind};
 pub use finalize::{Finalization, finalize};
 pub use lock::holds_lock;

@@ -482,7 +482,11 @@ impl<'a> Machine<'a> {
         let step = self.status.nodes[first].step;
         self.note(
             Reason::NodeInProgress,
-            format!("{} is {}", batch.join(", "), step.as_str()),
+            format!(
+                "{} is {}",
+                budget::name_the_batch(&batch, ", "),
+                step.as_str()
+            ),
         );
         STOP
     }

@@ -6,31 +6,16 @@ use upchain_api::HostKeyPolicy;
 use super::*;
 
 /// Drops the oldest Done records past [`DONE_RECORDS_KEPT`], counting those of this run's
-/// target in `upgraded_without_record`.
+/// target in `upgradedWithoutRecord`.
 pub(super) fn fold_done_records(status: &mut K8sUpgradeStatus) {
     let done = status
         .nodes
         .iter()
         .filter(|n| n.step == NodeStep::Done)
         .count();
-    let mut surplus = done.saturating_sub(DONE_RECORDS_KEPT);
-    if surplus == 0 {
-        return;
+    for _ in DONE_RECORDS_KEPT..done {
+        budget::fold_oldest_done(status);
     }
-    let pinned = status.target_version.clone();
-    let mut kept = Vec::with_capacity(status.nodes.len() - surplus);
-    for record in std::mem::take(&mut status.nodes) {
-        if surplus > 0 && record.step == NodeStep::Done {
-            surplus -= 1;
-            // A record of an earlier target is history, not this run's progress.
-            if Some(&record.target_version) == pinned.as_ref() {
-                status.upgraded_without_record += 1;
-            }
-        } else {
-            kept.push(record);
-        }
-    }
-    status.nodes = kept;
 }
 
 impl<'a> Machine<'a> {
@@ -74,11 +59,8 @@ impl<'a> Machine<'a> {
             .filter(|n| n.step.is_active())
             .collect();
         self.status.current_node = (!active.is_empty()).then(|| {
-            active
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
+            let names: Vec<&str> = active.iter().map(|n| n.name.as_str()).collect();
+            budget::name_the_batch(&names, ",")
         });
         self.status.current_step = active.first().map(|n| n.step);
         let pinned = self.status.target_version.clone();
@@ -254,6 +236,7 @@ impl<'a> Machine<'a> {
             self.requeue_within(stall_timeout.saturating_sub(quiet));
         }
 
+        budget::fit_the_budget(&mut self.status);
         let mut actions = self.actions;
         // Events last: they describe what the mutating actions are doing.
         actions.sort_by_key(|a| !a.is_mutating());
