@@ -4,7 +4,9 @@
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use regex::Regex;
 use upchain_api::JobResult;
@@ -50,6 +52,48 @@ fn runner_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
         .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.terminated.as_ref())
+}
+
+/// The label the Job controller puts on its Pods, naming their Job.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+
+/// Drops from a Job's Pod everything the operator does not read of it: its Job's name,
+/// the K8sUpgrade it wakes, its phase, when it was created and how the node Job's own
+/// container ended. A run's Jobs leave thousands of finished Pods in the cache until
+/// their TTL; each then holds a few hundred bytes, not its script and conditions.
+pub fn prune_job_pod(pod: &mut Pod) {
+    let metadata = &mut pod.metadata;
+    metadata.managed_fields = None;
+    metadata.owner_references = None;
+    metadata.generate_name = None;
+    crate::observe::keep_only(&mut metadata.labels, JOB_NAME_LABEL);
+    crate::observe::keep_only(&mut metadata.annotations, upchain_api::UPGRADE_ANNOTATION);
+    pod.spec = None;
+    pod.status = pod.status.take().map(|status| {
+        let runner = status
+            .container_statuses
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == crate::job::RUNNER_CONTAINER)
+            .map(|c| ContainerStatus {
+                name: c.name,
+                state: c.state.and_then(|s| s.terminated).map(|t| ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: t.exit_code,
+                        started_at: t.started_at,
+                        finished_at: t.finished_at,
+                        ..ContainerStateTerminated::default()
+                    }),
+                    ..ContainerState::default()
+                }),
+                ..ContainerStatus::default()
+            });
+        PodStatus {
+            phase: status.phase,
+            container_statuses: runner.map(|c| vec![c]),
+            ..PodStatus::default()
+        }
+    });
 }
 
 /// Whether `pod` shows how its node Job's container ended. A cached copy can lag behind
@@ -193,6 +237,46 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_cached_job_pod_keeps_what_is_read_of_it() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-1-abcde", "namespace": "upchain-system",
+                "creationTimestamp": "2026-11-30T00:00:00Z",
+                "labels": {JOB_NAME_LABEL: "j-1", "upchain.dev/upgrade": "to-1-35",
+                    "batch.kubernetes.io/controller-uid": "0a57e3"},
+                "annotations": {upchain_api::UPGRADE_ANNOTATION: "to-1-35",
+                    "sidecar.istio.io/status": "x".repeat(2000)},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j-1",
+                    "uid": "0a57e3"}]},
+            "spec": {"containers": [{"name": "upgrade", "image": "i",
+                "command": ["sh", "-c", "x".repeat(8000)]}]},
+            "status": {"phase": "Succeeded", "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {"name": "istio-proxy", "image": "i", "ready": false, "restartCount": 0,
+                        "imageID": "", "state": {"terminated": {"exitCode": 137}}},
+                    {"name": "upgrade", "image": "i", "ready": false, "restartCount": 0,
+                        "imageID": "sha256:abc", "state": {"terminated": {"exitCode": 0,
+                        "reason": "Completed", "startedAt": "2026-11-30T00:00:01Z",
+                        "finishedAt": "2026-11-30T00:01:00Z"}}}]}}))
+        .expect("pod");
+        let evidence = JobEvidence::from_pod(&pod, Ok(String::new()));
+        prune_job_pod(&mut pod);
+        assert_eq!(JobEvidence::from_pod(&pod, Ok(String::new())), evidence);
+        assert!(runner_has_ended(&pod));
+        assert_eq!(
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded")
+        );
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get(JOB_NAME_LABEL).map(String::as_str), Some("j-1"));
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.len(), 1);
+        assert!(annotations.contains_key(upchain_api::UPGRADE_ANNOTATION));
+        let size = serde_json::to_vec(&pod).expect("serializes").len();
+        assert!(size < 500, "{size} bytes cached");
+    }
 
     #[test]
     fn keeps_the_last_lines_cut_to_length() {

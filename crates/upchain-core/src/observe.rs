@@ -8,19 +8,17 @@ use k8s_openapi::api::core::v1::{
     PodStatus,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::{Selector, SelectorExt};
 use upchain_api::PREPARED_ANNOTATION;
 
-/// Drops every annotation of `metadata` but `key`, and the map itself when that leaves it
-/// empty: a cached object keeps the one annotation a decision reads.
-fn keep_only_annotation(metadata: &mut ObjectMeta, key: &str) {
-    metadata.annotations = metadata
-        .annotations
+/// Drops every entry of `map` (an object's labels or annotations) but `key`, and the map
+/// itself when that leaves it empty: a cached object keeps the one entry a decision reads.
+pub(crate) fn keep_only(map: &mut Option<BTreeMap<String, String>>, key: &str) {
+    *map = map
         .take()
-        .map(|mut annotations| {
-            annotations.retain(|k, _| k == key);
-            annotations
+        .map(|mut entries| {
+            entries.retain(|k, _| k == key);
+            entries
         })
         .filter(|kept| !kept.is_empty());
 }
@@ -60,7 +58,7 @@ impl ObservedNode {
     pub fn prune(node: &mut Node) {
         let metadata = &mut node.metadata;
         metadata.managed_fields = None;
-        keep_only_annotation(metadata, PREPARED_ANNOTATION);
+        keep_only(&mut metadata.annotations, PREPARED_ANNOTATION);
         metadata.owner_references = None;
         if let Some(spec) = node.spec.as_mut() {
             *spec = NodeSpec {
@@ -333,7 +331,7 @@ impl ObservedPod {
     pub fn prune(pod: &mut Pod) {
         let metadata = &mut pod.metadata;
         metadata.managed_fields = None;
-        keep_only_annotation(metadata, MIRROR_ANNOTATION);
+        keep_only(&mut metadata.annotations, MIRROR_ANNOTATION);
         if let Some(spec) = pod.spec.as_mut() {
             let volumes = spec.volumes.take().map(|volumes| {
                 volumes

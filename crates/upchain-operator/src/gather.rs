@@ -552,8 +552,7 @@ pub async fn snapshot_inputs(
     Ok(Some(SnapshotInputs { template, job, log }))
 }
 
-/// The label the Job controller puts on a Job's Pods.
-pub(crate) const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+pub(crate) use upchain_core::evidence::JOB_NAME_LABEL;
 
 /// The Pod that decided how `job` ended (among `known`, from a cache, when the cached copy
 /// shows its end; or else listed),

@@ -38,12 +38,9 @@ impl JobPods {
             stores.push((scope, store));
             let wake = watcher(api, watcher::Config::default().labels(UPGRADE_LABEL))
                 .default_backoff()
-                // What the decisions read is the status and the labels: the spec (the
-                // whole node script) is most of a Pod.
-                .modify(|pod| {
-                    pod.spec = None;
-                    pod.managed_fields_mut().clear();
-                })
+                // A run leaves a finished Pod per prepare check and per node until the
+                // Jobs' TTL: the cache keeps of each only what is read of it.
+                .modify(upchain_core::evidence::prune_job_pod)
                 .reflect(writer)
                 .applied_objects()
                 .filter_map(|pod| {
