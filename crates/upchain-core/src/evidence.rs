@@ -4,9 +4,7 @@
 use std::sync::LazyLock;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateTerminated, ContainerStatus, Pod, PodStatus,
-};
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use regex::Regex;
 use upchain_api::JobResult;
@@ -38,79 +36,80 @@ pub struct JobEvidence {
     pub log: Result<String, String>,
 }
 
-/// Of a finished Job's Pods, the one that decided how it ended: the last it ran.
-pub fn deciding_pod(pods: Vec<Pod>) -> Option<Pod> {
-    pods.into_iter()
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
-}
-
-/// How the node Job's own container (not an injected sidecar) in `pod` ended, if it has.
-fn runner_terminated(pod: &Pod) -> Option<&ContainerStateTerminated> {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_deref())
-        .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.as_ref())
-}
-
 /// The label the Job controller puts on its Pods, naming their Job.
 pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
 
-/// Drops from a Job's Pod everything the operator does not read of it: its Job's name,
-/// the K8sUpgrade it wakes, its phase, when it was created and how the node Job's own
-/// container ended. A run's Jobs leave thousands of finished Pods in the cache until
-/// their TTL; each then holds a few hundred bytes, not its script and conditions.
-pub fn prune_job_pod(pod: &mut Pod) {
-    let metadata = &mut pod.metadata;
-    metadata.managed_fields = None;
-    metadata.owner_references = None;
-    metadata.generate_name = None;
-    crate::observe::keep_only(&mut metadata.labels, JOB_NAME_LABEL);
-    crate::observe::keep_only(&mut metadata.annotations, upchain_api::UPGRADE_ANNOTATION);
-    pod.spec = None;
-    pod.status = pod.status.take().map(|status| {
-        let runner = status
-            .container_statuses
-            .into_iter()
-            .flatten()
-            .find(|c| c.name == crate::job::RUNNER_CONTAINER)
-            .map(|c| ContainerStatus {
-                name: c.name,
-                state: c.state.and_then(|s| s.terminated).map(|t| ContainerState {
-                    terminated: Some(ContainerStateTerminated {
-                        exit_code: t.exit_code,
-                        started_at: t.started_at,
-                        finished_at: t.finished_at,
-                        ..ContainerStateTerminated::default()
-                    }),
-                    ..ContainerState::default()
-                }),
-                ..ContainerStatus::default()
-            });
-        PodStatus {
-            phase: status.phase,
-            container_statuses: runner.map(|c| vec![c]),
-            ..PodStatus::default()
-        }
-    });
+/// What the operator keeps of a Job's Pod: whether it succeeded, and what its evidence
+/// reads. A run leaves a finished Pod per prepare check and per node until the Jobs' TTL,
+/// and the cache holds every one: each is this, about a hundred bytes, not a `Pod`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobPod {
+    /// The Pod's name, to read its log by.
+    pub name: String,
+    /// Its Job's name (its [`JOB_NAME_LABEL`]).
+    pub job: String,
+    /// When it was created.
+    pub created: Option<Timestamp>,
+    /// Its phase is Succeeded.
+    pub succeeded: bool,
+    /// How the node Job's own container (not an injected sidecar) ended, once it has.
+    pub runner_end: Option<ContainerEnd>,
 }
 
-/// Whether `pod` shows how its node Job's container ended. A cached copy can lag behind
-/// the Job that its end finished: such a copy is read again rather than recorded as is.
-pub fn runner_has_ended(pod: &Pod) -> bool {
-    runner_terminated(pod).is_some()
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEnd {
+    /// Its exit code.
+    pub exit_code: i32,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+}
+
+impl JobPod {
+    /// What is kept of `pod`.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let status = pod.status.as_ref();
+        let runner_end = status
+            .and_then(|s| s.container_statuses.as_deref())
+            .and_then(|c| c.iter().find(|c| c.name == crate::job::RUNNER_CONTAINER))
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| ContainerEnd {
+                exit_code: t.exit_code,
+                started_at: t.started_at.as_ref().map(|t| t.0),
+                finished_at: t.finished_at.as_ref().map(|t| t.0),
+            });
+        Self {
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            job: pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(JOB_NAME_LABEL))
+                .cloned()
+                .unwrap_or_default(),
+            created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            succeeded: status.and_then(|s| s.phase.as_deref()) == Some("Succeeded"),
+            runner_end,
+        }
+    }
+}
+
+/// Of a finished Job's Pods, the one that decided how it ended: the last it ran.
+pub fn deciding_pod(pods: impl IntoIterator<Item = JobPod>) -> Option<JobPod> {
+    pods.into_iter().max_by_key(|p| p.created)
 }
 
 impl JobEvidence {
-    /// What the node Job's own container (not an injected sidecar) left in `pod`, with
-    /// its `log` as read.
-    pub fn from_pod(pod: &Pod, log: Result<String, String>) -> Self {
-        let terminated = runner_terminated(pod);
+    /// What the node Job's own container left in `pod`, with its `log` as read.
+    pub fn from_job_pod(pod: &JobPod, log: Result<String, String>) -> Self {
+        let end = pod.runner_end.as_ref();
         Self {
-            exit_code: terminated.map(|t| t.exit_code),
-            started_at: terminated.and_then(|t| t.started_at.as_ref()).map(|t| t.0),
-            finished_at: terminated.and_then(|t| t.finished_at.as_ref()).map(|t| t.0),
+            exit_code: end.map(|e| e.exit_code),
+            started_at: end.and_then(|e| e.started_at),
+            finished_at: end.and_then(|e| e.finished_at),
             log,
         }
     }
@@ -223,11 +222,14 @@ mod tests {
             serde_json::json!([{"name": "upgrade", "image": "i", "ready": true,
                 "restartCount": 0, "imageID": "", "state": {"running": {}}}]),
         );
-        assert!(!runner_has_ended(&running), "a stale copy is read again");
-        let deciding = deciding_pod(vec![last, first]).expect("a pod");
-        assert_eq!(deciding.metadata.name.as_deref(), Some("j-2"));
-        assert!(runner_has_ended(&deciding));
-        let evidence = JobEvidence::from_pod(&deciding, Ok("done".into()));
+        assert!(
+            JobPod::from_pod(&running).runner_end.is_none(),
+            "a stale copy is read again"
+        );
+        let deciding = deciding_pod([JobPod::from_pod(&last), JobPod::from_pod(&first)]);
+        let deciding = deciding.expect("a pod");
+        assert_eq!(deciding.name, "j-2");
+        let evidence = JobEvidence::from_job_pod(&deciding, Ok("done".into()));
         assert_eq!(
             evidence.exit_code,
             Some(0),
@@ -239,43 +241,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_job_pod_keeps_what_is_read_of_it() {
-        let mut pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "j-1-abcde", "namespace": "upchain-system",
-                "creationTimestamp": "2026-11-30T00:00:00Z",
-                "labels": {JOB_NAME_LABEL: "j-1", "upchain.dev/upgrade": "to-1-35",
-                    "batch.kubernetes.io/controller-uid": "0a57e3"},
-                "annotations": {upchain_api::UPGRADE_ANNOTATION: "to-1-35",
-                    "sidecar.istio.io/status": "x".repeat(2000)},
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "j-1",
-                    "uid": "0a57e3"}]},
-            "spec": {"containers": [{"name": "upgrade", "image": "i",
-                "command": ["sh", "-c", "x".repeat(8000)]}]},
-            "status": {"phase": "Succeeded", "podIP": "10.0.0.7",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [
-                    {"name": "istio-proxy", "image": "i", "ready": false, "restartCount": 0,
-                        "imageID": "", "state": {"terminated": {"exitCode": 137}}},
-                    {"name": "upgrade", "image": "i", "ready": false, "restartCount": 0,
-                        "imageID": "sha256:abc", "state": {"terminated": {"exitCode": 0,
-                        "reason": "Completed", "startedAt": "2026-11-30T00:00:01Z",
-                        "finishedAt": "2026-11-30T00:01:00Z"}}}]}}))
+    fn a_job_pod_is_named_by_its_job_and_succeeds_by_its_phase() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "j-1-abcde", "creationTimestamp": "2026-11-30T00:00:00Z",
+                "labels": {JOB_NAME_LABEL: "j-1", "upchain.dev/upgrade": "to-1-35"}},
+            "status": {"phase": "Succeeded"}}))
         .expect("pod");
-        let evidence = JobEvidence::from_pod(&pod, Ok(String::new()));
-        prune_job_pod(&mut pod);
-        assert_eq!(JobEvidence::from_pod(&pod, Ok(String::new())), evidence);
-        assert!(runner_has_ended(&pod));
+        let kept = JobPod::from_pod(&pod);
         assert_eq!(
-            pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-            Some("Succeeded")
+            (kept.name.as_str(), kept.job.as_str()),
+            ("j-1-abcde", "j-1")
         );
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(labels.get(JOB_NAME_LABEL).map(String::as_str), Some("j-1"));
-        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-        assert_eq!(annotations.len(), 1);
-        assert!(annotations.contains_key(upchain_api::UPGRADE_ANNOTATION));
-        let size = serde_json::to_vec(&pod).expect("serializes").len();
-        assert!(size < 500, "{size} bytes cached");
+        assert!(kept.succeeded && kept.created.is_some());
     }
 
     #[test]

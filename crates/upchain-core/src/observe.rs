@@ -215,15 +215,16 @@ impl ObservedJob {
     /// Job controller batches Pod updates and marks it Complete up to a second later, a
     /// second each node, prepare check and hook would wait for nothing. A Pod's failure
     /// is still judged by the Job, which may retry it.
-    pub fn from_job_and_pods<'p>(job: &Job, pods: impl IntoIterator<Item = &'p Pod>) -> Self {
+    pub fn from_job_and_pods<'p>(
+        job: &Job,
+        pods: impl IntoIterator<Item = &'p crate::evidence::JobPod>,
+    ) -> Self {
         let mut observed = Self::from_job(job);
         let one_completion = job
             .spec
             .as_ref()
             .is_none_or(|s| s.completions.unwrap_or(1) == 1);
-        let pod_succeeded = pods
-            .into_iter()
-            .any(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"));
+        let pod_succeeded = pods.into_iter().any(|pod| pod.succeeded);
         if observed.state == JobState::Running && one_completion && pod_succeeded {
             observed.state = JobState::Succeeded;
         }
@@ -564,16 +565,19 @@ mod tests {
         .expect("a valid Job")
     }
 
-    fn pod(phase: &str) -> Pod {
-        serde_json::from_value(
+    fn pod(phase: &str) -> crate::evidence::JobPod {
+        let pod: Pod = serde_json::from_value(
             serde_json::json!({"metadata": {"name": "j-1"}, "status": {"phase": phase}}),
         )
-        .expect("a valid Pod")
+        .expect("a valid Pod");
+        crate::evidence::JobPod::from_pod(&pod)
     }
 
     #[test]
     fn a_job_whose_one_pod_succeeded_has_succeeded_before_the_job_controller_says_so() {
-        let state = |job: &Job, pods: &[Pod]| ObservedJob::from_job_and_pods(job, pods).state;
+        let state = |job: &Job, pods: &[crate::evidence::JobPod]| {
+            ObservedJob::from_job_and_pods(job, pods).state
+        };
         assert_eq!(
             state(&job(1, None), &[pod("Succeeded")]),
             JobState::Succeeded

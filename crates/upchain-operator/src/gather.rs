@@ -553,6 +553,7 @@ pub async fn snapshot_inputs(
 }
 
 pub(crate) use upchain_core::evidence::JOB_NAME_LABEL;
+use upchain_core::evidence::{JobPod, deciding_pod};
 
 /// The Pod that decided how `job` ended (among `known`, from a cache, when the cached copy
 /// shows its end; or else listed),
@@ -563,11 +564,10 @@ pub(crate) async fn finished_job_log(
     namespace: &str,
     job: &str,
     container: &str,
-    known: Vec<Pod>,
-) -> Result<(Pod, Result<String, String>), String> {
+    known: Vec<JobPod>,
+) -> Result<(JobPod, Result<String, String>), String> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let cached = upchain_core::evidence::deciding_pod(known)
-        .filter(upchain_core::evidence::runner_has_ended);
+    let cached = deciding_pod(known).filter(|pod| pod.runner_end.is_some());
     let pod = match cached {
         Some(pod) => pod,
         None => {
@@ -581,7 +581,7 @@ pub(crate) async fn finished_job_log(
                     )
                 })?
                 .items;
-            upchain_core::evidence::deciding_pod(listed)
+            deciding_pod(listed.iter().map(JobPod::from_pod))
                 .ok_or_else(|| format!("Job {namespace}/{job} has no Pod left to read"))?
         }
     };
@@ -592,7 +592,7 @@ pub(crate) async fn finished_job_log(
         ..LogParams::default()
     };
     let log = pods
-        .logs(&pod.name_any(), &params)
+        .logs(&pod.name, &params)
         .await
         .map_err(|e| describe(&e));
     Ok((pod, log))

@@ -39,7 +39,7 @@ use upchain_api::{
     FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, PREPARED_ANNOTATION, SilenceRecord,
     UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
 };
-use upchain_core::evidence::JobEvidence;
+use upchain_core::evidence::{JobEvidence, JobPod};
 use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
 
 use crate::gather;
@@ -258,13 +258,7 @@ pub async fn run(
         http: reqwest::Client::new(),
         lock_released,
     });
-    let jobs_apis: Vec<Api<Job>> = match job_namespaces {
-        Some(namespaces) => namespaces
-            .iter()
-            .map(|namespace| Api::namespaced(client.clone(), namespace))
-            .collect(),
-        None => vec![Api::all(client.clone())],
-    };
+    let jobs_apis: Vec<Api<Job>> = apis_in(&client, job_namespaces.as_deref());
     let watch_metrics = metrics.clone();
     let mut controller = controller;
     for jobs_api in jobs_apis {
@@ -415,6 +409,21 @@ async fn clean_up(upgrade: &K8sUpgrade, ctx: &Context) -> Result<Requeue, Error>
     let requeue = set_finalizers(upgrade, finalizers, ctx).await?;
     ctx.lock_released.send(()).ok();
     Ok(requeue)
+}
+
+/// An Api per namespace of `namespaces`, or one across the cluster.
+fn apis_in<K>(client: &Client, namespaces: Option<&[String]>) -> Vec<Api<K>>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespaces {
+        Some(namespaces) => namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(client.clone(), namespace))
+            .collect(),
+        None => vec![Api::all(client.clone())],
+    }
 }
 
 #[cfg(test)]

@@ -20,14 +20,7 @@ pub(super) async fn observe_jobs(
     }
     let namespace = &upgrade.spec.runner.namespace;
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), namespace);
-    let cached = ctx.job_pods.of_namespace(namespace);
-    let pods_of = |job: &str| -> Vec<Pod> {
-        cached
-            .iter()
-            .filter(|pod| pod.labels().get(gather::JOB_NAME_LABEL).map(String::as_str) == Some(job))
-            .map(|pod| pod.as_ref().clone())
-            .collect()
-    };
+    let pods_of = |job: &str| ctx.job_pods.of_job(namespace, job);
     let mut jobs: Vec<ObservedJob> = jobs_api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -167,10 +160,10 @@ pub(super) async fn job_evidence(
     client: &Client,
     namespace: &str,
     job: &str,
-    known: Vec<Pod>,
+    known: Vec<JobPod>,
 ) -> Option<JobEvidence> {
     match gather::finished_job_log(client, namespace, job, RUNNER_CONTAINER, known).await {
-        Ok((pod, log)) => Some(JobEvidence::from_pod(&pod, log)),
+        Ok((pod, log)) => Some(JobEvidence::from_job_pod(&pod, log)),
         Err(error) => {
             warn!(job, %error, "reading the Pod of a finished Job");
             None
