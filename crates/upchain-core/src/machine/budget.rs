@@ -46,9 +46,10 @@ pub(super) fn fold_oldest_done(status: &mut K8sUpgradeStatus) -> Option<NodeReco
 /// order: the Done records, oldest first (counted in `upgradedWithoutRecord`); the Pod
 /// names of the records in flight (their DrainPreview Event lists them) and the results of
 /// Jobs that succeeded (`job` names the Job, which keeps its Pod and log until its TTL,
-/// and the JobSucceeded Event says it succeeded); the head of
-/// the plan (`pendingNodes` still counts it). A failed record and the step of a node in
-/// flight are never shed: they are what the run decides and explains itself by.
+/// and the JobSucceeded Event says it succeeded); the head of the plan (`pendingNodes`
+/// still counts it); the messages of the records in flight. A failed record and the step
+/// of a node in flight are never shed: they are what the run decides and explains itself
+/// by.
 pub(super) fn fit_the_budget(status: &mut K8sUpgradeStatus) {
     let mut size = json_len(&*status);
     while size > STATUS_BUDGET {
@@ -71,6 +72,16 @@ pub(super) fn fit_the_budget(status: &mut K8sUpgradeStatus) {
             break;
         };
         size = size.saturating_sub(json_len(&planned) + 1);
+    }
+    // Last, what a record in flight says in words: its step, its times and the
+    // conditions' message say where the batch is.
+    for record in status.nodes.iter_mut().filter(|n| n.step.is_active()) {
+        if size <= STATUS_BUDGET {
+            break;
+        }
+        let before = json_len(&*record);
+        record.message = None;
+        size = size.saturating_sub(before - json_len(&*record).min(before));
     }
 }
 
@@ -107,6 +118,8 @@ mod tests {
             "versionBefore": "v1.34.2", "step": step, "stepStartedAt": "2026-11-30T00:00:00Z",
             "attempts": 1, "failures": u8::from(!succeeded), "job": format!("run-{name}-1"),
             "startedAt": "2026-11-30T00:00:00Z", "waitingForPods": pods,
+            "message": format!("waiting for {name} to be Ready with kubelet v1.35.2 \
+                (kubelet reports v1.34.2, Ready=true)"),
             "drainPreview": {"evictCount": 20, "evict": pods},
             "jobResult": {"job": format!("run-{name}-1"), "succeeded": succeeded,
                 "exitCode": if succeeded { 0 } else { 1 }, "logTail": log}})
@@ -158,6 +171,7 @@ mod tests {
                 .and_then(|n| n.job_result.as_ref())
                 .expect("evidence");
             assert_eq!(result.log_tail.len(), crate::evidence::LOG_LINES);
+            assert!(failed.is_some_and(|n| n.message.is_some()));
             // A preview keeps its count: it is not computed (and announced) twice.
             assert!(status.nodes.iter().all(|n| n.drain_preview.is_some()));
             assert_eq!(status.pending_nodes, Some(4000));
@@ -180,6 +194,7 @@ mod tests {
         fit_the_budget(&mut status);
         assert_eq!(status.nodes.len(), 60);
         assert!(status.plan.is_empty());
+        assert!(status.nodes.iter().all(|n| n.message.is_none()));
     }
 
     #[test]
