@@ -13,7 +13,7 @@ use upchain_api::PREPARED_ANNOTATION;
 
 /// Drops every entry of `map` (an object's labels or annotations) but `key`, and the map
 /// itself when that leaves it empty: a cached object keeps the one entry a decision reads.
-pub(crate) fn keep_only(map: &mut Option<BTreeMap<String, String>>, key: &str) {
+fn keep_only(map: &mut Option<BTreeMap<String, String>>, key: &str) {
     *map = map
         .take()
         .map(|mut entries| {
@@ -325,7 +325,6 @@ impl ObservedBudget {
 }
 
 impl ObservedPod {
-    /// Reduces a Pod to what the drain decides on.
     /// Drops from a Pod everything [`ObservedPod::from_pod`] does not read: a drained
     /// node's cache then holds its Pods' names, owners, labels, readiness and emptyDir
     /// volumes, not their containers (a node Job's Pod carries its whole script).
@@ -365,6 +364,7 @@ impl ObservedPod {
         }
     }
 
+    /// Reduces a Pod to what the drain decides on.
     pub fn from_pod(pod: &Pod) -> Self {
         let metadata = &pod.metadata;
         let owners = metadata.owner_references.as_deref().unwrap_or_default();

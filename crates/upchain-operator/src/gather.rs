@@ -14,6 +14,7 @@ use kube::core::Selector;
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
+use upchain_core::evidence::{JOB_NAME_LABEL, JobPod, deciding_pod};
 use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, ControlPlaneObservation, DeprecatedApi, GateInputs,
     HelmRelease, ObservedDeployment, ObservedSet, PostflightInputs, RunnerFacts, Source,
@@ -551,9 +552,6 @@ pub async fn snapshot_inputs(
     };
     Ok(Some(SnapshotInputs { template, job, log }))
 }
-
-pub(crate) use upchain_core::evidence::JOB_NAME_LABEL;
-use upchain_core::evidence::{JobPod, deciding_pod};
 
 /// The Pod that decided how `job` ended (among `known`, from a cache, when the cached copy
 /// shows its end; or else listed),

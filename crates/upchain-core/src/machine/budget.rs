@@ -8,11 +8,11 @@ use upchain_api::{K8sUpgradeStatus, NodeRecord, NodeStep};
 /// Bytes of serialized status the machine sheds detail to stay under.
 pub const STATUS_BUDGET: usize = 16 * 1024;
 /// Node names a message or `status.currentNode` lists before it counts the rest.
-pub const NAMES_SHOWN: usize = 3;
+const NAMES_SHOWN: usize = 3;
 
 /// `names` as a message shows a batch: all of them, or the first [`NAMES_SHOWN`] and a
 /// count of the others.
-pub fn name_the_batch<S: AsRef<str>>(names: &[S], separator: &str) -> String {
+pub(super) fn name_the_batch<S: AsRef<str>>(names: &[S], separator: &str) -> String {
     // Counting one name would take longer than naming it.
     let shown = if names.len() <= NAMES_SHOWN + 1 {
         names.len()
@@ -63,9 +63,7 @@ pub(super) fn fit_the_budget(status: &mut K8sUpgradeStatus) {
         if size <= STATUS_BUDGET {
             break;
         }
-        let before = json_len(&*record);
-        shed_detail(record);
-        size = size.saturating_sub(before - json_len(&*record).min(before));
+        shed(&mut size, record, shed_detail);
     }
     while size > STATUS_BUDGET {
         let Some(planned) = status.plan.pop() else {
@@ -79,10 +77,15 @@ pub(super) fn fit_the_budget(status: &mut K8sUpgradeStatus) {
         if size <= STATUS_BUDGET {
             break;
         }
-        let before = json_len(&*record);
-        record.message = None;
-        size = size.saturating_sub(before - json_len(&*record).min(before));
+        shed(&mut size, record, |r| r.message = None);
     }
+}
+
+/// Applies `shedding` to `record`, taking what it saved off `size`.
+fn shed(size: &mut usize, record: &mut NodeRecord, shedding: impl FnOnce(&mut NodeRecord)) {
+    let before = json_len(&*record);
+    shedding(record);
+    *size = size.saturating_sub(before.saturating_sub(json_len(&*record)));
 }
 
 /// What a record in flight can lose and still say where its node is.

@@ -20,7 +20,7 @@ mod run;
 mod silences;
 mod summary;
 
-pub use budget::{NAMES_SHOWN, STATUS_BUDGET, name_the_batch};
+pub use budget::STATUS_BUDGET;
 pub use decision::{Action, Decision, Event, Notification, NotifyKind};
 pub use finalize::{Finalization, finalize};
 pub use lock::holds_lock;

@@ -7,7 +7,7 @@
 //! of empty fields and maps. The cache keeps a `JobPod` of each, by namespace and Job.
 
 use futures_util::Stream;
-use upchain_core::evidence::JobPod;
+use upchain_core::evidence::{JOB_NAME_LABEL, JobPod};
 
 use super::*;
 
@@ -118,7 +118,7 @@ fn remember(
 fn key_of(pod: &Pod) -> (String, String) {
     let job = pod
         .labels()
-        .get(gather::JOB_NAME_LABEL)
+        .get(JOB_NAME_LABEL)
         .cloned()
         .unwrap_or_default();
     (pod.namespace().unwrap_or_default(), job)
@@ -142,7 +142,7 @@ mod tests {
     fn pod(name: &str, phase: &str) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "upchain-system",
-                "labels": {gather::JOB_NAME_LABEL: "j"},
+                "labels": {JOB_NAME_LABEL: "j"},
                 "annotations": {UPGRADE_ANNOTATION: "to-1-35"}},
             "status": {"phase": phase}}))
         .expect("a Pod")

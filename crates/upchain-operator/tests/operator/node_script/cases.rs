@@ -350,17 +350,11 @@ fn rollback_after_a_minor_upgrade_returns_a_worker_to_the_old_minor() {
             "{}",
             worker.repository()
         );
-        let state = worker.state();
-        for line in [
+        worker.assert_state_holds(&[
             "RUN_ID=rollback-1.34.3",
             "STATUS=succeeded",
             "VERSION_AFTER=1.34.3",
-        ] {
-            assert!(
-                state.lines().any(|l| l == line),
-                "{line} missing from\n{state}"
-            );
-        }
+        ]);
     }
     let control_plane = Node::start(Family::Debian, Role::FirstControlPlane);
     assert_upgraded(

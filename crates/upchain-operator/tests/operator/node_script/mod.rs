@@ -232,6 +232,17 @@ impl Node {
         self.read("/var/lib/upchain/state")
     }
 
+    /// Asserts that the script's state file holds each of `lines`.
+    fn assert_state_holds(&self, lines: &[&str]) {
+        let state = self.state();
+        for line in lines {
+            assert!(
+                state.lines().any(|l| l == *line),
+                "{line} missing from\n{state}"
+            );
+        }
+    }
+
     /// The node Job as upchain-core renders it for this node.
     fn job(&self, mode: JobMode, target: &str, uid: &str) -> Job {
         let mut runner = RunnerSpec {
@@ -424,18 +435,12 @@ fn assert_upgraded(node: &Node, finished: &Finished) {
         "{}",
         node.repository()
     );
-    let state = node.state();
-    for line in [
+    node.assert_state_holds(&[
         "STATUS=succeeded",
         "EXIT_CODE=0",
         "VERSION_BEFORE=1.34.3",
         "VERSION_AFTER=1.35.2",
-    ] {
-        assert!(
-            state.lines().any(|l| l == line),
-            "{line} missing from\n{state}"
-        );
-    }
+    ]);
     if node.role != Role::Worker {
         assert!(
             node.read("/etc/kubernetes/manifests/kube-apiserver.yaml")
