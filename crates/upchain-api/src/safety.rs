@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// pass.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.analysis) || has(self.prometheus) || self.analysis.all(c, has(c.url))").message("an analysis check needs a Prometheus to ask: set gates.prometheus.url, or the check's own url"))]
 pub struct GatesSpec {
     /// No node (other than those this run upgraded) may have become Ready within this
     /// period: a node that just rebooted is not yet proven healthy. `0s` turns it off.
@@ -70,6 +71,16 @@ pub struct GatesSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("every health check needs its own name"))]
     pub health_checks: Vec<HealthCheck>,
+
+    /// Measured verdicts: PromQL queries against Prometheus's HTTP API, judged before the
+    /// run, before each batch, or while each batch soaks. A check that fails before a
+    /// batch blocks the run (as the alert gate does); one that fails while a batch soaks
+    /// stops the run as Failed, the batch left in service and the samples in the reason.
+    /// Queries go to the check's `url`, else to `gates.prometheus.url`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, self.exists_one(d, d.name == c.name))").message("every analysis check needs its own name"))]
+    pub analysis: Vec<AnalysisCheck>,
 
     /// Alertmanager silences for the node in progress, so that its NotReady alerts do not
     /// page anyone while it is upgraded on purpose. Off when unset.
@@ -172,6 +183,7 @@ impl Default for GatesSpec {
             helm_failed_releases: FailedReleasePolicy::default(),
             workloads: true,
             health_checks: Vec::new(),
+            analysis: Vec::new(),
             silences: None,
             external_etcd_check: None,
         }
@@ -263,6 +275,176 @@ pub struct PrometheusGate {
         regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
     )]
     pub max_wait: Duration,
+}
+
+/// One analysis check: a PromQL instant query, and the condition its samples must meet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.threshold) != has(self.expression)").message("an analysis check needs exactly one of threshold and expression"))]
+pub struct AnalysisCheck {
+    /// The check's name, as status, Events and blocked reasons show it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// A PromQL expression, evaluated as an instant query (`/api/v1/query`). It must
+    /// return a vector or a scalar: wrap a range selector in a function such as
+    /// `max_over_time(...[10m])`.
+    #[schemars(length(min = 1, max = 4096))]
+    pub query: String,
+
+    /// Base URL of the Prometheus-compatible API to ask (Thanos, Mimir, a fleet
+    /// Prometheus). Default: `gates.prometheus.url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("an analysis check's url must start with http:// or https://"))]
+    pub url: Option<String>,
+
+    /// Every returned sample must meet this comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Threshold>,
+
+    /// A CEL expression over the returned samples, true when the check passes: `samples`
+    /// is a list of `{labels: map(string, string), value: double}`, such as
+    /// `samples.all(s, s.value < 0.01)` or `samples.exists(s, s.labels.cluster == 'a')`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub expression: Option<String>,
+
+    /// When the check is measured: `BeforeRun` (before the first node), `BeforeBatch`
+    /// (before every batch of nodes starts) and `AfterBatch` (while a batch soaks: a
+    /// batch is done only once the check has passed).
+    #[schemars(length(min = 1, max = 3))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub when: Vec<AnalysisStage>,
+
+    /// Time between two measurements.
+    #[serde(default = "default_analysis_interval")]
+    #[schemars(
+        with = "String",
+        length(max = 32),
+        regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
+    )]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("an analysis check's interval must be at least 1s"))]
+    pub interval: Duration,
+
+    /// Passing measurements in a row the check needs before it passes.
+    #[serde(default = "default_consecutive_passes")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_passes: i32,
+
+    /// Failing measurements the check tolerates; one more fails it.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub tolerated_failures: i32,
+
+    /// What a query that returns no sample means: `Fail` (default: a series that went
+    /// missing is not a healthy one), `Pass`, or `Wait` (neither: measure again, as when
+    /// waiting for another cluster's run to appear).
+    #[serde(default)]
+    pub on_empty: EmptyResult,
+}
+
+/// When an analysis check is measured.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AnalysisStage {
+    /// Before the run's first node: a failure blocks the run.
+    BeforeRun,
+    /// Before every batch of nodes starts: a failure blocks the run.
+    BeforeBatch,
+    /// While each batch soaks: a failure stops the run as Failed.
+    AfterBatch,
+}
+
+impl AnalysisStage {
+    /// The stage as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeforeRun => "BeforeRun",
+            Self::BeforeBatch => "BeforeBatch",
+            Self::AfterBatch => "AfterBatch",
+        }
+    }
+}
+
+/// A comparison every sample of an analysis check must meet.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Threshold {
+    /// How the sample compares with `value`.
+    pub operator: Comparison,
+    /// The value compared with.
+    pub value: f64,
+}
+
+/// A comparison of a sample with a threshold. NaN meets none.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Comparison {
+    /// sample < value
+    LessThan,
+    /// sample <= value
+    LessThanOrEqual,
+    /// sample > value
+    GreaterThan,
+    /// sample >= value
+    GreaterThanOrEqual,
+    /// sample == value
+    Equal,
+    /// sample != value
+    NotEqual,
+}
+
+impl Comparison {
+    /// Whether `sample` meets the comparison with `value`.
+    pub fn holds(self, sample: f64, value: f64) -> bool {
+        if sample.is_nan() {
+            return false;
+        }
+        match self {
+            Self::LessThan => sample < value,
+            Self::LessThanOrEqual => sample <= value,
+            Self::GreaterThan => sample > value,
+            Self::GreaterThanOrEqual => sample >= value,
+            Self::Equal => sample == value,
+            Self::NotEqual => sample != value,
+        }
+    }
+
+    /// The comparison as an operator, such as `<`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Self::LessThan => "<",
+            Self::LessThanOrEqual => "<=",
+            Self::GreaterThan => ">",
+            Self::GreaterThanOrEqual => ">=",
+            Self::Equal => "==",
+            Self::NotEqual => "!=",
+        }
+    }
+}
+
+/// What a query that returns no sample means.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum EmptyResult {
+    /// A failing measurement.
+    #[default]
+    Fail,
+    /// A passing measurement.
+    Pass,
+    /// Neither: measured again at the next interval.
+    Wait,
+}
+
+fn default_analysis_interval() -> Duration {
+    Duration::from(std::time::Duration::from_secs(60))
+}
+
+fn default_consecutive_passes() -> i32 {
+    1
 }
 
 /// The default `ignoreAlerts`.

@@ -143,6 +143,11 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateRecord>,
 
+    /// The analysis checks (spec.gates.analysis) of the moment under way: each one's
+    /// stage, verdict, passes in a row, failures and last samples.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<AnalysisRecord>,
+
     /// The last few runs, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RunRecord>,
@@ -553,6 +558,43 @@ pub struct GateRecord {
     pub passed: bool,
     /// What it looked at, in a few words.
     pub evidence: String,
+}
+
+/// One analysis check's measurements at the moment under way (before the run, before a
+/// batch, or while a batch soaks).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRecord {
+    /// The check's name (spec.gates.analysis).
+    pub name: String,
+    /// The moment it measures.
+    pub stage: crate::AnalysisStage,
+    /// Measuring, Passed or Failed.
+    pub verdict: AnalysisVerdict,
+    /// Passing measurements in a row.
+    pub passes: i32,
+    /// Failing measurements at this moment.
+    pub failures: i32,
+    /// The last measurement's samples, such as `{code="500"} 0.031`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_value: Option<String>,
+    /// When it was last measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_measured_at: Option<Time>,
+    /// What the last measurement found, or why the check failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Where an analysis check stands at its moment.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AnalysisVerdict {
+    /// Not yet the passes it needs, nor more failures than it tolerates.
+    Measuring,
+    /// The passes it needs, in a row.
+    Passed,
+    /// More failures than it tolerates.
+    Failed,
 }
 
 /// A finished run.

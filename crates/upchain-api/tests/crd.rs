@@ -164,6 +164,29 @@ fn bad_objects_are_refused_with_a_readable_message() {
             "recheckInterval must be at least 5s",
         ),
         (
+            json!({"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+                "query": "up", "threshold": {"operator": "LessThan", "value": 1},
+                "when": ["AfterBatch"]}]}}),
+            "an analysis check needs a Prometheus to ask",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+                "url": "http://thanos:9090", "query": "up", "when": ["AfterBatch"]}]}}),
+            "exactly one of threshold and expression",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+                "url": "http://thanos:9090", "query": "up", "expression": "true",
+                "when": ["AfterBatch"], "interval": "0s"}]}}),
+            "interval must be at least 1s",
+        ),
+        (
+            json!({"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+                "url": "http://thanos:9090", "query": "up", "expression": "true",
+                "when": ["Sometimes"]}]}}),
+            "Unsupported value: \"Sometimes\"",
+        ),
+        (
             json!({"targetVersion": "1.35.2", "window": {"start": "25:00", "duration": "1h"}}),
             "start: Invalid value",
         ),

@@ -30,24 +30,29 @@ pub fn gate_name(check: &HealthCheck) -> String {
 }
 
 fn compile(index: usize, check: &HealthCheck) -> Result<Program, String> {
+    compile_bounded(
+        &format!("spec.gates.healthChecks[{index}] ({})", check.name),
+        &check.expression,
+    )
+}
+
+/// Compiles a CEL expression of the spec's (`field` names where it is), refusing one with
+/// more comprehensions than [`MAX_COMPREHENSIONS`].
+pub(crate) fn compile_bounded(field: &str, expression: &str) -> Result<Program, String> {
     let comprehensions = ["all(", "exists(", "exists_one(", "map(", "filter("]
         .iter()
-        .map(|macro_call| check.expression.matches(&format!(".{macro_call}")).count())
+        .map(|macro_call| expression.matches(&format!(".{macro_call}")).count())
         .sum::<usize>();
     if comprehensions > MAX_COMPREHENSIONS {
         return Err(format!(
-            "spec.gates.healthChecks[{index}] ({}): the expression holds {comprehensions} \
-             comprehensions (all, exists, exists_one, map, filter); at most \
-             {MAX_COMPREHENSIONS} are allowed, so that a check's cost stays bounded: split it \
-             into several checks",
-            check.name
+            "{field}: the expression holds {comprehensions} comprehensions (all, exists, \
+             exists_one, map, filter); at most {MAX_COMPREHENSIONS} are allowed, so that a \
+             check's cost stays bounded: split it into several checks"
         ));
     }
-    Program::compile(&check.expression).map_err(|error| {
+    Program::compile(expression).map_err(|error| {
         format!(
-            "spec.gates.healthChecks[{index}] ({}): the expression {:?} does not parse: {}",
-            check.name,
-            check.expression,
+            "{field}: the expression {expression:?} does not parse: {}",
             error.to_string().trim()
         )
     })

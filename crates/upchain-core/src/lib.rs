@@ -4,6 +4,7 @@
 //! calls [`decide`], and carries out the returned [`Decision`].
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod conditions;
 pub mod drain;
 pub mod evidence;

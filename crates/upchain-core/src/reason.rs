@@ -25,6 +25,10 @@ macro_rules! reasons {
 }
 
 reasons! {
+    /// An analysis check failed.
+    AnalysisFailed,
+    /// An analysis check passed.
+    AnalysisPassed,
     /// Waiting for the approve annotation to carry the plan's hash.
     AwaitingApproval,
     /// Pods of a draining node are deleted: a single replica no eviction can move.
@@ -137,6 +141,8 @@ reasons! {
     VersionPolicy,
     /// Waiting for firing alerts to clear.
     WaitingForAlerts,
+    /// Waiting for analysis checks to pass.
+    WaitingForAnalysis,
     /// Waiting for health checks to pass.
     WaitingForHealthChecks,
     /// Another K8sUpgrade is upgrading the cluster.

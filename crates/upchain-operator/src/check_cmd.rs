@@ -1,5 +1,5 @@
-//! `upchain check`: every preflight gate once against the cluster, with its evidence,
-//! changing nothing.
+//! `upchain check`: every preflight gate once against the cluster, and one measurement of
+//! each analysis check, with its evidence, changing nothing.
 
 use std::io::Write;
 
@@ -43,6 +43,13 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
             alerts: true,
             health_checks: true,
             control_plane: true,
+            analysis: upgrade
+                .spec
+                .gates
+                .analysis
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
             ..Needs::default()
         },
         // Run as a person, who may create Jobs wherever their kubeconfig lets them.
@@ -60,6 +67,11 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         jiff::Timestamp::now().as_second(),
         true,
     );
+    // One measurement of each analysis check: a run needs its passes in a row.
+    let analysis = upchain_core::analysis::verdicts(
+        &upgrade.spec.gates.analysis,
+        &inputs.analysis.clone().unwrap_or_default(),
+    );
     let verdicts: Vec<_> = evaluation
         .gates
         .into_iter()
@@ -69,6 +81,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
                 .into_iter()
                 .map(|(verdict, _)| verdict),
         )
+        .chain(analysis)
         .collect();
     let mut text = format!(
         "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade):\n",

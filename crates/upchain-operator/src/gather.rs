@@ -14,6 +14,7 @@ use kube::core::Selector;
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
+use upchain_core::analysis::Sample;
 use upchain_core::evidence::{JOB_NAME_LABEL, JobPod, deciding_pod};
 use upchain_core::gates::{
     AddonMatrix, AddonObservation, Alert, ControlPlaneObservation, DeprecatedApi, GateInputs,
@@ -82,6 +83,17 @@ pub async fn gate_inputs(
             );
         }
         inputs.health_checks = Some(objects);
+    }
+    if !needs.analysis.is_empty() {
+        let mut results = BTreeMap::new();
+        for check in gates
+            .analysis
+            .iter()
+            .filter(|c| needs.analysis.contains(&c.name))
+        {
+            results.insert(check.name.clone(), analysis_query(http, gates, check).await);
+        }
+        inputs.analysis = Some(results);
     }
     if needs.control_plane {
         inputs.control_plane = Some(control_plane(client).await);
@@ -229,6 +241,99 @@ pub async fn alerts(http: &reqwest::Client, base: &str) -> Source<Vec<Alert>> {
             }
         })
         .collect())
+}
+
+/// An analysis check's instant query against Prometheus's `/api/v1/query`, at the check's
+/// own URL or the alert gate's.
+pub async fn analysis_query(
+    http: &reqwest::Client,
+    gates: &upchain_api::GatesSpec,
+    check: &upchain_api::AnalysisCheck,
+) -> Source<Vec<Sample>> {
+    #[derive(serde::Deserialize)]
+    struct Response {
+        status: String,
+        #[serde(default)]
+        error: Option<String>,
+        #[serde(default)]
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Data {
+        result_type: String,
+        result: serde_json::Value,
+    }
+    #[derive(serde::Deserialize)]
+    struct RawSample {
+        #[serde(default)]
+        metric: BTreeMap<String, String>,
+        value: (f64, String),
+    }
+    let Some(base) = check
+        .url
+        .as_deref()
+        .or(gates.prometheus.as_ref().map(|p| p.url.as_str()))
+    else {
+        return Err(
+            "no Prometheus to ask: set spec.gates.prometheus.url or the check's url".into(),
+        );
+    };
+    let url = format!("{}/api/v1/query", base.trim_end_matches('/'));
+    let response = http
+        .get(&url)
+        .query(&[("query", check.query.as_str())])
+        .timeout(SOURCE_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+    let status = response.status();
+    // Prometheus explains a bad query in the body of its 400 or 422.
+    let body: Response = response.json().await.map_err(|e| {
+        format!(
+            "GET {url} answered {status}, not a Prometheus query response: {}",
+            e.without_url()
+        )
+    })?;
+    let data = match (body.status.as_str(), body.data) {
+        ("success", Some(data)) => data,
+        _ => {
+            return Err(format!(
+                "Prometheus refused the query ({status}): {}",
+                body.error.as_deref().unwrap_or("no reason given")
+            ));
+        }
+    };
+    let not_a = |e: serde_json::Error| {
+        format!(
+            "GET {url}: a {} result that does not read: {e}",
+            data.result_type
+        )
+    };
+    match data.result_type.as_str() {
+        "vector" => Ok(
+            serde_json::from_value::<Vec<RawSample>>(data.result.clone())
+                .map_err(not_a)?
+                .into_iter()
+                .map(|s| Sample {
+                    labels: s.metric,
+                    value: s.value.1,
+                })
+                .collect(),
+        ),
+        "scalar" => {
+            let (_, value): (f64, String) =
+                serde_json::from_value(data.result.clone()).map_err(not_a)?;
+            Ok(vec![Sample {
+                labels: BTreeMap::new(),
+                value,
+            }])
+        }
+        other => Err(format!(
+            "the query returns a {other}; it must return a vector or a scalar: wrap a range \
+             selector in a function such as max_over_time(...[10m])"
+        )),
+    }
 }
 
 /// The control plane's static Pods (kube-system, tier=control-plane), what the API

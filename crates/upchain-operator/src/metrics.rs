@@ -40,6 +40,13 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabel {
+    upgrade: String,
+    target_version: String,
+    from_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabel {
     role: String,
 }
@@ -143,6 +150,10 @@ pub struct Metrics {
     phase: Family<PhaseLabel, Gauge>,
     nodes: Family<StateLabel, Gauge>,
     waiting: Family<ReasonLabel, Gauge>,
+    info: Family<InfoLabel, Gauge>,
+    /// The versions each upgrade's info series carries now, so a new target replaces the
+    /// old series rather than adding one.
+    info_of: Mutex<HashMap<String, InfoLabel>>,
     node_duration: Family<RoleLabel, Histogram>,
     reconciles: Counter,
     reconcile_errors: Family<CategoryLabel, Counter>,
@@ -178,6 +189,8 @@ impl Metrics {
             phase: Family::default(),
             nodes: Family::default(),
             waiting: Family::default(),
+            info: Family::default(),
+            info_of: Mutex::default(),
             node_duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(15.0, 2.0, 10))
             }),
@@ -236,6 +249,11 @@ impl Metrics {
             "k8s_upgrade_waiting",
             "1 while the run waits for a person, by reason (Paused, AwaitingApproval)",
             metrics.waiting.clone(),
+        );
+        registry.register(
+            "k8s_upgrade_info",
+            "1, labelled with the run's target and from-versions (empty before a run)",
+            metrics.info.clone(),
         );
         registry.register(
             "k8s_upgrade_node_duration_seconds",
@@ -320,6 +338,17 @@ impl Metrics {
                 .get_or_create(&label)
                 .set(i64::from(g.waiting == Some(reason)));
         }
+        let info = InfoLabel {
+            upgrade: upgrade.to_owned(),
+            target_version: status.target_version.clone().unwrap_or_default(),
+            from_version: status.from_version.clone().unwrap_or_default(),
+        };
+        if let Some(old) = lock(&self.info_of).insert(upgrade.to_owned(), info.clone())
+            && old != info
+        {
+            self.info.remove(&old);
+        }
+        self.info.get_or_create(&info).set(1);
         let mut timed = self.timed.lock().unwrap_or_else(|p| p.into_inner());
         for node in status.nodes.iter().filter(|n| n.step == NodeStep::Done) {
             // A node finished before this process started was observed by the process
@@ -373,6 +402,9 @@ impl Metrics {
                 upgrade: upgrade.to_owned(),
                 reason: reason.to_owned(),
             });
+        }
+        if let Some(info) = lock(&self.info_of).remove(upgrade) {
+            self.info.remove(&info);
         }
         self.timed
             .lock()
@@ -543,6 +575,27 @@ mod tests {
             metrics.encode()
         );
         assert!(!lines_with(&metrics, "k8s_upgrade_nodes{upgrade=\"failed-run\"").is_empty());
+    }
+
+    #[test]
+    fn the_info_series_carries_the_versions_and_a_new_target_replaces_it() {
+        let metrics = Metrics::since(at(1_000));
+        let mut run = status(Phase::Succeeded, Vec::new());
+        run.from_version = Some("1.34.2".into());
+        run.target_version = Some("1.35.2".into());
+        metrics.record_status("u", &run);
+        assert_eq!(
+            lines_with(&metrics, "k8s_upgrade_info{"),
+            ["k8s_upgrade_info{upgrade=\"u\",target_version=\"1.35.2\",from_version=\"1.34.2\"} 1"]
+        );
+        run.from_version = Some("1.35.2".into());
+        run.target_version = Some("1.36.0".into());
+        metrics.record_status("u", &run);
+        let info = lines_with(&metrics, "k8s_upgrade_info{");
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert!(info[0].contains("target_version=\"1.36.0\""));
+        metrics.forget("u");
+        assert!(lines_with(&metrics, "k8s_upgrade_info{").is_empty());
     }
 
     #[test]

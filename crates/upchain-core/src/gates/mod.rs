@@ -77,6 +77,8 @@ pub struct GateInputs {
     pub runner: Option<RunnerFacts>,
     /// The objects each health check selected.
     pub health_checks: Option<crate::health::HealthInputs>,
+    /// What the analysis checks' queries returned (those measured at this moment).
+    pub analysis: Option<crate::analysis::AnalysisInputs>,
     /// The control plane's static Pods and the API server's /readyz.
     pub control_plane: Option<Source<ControlPlaneObservation>>,
 }

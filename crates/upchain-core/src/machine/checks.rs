@@ -27,6 +27,7 @@ impl<'a> Machine<'a> {
         let gates = &self.observed.gates;
         (self.spec.gates.prometheus.is_none() || gates.alerts.is_some())
             && (self.spec.gates.health_checks.is_empty() || gates.health_checks.is_some())
+            && self.analysis_read(self.before_the_first_node())
     }
 
     /// The health checks' verdicts, recorded; a failing check is waited for up to its
@@ -137,6 +138,7 @@ impl<'a> Machine<'a> {
         let evaluation = self.evaluate(first, plan);
         self.record_gates(&evaluation.gates);
         let mut reasons = gates::reasons(&evaluation.gates);
+        let analysing = self.analyse_before_the_batch(first, &mut reasons);
         if let Some((waiting, failing)) = self.health_checks(evaluation.health_checks, &mut reasons)
         {
             self.requeue_within(self.recheck_interval().min(waiting));
@@ -146,6 +148,17 @@ impl<'a> Machine<'a> {
                     "the next node waits for {} to pass (the run is Blocked once a check's \
                      timeout has passed)",
                     failing.join(", ")
+                ),
+            );
+            return STOP;
+        }
+        if !analysing.is_empty() && reasons.is_empty() {
+            self.note(
+                Reason::WaitingForAnalysis,
+                format!(
+                    "the next {} waits for analysis: {}",
+                    if first { "run" } else { "batch" },
+                    analysing.join("; ")
                 ),
             );
             return STOP;

@@ -105,7 +105,8 @@ impl NotifyKind {
             Reason::NodeFailed
             | Reason::InvalidSpec
             | Reason::VersionPolicy
-            | Reason::HookFailed => Some(Self::Failed),
+            | Reason::HookFailed
+            | Reason::AnalysisFailed => Some(Self::Failed),
             Reason::Succeeded => Some(Self::Succeeded),
             _ => None,
         }

@@ -6,6 +6,7 @@
 //! step) is on record before any cordon, eviction or Job. Repeating a decision against an
 //! unchanged cluster repeats only idempotent actions (same cordon, same Job name).
 
+mod analysis;
 mod budget;
 mod checks;
 mod decision;

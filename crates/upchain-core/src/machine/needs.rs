@@ -1,6 +1,6 @@
 //! The observation contract: what the operator must read for the next decision.
 
-use upchain_api::PrepareRecord;
+use upchain_api::{AnalysisStage, PrepareRecord};
 
 use super::*;
 
@@ -14,6 +14,9 @@ pub struct Needs {
     pub alerts: bool,
     /// The objects the health checks select (before the run and before each node).
     pub health_checks: bool,
+    /// The analysis checks (spec.gates.analysis) whose queries to run: those of the
+    /// boundary while the next batch may start, those of the soak while a batch soaks.
+    pub analysis: Vec<String>,
     /// The snapshot CronJob and Job.
     pub snapshot: bool,
     /// The postflight's inputs.
@@ -122,6 +125,7 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         health_checks: !spec.gates.health_checks.is_empty()
             && !spec.paused
             && (preflight || at_boundary),
+        analysis: analysis_to_query(spec, status, preflight, at_boundary),
         snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
@@ -141,6 +145,36 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
             .chain(preparing.iter().map(|r| r.job.clone()))
             .collect(),
     }
+}
+
+/// The analysis checks to query: before the run and at each boundary of a run under way
+/// those of the boundary (`BeforeRun` and `BeforeBatch`, as the decision picks), while every
+/// node in flight soaks those of the soak. None while paused, or stopped on a failure.
+fn analysis_to_query(
+    spec: &K8sUpgradeSpec,
+    status: &K8sUpgradeStatus,
+    preflight: bool,
+    at_boundary: bool,
+) -> Vec<String> {
+    if spec.paused || status.phase == Some(Phase::Failed) {
+        return Vec::new();
+    }
+    let in_progress = status
+        .phase
+        .is_some_and(|p| p.is_running() || p == Phase::Blocked);
+    let boundary = preflight || (at_boundary && in_progress);
+    let in_flight = status.nodes.iter().filter(|n| n.step.is_active());
+    let soaking = in_flight.clone().next().is_some()
+        && in_flight.clone().all(|n| n.step == NodeStep::Soaking);
+    spec.gates
+        .analysis
+        .iter()
+        .filter(|check| {
+            let before = check.when.iter().any(|s| *s != AnalysisStage::AfterBatch);
+            (boundary && before) || (soaking && check.when.contains(&AnalysisStage::AfterBatch))
+        })
+        .map(|check| check.name.clone())
+        .collect()
 }
 
 /// The nodes whose Pods to read: those draining and, when the next batch may start, its

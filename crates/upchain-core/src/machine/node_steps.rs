@@ -11,6 +11,7 @@ pub(super) const DELETING_BLOCKED: &str = "deleting single-replica Pod(s)";
 
 impl<'a> Machine<'a> {
     pub(super) fn start_batch(&mut self, plan: &Plan) {
+        self.spend_the_analysis_of_the_boundary();
         let now = Time(self.now);
         let mut started = Vec::new();
         for step in plan.next_batch() {
@@ -160,6 +161,16 @@ impl<'a> Machine<'a> {
                 }
                 let soak = Duration::from(self.spec.soak);
                 let soaked = self.elapsed(&record.step_started_at);
+                if soaked >= soak && !self.soak_analysis_passed() {
+                    let waiting = format!(
+                        "soaked; waiting for analysis {} to pass",
+                        self.soak_analysis_pending().join(", ")
+                    );
+                    if record.message.as_deref() != Some(&waiting) {
+                        self.status.nodes[index].message = Some(waiting);
+                    }
+                    return;
+                }
                 if soaked >= soak {
                     let record = &mut self.status.nodes[index];
                     record.version_after = Some(node.kubelet_version.clone());
@@ -468,6 +479,12 @@ impl<'a> Machine<'a> {
             .iter()
             .map(|&i| self.status.nodes[i].name.clone())
             .collect();
+        if active
+            .iter()
+            .all(|&i| self.status.nodes[i].step == NodeStep::Soaking)
+        {
+            self.analyse_the_soak();
+        }
         for &i in &active {
             self.advance_node(i, &batch);
         }
@@ -475,6 +492,7 @@ impl<'a> Machine<'a> {
             self.fail_on_node();
             return STOP;
         }
+        self.stop_on_a_failed_soak()?;
         self.set_phase(match self.status.nodes[first].role {
             NodeRole::ControlPlane => Phase::ControlPlane,
             NodeRole::Worker => Phase::Workers,

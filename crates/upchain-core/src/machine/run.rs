@@ -82,6 +82,9 @@ impl<'a> Machine<'a> {
                 retried.push(record.name.clone());
             }
         }
+        if self.retry_failed_soak_analysis() {
+            retried.push("the soak's analysis".to_owned());
+        }
         if !retried.is_empty() {
             self.progressed();
             self.event(
@@ -160,6 +163,7 @@ impl<'a> Machine<'a> {
         self.status.snapshot_waived = None;
         self.status.prepare.clear();
         self.status.prepared_count = 0;
+        self.status.analysis.clear();
         self.status.completed_at = None;
         self.status.started_at = Some(now.clone());
         self.status.last_progress_at = Some(now);
@@ -211,7 +215,14 @@ impl<'a> Machine<'a> {
             failed_node: failed.map(|n| n.name.clone()),
             reason: failed
                 .and_then(|n| n.message.clone())
-                .or_else(|| self.failed_post_hook().and_then(|h| h.message.clone())),
+                .or_else(|| self.failed_post_hook().and_then(|h| h.message.clone()))
+                .or_else(|| {
+                    self.status
+                        .analysis
+                        .iter()
+                        .find(|a| a.verdict == upchain_api::AnalysisVerdict::Failed)
+                        .and_then(|a| a.message.clone())
+                }),
         })
     }
 
@@ -246,7 +257,9 @@ impl<'a> Machine<'a> {
                 return ControlFlow::Break(());
             }
         };
-        if let Err(error) = crate::health::validate(&self.spec.gates.health_checks) {
+        if let Err(error) = crate::health::validate(&self.spec.gates.health_checks)
+            .and_then(|()| crate::analysis::validate(&self.spec.gates.analysis))
+        {
             self.refuse(Reason::InvalidSpec, error);
             return ControlFlow::Break(());
         }

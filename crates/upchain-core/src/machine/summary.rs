@@ -190,8 +190,11 @@ impl<'a> Machine<'a> {
             .last_progress_at
             .as_ref()
             .map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default());
-        // Waiting for the maintenance window is not a stall: it is the plan.
-        let waiting_for_window = self.status.next_window_at.is_some();
+        // Waiting for the maintenance window is not a stall: it is the plan. Nor is
+        // waiting, with no node touched, for an analysis check before the run (another
+        // cluster's run to age, say): a stall is a cluster left half-done.
+        let waiting_for_window = self.status.next_window_at.is_some()
+            || (self.state.reason == Reason::WaitingForAnalysis && self.before_the_first_node());
         let stalled = running
             && !self.spec.paused
             && !waiting_for_window

@@ -1,6 +1,7 @@
 //! Phase-machine tests: scenarios, and property tests of the design's invariants run
 //! against a small model cluster that carries out every decided action.
 
+mod analysis;
 mod chain;
 mod checks;
 mod control_plane;

@@ -121,6 +121,22 @@ impl World {
         if !needs.health_checks {
             gates.health_checks = None;
         }
+        // The queries asked for, each answered as the model's Prometheus would.
+        gates.analysis = (!needs.analysis.is_empty()).then(|| {
+            needs
+                .analysis
+                .iter()
+                .map(|name| {
+                    let answer = self
+                        .gates
+                        .analysis
+                        .as_ref()
+                        .and_then(|a| a.get(name).cloned())
+                        .unwrap_or_else(|| Err("no answer".to_owned()));
+                    (name.clone(), answer)
+                })
+                .collect()
+        });
         gates.control_plane = needs.control_plane.then(|| Ok(self.control_plane()));
         let draining = needs.pods_of.clone();
         // Only the Jobs the operator reads, so the invariants hold on that view.

@@ -55,3 +55,140 @@ pub fn upchain_run(kubeconfig: &Path, log: &Path, args: &[&str], envs: &[(&str, 
         .spawn()
         .expect("upchain starts")
 }
+
+/// The `prometheus` binary scripts/install-test-tools unpacks from the Debian package.
+fn prometheus_binary() -> std::path::PathBuf {
+    let tools = std::env::var_os("UPCHAIN_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/upchain/tools")
+        },
+        std::path::PathBuf::from,
+    );
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([tools.join("bin")])
+        .map(|dir| dir.join("prometheus"))
+        .find(|path| path.is_file())
+        .expect(
+            "prometheus is installed by scripts/install-test-tools (Debian's prometheus package)",
+        )
+}
+
+/// A real Prometheus scraping its targets every second, on a free loopback port, stopped
+/// when dropped. It answers the analysis checks' PromQL as a fleet's Thanos would.
+pub struct Prometheus {
+    child: Child,
+    /// Its base URL, such as `http://127.0.0.1:41234`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// One scrape target: its `host:port`, its metrics path, and the `cluster` label its
+/// series get.
+pub struct Target<'a> {
+    pub address: &'a str,
+    pub path: &'a str,
+    pub cluster: &'a str,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[Target]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jobs: Vec<String> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                format!(
+                    "- job_name: target-{i}\n  metrics_path: {}\n  static_configs:\n  - targets: ['{}']\n    labels: {{cluster: '{}'}}\n",
+                    t.path, t.address, t.cluster
+                )
+            })
+            .collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n{}",
+                jobs.concat()
+            ),
+        )
+        .expect("config");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(prometheus_binary())
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).expect("log"))
+            .spawn()
+            .expect("prometheus starts");
+        let prometheus = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !prometheus.get("/-/ready").starts_with("HTTP/1.1 200") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    fn get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let address = self.url.trim_start_matches("http://");
+        let Ok(mut stream) = std::net::TcpStream::connect(address) else {
+            return String::new();
+        };
+        let _ = write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        );
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An exporter of the test's own: serves whatever text `metrics` holds at any path.
+pub fn exporter(metrics: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = metrics.lock().expect("metrics").clone();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    address
+}

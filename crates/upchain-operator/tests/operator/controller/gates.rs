@@ -190,11 +190,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     let mut cluster = cluster(1, 2).await;
     cluster.kill_controller();
     cluster.sim.surroundings().alerts = vec![("KubeNodeNotReady".into(), "firing".into())];
-    let kubeconfig = cluster.dir.path().join("kubeconfig");
-    cluster
-        .sim
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
+    let kubeconfig = cluster.kubeconfig();
     let spec = cluster.dir.path().join("upgrade.yaml");
     std::fs::write(
         &spec,

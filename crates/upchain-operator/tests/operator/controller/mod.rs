@@ -13,6 +13,7 @@ use serde_json::json;
 use upchain_api::{K8sUpgrade, Phase};
 use upchain_sim::{Sim, SimConfig};
 
+mod analysis;
 mod chain;
 mod drain;
 mod gates;
@@ -27,27 +28,32 @@ struct Operator {
 impl Operator {
     /// The operator's /metrics, scraped over HTTP at the address it logged.
     fn metrics(&self) -> String {
+        let addr = self.metrics_address();
+        let mut stream = std::net::TcpStream::connect(&addr).expect("metrics server");
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
+    }
+
+    /// The `host:port` the operator serves /metrics on, as it logged it.
+    fn metrics_address(&self) -> String {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let addr = loop {
+        loop {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             if let Some(addr) = log
                 .lines()
                 .find_map(|l| l.split("metrics on http://").nth(1))
                 .and_then(|rest| rest.split('/').next())
             {
-                break addr.to_owned();
+                return addr.to_owned();
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "no metrics address in {log}"
             );
             std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut stream = std::net::TcpStream::connect(&addr).expect("metrics server");
-        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        response
+        }
     }
 
     fn leads(&self) -> bool {
@@ -76,11 +82,17 @@ impl Cluster {
         self.operator = Some(self.spawn_operator("single", &["--leader-election", "false"]));
     }
 
-    fn spawn_operator(&self, identity: &str, args: &[&str]) -> Operator {
+    /// A kubeconfig for the simulated cluster, written once into the test's directory.
+    fn kubeconfig(&self) -> PathBuf {
         let kubeconfig = self.dir.path().join("kubeconfig");
         if !kubeconfig.exists() {
             self.sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         }
+        kubeconfig
+    }
+
+    fn spawn_operator(&self, identity: &str, args: &[&str]) -> Operator {
+        let kubeconfig = self.kubeconfig();
         let log = self
             .dir
             .path()
@@ -173,6 +185,17 @@ async fn annotate(cluster: &Cluster, key: &str, value: &str) {
     )
     .await
     .expect("annotated");
+}
+
+/// The Ready condition of a status.
+fn ready(
+    status: &upchain_api::K8sUpgradeStatus,
+) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready")
 }
 
 async fn current_status(cluster: &Cluster) -> upchain_api::K8sUpgradeStatus {

@@ -76,11 +76,7 @@ async fn hooks_run_before_and_after_and_a_failed_post_hook_fails_the_run_until_r
     apply_upgrade(&cluster.client, spec("fail")).await;
     let failed = wait_for_phase(&cluster, Phase::Failed, Duration::from_secs(90)).await;
     let status = failed.status.expect("status");
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
+    let ready = ready(&status);
     assert_eq!(ready.reason, "HookFailed");
     assert!(
         ready.message.contains("post-run hook Job upchain-system/"),
