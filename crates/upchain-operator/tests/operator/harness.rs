@@ -85,12 +85,12 @@ pub struct Prometheus {
     _dir: tempfile::TempDir,
 }
 
-/// One scrape target: its `host:port`, its metrics path, and the `cluster` label its
-/// series get.
+/// One scrape target: its `host:port`, its metrics path, and the labels its series get
+/// (a fleet's `cluster` and `stage`, as Thanos's external labels would add them).
 pub struct Target<'a> {
     pub address: &'a str,
     pub path: &'a str,
-    pub cluster: &'a str,
+    pub labels: &'a [(&'a str, &'a str)],
 }
 
 impl Prometheus {
@@ -100,9 +100,16 @@ impl Prometheus {
             .iter()
             .enumerate()
             .map(|(i, t)| {
+                let labels: Vec<String> = t
+                    .labels
+                    .iter()
+                    .map(|(name, value)| format!("{name}: '{value}'"))
+                    .collect();
                 format!(
-                    "- job_name: target-{i}\n  metrics_path: {}\n  static_configs:\n  - targets: ['{}']\n    labels: {{cluster: '{}'}}\n",
-                    t.path, t.address, t.cluster
+                    "- job_name: target-{i}\n  metrics_path: {}\n  static_configs:\n  - targets: ['{}']\n    labels: {{{}}}\n",
+                    t.path,
+                    t.address,
+                    labels.join(", ")
                 )
             })
             .collect();

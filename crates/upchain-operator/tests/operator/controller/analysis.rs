@@ -13,8 +13,12 @@ fn error_ratio(value: f64) -> String {
     )
 }
 
-/// Waits until Prometheus returns a sample for `query`.
-async fn until_prometheus_has(prometheus: &Prometheus, query: &str) {
+/// Waits until Prometheus's samples for `query` satisfy `enough`, and returns them.
+async fn until_prometheus_answers(
+    prometheus: &Prometheus,
+    query: &str,
+    enough: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let http = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -27,18 +31,24 @@ async fn until_prometheus_has(prometheus: &Prometheus, query: &str) {
             .json()
             .await
             .expect("json");
-        if body["data"]["result"]
+        let samples = body["data"]["result"]
             .as_array()
-            .is_some_and(|r| !r.is_empty())
-        {
-            return;
+            .cloned()
+            .unwrap_or_default();
+        if enough(&samples) {
+            return samples;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "prometheus never had {query}: {body}"
+            "prometheus never answered {query} as expected: {body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Waits until Prometheus returns a sample for `query`.
+async fn until_prometheus_has(prometheus: &Prometheus, query: &str) {
+    until_prometheus_answers(prometheus, query, |samples| !samples.is_empty()).await;
 }
 
 /// The Pods on each node, by node name.
@@ -65,7 +75,7 @@ async fn a_failing_analysis_after_a_batch_stops_the_run_with_its_samples_and_dra
     let prometheus = Prometheus::start(&[Target {
         address: &exporter,
         path: "/metrics",
-        cluster: "a",
+        labels: &[("cluster", "a")],
     }]);
     until_prometheus_has(&prometheus, "checkout_error_ratio").await;
     let pods_before = pods_by_node(&cluster);
@@ -129,20 +139,73 @@ async fn a_failing_analysis_after_a_batch_stops_the_run_with_its_samples_and_dra
     );
 }
 
-/// The check cluster B carries: cluster A's run at the same target has been Succeeded for
-/// at least `age` seconds (docs/fleet.md).
-fn promotion_check(prometheus: &str, age: u64) -> serde_json::Value {
-    json!({"name": "staging-soaked", "url": prometheus, "when": ["BeforeRun"],
-        "query": "time() - k8s_upgrade_last_progress_timestamp{cluster=\"a\"} \
-            and on(upgrade) k8s_upgrade_phase{cluster=\"a\", phase=\"Succeeded\"} == 1 \
-            and on(upgrade) k8s_upgrade_info{cluster=\"a\", target_version=\"v1.35.2\"}",
-        "threshold": {"operator": "GreaterThanOrEqual", "value": age},
-        "interval": "1s", "onEmpty": "Wait"})
+/// The K8sUpgrade Argo CD or Flux applies to a cluster of deploy/gitops/fleet.
+fn fleet_upgrade(cluster: &str) -> serde_json::Value {
+    let dir = format!(
+        "{}/../../deploy/gitops/fleet/clusters/{cluster}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let output = Command::new("kubectl")
+        .args(["kustomize", &dir])
+        .output()
+        .expect("kubectl kustomize runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_yaml::from_slice(&output.stdout).expect("one K8sUpgrade")
+}
+
+#[test]
+fn the_fleet_layout_renders_one_admitted_upgrade_per_cluster_and_promotes_at_the_stage_target() {
+    let crd = serde_json::to_value(upchain_api::crd()).expect("crd");
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    for (cluster, promoted) in [
+        ("staging-eu-1", false),
+        ("prod-eu-1", true),
+        ("prod-us-1", true),
+    ] {
+        let upgrade = fleet_upgrade(cluster);
+        let admitted = upchain_sim::admission::admit(schema, &upgrade, None)
+            .unwrap_or_else(|e| panic!("{cluster}: {e:?}"));
+        let typed: K8sUpgrade = serde_json::from_value(admitted).expect("typed");
+        upchain_core::analysis::validate(&typed.spec.gates.analysis).expect("valid checks");
+        let promotion = typed
+            .spec
+            .gates
+            .analysis
+            .iter()
+            .find(|c| c.name == "staging-soaked");
+        assert_eq!(promotion.is_some(), promoted, "{cluster}");
+        if let Some(check) = promotion {
+            assert!(
+                check
+                    .query
+                    .contains(&format!("target_version=\"{}\"", typed.spec.target_version)),
+                "{cluster}: the query asks for another target than the stage's: {}",
+                check.query
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cluster_starts_only_once_the_other_clusters_success_at_the_target_has_aged() {
-    const AGE: u64 = 8;
+    // The fleet's own promotion check, with 8 s for its 48 hours and a measurement a second.
+    const AGE: i64 = 8;
+    let production = tokio::task::block_in_place(|| fleet_upgrade("prod-eu-1"));
+    let target = production["spec"]["targetVersion"].clone();
+    let mut promotion = production["spec"]["gates"]["analysis"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "staging-soaked"))
+        .expect("the promotion check")
+        .clone();
+    let query = promotion["query"].as_str().expect("query").to_owned();
+    assert!(query.contains(">= 172800)"), "{query}");
+    promotion["query"] = json!(query.replace(">= 172800)", &format!(">= {AGE})")));
+    promotion["interval"] = json!("1s");
+
     let a = cluster_with(1, 2, Duration::from_millis(500)).await;
     let b = cluster_with(1, 2, Duration::from_millis(300)).await;
     let address = |c: &Cluster| c.operator.as_ref().expect("operator").metrics_address();
@@ -151,30 +214,30 @@ async fn a_cluster_starts_only_once_the_other_clusters_success_at_the_target_has
         Target {
             address: &a_metrics,
             path: "/metrics",
-            cluster: "a",
+            labels: &[("cluster", "staging-eu-1"), ("stage", "staging")],
         },
         Target {
             address: &b_metrics,
             path: "/metrics",
-            cluster: "b",
+            labels: &[("cluster", "prod-eu-1"), ("stage", "production")],
         },
     ]);
-    until_prometheus_has(&prometheus, "upchain_leader{cluster=\"a\"}").await;
-    // The same target is committed to both clusters at once; B's stage waits on A's.
+    promotion["url"] = json!(prometheus.url);
+    until_prometheus_has(&prometheus, "upchain_leader{stage=\"staging\"}").await;
+    // The same target is committed to both stages at once; production waits on staging.
     apply_upgrade(
         &b.client,
-        json!({"targetVersion": "1.35.2", "soak": "0s",
-            "gates": {"analysis": [promotion_check(&prometheus.url, AGE)]}}),
+        json!({"targetVersion": target, "soak": "0s", "gates": {"analysis": [promotion]}}),
     )
     .await;
-    apply_upgrade(&a.client, json!({"targetVersion": "1.35.2", "soak": "0s"})).await;
-    wait_for(&b, "B waiting for A", |s| {
+    apply_upgrade(&a.client, json!({"targetVersion": target, "soak": "0s"})).await;
+    wait_for(&b, "production waiting for staging", |s| {
         s.conditions
             .iter()
             .any(|c| c.type_ == "Ready" && c.reason == "WaitingForAnalysis")
     })
     .await;
-    // While A runs, and until its success has aged, B touches nothing.
+    // While staging runs, and until its success has aged, production touches nothing.
     let api: Api<K8sUpgrade> = Api::all(a.client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     let a_succeeded_at = loop {
@@ -185,13 +248,16 @@ async fn a_cluster_starts_only_once_the_other_clusters_success_at_the_target_has
             .status
             .unwrap_or_default();
         let b_status = current_status(&b).await;
-        assert!(b_status.nodes.is_empty(), "B started before A succeeded");
+        assert!(
+            b_status.nodes.is_empty(),
+            "production started before staging succeeded"
+        );
         if status.phase == Some(Phase::Succeeded) {
             break status.last_progress_at.expect("A's last progress").0;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "A never succeeded: {status:?}"
+            "staging never succeeded: {status:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -203,15 +269,44 @@ async fn a_cluster_starts_only_once_the_other_clusters_success_at_the_target_has
         .iter()
         .map(|n| n.started_at.0)
         .min()
-        .expect("B upgraded its nodes");
+        .expect("production upgraded its nodes");
     let waited = b_first_node.duration_since(a_succeeded_at).as_secs();
     assert!(
-        waited >= i64::try_from(AGE).expect("small"),
-        "B started {waited}s after A's success, before it had aged {AGE}s"
+        waited >= AGE,
+        "production started {waited}s after staging's success, before it had aged {AGE}s"
     );
-    let record = &b_status.analysis[0];
-    assert_eq!(record.verdict, upchain_api::AnalysisVerdict::Passed);
+    assert_eq!(
+        b_status.analysis[0].verdict,
+        upchain_api::AnalysisVerdict::Passed
+    );
     assert_every_node_upgraded(&b);
+
+    // The dashboard's fleet panel shows both clusters at the target, Succeeded.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/grafana/upchain-dashboard.json"
+        ))
+        .expect("dashboard"),
+    )
+    .expect("json");
+    let fleet = dashboard["panels"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["title"] == "Fleet: what each cluster runs")
+        })
+        .expect("the fleet panel");
+    let rows = until_prometheus_answers(
+        &prometheus,
+        fleet["targets"][0]["expr"].as_str().expect("expr"),
+        |rows| rows.len() == 2 && rows.iter().all(|r| r["metric"]["phase"] == "Succeeded"),
+    )
+    .await;
+    for row in rows {
+        assert_eq!(row["metric"]["target_version"], target, "{row}");
+        assert_eq!(row["metric"]["from_version"], "v1.34.2", "{row}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -223,7 +318,7 @@ async fn upchain_check_shows_each_analysis_verdict() {
     let prometheus = Prometheus::start(&[Target {
         address: &exporter,
         path: "/metrics",
-        cluster: "a",
+        labels: &[("cluster", "a")],
     }]);
     until_prometheus_has(&prometheus, "checkout_error_ratio").await;
     let kubeconfig = cluster.kubeconfig();
