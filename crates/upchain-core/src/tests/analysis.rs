@@ -252,3 +252,71 @@ fn measurements_count_passes_in_a_row_and_tolerated_failures() {
     assert_eq!(measure("0.4"), AnalysisVerdict::Passed);
     assert_eq!(measure("+Inf"), AnalysisVerdict::Failed, "a second failure");
 }
+
+proptest! {
+    /// With a check measured while each batch soaks, going wrong while one node's batch
+    /// soaks: the invariants and idempotence hold at every decision (a repeated decision
+    /// counts no measurement twice); the run stops Failed with nothing cordoned and no
+    /// node started after it, however long it waits; retried with a healthy measure, it
+    /// converges.
+    #[test]
+    fn a_failing_soak_stops_the_run_and_nothing_else_starts(
+        (nodes, max_unavailable, zero_soak) in super::invariants::arb_cluster(),
+        wrong_at in 0usize..11,
+        passes in 1i32..4,
+        tolerated in 0i32..3,
+    ) {
+        let mut upgrade = analysed("1.35.1", error_rate("AfterBatch"));
+        upgrade.spec.nodes.max_unavailable = max_unavailable;
+        if zero_soak {
+            upgrade.spec.soak = std::time::Duration::ZERO.into();
+        }
+        upgrade.spec.gates.analysis[0].consecutive_passes = passes;
+        upgrade.spec.gates.analysis[0].tolerated_failures = tolerated;
+        if crate::plan::plan(KubeVersion::new(1, 35, 1), &upgrade.spec.nodes, &nodes, None)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let wrong = nodes.get(wrong_at).map(|n| n.name.clone());
+        let mut run = Run::new(upgrade, World::new(nodes));
+        run.world.gates.alerts = Some(Ok(Vec::new()));
+        let mut failed = None;
+        for _ in 0..600 {
+            let soaking_wrong = run.status_or_default().nodes.iter().any(|n| {
+                Some(&n.name) == wrong.as_ref() && n.step == NodeStep::Soaking
+            });
+            let value = if soaking_wrong { "0.5" } else { "0.001" };
+            answer(&mut run.world, "error-rate", &[value]);
+            let decision = run.decide_once();
+            match decision.status.phase {
+                Some(Phase::Succeeded) => break,
+                Some(Phase::Failed) => {
+                    failed = Some(started_nodes(&run));
+                    break;
+                }
+                _ => run.wait_as_asked(&decision, 600),
+            }
+        }
+        if let Some(started) = failed {
+            let ready = conditions::get(&run.status().conditions, types::READY).expect("Ready");
+            prop_assert_eq!(&ready.reason, "AnalysisFailed");
+            prop_assert!(ready.message.contains("0.5"), "{}", ready.message);
+            for _ in 0..5 {
+                run.world.tick(600);
+                let decision = run.decide_once();
+                prop_assert!(mutating(&decision.actions).is_empty());
+                prop_assert!(run.world.nodes.iter().all(|n| !n.unschedulable));
+            }
+            prop_assert_eq!(started_nodes(&run), started);
+            answer(&mut run.world, "error-rate", &["0.001"]);
+            run.upgrade
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(RETRY_ANNOTATION.to_owned(), "1".to_owned());
+        }
+        prop_assert_eq!(run.until(600, &[Phase::Succeeded, Phase::Failed]), Phase::Succeeded);
+        prop_assert!(run.world.nodes.iter().all(|n| !n.unschedulable));
+    }
+}
