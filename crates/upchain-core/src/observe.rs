@@ -3,10 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{
-    Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod, PodCondition, PodSpec,
-    PodStatus,
-};
+use k8s_openapi::api::core::v1::{Node, Pod, PodCondition, PodSpec, PodStatus};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube_core::{Selector, SelectorExt};
 use upchain_api::PREPARED_ANNOTATION;
@@ -52,52 +49,6 @@ pub struct ObservedNode {
 }
 
 impl ObservedNode {
-    /// Drops from a Node everything [`ObservedNode::from_node`] does not read, so a cache of
-    /// thousands of Nodes holds a few hundred bytes each rather than kilobytes (images,
-    /// managed fields, capacity, annotations and condition messages are most of a Node).
-    pub fn prune(node: &mut Node) {
-        let metadata = &mut node.metadata;
-        metadata.managed_fields = None;
-        keep_only(&mut metadata.annotations, PREPARED_ANNOTATION);
-        metadata.owner_references = None;
-        if let Some(spec) = node.spec.as_mut() {
-            *spec = NodeSpec {
-                unschedulable: spec.unschedulable,
-                ..NodeSpec::default()
-            };
-        }
-        if let Some(status) = node.status.as_mut() {
-            let conditions = status.conditions.take().map(|conditions| {
-                conditions
-                    .into_iter()
-                    .map(|c| NodeCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        last_transition_time: c.last_transition_time,
-                        ..NodeCondition::default()
-                    })
-                    .collect()
-            });
-            let addresses = status.addresses.take().map(|addresses| {
-                addresses
-                    .into_iter()
-                    .filter(|a| a.type_ == "InternalIP")
-                    .collect()
-            });
-            let node_info = status.node_info.take().map(|info| NodeSystemInfo {
-                kubelet_version: info.kubelet_version,
-                container_runtime_version: info.container_runtime_version,
-                ..NodeSystemInfo::default()
-            });
-            *status = NodeStatus {
-                conditions,
-                addresses,
-                node_info,
-                ..NodeStatus::default()
-            };
-        }
-    }
-
     /// Reduces a Node object to what upchain decides on.
     pub fn from_node(node: &Node) -> Self {
         let status = node.status.as_ref();
@@ -523,14 +474,8 @@ mod tests {
     }
 
     #[test]
-    fn pruning_keeps_everything_upchain_decides_on_and_little_else() {
+    fn a_node_is_observed_by_what_upchain_decides_on() {
         let node = full_node();
-        let mut pruned = node.clone();
-        ObservedNode::prune(&mut pruned);
-        assert_eq!(
-            ObservedNode::from_node(&pruned),
-            ObservedNode::from_node(&node)
-        );
         let observed = ObservedNode::from_node(&node);
         assert!(observed.unschedulable && observed.ready);
         assert_eq!(observed.pressure, ["DiskPressure"]);
@@ -538,17 +483,6 @@ mod tests {
         assert_eq!(
             observed.prepared.as_deref(),
             Some("fleet/v1.35.2/1796000000")
-        );
-        assert_eq!(
-            pruned.metadata.annotations.as_ref().map(BTreeMap::len),
-            Some(1)
-        );
-        let size = |n: &Node| serde_json::to_vec(n).expect("serializes").len();
-        assert!(
-            size(&pruned) * 9 < size(&node),
-            "{} bytes pruned from {}",
-            size(&pruned),
-            size(&node)
         );
     }
 

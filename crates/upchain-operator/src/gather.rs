@@ -85,15 +85,18 @@ pub async fn gate_inputs(
         inputs.health_checks = Some(objects);
     }
     if !needs.analysis.is_empty() {
-        let mut results = BTreeMap::new();
-        for check in gates
+        // At once: a Prometheus that hangs costs one timeout, not one per check.
+        let queries = gates
             .analysis
             .iter()
             .filter(|c| needs.analysis.contains(&c.name))
-        {
-            results.insert(check.name.clone(), analysis_query(http, gates, check).await);
-        }
-        inputs.analysis = Some(results);
+            .map(|check| async { (check.name.clone(), analysis_query(http, gates, check).await) });
+        inputs.analysis = Some(
+            futures_util::future::join_all(queries)
+                .await
+                .into_iter()
+                .collect(),
+        );
     }
     if needs.control_plane {
         inputs.control_plane = Some(control_plane(client).await);

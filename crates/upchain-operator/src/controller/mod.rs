@@ -9,6 +9,7 @@ mod drain_watch;
 mod events;
 mod job_pods;
 mod lease;
+mod node_cache;
 mod observe;
 
 use apply::*;
@@ -16,6 +17,7 @@ use drain_watch::DrainWatch;
 use events::*;
 use job_pods::JobPods;
 pub use lease::{LeaseSettings, run_with_leader_election};
+use node_cache::NodeCache;
 use observe::*;
 
 use std::collections::HashMap;
@@ -172,7 +174,7 @@ struct Context {
     events: Events,
     settings: Settings,
     upgrades: Store<K8sUpgrade>,
-    nodes: Store<Node>,
+    nodes: NodeCache,
     failures: Mutex<HashMap<String, u32>>,
     metrics: Arc<Metrics>,
     /// For Prometheus and the notification webhook.
@@ -197,43 +199,19 @@ pub async fn run(
     let nodes_api: Api<Node> = Api::all(client.clone());
     let controller = Controller::new(upgrades_api, watcher::Config::default());
     let upgrades = controller.store();
-    // Nodes are cached pruned to what the decisions read, and listed in small pages: a
-    // page of full Nodes (kilobytes each, mostly images) is the cache's peak memory.
-    let (nodes, writer) = reflector::store();
-    let node_watch_metrics = metrics.clone();
-    let mut seen: HashMap<String, ObservedNode> = HashMap::new();
+    // Nodes are cached as the decisions read them (controller/node_cache.rs).
+    let (nodes, node_changes) = NodeCache::watch(nodes_api, metrics.clone());
     let woken = upgrades.clone();
-    let node_stream = watcher(nodes_api.clone(), watcher::Config::default().page_size(100))
-        .default_backoff()
-        .modify(ObservedNode::prune)
-        .reflect(writer)
-        .applied_objects()
-        .filter_map(move |node| {
-            // The watcher retries on its own (with backoff); a failing Node watch is still
-            // worth a line in the log, as a stale node cache holds the run back.
-            if let Err(error) = &node {
-                warn!(%error, "watching Nodes failed; retrying");
-            }
-            node_watch_metrics
-                .health
-                .watched("Node", node.is_ok(), std::time::Instant::now());
-            // Only a change of what the decisions read wakes anything: not a heartbeat.
-            let changed = node.ok().and_then(|node| {
-                let observed = ObservedNode::from_node(&node);
-                let before = seen.insert(observed.name.clone(), observed.clone());
-                (before.as_ref() != Some(&observed)).then_some(())
-            });
-            std::future::ready(changed)
-        })
-        .flat_map(move |()| {
-            let to_wake: Vec<ObjectRef<K8sUpgrade>> = woken
-                .state()
-                .iter()
-                .filter(|upgrade| woken_by_nodes(upgrade))
-                .map(|upgrade| ObjectRef::from_obj(upgrade.as_ref()))
-                .collect();
-            futures_util::stream::iter(to_wake)
-        });
+    // Only a change of what the decisions read wakes anything: not a heartbeat.
+    let node_stream = node_changes.flat_map(move |()| {
+        let to_wake: Vec<ObjectRef<K8sUpgrade>> = woken
+            .state()
+            .iter()
+            .filter(|upgrade| woken_by_nodes(upgrade))
+            .map(|upgrade| ObjectRef::from_obj(upgrade.as_ref()))
+            .collect();
+        futures_util::stream::iter(to_wake)
+    });
 
     let (lock_released, released) = tokio::sync::mpsc::unbounded_channel();
     let released = futures_util::stream::unfold(released, |mut released| async move {
@@ -317,7 +295,7 @@ async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeu
 }
 
 async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
-    ctx.nodes.wait_until_ready().await.ok();
+    ctx.nodes.wait_until_ready().await;
     ctx.metrics.set_ready();
     // Decide from the object as it is now, not as the watch cache last saw it: the cache
     // can lag behind our own status write, and an older status would repeat transitions.

@@ -42,11 +42,7 @@ pub(super) async fn observe_jobs(
 
 /// The nodes as the cache holds them.
 pub(super) fn cached_nodes(ctx: &Context) -> Vec<ObservedNode> {
-    ctx.nodes
-        .state()
-        .iter()
-        .map(|n| ObservedNode::from_node(n))
-        .collect()
+    ctx.nodes.nodes()
 }
 
 /// What the cluster shows: the cached `nodes`, and what `needs` asks for, read fresh.
