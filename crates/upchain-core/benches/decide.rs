@@ -64,7 +64,8 @@ fn run(size: usize) {
     let mut observed = Observed {
         nodes: (0..size)
             .map(|i| node(format!("node-{i:05}"), i < 3))
-            .collect(),
+            .collect::<Vec<_>>()
+            .into(),
         postflight: Some(Default::default()),
         ..Observed::default()
     };
@@ -148,7 +149,10 @@ fn run(size: usize) {
         upgrade.status = Some(decision.status);
         for action in &decision.actions {
             let set = |observed: &mut Observed, name: &str, f: &dyn Fn(&mut ObservedNode)| {
-                if let Some(n) = observed.nodes.iter_mut().find(|n| n.name == name) {
+                if let Some(n) = std::sync::Arc::make_mut(&mut observed.nodes)
+                    .iter_mut()
+                    .find(|n| n.name == name)
+                {
                     f(n);
                 }
             };

@@ -115,7 +115,8 @@ mod tests {
                     .kubelet("v1.34.2")
                     .build(),
                 NodeFixture::worker("w-1").kubelet("v1.34.2").build(),
-            ],
+            ]
+            .into(),
             ..Observed::default()
         };
         let mut upgrade = upgrade("1.35.2");
@@ -160,7 +161,8 @@ mod tests {
                     .kubelet("v1.34.2")
                     .not_ready()
                     .build(),
-            ],
+            ]
+            .into(),
             ..Observed::default()
         };
         let blocked = gauges(&decide(&upgrade("1.35.2"), &observed, at(0)).status);

@@ -381,8 +381,9 @@ pub struct OtherUpgrade {
 /// Everything one reconcile observed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
-    /// Every node in the cluster.
-    pub nodes: Vec<ObservedNode>,
+    /// Every node in the cluster, shared with the operator's cache: a decision reads them
+    /// where the cache holds them rather than copying thousands of nodes each time.
+    pub nodes: std::sync::Arc<Vec<ObservedNode>>,
     /// The upgrade Jobs this K8sUpgrade owns.
     pub jobs: Vec<ObservedJob>,
     /// The Pods on each node being drained, by node name. A node missing here has not

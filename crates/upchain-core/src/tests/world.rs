@@ -149,7 +149,7 @@ impl World {
             crate::JobsToRead::OfNodes(nodes) => nodes.clone(),
         };
         Observed {
-            nodes: self.nodes.clone(),
+            nodes: self.nodes.clone().into(),
             jobs: self
                 .jobs
                 .iter()

@@ -196,7 +196,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let upgrades_api: Api<K8sUpgrade> = Api::all(client.clone());
-    let nodes_api: Api<Node> = Api::all(client.clone());
+    let nodes_api: Api<node_cache::WatchedNode> = Api::all(client.clone());
     let controller = Controller::new(upgrades_api, watcher::Config::default());
     let upgrades = controller.store();
     // Nodes are cached as the decisions read them (controller/node_cache.rs).

@@ -41,7 +41,7 @@ pub(super) async fn observe_jobs(
 }
 
 /// The nodes as the cache holds them.
-pub(super) fn cached_nodes(ctx: &Context) -> Vec<ObservedNode> {
+pub(super) fn cached_nodes(ctx: &Context) -> Arc<Vec<ObservedNode>> {
     ctx.nodes.nodes()
 }
 
@@ -49,7 +49,7 @@ pub(super) fn cached_nodes(ctx: &Context) -> Vec<ObservedNode> {
 pub(super) async fn observe(
     upgrade: &K8sUpgrade,
     needs: &Needs,
-    nodes: Vec<ObservedNode>,
+    nodes: Arc<Vec<ObservedNode>>,
     ctx: &Context,
 ) -> Result<Observed, Error> {
     let name = upgrade.name_any();
