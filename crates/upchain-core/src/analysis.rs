@@ -330,9 +330,14 @@ pub fn verdicts(checks: &[AnalysisCheck], inputs: &AnalysisInputs) -> Vec<Verdic
             );
             let (seen, reasons) = match measured {
                 Measurement::Pass(seen) => (seen, Vec::new()),
-                Measurement::Inconclusive(seen) => {
-                    (format!("{seen}: the run would wait"), Vec::new())
-                }
+                Measurement::Inconclusive(seen) => (
+                    seen.clone(),
+                    vec![format!(
+                        "analysis {}: {seen}, which it waits out (onEmpty: Wait): a run would \
+                         wait here",
+                        check.name
+                    )],
+                ),
                 Measurement::Fail(seen) => (
                     seen.clone(),
                     vec![format!("analysis {}: {seen}", check.name)],

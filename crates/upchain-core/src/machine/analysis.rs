@@ -8,8 +8,10 @@ use super::*;
 use crate::analysis;
 
 impl<'a> Machine<'a> {
-    /// Measures `check` at `stage` when it is due and its query was read; returns its
-    /// record and when it is due next. A record of another stage starts over.
+    /// Measures `check` at `stage` when it is due and its query was read; returns when it
+    /// is due next. A record of another stage starts over. A check that passes says so in
+    /// an Event; one that fails is told by what it stops (the Blocked Event before a batch,
+    /// AnalysisFailed in a soak), so a failure is not announced twice.
     fn measure(&mut self, index: usize, check: &AnalysisCheck, stage: AnalysisStage) -> Duration {
         let now = Time(self.now);
         let position = match self
@@ -54,27 +56,15 @@ impl<'a> Machine<'a> {
             record.failures = 0;
         }
         analysis::count(record, check, analysis::measure(index, check, result), now);
-        let after = record.clone();
-        if after.verdict != before {
-            match after.verdict {
-                AnalysisVerdict::Failed => self.event(
-                    true,
-                    Reason::AnalysisFailed,
-                    after.message.clone().unwrap_or_default(),
-                ),
-                AnalysisVerdict::Passed => self.event(
-                    false,
-                    Reason::AnalysisPassed,
-                    format!(
-                        "analysis {} passed {} time(s) in a row at {}: {}",
-                        check.name,
-                        after.passes,
-                        stage.as_str(),
-                        after.last_value.as_deref().unwrap_or_default()
-                    ),
-                ),
-                AnalysisVerdict::Measuring => {}
-            }
+        if record.verdict == AnalysisVerdict::Passed && before != AnalysisVerdict::Passed {
+            let message = format!(
+                "analysis {} passed {} time(s) in a row at {}: {}",
+                check.name,
+                record.passes,
+                stage.as_str(),
+                record.last_value.as_deref().unwrap_or_default()
+            );
+            self.event(false, Reason::AnalysisPassed, message);
         }
         interval
     }
