@@ -18,6 +18,10 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::error::Error;
 
+/// jemalloc, returning freed pages to the system within a second (.cargo/config.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli.init_logging();
