@@ -35,6 +35,15 @@ fn error_rate(when: &str) -> serde_json::Value {
         "consecutivePasses": 2})
 }
 
+/// A person sets the retry annotation.
+fn retry(run: &mut Run) {
+    run.upgrade
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(RETRY_ANNOTATION.to_owned(), "1".to_owned());
+}
+
 fn started_nodes(run: &Run) -> Vec<String> {
     run.status_or_default()
         .nodes
@@ -90,11 +99,7 @@ fn a_failing_soak_stops_the_run_with_its_samples_and_the_batch_in_service() {
     assert_eq!(started_nodes(&run), before);
     // Fixed, and retried: the soak is measured again and the run goes on.
     answer(&mut run.world, "error-rate", &["0.002"]);
-    run.upgrade
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default)
-        .insert(RETRY_ANNOTATION.to_owned(), "1".to_owned());
+    retry(&mut run);
     assert_eq!(
         run.until(200, &[Phase::Succeeded, Phase::Failed]),
         Phase::Succeeded
@@ -310,11 +315,7 @@ proptest! {
             }
             prop_assert_eq!(started_nodes(&run), started);
             answer(&mut run.world, "error-rate", &["0.001"]);
-            run.upgrade
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(RETRY_ANNOTATION.to_owned(), "1".to_owned());
+            retry(&mut run);
         }
         prop_assert_eq!(run.until(600, &[Phase::Succeeded, Phase::Failed]), Phase::Succeeded);
         prop_assert!(run.world.nodes.iter().all(|n| !n.unschedulable));

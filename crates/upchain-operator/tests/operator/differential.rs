@@ -164,6 +164,13 @@ fn job_named(name: &str, image: &str) -> Value {
             "containers": [{"name": "c", "image": image}]}}}})
 }
 
+/// A K8sUpgrade named `analysed` with one analysis check.
+fn analysed(check: Value) -> Value {
+    json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+        "metadata": {"name": "analysed"},
+        "spec": {"targetVersion": "1.35.2", "gates": {"analysis": [check]}}})
+}
+
 /// The CRD as the repository ships it.
 fn crd() -> Value {
     let path = concat!(
@@ -479,31 +486,25 @@ fn probes() -> Vec<Probe> {
         post(
             "a K8sUpgrade with an analysis check and no Prometheus to ask (a CEL rule on gates)",
             "/apis/upchain.dev/v1alpha1/k8supgrades",
-            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-                "metadata": {"name": "analysed"},
-                "spec": {"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+            analysed(json!({"name": "errors",
                     "query": "up", "threshold": {"operator": "LessThan", "value": 0.01},
-                    "when": ["AfterBatch"]}]}}}),
+                    "when": ["AfterBatch"]})),
         ),
         post(
             "the same with its own url, a fractional threshold and a CEL expression beside it",
             "/apis/upchain.dev/v1alpha1/k8supgrades",
-            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-                "metadata": {"name": "analysed"},
-                "spec": {"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+            analysed(json!({"name": "errors",
                     "url": "http://thanos:9090", "query": "up",
                     "threshold": {"operator": "LessThan", "value": 0.01},
-                    "expression": "true", "when": ["AfterBatch"]}]}}}),
+                    "expression": "true", "when": ["AfterBatch"]})),
         ),
         post(
             "an admitted analysis check",
             "/apis/upchain.dev/v1alpha1/k8supgrades",
-            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-                "metadata": {"name": "analysed"},
-                "spec": {"targetVersion": "1.35.2", "gates": {"analysis": [{"name": "errors",
+            analysed(json!({"name": "errors",
                     "url": "http://thanos:9090", "query": "up",
                     "threshold": {"operator": "GreaterThanOrEqual", "value": 172800},
-                    "when": ["BeforeRun", "BeforeBatch"], "onEmpty": "Wait"}]}}}),
+                    "when": ["BeforeRun", "BeforeBatch"], "onEmpty": "Wait"})),
         ),
         apply(
             "a status apply with an analysis record",
