@@ -71,6 +71,9 @@ apply_defaults() {
   # The defaults below are the Helm chart's nodeScript values (templates/configmap-script.yaml).
   # Leave CoreDNS (image and Corefile) alone when kubeadm upgrades the control plane.
   : "${SKIP_COREDNS_PHASE:=false}"
+  # kubeadm preflight checks whose errors this installation's nodes ignore, comma-separated
+  # (nodes on cgroup v1 need SystemVerification).
+  : "${IGNORE_PREFLIGHT_ERRORS:=}"
   # kubeadm keeps a backup of etcd and the manifests per upgrade; keep this many.
   : "${KEEP_BACKUPS:=2}"
   # managed: point apt/dnf at the target minor's repository; unmanaged: never touch it.
@@ -89,6 +92,7 @@ validate_params() {
   matches UPGRADE_KIND '^(patch|minor)$'
   matches FIRST_CONTROL_PLANE '^(true|false)$'
   matches SKIP_COREDNS_PHASE '^(true|false)$'
+  matches IGNORE_PREFLIGHT_ERRORS '^([A-Za-z0-9-]+(,[A-Za-z0-9-]+)*)?$'
   matches RUN_ID '^[A-Za-z0-9._-]{1,128}$'
   matches REPOSITORY '^(managed|unmanaged)$'
   matches REPOSITORY_URL '^(https?|file)://[A-Za-z0-9._~:/@%+,=-]+$'
@@ -497,19 +501,28 @@ run_upgrade() {
 }
 
 upgrade_kubeadm_configuration() {
-  local flags
+  local flags ignore
   if [ "$FIRST_CONTROL_PLANE" = true ]; then
     flags=(upgrade apply -y "v$TARGET_VERSION")
     if [ "$SKIP_COREDNS_PHASE" = true ]; then
       flags+=(--skip-phases=addon/coredns)
-      # One flag whose value is a comma-separated list.
-      flags+=("--ignore-preflight-errors=CoreDNSMigration,CoreDNSUnsupportedPlugins")
     fi
   else
     flags=(upgrade node)
   fi
+  ignore=$(ignored_preflight_errors)
+  [ -z "$ignore" ] || flags+=("$ignore")
   step "kubeadm ${flags[*]}"
   kubeadm "${flags[@]}" || die $E_KUBEADM "kubeadm ${flags[*]} failed; kubeadm rolled back its own changes where it could"
+}
+
+# One --ignore-preflight-errors flag (its value a comma-separated list), or nothing.
+ignored_preflight_errors() {
+  local ignored=$IGNORE_PREFLIGHT_ERRORS
+  if [ "$SKIP_COREDNS_PHASE" = true ]; then
+    ignored=${ignored:+$ignored,}CoreDNSMigration,CoreDNSUnsupportedPlugins
+  fi
+  [ -z "$ignored" ] || echo "--ignore-preflight-errors=$ignored"
 }
 
 restart_kubelet() {
@@ -628,7 +641,8 @@ check_plan() {
     package_command "$PKG" -q "$@" --disableexcludes=kubernetes download --destdir "$tmp/archives" "kubeadm-${exact#*:}"
     (cd "$tmp/kubeadm" && rpm2cpio "$tmp"/archives/kubeadm-*.rpm | cpio -idm --quiet)
   fi
-  "$tmp/kubeadm/usr/bin/kubeadm" upgrade plan "v$TARGET_VERSION" ||
+  # shellcheck disable=SC2046 # one flag or none
+  "$tmp/kubeadm/usr/bin/kubeadm" upgrade plan "v$TARGET_VERSION" $(ignored_preflight_errors) ||
     die $E_PLAN "kubeadm upgrade plan does not offer v$TARGET_VERSION; see its output above; nothing was changed"
 }
 
