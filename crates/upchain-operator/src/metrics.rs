@@ -440,12 +440,13 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Marks the controller ready (its caches are filled).
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// Marks this replica ready (`/readyz` 200): a standby that the API server answered,
+    /// or a leader whose node cache is filled.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Whether the controller's caches are filled.
+    /// Whether this replica is ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

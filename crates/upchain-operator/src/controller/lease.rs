@@ -41,6 +41,8 @@ pub async fn run_with_leader_election(
     let (leading, lease_task) = manager.watch().await;
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     loop {
+        // A standby is ready: it can take over. A leader is ready once its caches are.
+        metrics.set_ready(true);
         let mut became_leader = leading.clone();
         tokio::select! {
             () = shutdown.clone() => break,
@@ -48,6 +50,7 @@ pub async fn run_with_leader_election(
         }
         info!(identity = %lease.identity, "leading: acting on the cluster");
         metrics.set_leader(true);
+        metrics.set_ready(false);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut controller = tokio::spawn(run(
             client.clone(),

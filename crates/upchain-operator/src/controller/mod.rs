@@ -201,6 +201,14 @@ pub async fn run(
     let upgrades = controller.store();
     // Nodes are cached as the decisions read them (controller/node_cache.rs).
     let (nodes, node_changes) = NodeCache::watch(nodes_api, metrics.clone());
+    // Ready once the nodes are listed, whether or not a K8sUpgrade exists yet: a fresh
+    // install has none, and `helm install --wait` waits for this.
+    let listed = nodes.until_listed();
+    let ready = metrics.clone();
+    tokio::spawn(async move {
+        listed.await;
+        ready.set_ready(true);
+    });
     let woken = upgrades.clone();
     // Only a change of what the decisions read wakes anything: not a heartbeat.
     let node_stream = node_changes.flat_map(move |()| {
@@ -296,7 +304,6 @@ async fn reconcile(upgrade: Arc<K8sUpgrade>, ctx: Arc<Context>) -> Result<Requeu
 
 async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<Requeue, Error> {
     ctx.nodes.wait_until_ready().await;
-    ctx.metrics.set_ready();
     // Decide from the object as it is now, not as the watch cache last saw it: the cache
     // can lag behind our own status write, and an older status would repeat transitions.
     let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());

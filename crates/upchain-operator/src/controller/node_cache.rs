@@ -214,9 +214,16 @@ impl NodeCache {
 
     /// Waits until the first listing is complete.
     pub(super) async fn wait_until_ready(&self) {
+        self.until_listed().await;
+    }
+
+    /// Completes when the first listing is; holds no borrow of the cache.
+    pub(super) fn until_listed(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut listed = self.listed.clone();
-        // An Err means the watch ended: the process is shutting down.
-        let _ = listed.wait_for(|listed| *listed).await;
+        async move {
+            // An Err means the watch ended: the process is shutting down.
+            let _ = listed.wait_for(|listed| *listed).await;
+        }
     }
 }
 

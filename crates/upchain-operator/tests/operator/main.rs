@@ -16,4 +16,5 @@ mod images;
 mod node_script;
 mod observability;
 mod real_api;
+mod real_cluster;
 mod sim_kubectl;
