@@ -243,7 +243,7 @@ fn allow_list(
             "batch",
             "jobs",
             "*",
-            &["get", "list", "watch", "create", "delete"],
+            &["get", "list", "watch", "create", "patch", "delete"],
         ),
         ("kube-system", "", "pods", "*", &["list", "watch"]),
         ("kube-system", "", "pods/log", "*", &["get"]),

@@ -344,16 +344,33 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
              \x20 # No CoreDNS in this cluster; its nodes still run cgroup v1.\n\
              \x20 skipCoreDNSPhase: true\n\
              \x20 ignorePreflightErrors: [SystemVerification]\n\
+             \x20 # The cluster's mirror of pkgs.k8s.io, on each node's disk.\n\
              \x20 repository:\n\
              \x20   url: \"{}\"\n\
-             \x20   keyUrl: \"{}\"\n\
              \x20 knownHosts: |\n{known_hosts}\
+             etcdBackup:\n\
+             \x20 enabled: true\n\
+             \x20 image: upchain.test/etcd-tools:1\n\
+             \x20 persistentVolumeClaim: {{create: true, storageClassName: etcd-backups, size: 1Gi}}\n\
              metrics:\n\
              \x20 readers: [{{namespace: monitoring, name: prometheus}}]\n",
-            cluster.env["REPOSITORY_URL"], cluster.env["REPOSITORY_KEY_URL"]
+            cluster.env["REPOSITORY_URL"]
         ),
     )
     .unwrap();
+    // This cluster has no storage of its own: the backups' volume is a directory on the
+    // control-plane node (a real cluster's would be network storage).
+    kubectl(
+        &cluster.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: etcd-backups}\n\
+             spec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce]\n\
+             \x20 storageClassName: etcd-backups\n\
+             \x20 claimRef: {namespace: kube-system, name: etcd-backups}\n\
+             \x20 hostPath: {path: /var/lib/etcd-backups, type: DirectoryOrCreate}\n",
+        ),
+    );
     let install = Command::new("helm")
         .args([
             "install",
@@ -552,15 +569,24 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         "-o",
         "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
     ]);
-    for reason in ["RunStarted", "Succeeded"] {
+    for reason in ["RunStarted", "SnapshotTaken", "Succeeded"] {
         assert!(
             events.lines().any(|r| r == reason),
             "no {reason} Event: {events}"
         );
     }
     let metrics = scrape_metrics(&cluster);
+    let snapshot = &upgrade["status"]["snapshot"];
+    assert!(
+        snapshot["sizeBytes"].as_u64().unwrap_or(0) > 1024
+            && snapshot["location"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("pvc:etcd-backups/")),
+        "the etcd snapshot: {snapshot}"
+    );
     let run = [("upgrade", UPGRADE)];
     for (gauge, value) in [
+        ("k8s_upgrade_snapshot_taken", 1.0),
         ("k8s_upgrade_in_flight", 0.0),
         ("k8s_upgrade_blocked", 0.0),
         ("k8s_upgrade_stalled", 0.0),
@@ -585,10 +611,13 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         "real cluster: asserted: Succeeded in {:.0} s; every node's kubelet and packages at v{TARGET}; \
          the static Pods' manifests and images and kubeadm-config at v{TARGET}; etcd healthy; \
          {} budget samples, none violated; {node_jobs} node Jobs, none on the node it upgraded; \
-         {} records; RunStarted and Succeeded Events; /metrics over TLS with a reader's token",
+         {} records; the etcd snapshot taken by the chart's backup Job ({} bytes at {}); \
+         RunStarted, SnapshotTaken and Succeeded Events; /metrics over TLS with a reader's token",
         run_length.as_secs_f64(),
         samples.budget_samples,
-        records.len()
+        records.len(),
+        snapshot["sizeBytes"],
+        snapshot["location"]
     );
     eprintln!(
         "real cluster: cordoned per node (sampled each second): {:?}; operator peak RSS {} kB; \
