@@ -33,30 +33,52 @@ const PAGE_SIZE: u32 = 500;
 /// memory, so the postflight reads them a hundred at a time.
 const POD_PAGE_SIZE: u32 = 100;
 
-/// Lists in pages (of `params.limit`, else [`PAGE_SIZE`]), handing each page to `each`: a
+/// Lists in pages (of `params.limit`, else [`PAGE_SIZE`]), folding each page into `T`: a
 /// cluster-wide list of Pods holds one page in memory at a time, not the whole cluster.
-pub(crate) async fn list_paged<K>(
+/// A continue token that expired (410 Gone: etcd compacted past the list's version) starts
+/// the list again from a fresh `T`, as client-go's pager does, at most
+/// [`LIST_RESTARTS`] times.
+pub(crate) async fn list_paged<K, T: Default>(
     api: &Api<K>,
     params: ListParams,
-    mut each: impl FnMut(Vec<K>),
-) -> Result<(), kube::Error>
+    mut fold: impl FnMut(&mut T, Vec<K>),
+) -> Result<T, kube::Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let mut params = if params.limit.is_some() {
+    let first = if params.limit.is_some() {
         params
     } else {
         params.limit(PAGE_SIZE)
     };
+    let mut restarts = 0;
+    let mut params = first.clone();
+    let mut folded = T::default();
     loop {
-        let page = api.list(&params).await?;
-        each(page.items);
+        let page = match api.list(&params).await {
+            Ok(page) => page,
+            Err(kube::Error::Api(status))
+                if status.code == 410
+                    && params.continue_token.is_some()
+                    && restarts < LIST_RESTARTS =>
+            {
+                restarts += 1;
+                params = first.clone();
+                folded = T::default();
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        fold(&mut folded, page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params.continue_token = Some(token),
-            None => return Ok(()),
+            None => return Ok(folded),
         }
     }
 }
+
+/// How often a paged list starts again after its continue token expired.
+const LIST_RESTARTS: u32 = 3;
 
 /// Reads the gates' sources that `needs` asks for. `permitted_namespace` is the one
 /// namespace this operator may create Jobs in, if it is confined to one.
@@ -165,15 +187,13 @@ async fn health_check_objects(
                     params = params.labels_from(&selector);
                 }
                 // One more than the core judges, so that it can say there are more.
-                let mut objects = Vec::new();
                 let cap = upchain_core::health::MAX_OBJECTS + 1;
-                list_paged(&api, params, |page| {
+                list_paged(&api, params, |objects: &mut Vec<_>, page| {
                     let room = cap.saturating_sub(objects.len());
                     objects.extend(page.into_iter().take(room));
                 })
                 .await
-                .map_err(|e| describe(&e))?;
-                objects
+                .map_err(|e| describe(&e))?
             }
         };
         objects
@@ -485,29 +505,35 @@ async fn helm_releases(client: &Client) -> Source<Vec<HelmRelease>> {
 
 async fn deployments(client: &Client) -> Source<Vec<ObservedDeployment>> {
     let api: Api<Deployment> = Api::all(client.clone());
-    let mut deployments = Vec::new();
-    list_paged(&api, ListParams::default(), |page| {
-        deployments.extend(page.iter().map(ObservedDeployment::from_deployment));
-    })
+    list_paged(
+        &api,
+        ListParams::default(),
+        |deployments: &mut Vec<_>, page| {
+            deployments.extend(page.iter().map(ObservedDeployment::from_deployment));
+        },
+    )
     .await
-    .map_err(|e| format!("listing Deployments: {}", describe(&e)))?;
-    Ok(deployments)
+    .map_err(|e| format!("listing Deployments: {}", describe(&e)))
 }
 
 async fn stateful_and_daemon_sets(client: &Client) -> Source<Vec<ObservedSet>> {
-    let mut sets = Vec::new();
     let stateful: Api<StatefulSet> = Api::all(client.clone());
-    list_paged(&stateful, ListParams::default(), |page| {
-        sets.extend(page.iter().map(ObservedSet::from_stateful_set));
-    })
+    let mut sets = list_paged(
+        &stateful,
+        ListParams::default(),
+        |sets: &mut Vec<_>, page| {
+            sets.extend(page.iter().map(ObservedSet::from_stateful_set));
+        },
+    )
     .await
     .map_err(|e| format!("listing StatefulSets: {}", describe(&e)))?;
     let daemon: Api<DaemonSet> = Api::all(client.clone());
-    list_paged(&daemon, ListParams::default(), |page| {
+    let daemon_sets = list_paged(&daemon, ListParams::default(), |sets: &mut Vec<_>, page| {
         sets.extend(page.iter().map(ObservedSet::from_daemon_set));
     })
     .await
     .map_err(|e| format!("listing DaemonSets: {}", describe(&e)))?;
+    sets.extend(daemon_sets);
     Ok(sets)
 }
 
@@ -708,13 +734,80 @@ pub(crate) async fn finished_job_log(
 /// run reaches its postflight.
 pub async fn postflight_inputs(client: &Client) -> Result<PostflightInputs, String> {
     let pods: Api<Pod> = Api::all(client.clone());
-    let mut inputs = PostflightInputs::default();
-    list_paged(&pods, ListParams::default().limit(POD_PAGE_SIZE), |page| {
-        for pod in &page {
-            inputs.count(pod);
-        }
-    })
+    list_paged(
+        &pods,
+        ListParams::default().limit(POD_PAGE_SIZE),
+        |inputs: &mut PostflightInputs, page| {
+            for pod in &page {
+                inputs.count(pod);
+            }
+        },
+    )
     .await
-    .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))?;
-    Ok(inputs)
+    .map_err(|e| format!("listing Pods for the postflight: {}", describe(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
+    use kube::api::PostParams;
+    use serde_json::json;
+    use upchain_sim::{Sim, SimConfig};
+
+    use super::*;
+
+    fn config_map(name: &str) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "default"}})
+    }
+
+    /// A continue token that expires mid-list (the simulator keeps 8 changes here, as etcd
+    /// compacts) starts the list again: every object once, none twice.
+    #[tokio::test]
+    async fn a_list_whose_continue_token_expired_starts_again() {
+        let sim = Sim::start(SimConfig {
+            workers: 0,
+            workloads: false,
+            history: 8,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap();
+        let client = Client::try_from(kube::Config::new(sim.url().parse().unwrap())).unwrap();
+        let api: Api<ConfigMap> = Api::namespaced(client, "default");
+        for i in 0..6 {
+            let object = serde_json::from_value(config_map(&format!("before-{i}"))).unwrap();
+            api.create(&PostParams::default(), &object).await.unwrap();
+        }
+        let mut pages = 0;
+        let names = list_paged(
+            &api,
+            ListParams::default().limit(2),
+            |names: &mut Vec<String>, page| {
+                pages += 1;
+                if pages == 1 {
+                    // Churn past the kept history between the first and second page.
+                    for i in 0..20 {
+                        let object = config_map(&format!("churn-{i}"));
+                        sim.store().create_own("v1", "ConfigMap", object).unwrap();
+                    }
+                }
+                names.extend(page.iter().map(|c| c.name_any()));
+            },
+        )
+        .await
+        .unwrap();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "listed twice: {names:?}");
+        assert!(pages > 13, "the list did not start again: {pages} pages");
+        assert_eq!(
+            names.len(),
+            26 + usize::from(names.iter().any(|n| n == "kube-root-ca.crt"))
+        );
+    }
 }

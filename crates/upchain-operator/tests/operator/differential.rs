@@ -438,6 +438,58 @@ fn probes() -> Vec<Probe> {
         ),
         bind("binding it", "unbound", "probe-kubelet"),
         bind("binding it again", "unbound", "probe-kubelet"),
+        // A StatefulSet of two under `maxUnavailable: 1`: a terminating Pod is still
+        // expected, so the second eviction is refused while the first Pod terminates.
+        setup(
+            "a StatefulSet of two",
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "pair"},
+                "spec": {"replicas": 2, "podManagementPolicy": "Parallel", "serviceName": "pair",
+                    "selector": {"matchLabels": {"app": "pair"}},
+                    "template": {"metadata": {"labels": {"app": "pair"}},
+                        "spec": {"terminationGracePeriodSeconds": 3600, "containers": container}}}}),
+        ),
+        get("the pair's second Pod", "/api/v1/namespaces/default/pods/pair-1")
+            .until(|pod| pod["metadata"]["name"] == "pair-1")
+            .setup(),
+        bind("binding the pair's first", "pair-0", "probe-kubelet").setup(),
+        bind("binding the pair's second", "pair-1", "probe-kubelet").setup(),
+        merge_patch(
+            "the pair's first Ready",
+            "/api/v1/namespaces/default/pods/pair-0/status",
+            json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}}),
+        )
+        .setup(),
+        merge_patch(
+            "the pair's second Ready",
+            "/api/v1/namespaces/default/pods/pair-1/status",
+            json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}}),
+        )
+        .setup(),
+        setup(
+            "a budget of one unavailable for the pair",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "pair"},
+                "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "pair"}}}}),
+        ),
+        get(
+            "the pair's budget, both healthy",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/pair",
+        )
+        .until(|pdb| pdb["status"]["currentHealthy"] == 2 && pdb["status"]["expectedPods"] == 2),
+        evict("evicting one of the pair", "pair-0"),
+        evict("evicting the other while the first terminates", "pair-1"),
+        get(
+            "the pair's budget while one terminates",
+            "/apis/policy/v1/namespaces/default/poddisruptionbudgets/pair",
+        )
+        .fields(|pdb| {
+            json!([pdb["status"]["expectedPods"], pdb["status"]["currentHealthy"],
+                pdb["status"]["disruptionsAllowed"]])
+        }),
         apply(
             "a Job applied",
             "/apis/batch/v1/namespaces/default/jobs/applied",

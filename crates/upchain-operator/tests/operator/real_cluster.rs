@@ -192,41 +192,45 @@ fn sample(
     })
 }
 
-/// The peak resident memory (VmHWM) of the `upchain` process in an operator Pod, read from
-/// its cgroup on the node it runs on: the nodes' kubelets keep each Pod's cgroup under
-/// their own cgroup root, named after the node.
-fn operator_peak_rss_kb(pod: &Value) -> u64 {
+/// The pids of the `upchain` process in an operator Pod, found in its cgroup on the node
+/// it runs on: the nodes' kubelets keep each Pod's cgroup under their own cgroup root,
+/// named after the node.
+fn operator_pids(pod: &Value) -> Vec<String> {
     let (Some(node), Some(uid), Some(qos)) = (
         pod["spec"]["nodeName"].as_str(),
         pod["metadata"]["uid"].as_str(),
         pod["status"]["qosClass"].as_str(),
     ) else {
-        return 0;
+        return Vec::new();
     };
     let dir = format!(
         "/sys/fs/cgroup/pids/{node}/kubepods/{}/pod{uid}",
         qos.to_lowercase()
     );
-    let mut peak = 0;
-    for entry in walk(Path::new(&dir)) {
-        let Ok(procs) = std::fs::read_to_string(entry.join("cgroup.procs")) else {
-            continue;
-        };
-        for pid in procs.lines() {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() != "upchain" {
-                continue;
-            }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let hwm = status
+    walk(Path::new(&dir))
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|procs| procs.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "upchain")
+        })
+        .collect()
+}
+
+/// The peak resident memory (VmHWM) of the `upchain` process in an operator Pod, in kB.
+fn operator_peak_rss_kb(pod: &Value) -> u64 {
+    operator_pids(pod)
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(hwm);
-        }
-    }
-    peak
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
@@ -284,6 +288,89 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             .all(|(k, v)| series.split(',').any(|l| l == format!("{k}=\"{v}\"")))
             .then(|| value.trim().parse().ok())?
     })
+}
+
+/// The faults the scenario injects, once each, and when (seconds into the run).
+#[derive(Default)]
+struct Faults {
+    runner_killed: Option<f64>,
+    operator_killed: Option<f64>,
+}
+
+impl Faults {
+    fn inject(&mut self, cluster: &RealCluster, status: &Value, at: Duration) {
+        let records = status["nodes"].as_array().cloned().unwrap_or_default();
+        let in_step = |role: &str, step: &str| {
+            records
+                .iter()
+                .find(|r| r["role"] == role && r["step"] == step)
+                .cloned()
+        };
+        // The runner Pod killed while `kubeadm upgrade apply` runs on the control plane: the
+        // upgrade goes on detached on the node, and the next Pod attaches to it.
+        if self.runner_killed.is_none()
+            && let Some(record) = in_step("ControlPlane", "Upgrading")
+        {
+            let node = record["name"].as_str().unwrap_or_default();
+            let state = std::fs::read_to_string(
+                cluster
+                    .dir
+                    .path()
+                    .join(node)
+                    .join("root/var/lib/upchain/state"),
+            )
+            .unwrap_or_default();
+            if state.contains("STEP=kubeadm upgrade apply")
+                && let Some(job) = record["job"].as_str()
+            {
+                let out = Command::new("kubectl")
+                    .args(["delete", "pods", "-n", "upchain-system", "-l"])
+                    .arg(format!("batch.kubernetes.io/job-name={job}"))
+                    .args(["--grace-period=0", "--force", "--request-timeout=10s"])
+                    .env("KUBECONFIG", cluster.kubeconfig())
+                    .output()
+                    .expect("kubectl");
+                if String::from_utf8_lossy(&out.stdout).contains("deleted") {
+                    eprintln!("real cluster: killed {job}'s Pod during kubeadm upgrade apply");
+                    self.runner_killed = Some(at.as_secs_f64());
+                }
+            }
+        }
+        // The leading operator killed (SIGKILL) while it drains a worker.
+        if self.operator_killed.is_none() && in_step("Worker", "Draining").is_some() {
+            let lease = Command::new("kubectl")
+                .args([
+                    "get",
+                    "lease",
+                    "-n",
+                    "upchain-system",
+                    "upchain-leader",
+                    "-o",
+                ])
+                .arg("jsonpath={.spec.holderIdentity}")
+                .env("KUBECONFIG", cluster.kubeconfig())
+                .output()
+                .expect("kubectl");
+            let leader = String::from_utf8_lossy(&lease.stdout).into_owned();
+            let out = Command::new("kubectl")
+                .args(["get", "pod", "-n", "upchain-system", &leader, "-o", "json"])
+                .env("KUBECONFIG", cluster.kubeconfig())
+                .output()
+                .expect("kubectl");
+            if let Ok(pod) = serde_json::from_slice::<Value>(&out.stdout) {
+                for pid in operator_pids(&pod) {
+                    if Command::new("kill")
+                        .args(["-9", &pid])
+                        .status()
+                        .is_ok_and(|s| s.success())
+                    {
+                        eprintln!("real cluster: killed the leader {leader} (pid {pid}) mid-drain");
+                        self.operator_killed = Some(at.as_secs_f64());
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]
@@ -412,12 +499,13 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         &format!("{REPO}/tests/real-cluster/k8supgrade.yaml"),
     ]);
     let mut last = String::new();
+    let mut faults = Faults::default();
     let phase = loop {
         assert!(
             run_started.elapsed() < Duration::from_secs(25 * 60),
             "the run did not end in 25 minutes; last seen: {last}"
         );
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(1));
         let out = Command::new("kubectl")
             .args(["get", "k8su", UPGRADE, "-o", "json", "--request-timeout=5s"])
             .env("KUBECONFIG", cluster.kubeconfig())
@@ -433,6 +521,7 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
             status["progress"].as_str().unwrap_or("-"),
             status["currentNode"].as_str().unwrap_or("")
         );
+        faults.inject(&cluster, status, run_started.elapsed());
         if now != last {
             eprintln!(
                 "real cluster: {:>4.0} s {now}",
@@ -456,6 +545,24 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         "the run ended {phase}: {}\n{}",
         upgrade["status"],
         cluster.kubectl(&["describe", "k8su", UPGRADE])
+    );
+
+    // The faults were met: kubeadm ran once on the control plane although its runner Pod
+    // was killed, and the run went on after its leader was killed mid-drain.
+    let runner_killed = faults
+        .runner_killed
+        .expect("the runner Pod was killed during kubeadm upgrade apply");
+    let operator_killed = faults
+        .operator_killed
+        .expect("the leader was killed mid-drain");
+    let backups = cluster.on_node(
+        &cluster.nodes()[0],
+        "ls -d /etc/kubernetes/tmp/kubeadm-backup-manifests-* | wc -l",
+    );
+    assert_eq!(
+        backups.trim(),
+        "1",
+        "kubeadm upgrade apply ran more than once"
     );
 
     // Every node runs the target: the kubelet it reports, the binary, the packages.
@@ -611,7 +718,8 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         "real cluster: asserted: Succeeded in {:.0} s; every node's kubelet and packages at v{TARGET}; \
          the static Pods' manifests and images and kubeadm-config at v{TARGET}; etcd healthy; \
          {} budget samples, none violated; {node_jobs} node Jobs, none on the node it upgraded; \
-         {} records; the etcd snapshot taken by the chart's backup Job ({} bytes at {}); \
+         {} records; the runner Pod killed at {runner_killed:.0} s during kubeadm upgrade apply, \
+         which ran once; the leader killed at {operator_killed:.0} s mid-drain; the etcd snapshot taken by the chart's backup Job ({} bytes at {}); \
          RunStarted, SnapshotTaken and Succeeded Events; /metrics over TLS with a reader's token",
         run_length.as_secs_f64(),
         samples.budget_samples,

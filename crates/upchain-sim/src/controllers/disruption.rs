@@ -31,12 +31,23 @@ pub(super) fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>, now
     for pdb in pdbs {
         let covered: Vec<&Value> = store
             .iter_in("pods", namespace(&pdb))
-            .filter(|p| !deleting(p) && !terminal(p))
+            .filter(|p| !terminal(p))
             .filter(|p| label_selector_matches(&pdb["spec"]["selector"], &labels_of(p)))
             .collect();
-        let expected = covered.len();
-        let healthy = covered.iter().filter(|p| pod_ready(p)).count();
+        // As the real controller counts: a terminating Pod is not healthy but is still
+        // expected, and a budget by maxUnavailable or a percentage expects what the Pods'
+        // controllers ask for, however many Pods exist right now.
+        let healthy = covered
+            .iter()
+            .filter(|p| !deleting(p) && pod_ready(p))
+            .count();
         let spec = &pdb["spec"];
+        let by_scale = spec["minAvailable"].is_null() || spec["minAvailable"].is_string();
+        let expected = if by_scale {
+            controllers_scale(store, namespace(&pdb), &covered).unwrap_or(covered.len())
+        } else {
+            covered.len()
+        };
         let desired = if !spec["minAvailable"].is_null() {
             int_or_percent(&spec["minAvailable"], expected, true).unwrap_or(expected)
         } else {
@@ -64,4 +75,34 @@ pub(super) fn disruption_budgets(store: &mut Store, changed: &BTreeSet<Key>, now
         });
         let _ = store.write_own(next, true);
     }
+}
+
+/// The replicas the Pods' controllers ask for, summed once per controller; None when a Pod
+/// has no controller with a scale.
+fn controllers_scale(store: &Store, namespace: &str, pods: &[&Value]) -> Option<usize> {
+    let mut controllers = BTreeSet::new();
+    for pod in pods {
+        let owner = pod["metadata"]["ownerReferences"]
+            .as_array()?
+            .iter()
+            .find(|o| o["controller"] == true)?;
+        controllers.insert((
+            owner["kind"].as_str()?.to_owned(),
+            owner["name"].as_str()?.to_owned(),
+        ));
+    }
+    let mut total = 0;
+    for (kind, name) in controllers {
+        let id = match kind.as_str() {
+            "Deployment" => "deployments.apps",
+            "StatefulSet" => "statefulsets.apps",
+            "ReplicaSet" => "replicasets.apps",
+            _ => return None,
+        };
+        let controller = store
+            .iter_in(id, namespace)
+            .find(|c| c["metadata"]["name"] == name)?;
+        total += controller["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+    }
+    Some(total)
 }

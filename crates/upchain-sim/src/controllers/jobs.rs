@@ -62,7 +62,20 @@ pub(super) fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>
             .filter(|p| !terminal(p) && !deleting(p))
             .collect();
         let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count();
-        let failed = owned.iter().filter(|p| phase(p) == "Failed").count();
+        // The Job's podFailurePolicy, as the real controller applies it: the first rule a
+        // failed Pod matches fails the Job at once, ignores the failure, or counts it.
+        let mut failed = 0;
+        let mut fail_job = None;
+        for pod in owned.iter().filter(|p| phase(p) == "Failed") {
+            match failure_rule(&job["spec"]["podFailurePolicy"], pod) {
+                Some((index, "FailJob")) => {
+                    fail_job.get_or_insert((index, name(pod).to_owned()));
+                    failed += 1;
+                }
+                Some((_, "Ignore")) => {}
+                _ => failed += 1,
+            }
+        }
         let backoff_limit = job["spec"]["backoffLimit"].as_u64().unwrap_or(6) as usize;
         let mut status = job["status"].clone();
         if !status.is_object() {
@@ -97,6 +110,19 @@ pub(super) fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>
                 "Reached expected number of succeeded pods",
             );
             status["completionTime"] = json!(stamp);
+        } else if let Some((index, pod)) = fail_job {
+            for pod in &active {
+                let _ = store.delete_own(pod);
+            }
+            finish(
+                &mut status,
+                "Failed",
+                "PodFailurePolicy",
+                &format!(
+                    "Pod {}/{pod} failed matching FailJob rule at index {index}",
+                    namespace(&job)
+                ),
+            );
         } else if deadline_passed {
             for pod in &active {
                 let _ = store.delete_own(pod);
@@ -142,4 +168,46 @@ pub(super) fn jobs(store: &mut Store, state: &mut State, changed: &BTreeSet<Key>
         next["status"] = status;
         let _ = store.write_own(next, true);
     }
+}
+
+/// The index and action of the first podFailurePolicy rule a failed Pod matches.
+fn failure_rule<'a>(policy: &'a Value, pod: &Value) -> Option<(usize, &'a str)> {
+    let rules = policy["rules"].as_array()?;
+    rules.iter().enumerate().find_map(|(index, rule)| {
+        let matched = if let Some(codes) = rule.get("onExitCodes") {
+            let values: Vec<i64> = codes["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_i64)
+                .collect();
+            let container = codes["containerName"].as_str();
+            pod["status"]["containerStatuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| container.is_none_or(|n| c["name"] == n))
+                .filter_map(|c| c["state"]["terminated"]["exitCode"].as_i64())
+                .filter(|code| *code != 0)
+                .any(|code| match codes["operator"].as_str() {
+                    Some("In") => values.contains(&code),
+                    Some("NotIn") => !values.contains(&code),
+                    _ => false,
+                })
+        } else if let Some(conditions) = rule["onPodConditions"].as_array() {
+            conditions.iter().any(|wanted| {
+                pod["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["type"] == wanted["type"]
+                            && c["status"] == wanted["status"].as_str().unwrap_or("True")
+                    })
+            })
+        } else {
+            false
+        };
+        matched.then(|| (index, rule["action"].as_str().unwrap_or("Count")))
+    })
 }

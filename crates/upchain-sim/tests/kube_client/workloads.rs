@@ -217,3 +217,84 @@ async fn node_upgrade_jobs_take_the_node_down_and_bring_it_back_at_the_target() 
         "a failed Job leaves its node alone"
     );
 }
+
+/// A Job's podFailurePolicy, as the real Job controller applies it: an ignored exit code
+/// starts another Pod without counting a failure; a FailJob exit code fails the Job at
+/// once, whatever its backoffLimit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_pod_failure_policy_ignores_or_fails_the_job_as_its_rules_say() {
+    let (_sim, client) = start(SimConfig::default()).await;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job: Job = serde_json::from_value(json!({"metadata": {"name": "policed"}, "spec": {
+        "backoffLimit": 6,
+        "podFailurePolicy": {"rules": [
+            {"action": "Ignore", "onExitCodes": {"operator": "In", "values": [7]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": "c", "operator": "In", "values": [42]}}]},
+        "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}}))
+    .unwrap();
+    jobs.create(&PostParams::default(), &job)
+        .await
+        .expect("job");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels("job-name=policed"))
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        }
+    };
+    let fail = |code: i32| {
+        let pods = pods.clone();
+        async move {
+            let mut pod = None;
+            for _ in 0..400 {
+                pod = running().await;
+                if pod.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let pod = pod.expect("a running Pod of the Job");
+            let status = json!({"status": {"phase": "Failed", "containerStatuses": [{"name": "c",
+                "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "reason": "Error"}}}]}});
+            pods.patch_status(
+                pod.metadata.name.as_deref().expect("a name"),
+                &PatchParams::default(),
+                &Patch::Merge(&status),
+            )
+            .await
+            .expect("the Pod failed");
+        }
+    };
+    fail(7).await;
+    eventually("an ignored failure starts another Pod, uncounted", || {
+        let (jobs, pods) = (jobs.clone(), pods.clone());
+        async move {
+            let listed = pods
+                .list(&ListParams::default().labels("job-name=policed"))
+                .await
+                .unwrap();
+            let job = jobs.get("policed").await.unwrap();
+            listed.items.len() == 2 && job.status.and_then(|s| s.failed).unwrap_or(0) == 0
+        }
+    })
+    .await;
+    fail(42).await;
+    eventually("a FailJob exit code fails the Job", || {
+        let jobs = jobs.clone();
+        async move {
+            let job = jobs.get("policed").await.unwrap();
+            job.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("PodFailurePolicy"))
+        }
+    })
+    .await;
+}
