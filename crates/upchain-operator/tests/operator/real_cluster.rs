@@ -529,9 +529,8 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
             );
             last = now;
         }
-        match status["phase"].as_str() {
-            Some(phase @ ("Succeeded" | "Failed")) => break phase.to_owned(),
-            _ => {}
+        if let Some(phase @ ("Succeeded" | "Failed")) = status["phase"].as_str() {
+            break phase.to_owned();
         }
     };
     let run_length = run_started.elapsed();
