@@ -1,5 +1,5 @@
-//! What is shipped to a cluster, checked without one. The Dockerfiles cannot be built here
-//! (no container engine): every base image pinned to a version, and a non-root final user.
+//! What is shipped to a cluster, checked without one: every base image of the Dockerfiles
+//! pinned to a version, and a non-root final user (the real-cluster test builds and runs them).
 //! The chart, rendered by helm: what its defaults grant, and its probes.
 
 #[test]
