@@ -123,6 +123,8 @@ struct Samples {
     cordoned: BTreeMap<String, f64>,
     /// The largest VmHWM of any operator process, in kB.
     peak_rss_kb: u64,
+    /// The longest time the API server did not answer, in seconds.
+    api_absent: f64,
 }
 
 /// Samples the budgets, the cordons and the operator's memory every second until stopped.
@@ -146,11 +148,22 @@ fn sample(
                 .flatten()
         };
         let mut last = Instant::now();
+        let mut absent_since: Option<Instant> = None;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let elapsed = now.duration_since(last).as_secs_f64();
             last = now;
-            if let Some(pdbs) = get(&["get", "pdb", "-n", "shop"]) {
+            let pdbs = get(&["get", "pdb", "-n", "shop"]);
+            match (&pdbs, absent_since) {
+                (None, None) => absent_since = Some(now),
+                (Some(_), Some(since)) => {
+                    let mut s = samples.lock().unwrap();
+                    s.api_absent = s.api_absent.max(since.elapsed().as_secs_f64());
+                    absent_since = None;
+                }
+                _ => {}
+            }
+            if let Some(pdbs) = pdbs {
                 let mut s = samples.lock().unwrap();
                 s.budget_samples += 1;
                 for pdb in pdbs["items"].as_array().into_iter().flatten() {
@@ -293,8 +306,20 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 /// The faults the scenario injects, once each, and when (seconds into the run).
 #[derive(Default)]
 struct Faults {
+    repository_refused: Option<f64>,
     runner_killed: Option<f64>,
     operator_killed: Option<f64>,
+}
+
+/// Why the run is blocked on `node`'s prepare check, when it is.
+fn prepare_refused(node: &str, status: &Value) -> Option<String> {
+    let blocked = status["phase"] == "Blocked";
+    let reasons = status["blockedReasons"].as_array()?;
+    reasons
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|r| blocked && r.contains(&format!("node {node}: the prepare check")))
+        .map(str::to_owned)
 }
 
 impl Faults {
@@ -492,6 +517,13 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
     let samples = Arc::new(Mutex::new(Samples::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample(cluster.kubeconfig(), samples.clone(), stop.clone());
+    // A worker whose repository lacks the target: a tmpfs over its copy of the 1.36
+    // repository, in the node's own mount namespace, until the prepare check refused it.
+    let lacking = cluster.nodes()[2].clone();
+    cluster.on_node(
+        &lacking,
+        "mount -t tmpfs -o ro,size=1m empty '/srv/repo/core:/stable:/v1.36'",
+    );
     let run_started = Instant::now();
     cluster.kubectl(&[
         "apply",
@@ -522,6 +554,23 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
             status["currentNode"].as_str().unwrap_or("")
         );
         faults.inject(&cluster, status, run_started.elapsed());
+        if faults.repository_refused.is_none()
+            && let Some(reason) = prepare_refused(&lacking, status)
+        {
+            // Nothing may be cordoned while a prepare check refuses.
+            let nodes = cluster.kubectl_json(&["get", "nodes"]);
+            let cordoned: Vec<_> = nodes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["spec"]["unschedulable"].as_bool() == Some(true))
+                .map(|n| n["metadata"]["name"].clone())
+                .collect();
+            assert!(cordoned.is_empty(), "cordoned while blocked: {cordoned:?}");
+            eprintln!("real cluster: blocked, nothing cordoned: {reason}");
+            faults.repository_refused = Some(run_started.elapsed().as_secs_f64());
+            cluster.on_node(&lacking, "umount '/srv/repo/core:/stable:/v1.36'");
+        }
         if now != last {
             eprintln!(
                 "real cluster: {:>4.0} s {now}",
@@ -548,6 +597,9 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
 
     // The faults were met: kubeadm ran once on the control plane although its runner Pod
     // was killed, and the run went on after its leader was killed mid-drain.
+    let refused_at = faults
+        .repository_refused
+        .expect("the prepare check refused the worker whose repository lacked the target");
     let runner_killed = faults
         .runner_killed
         .expect("the runner Pod was killed during kubeadm upgrade apply");
@@ -706,6 +758,15 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
     assert_eq!(
         metric(
             &metrics,
+            "k8s_upgrade_nodes",
+            &[("upgrade", UPGRADE), ("state", "Done")]
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
             "k8s_upgrade_phase",
             &[("upgrade", UPGRADE), ("phase", "Succeeded")]
         ),
@@ -717,7 +778,8 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         "real cluster: asserted: Succeeded in {:.0} s; every node's kubelet and packages at v{TARGET}; \
          the static Pods' manifests and images and kubeadm-config at v{TARGET}; etcd healthy; \
          {} budget samples, none violated; {node_jobs} node Jobs, none on the node it upgraded; \
-         {} records; the runner Pod killed at {runner_killed:.0} s during kubeadm upgrade apply, \
+         {} records; blocked at {refused_at:.0} s with nothing cordoned while {lacking}'s repository \
+         lacked the target, then on once it had it; the runner Pod killed at {runner_killed:.0} s during kubeadm upgrade apply, \
          which ran once; the leader killed at {operator_killed:.0} s mid-drain; the etcd snapshot taken by the chart's backup Job ({} bytes at {}); \
          RunStarted, SnapshotTaken and Succeeded Events; /metrics over TLS with a reader's token",
         run_length.as_secs_f64(),
@@ -728,13 +790,14 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
     );
     eprintln!(
         "real cluster: cordoned per node (sampled each second): {:?}; operator peak RSS {} kB; \
-         whole test {:.0} s",
+         the API server away for {:.0} s at most, ridden out; whole test {:.0} s",
         samples
             .cordoned
             .iter()
             .map(|(n, s)| format!("{n} {s:.0} s"))
             .collect::<Vec<_>>(),
         samples.peak_rss_kb,
+        samples.api_absent,
         started.elapsed().as_secs_f64()
     );
 }
