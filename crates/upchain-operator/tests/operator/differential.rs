@@ -72,6 +72,17 @@ fn apply(name: &'static str, path: &str, body: Value) -> Probe {
     }
 }
 
+/// Sets Pod `pod` in `default` Running, its Ready condition `ready`, as a kubelet would.
+fn running(name: &'static str, pod: &str, ready: &str) -> Probe {
+    merge_patch(
+        name,
+        &format!("/api/v1/namespaces/default/pods/{pod}/status"),
+        json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": ready}, {"type": "PodScheduled", "status": "True"}]}}),
+    )
+    .setup()
+}
+
 /// An eviction of Pod `pod` in `default`.
 fn evict(name: &'static str, pod: &str) -> Probe {
     post(
@@ -184,23 +195,42 @@ fn crd() -> Value {
 fn probes() -> Vec<Probe> {
     let container = json!([{"name": "c", "image": "registry.example.org/c:1"}]);
     vec![
-        get("/version", "/version").fields(|v| {
-            json!(v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
-        }),
+        get("/version", "/version")
+            .fields(|v| json!(v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))),
         get("core discovery", "/api/v1").fields(|v| {
             present(
                 v,
                 "resources",
-                &["pods", "pods/binding", "pods/eviction", "pods/log", "pods/status", "nodes",
-                  "nodes/status", "configmaps", "secrets", "events", "namespaces", "serviceaccounts"],
+                &[
+                    "pods",
+                    "pods/binding",
+                    "pods/eviction",
+                    "pods/log",
+                    "pods/status",
+                    "nodes",
+                    "nodes/status",
+                    "configmaps",
+                    "secrets",
+                    "events",
+                    "namespaces",
+                    "serviceaccounts",
+                ],
             )
         }),
         get("API groups", "/apis").fields(|v| {
             present(
                 v,
                 "groups",
-                &["apps", "batch", "policy", "coordination.k8s.io", "events.k8s.io",
-                  "apiextensions.k8s.io", "rbac.authorization.k8s.io", "authorization.k8s.io"],
+                &[
+                    "apps",
+                    "batch",
+                    "policy",
+                    "coordination.k8s.io",
+                    "events.k8s.io",
+                    "apiextensions.k8s.io",
+                    "rbac.authorization.k8s.io",
+                    "authorization.k8s.io",
+                ],
             )
         }),
         post(
@@ -398,13 +428,7 @@ fn probes() -> Vec<Probe> {
                 "metadata": {"name": "guarded", "labels": {"app": "guarded"}},
                 "spec": {"nodeName": "probe-kubelet", "containers": container}}),
         ),
-        merge_patch(
-            "the Pod running and not Ready",
-            "/api/v1/namespaces/default/pods/guarded/status",
-            json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "False"}, {"type": "PodScheduled", "status": "True"}]}}),
-        )
-        .setup(),
+        running("the Pod running and not Ready", "guarded", "False"),
         setup(
             "a budget for it with no margin",
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
@@ -417,7 +441,10 @@ fn probes() -> Vec<Probe> {
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets/guarded",
         )
         .until(|pdb| pdb["status"]["observedGeneration"] == 1),
-        evict("evicting the Pod that is not Ready under that budget", "guarded"),
+        evict(
+            "evicting the Pod that is not Ready under that budget",
+            "guarded",
+        ),
         delete(
             "deleting a Pod bound to a node",
             "/api/v1/namespaces/default/pods/guarded",
@@ -449,25 +476,16 @@ fn probes() -> Vec<Probe> {
                     "template": {"metadata": {"labels": {"app": "pair"}},
                         "spec": {"terminationGracePeriodSeconds": 3600, "containers": container}}}}),
         ),
-        get("the pair's second Pod", "/api/v1/namespaces/default/pods/pair-1")
-            .until(|pod| pod["metadata"]["name"] == "pair-1")
-            .setup(),
+        get(
+            "the pair's second Pod",
+            "/api/v1/namespaces/default/pods/pair-1",
+        )
+        .until(|pod| pod["metadata"]["name"] == "pair-1")
+        .setup(),
         bind("binding the pair's first", "pair-0", "probe-kubelet").setup(),
         bind("binding the pair's second", "pair-1", "probe-kubelet").setup(),
-        merge_patch(
-            "the pair's first Ready",
-            "/api/v1/namespaces/default/pods/pair-0/status",
-            json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}}),
-        )
-        .setup(),
-        merge_patch(
-            "the pair's second Ready",
-            "/api/v1/namespaces/default/pods/pair-1/status",
-            json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}}),
-        )
-        .setup(),
+        running("the pair's first Ready", "pair-0", "True"),
+        running("the pair's second Ready", "pair-1", "True"),
         setup(
             "a budget of one unavailable for the pair",
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
@@ -487,8 +505,11 @@ fn probes() -> Vec<Probe> {
             "/apis/policy/v1/namespaces/default/poddisruptionbudgets/pair",
         )
         .fields(|pdb| {
-            json!([pdb["status"]["expectedPods"], pdb["status"]["currentHealthy"],
-                pdb["status"]["disruptionsAllowed"]])
+            json!([
+                pdb["status"]["expectedPods"],
+                pdb["status"]["currentHealthy"],
+                pdb["status"]["disruptionsAllowed"]
+            ])
         }),
         apply(
             "a Job applied",
@@ -501,7 +522,11 @@ fn probes() -> Vec<Probe> {
             "/apis/batch/v1/namespaces/default/jobs/applied",
             job_named("applied", "registry.example.org/c:2"),
         ),
-        setup("the K8sUpgrade CRD", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd()),
+        setup(
+            "the K8sUpgrade CRD",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            crd(),
+        ),
         get(
             "the CRD, established",
             "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/k8supgrades.upchain.dev",

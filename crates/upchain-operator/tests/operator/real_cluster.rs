@@ -19,6 +19,15 @@ use crate::real_api::kubectl;
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const UPGRADE: &str = "to-1-36";
 const TARGET: &str = "1.36.2";
+/// kubectl's arguments for the operator's Pods.
+const OPERATOR_PODS: [&str; 6] = [
+    "get",
+    "pods",
+    "-n",
+    "upchain-system",
+    "-l",
+    "app.kubernetes.io/name=upchain",
+];
 
 /// A running cluster, torn down (and the host checked to be as it was) when dropped.
 struct RealCluster {
@@ -186,14 +195,7 @@ fn sample(
                     }
                 }
             }
-            if let Some(pods) = get(&[
-                "get",
-                "pods",
-                "-n",
-                "upchain-system",
-                "-l",
-                "app.kubernetes.io/name=upchain",
-            ]) {
+            if let Some(pods) = get(&OPERATOR_PODS) {
                 for pod in pods["items"].as_array().into_iter().flatten() {
                     let rss = operator_peak_rss_kb(pod);
                     let mut s = samples.lock().unwrap();
@@ -262,14 +264,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// token of a ServiceAccount the chart's `metrics.readers` bound to the reader role.
 fn scrape_metrics(cluster: &RealCluster) -> String {
     let token = cluster.kubectl(&["create", "token", "prometheus", "-n", "monitoring"]);
-    let pods = cluster.kubectl_json(&[
-        "get",
-        "pods",
-        "-n",
-        "upchain-system",
-        "-l",
-        "app.kubernetes.io/name=upchain",
-    ]);
+    let pods = cluster.kubectl_json(&OPERATOR_PODS);
     let mut leader_text = None;
     for pod in pods["items"].as_array().into_iter().flatten() {
         let ip = pod["status"]["podIP"].as_str().expect("a Pod IP");
