@@ -466,7 +466,14 @@ fn probes() -> Vec<Probe> {
         bind("binding it", "unbound", "probe-kubelet"),
         bind("binding it again", "unbound", "probe-kubelet"),
         // A StatefulSet of two under `maxUnavailable: 1`: a terminating Pod is still
-        // expected, so the second eviction is refused while the first Pod terminates.
+        // expected, so the second eviction is refused while the first Pod terminates. Its
+        // Pods go on a node made just now: the node lifecycle controller marks the Pods of
+        // a node that never heartbeats not Ready once its grace period is over.
+        setup(
+            "a node for the pair",
+            "/api/v1/nodes",
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "probe-pair"}}),
+        ),
         setup(
             "a StatefulSet of two",
             "/apis/apps/v1/namespaces/default/statefulsets",
@@ -480,10 +487,9 @@ fn probes() -> Vec<Probe> {
             "the pair's second Pod",
             "/api/v1/namespaces/default/pods/pair-1",
         )
-        .until(|pod| pod["metadata"]["name"] == "pair-1")
-        .setup(),
-        bind("binding the pair's first", "pair-0", "probe-kubelet").setup(),
-        bind("binding the pair's second", "pair-1", "probe-kubelet").setup(),
+        .until(|pod| pod["metadata"]["name"] == "pair-1"),
+        bind("binding the pair's first", "pair-0", "probe-pair").setup(),
+        bind("binding the pair's second", "pair-1", "probe-pair").setup(),
         running("the pair's first Ready", "pair-0", "True"),
         running("the pair's second Ready", "pair-1", "True"),
         setup(
