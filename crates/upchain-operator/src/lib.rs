@@ -7,6 +7,7 @@ pub mod gather;
 pub mod install;
 pub mod metrics;
 pub mod notify;
+mod paging;
 pub mod serve;
 pub mod silences;
 pub mod startup;
