@@ -582,9 +582,11 @@ pub struct HookSpec {
     #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// A batch/v1 JobTemplateSpec (`metadata` and `spec`, as in a CronJob's
-    /// `jobTemplate`). It is checked when the hook is due; one that is not a valid
-    /// template fails the spec with the reason.
-    #[schemars(schema_with = "free_form_object")]
+    /// `jobTemplate`). Hooks run with no power: as the ServiceAccount upchain-hooks (no
+    /// RBAC, no token), under Pod Security restricted, with no Secret, hostPath, host
+    /// namespace or added capability. What the API server can check is refused at
+    /// admission; the rest fails the spec with the reason before anything runs.
+    #[schemars(schema_with = "hook_template")]
     pub template: serde_json::Value,
     /// How long the Job may run before it counts as failed.
     #[serde(default = "default_hook_timeout")]
@@ -600,13 +602,56 @@ fn default_hook_timeout() -> Duration {
     Duration::from(std::time::Duration::from_secs(30 * 60))
 }
 
-/// An object whose fields the API server keeps as given: a Job template's full schema
-/// would add hundreds of kilobytes to the CRD.
-fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "object",
-        "x-kubernetes-preserve-unknown-fields": true,
-    })
+/// A Job template kept as given, except for the Pod fields that would give a hook power,
+/// which admission refuses (the rest is checked by upchain, crates/upchain-core/src/hooks.rs).
+fn hook_template(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let kept = |properties: serde_json::Value| {
+        serde_json::json!({
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+            "properties": properties,
+        })
+    };
+    let mut pod = kept(serde_json::json!({
+        "serviceAccountName": {"type": "string"},
+        "serviceAccount": {"type": "string"},
+        "automountServiceAccountToken": {"type": "boolean"},
+        "hostNetwork": {"type": "boolean"},
+        "hostPID": {"type": "boolean"},
+        "hostIPC": {"type": "boolean"},
+        "volumes": {
+            "type": "array",
+            "maxItems": 64,
+            "items": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "secret": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "hostPath": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                },
+                "x-kubernetes-validations": [{
+                    "rule": "!has(self.secret) && !has(self.hostPath)",
+                    "message": "a hook may not mount a Secret or a hostPath: the runner namespace holds the SSH key that is root on every node",
+                }],
+            },
+        },
+    }));
+    pod["x-kubernetes-validations"] = serde_json::json!([
+        {
+            "rule": "!has(self.serviceAccountName) && !has(self.serviceAccount) && !(has(self.automountServiceAccountToken) && self.automountServiceAccountToken)",
+            "message": "a hook runs as the ServiceAccount upchain-hooks, which holds no RBAC and no token: remove serviceAccountName and automountServiceAccountToken from its template",
+        },
+        {
+            "rule": "!(has(self.hostNetwork) && self.hostNetwork) && !(has(self.hostPID) && self.hostPID) && !(has(self.hostIPC) && self.hostIPC)",
+            "message": "a hook may not use the host's network, PID or IPC namespace: remove hostNetwork, hostPID and hostIPC from its template",
+        },
+    ]);
+    let template = kept(serde_json::json!({
+        "spec": kept(serde_json::json!({
+            "template": kept(serde_json::json!({"spec": pod})),
+        })),
+    }));
+    schemars::Schema::try_from(template).unwrap_or_default()
 }
 
 /// When nodes may be started. A node already in progress is finished outside it.

@@ -215,37 +215,35 @@ fn default_max_unavailable() -> i32 {
 /// How the per-node Jobs run. A Job SSHes into its node's InternalIP, copies the script
 /// from `scriptConfigMap` and the run's parameters to /var/lib/upchain there, and runs
 /// it detached from the session (docs/node-script.md).
+///
+/// What amounts to root on the nodes (the namespace, image, script, SSH key, host keys,
+/// repositories, placement) is the installation's to decide (the chart's `policy`
+/// values): left unset, each takes the installation's value; set, it must be one the
+/// installation allows, or the run is Blocked by the `policy` gate, which names the field
+/// and the policy that refuses it (docs/install.md#the-trust-model).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.__namespace__ != 'kube-system' || (has(self.allowSystemNamespace) && self.allowSystemNamespace)").message("spec.runner.namespace kube-system would run the node Jobs (root on every node, through SSH) beside the control plane: give them a namespace of their own, or set spec.runner.allowSystemNamespace: true"))]
-#[x_kube(validation = Rule::new("!(has(self.requireImageDigest) && self.requireImageDigest) || self.image.matches('@sha256:[0-9a-f]{64}$')").message("spec.runner.requireImageDigest is true: give spec.runner.image by digest (image@sha256:<64 hex digits>), so that what runs on the nodes cannot change under a tag"))]
 pub struct RunnerSpec {
-    /// Namespace the upgrade Jobs are created in. It must hold the script ConfigMap and
-    /// the SSH Secret. `kube-system` is refused unless `allowSystemNamespace` is set.
-    #[serde(default = "default_runner_namespace")]
-    #[schemars(length(min = 1, max = 63))]
+    /// Namespace the upgrade Jobs are created in: the installation's runner namespace.
+    /// Unset: that one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 63))]
     pub namespace: String,
 
-    /// Allow `namespace: kube-system`: the node Jobs hold an SSH key that is root on every
-    /// node, and belong in a namespace of their own.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub allow_system_namespace: bool,
-
-    /// Container image of the Job: it needs bash and an OpenSSH client.
-    #[serde(default = "default_runner_image")]
-    #[schemars(length(min = 1, max = 512))]
+    /// Container image of the Job (it needs bash and an OpenSSH client): the one the
+    /// installation pins. Unset: that one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 512))]
     pub image: String,
 
-    /// Refuse an `image` that is not given by digest (`image@sha256:...`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub require_image_digest: bool,
-
-    /// ConfigMap (in `namespace`) and key holding the node upgrade script.
-    #[serde(default = "default_script")]
+    /// ConfigMap (in `namespace`) and key holding the node upgrade script: the
+    /// installation's. Unset: that one.
+    #[serde(default, skip_serializing_if = "KeyRef::is_unset")]
     pub script_config_map: KeyRef,
 
-    /// Secret (in `namespace`) and key holding the SSH private key.
-    #[serde(default = "default_ssh_secret")]
+    /// Secret (in `namespace`) and key holding the SSH private key: the installation's.
+    /// Unset: that one.
+    #[serde(default, skip_serializing_if = "KeyRef::is_unset")]
     pub ssh_secret: KeyRef,
 
     /// User the Job logs in as over SSH. The script runs with sudo when it is not root.
@@ -282,27 +280,31 @@ pub struct RunnerSpec {
 
     /// ConfigMap (in `namespace`) and key holding the nodes' SSH host keys as known_hosts
     /// lines, each naming a node by its Kubernetes name, or one `@cert-authority *` line
-    /// for host certificates. Host keys are checked against it strictly.
-    #[serde(default = "default_known_hosts")]
+    /// for host certificates: the installation's. Unset: that one.
+    #[serde(default, skip_serializing_if = "KeyRef::is_unset")]
     pub known_hosts: KeyRef,
 
     /// `Strict` (default) checks every node's host key against `knownHosts`. `AcceptNew`
     /// trusts whatever key a node shows first and sets the HostKeysVerified condition to
     /// False: anyone who can answer on a node's address then gets the SSH key's session.
+    /// Only where the installation allows it (`policy.runner.allowAcceptNewHostKeys`).
     #[serde(default)]
     pub host_key_policy: HostKeyPolicy,
 
-    /// Where the node finds the Kubernetes packages.
+    /// Where the node finds the Kubernetes packages: among the installation's allowed
+    /// repositories.
     #[serde(default)]
     pub repository: RepositorySpec,
 
-    /// Nodes the Jobs may run on (besides never on a node being upgraded). Unset: the
+    /// Nodes the Jobs may run on (besides never on a node being upgraded), on top of the
+    /// installation's `policy.runner.nodeSelector`, which it may not change. Unset: the
     /// control-plane nodes not being upgraded, or any node not being upgraded while the
     /// only control-plane node is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Tolerations of the Jobs' Pods. Unset: the control-plane taint.
+    /// Tolerations of the Jobs' Pods, each one of the installation's
+    /// `policy.runner.tolerations`. Unset: the control-plane taint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
 
@@ -398,13 +400,6 @@ fn default_ssh_port() -> i32 {
     22
 }
 
-fn default_known_hosts() -> KeyRef {
-    KeyRef {
-        name: "upchain-known-hosts".to_owned(),
-        key: "known_hosts".to_owned(),
-    }
-}
-
 fn default_package_lock_timeout_seconds() -> i32 {
     300
 }
@@ -420,19 +415,17 @@ fn default_prepare_concurrency() -> i32 {
 impl Default for RunnerSpec {
     fn default() -> Self {
         Self {
-            namespace: default_runner_namespace(),
-            allow_system_namespace: false,
-            image: default_runner_image(),
-            require_image_digest: false,
-            script_config_map: default_script(),
-            ssh_secret: default_ssh_secret(),
+            namespace: String::new(),
+            image: String::new(),
+            script_config_map: KeyRef::default(),
+            ssh_secret: KeyRef::default(),
             ssh_user: default_ssh_user(),
             resources: None,
             active_deadline_seconds: default_active_deadline_seconds(),
             attempts: default_attempts(),
             ttl_seconds_after_finished: default_ttl_seconds_after_finished(),
             ssh_port: default_ssh_port(),
-            known_hosts: default_known_hosts(),
+            known_hosts: KeyRef::default(),
             host_key_policy: HostKeyPolicy::default(),
             repository: RepositorySpec::default(),
             node_selector: None,
@@ -441,28 +434,6 @@ impl Default for RunnerSpec {
             min_free_disk_mib: default_min_free_disk_mib(),
             prepare_concurrency: default_prepare_concurrency(),
         }
-    }
-}
-
-fn default_runner_namespace() -> String {
-    "upchain-system".to_owned()
-}
-
-fn default_runner_image() -> String {
-    "ghcr.io/upchain-dev/upchain-runner:0.1.0".to_owned()
-}
-
-fn default_script() -> KeyRef {
-    KeyRef {
-        name: "upchain-node-upgrade".to_owned(),
-        key: "upgrade-node.sh".to_owned(),
-    }
-}
-
-fn default_ssh_secret() -> KeyRef {
-    KeyRef {
-        name: "upchain-ssh".to_owned(),
-        key: "ssh-privatekey".to_owned(),
     }
 }
 
@@ -483,7 +454,7 @@ fn default_ttl_seconds_after_finished() -> i32 {
 }
 
 /// A key in a ConfigMap or Secret.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyRef {
     /// Name of the object.
@@ -493,6 +464,13 @@ pub struct KeyRef {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("key may contain only letters, digits, '-', '_' and '.'"))]
     pub key: String,
+}
+
+impl KeyRef {
+    /// Left unset in a spec: the installation's applies.
+    pub fn is_unset(&self) -> bool {
+        self.name.is_empty() && self.key.is_empty()
+    }
 }
 
 /// How a node is drained before its upgrade. The operator evicts Pods through the

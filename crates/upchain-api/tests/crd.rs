@@ -68,12 +68,22 @@ fn full_example_is_admitted() {
 }
 
 #[test]
-fn the_runner_may_opt_into_kube_system_and_require_a_digest() {
-    let digest = format!("registry.example.org/runner@sha256:{}", "a".repeat(64));
+fn the_runner_fields_the_installation_decides_may_be_left_unset_or_repeated() {
+    admit(json!({"targetVersion": "1.35.2", "runner": {}})).expect("admitted");
     admit(json!({"targetVersion": "1.35.2", "runner": {
-        "namespace": "kube-system", "allowSystemNamespace": true,
-        "requireImageDigest": true, "image": digest}}))
-    .expect("admitted");
+        "namespace": "upchain-system", "image": "ghcr.io/upchain-dev/upchain-runner:0.1.0",
+        "sshSecret": {"name": "upchain-ssh", "key": "ssh-privatekey"}}}))
+    .expect("admitted: the operator judges them against the installation's policy");
+}
+
+/// A pre-run hook whose Pod has `extra` fields.
+fn hooked(extra: serde_json::Value) -> serde_json::Value {
+    let mut pod = json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "i"}]});
+    for (key, value) in extra.as_object().expect("object") {
+        pod[key] = value.clone();
+    }
+    json!({"targetVersion": "1.35.2", "hooks": {"pre": {"namespace": "upchain-system",
+        "template": {"spec": {"template": {"spec": pod}}}}}})
 }
 
 #[test]
@@ -99,8 +109,8 @@ fn bad_objects_are_refused_with_a_readable_message() {
             "greater than or equal to 60",
         ),
         (
-            json!({"targetVersion": "1.35.2", "runner": {"namespace": ""}}),
-            "namespace: Invalid value: \"\": should be at least 1 chars long",
+            json!({"targetVersion": "1.35.2", "runner": {"namespace": "n".repeat(64)}}),
+            "namespace: Too long",
         ),
         (
             json!({"targetVersion": "1.35.2", "runner": {"sshUser": "root; reboot"}}),
@@ -119,13 +129,24 @@ fn bad_objects_are_refused_with_a_readable_message() {
             "sshPort: Invalid value: 0: must be greater than or equal to 1",
         ),
         (
-            json!({"targetVersion": "1.35.2", "runner": {"namespace": "kube-system"}}),
-            "give them a namespace of their own, or set spec.runner.allowSystemNamespace: true",
+            hooked(json!({"serviceAccountName": "upchain"})),
+            "a hook runs as the ServiceAccount upchain-hooks",
         ),
         (
-            json!({"targetVersion": "1.35.2", "runner": {"requireImageDigest": true,
-                "image": "registry.example.org/runner:1.0"}}),
-            "give spec.runner.image by digest",
+            hooked(json!({"automountServiceAccountToken": true})),
+            "a hook runs as the ServiceAccount upchain-hooks",
+        ),
+        (
+            hooked(json!({"hostPID": true})),
+            "may not use the host's network, PID or IPC namespace",
+        ),
+        (
+            hooked(json!({"volumes": [{"name": "k", "secret": {"secretName": "upchain-ssh"}}]})),
+            "may not mount a Secret or a hostPath",
+        ),
+        (
+            hooked(json!({"volumes": [{"name": "r", "hostPath": {"path": "/"}}]})),
+            "may not mount a Secret or a hostPath",
         ),
         (
             json!({"targetVersion": "1.35.2", "runner": {"ttlSecondsAfterFinished": 0}}),

@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn node_jobs_meet_the_restricted_pod_security_level() {
-        let runner = crate::testing::upgrade("1.35.2").spec.runner;
+        let runner = crate::testing::runner();
         let batch = ["worker-1".to_owned()];
         for mode in [JobMode::Upgrade, JobMode::Prepare] {
             let rendered = NodeJob {
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn jobs_run_on_a_control_plane_node_outside_the_batch_unless_none_is_left() {
-        let runner = RunnerSpec::default();
+        let runner = crate::testing::runner();
         let batch = vec!["cp-1".to_owned()];
         let on_control_plane = job(&runner, "cp-1", &batch).render();
         let role = required_terms(&on_control_plane)
@@ -554,7 +554,7 @@ mod tests {
         let chosen = RunnerSpec {
             node_selector: Some([("upchain.dev/runner".to_owned(), "true".to_owned())].into()),
             tolerations: Some(Vec::new()),
-            ..RunnerSpec::default()
+            ..crate::testing::runner()
         };
         let selected = job(&chosen, "w-1", &batch).render();
         assert!(required_terms(&selected).match_expressions.is_none());
@@ -567,7 +567,7 @@ mod tests {
 
     #[test]
     fn the_job_checks_host_keys_against_known_hosts_unless_told_otherwise() {
-        let runner = RunnerSpec::default();
+        let runner = crate::testing::runner();
         let rendered = job(&runner, "w-1", &[]).render();
         let known_hosts = pod(&rendered)
             .volumes
@@ -600,7 +600,7 @@ mod tests {
 
     #[test]
     fn renders_a_locked_down_job() {
-        let runner = RunnerSpec::default();
+        let runner = crate::testing::runner();
         let batch = vec!["w-1".to_owned(), "w-2".to_owned()];
         let rendered = job(&runner, "w-1", &batch).render();
         assert_eq!(
@@ -683,7 +683,7 @@ mod tests {
         ) {
             let batch: Vec<String> = batch.into_iter().collect();
             let node = batch[pick % batch.len()].clone();
-            let runner = RunnerSpec::default();
+            let runner = crate::testing::runner();
             let excluded = excluded_nodes(&job(&runner, &node, &batch).render());
             for member in &batch {
                 prop_assert!(excluded.contains(member));

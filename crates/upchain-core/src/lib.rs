@@ -18,6 +18,7 @@ pub mod machine;
 pub mod observe;
 pub mod plan;
 pub mod pod_security;
+pub mod policy;
 pub mod reason;
 pub mod snapshot;
 pub mod template;

@@ -19,10 +19,28 @@ pub fn upgrade(target: &str) -> K8sUpgrade {
         "snapshotWaiver": {"reason": "a model cluster has no etcd"},
     }))
     .expect("spec");
+    // As the operator acts on it: within the installation's policy.
+    let spec = crate::policy::InstallPolicy::default().settle(&spec).spec;
     let mut upgrade = K8sUpgrade::new("test", spec);
     upgrade.metadata.uid = Some("uid-1".to_owned());
     upgrade.metadata.generation = Some(1);
     upgrade
+}
+
+/// A hook's Job template around `container`, as Pod Security `restricted` admits it.
+pub fn hook_template(container: serde_json::Value) -> serde_json::Value {
+    let mut container = container;
+    container["securityContext"] = serde_json::json!({
+        "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    serde_json::json!({"spec": {"template": {"spec": {
+        "restartPolicy": "Never",
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container]}}}})
+}
+
+/// The runner as the default installation settles an unset one.
+pub fn runner() -> upchain_api::RunnerSpec {
+    upgrade("1.35.2").spec.runner
 }
 
 /// Builds an [`ObservedNode`].

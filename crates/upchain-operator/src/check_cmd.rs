@@ -25,6 +25,9 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         ),
     };
     upgrade.spec.target_version = target.to_string();
+    // As the chart's default installation would settle it.
+    let settled = upchain_core::policy::InstallPolicy::default().settle(&upgrade.spec);
+    upgrade.spec = settled.spec;
     let client = connect(args.kubeconfig.as_deref()).await?;
     let nodes: Vec<ObservedNode> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -56,6 +59,10 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         None,
     )
     .await;
+    let inputs = upchain_core::gates::GateInputs {
+        policy_refusals: settled.refusals,
+        ..inputs
+    };
     let control_plane = inputs.control_plane.as_ref().and_then(|c| c.as_ref().ok());
     let plan = plan(target, &upgrade.spec.nodes, &nodes, control_plane)?;
     let evaluation = upchain_core::gates::evaluate(

@@ -157,16 +157,25 @@ pub struct RunArgs {
     )]
     pub metrics_tls_dir: PathBuf,
 
-    /// The one namespace upchain may create node and hook Jobs in (where the chart gives
-    /// it a Role); a K8sUpgrade naming another is Blocked. Unset: any namespace, Jobs
-    /// watched cluster-wide.
-    #[arg(long, env = "UPCHAIN_RUNNER_NAMESPACE")]
-    pub runner_namespace: Option<String>,
+    /// The installation's policy (the chart's `policy` values, rendered as JSON into the
+    /// ConfigMap <release>-policy): the runner namespace, image, node script, SSH key,
+    /// host keys, repositories and placement, and what drains and hooks may do. Every
+    /// K8sUpgrade chooses within it (docs/install.md#the-trust-model).
+    #[arg(
+        long,
+        env = "UPCHAIN_POLICY",
+        default_value = "/etc/upchain/policy/policy.json"
+    )]
+    pub policy: PathBuf,
 
     /// The namespace of the etcd backup CronJob, whose snapshot Jobs are watched beside
-    /// the runner namespace's (with --runner-namespace).
-    #[arg(long, env = "UPCHAIN_SNAPSHOT_NAMESPACE")]
-    pub snapshot_namespace: Option<String>,
+    /// the runner namespace's (the policy's); empty for none.
+    #[arg(
+        long,
+        env = "UPCHAIN_SNAPSHOT_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    pub snapshot_namespace: String,
 }
 
 /// Arguments of `upchain sim`.

@@ -4,6 +4,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use std::sync::Arc;
 
+use upchain_core::policy::InstallPolicy;
 use upchain_operator::controller::{self, LeaseSettings, Settings};
 use upchain_operator::metrics::Metrics;
 use upchain_operator::serve::{self, Endpoints, Tls};
@@ -13,8 +14,25 @@ use crate::cli::{MetricsAuth, MetricsTls, RunArgs};
 use crate::error::Error;
 use crate::sim_cmd::shutdown_signal;
 
+/// The installation's policy, checked before anything connects: an operator that would
+/// run a tag-pinned image or another namespace's Jobs does not start.
+fn read_policy(path: &std::path::Path) -> Result<InstallPolicy, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::BadInput {
+        path: path.to_owned(),
+        message: format!(
+            "cannot read the installation policy ({e}): install upchain with its chart, which \
+             mounts it from the ConfigMap <release>-policy, or pass --policy FILE"
+        ),
+    })?;
+    InstallPolicy::parse(&text).map_err(|message| Error::BadInput {
+        path: path.to_owned(),
+        message,
+    })
+}
+
 /// Connects and runs the controller until SIGINT or SIGTERM.
 pub async fn run(args: &RunArgs) -> Result<(), Error> {
+    let policy = read_policy(&args.policy)?;
     let client = connect(args.kubeconfig.as_deref()).await?;
     let settings = Settings {
         operator_pod: args.pod_namespace.as_ref().zip(args.pod_name.as_ref()).map(
@@ -23,8 +41,9 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
                 name: name.clone(),
             },
         ),
-        runner_namespace: args.runner_namespace.clone().filter(|n| !n.is_empty()),
-        snapshot_namespace: args.snapshot_namespace.clone().filter(|n| !n.is_empty()),
+        runner_namespace: Some(policy.runner.namespace.clone()),
+        snapshot_namespace: Some(args.snapshot_namespace.clone()).filter(|n| !n.is_empty()),
+        policy,
     };
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);

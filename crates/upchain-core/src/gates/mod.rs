@@ -81,6 +81,8 @@ pub struct GateInputs {
     pub analysis: Option<crate::analysis::AnalysisInputs>,
     /// The control plane's static Pods and the API server's /readyz.
     pub control_plane: Option<Source<ControlPlaneObservation>>,
+    /// What the installation's policy refused in the spec (crate::policy::Settled).
+    pub policy_refusals: Vec<String>,
 }
 
 fn verdict(gate: &str, evidence: String, reasons: Vec<String>) -> Verdict {
@@ -142,6 +144,10 @@ pub fn evaluate(
     } else {
         vec![nodes_gate(nodes, &spec.nodes.skip, records)]
     };
+    // A spec edited beyond the policy mid-run stops the next node too.
+    if before_the_run || !inputs.policy_refusals.is_empty() {
+        gates.insert(0, policy_gate(&inputs.policy_refusals));
+    }
     if let Some(control_plane) = &inputs.control_plane {
         let workers_next = plan
             .next_batch()
@@ -173,6 +179,16 @@ pub fn evaluate(
         gates,
         health_checks,
     }
+}
+
+/// The policy gate: the spec asks for nothing the installation does not allow.
+fn policy_gate(refusals: &[String]) -> Verdict {
+    verdict(
+        crate::policy::GATE,
+        "the runner, drain and hook fields the spec sets, against the installation's policy"
+            .to_owned(),
+        refusals.to_vec(),
+    )
 }
 
 /// Every gate that applies before the first node is touched.

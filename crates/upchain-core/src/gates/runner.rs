@@ -86,29 +86,18 @@ fn misplaced_jobs(spec: &K8sUpgradeSpec, permitted: Option<&str>) -> Vec<String>
         .collect()
 }
 
-/// Why the runner namespace's Pod Security admission would refuse a hook's Pods. The node
-/// Jobs meet the restricted level themselves.
-fn refused_hooks(spec: &K8sUpgradeSpec, level: Level) -> Vec<String> {
-    [HookKind::Pre, HookKind::Post, HookKind::EtcdCheck]
-        .into_iter()
-        .filter_map(|kind| {
-            let hook = crate::hooks::hook(spec, kind)?;
-            // A template that is not one is named when the hook is due.
-            let template = crate::hooks::template(hook, kind).ok()?;
-            let pod = template.spec?.template.spec?;
-            let found = pod_security::violations(&pod, level);
-            (!found.is_empty()).then(|| {
-                format!(
-                    "{}.template: namespace {} enforces Pod Security {:?}, which would refuse \
-                     its Pods: {}; set these in the template (docs/gates.md#hooks)",
-                    crate::hooks::field(kind),
-                    spec.runner.namespace,
-                    level.as_str(),
-                    found.join("; ")
-                )
-            })
-        })
-        .collect()
+/// The runner namespace holds the SSH key: whoever may create Pods there could mount it
+/// into a privileged one unless admission enforces `restricted` (the node Jobs meet it).
+fn unguarded_namespace(namespace: &str, level: Level) -> Option<String> {
+    (level != Level::Restricted).then(|| {
+        format!(
+            "namespace {namespace} enforces Pod Security {}, not restricted: a privileged Pod \
+             there could mount the SSH key beside the node Jobs; label it with `kubectl label \
+             namespace {namespace} {}=restricted` (the chart's runner namespace is)",
+            level.as_str(),
+            pod_security::ENFORCE_LABEL
+        )
+    })
 }
 
 /// What the node Jobs need exists, and every Job of the run goes where upchain may create
@@ -122,7 +111,11 @@ pub fn runner_gate(spec: &K8sUpgradeSpec, facts: &RunnerFacts) -> Verdict {
             .map(|what| {
                 format!("{what} is missing: the node Jobs need it (see spec.runner); create it")
             })
-            .chain(refused_hooks(spec, facts.pod_security))
+            .chain(
+                (facts.namespace == Ok(true))
+                    .then(|| unguarded_namespace(&runner.namespace, facts.pod_security))
+                    .flatten(),
+            )
             .collect()
     } else {
         misplaced

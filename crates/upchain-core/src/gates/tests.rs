@@ -369,7 +369,7 @@ fn everything_present(spec: &K8sUpgradeSpec, level: crate::pod_security::Level) 
 #[test]
 fn jobs_go_only_where_upchain_may_create_them() {
     let mut spec = crate::testing::upgrade("1.35.2").spec;
-    let facts = everything_present(&spec, crate::pod_security::Level::Privileged);
+    let facts = everything_present(&spec, crate::pod_security::Level::Restricted);
     assert!(runner_gate(&spec, &facts).passed());
     spec.runner.namespace = "kube-system".to_owned();
     assert_eq!(
@@ -396,60 +396,26 @@ fn jobs_go_only_where_upchain_may_create_them() {
 }
 
 #[test]
-fn a_hook_the_runner_namespace_would_refuse_under_pod_security_blocks_with_each_field() {
-    let mut spec = crate::testing::upgrade("1.35.2").spec;
-    let facts = everything_present(&spec, crate::pod_security::Level::Restricted);
-    let hook = |security: serde_json::Value| {
-        serde_json::from_value(serde_json::json!({
-            "namespace": "upchain-system",
-            "template": {"spec": {"template": {"spec": {
-                "restartPolicy": "Never",
-                "securityContext": security,
-                "containers": [{"name": "smoke", "image": "curl", "securityContext": {
-                    "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}
-                }}]
-            }}}}
-        }))
-        .expect("hook")
-    };
-    spec.hooks = Some(upchain_api::HooksSpec {
-        pre: Some(hook(serde_json::json!({}))),
-        post: None,
-    });
-    let reasons = runner_gate(&spec, &facts).reasons;
-    assert_eq!(reasons.len(), 1, "{reasons:?}");
-    assert!(
-        reasons[0].starts_with(
-            "spec.hooks.pre.template: namespace upchain-system enforces Pod Security \"restricted\""
-        ),
-        "{reasons:?}"
-    );
-    assert!(reasons[0].contains("runAsNonRoot: true"), "{reasons:?}");
-    assert!(
-        reasons[0].contains("seccompProfile.type: RuntimeDefault"),
-        "{reasons:?}"
-    );
-    assert!(
-        !reasons[0].contains("allowPrivilegeEscalation"),
-        "{reasons:?}"
-    );
-
-    spec.hooks = Some(upchain_api::HooksSpec {
-        pre: Some(hook(serde_json::json!({
-            "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}
-        }))),
-        post: None,
-    });
-    assert!(runner_gate(&spec, &facts).passed());
-    let baseline = RunnerFacts {
-        pod_security: crate::pod_security::Level::Baseline,
-        ..facts
-    };
-    spec.hooks = Some(upchain_api::HooksSpec {
-        pre: Some(hook(serde_json::json!({}))),
-        post: None,
-    });
-    assert!(runner_gate(&spec, &baseline).passed());
+fn a_runner_namespace_that_does_not_enforce_restricted_blocks() {
+    let spec = crate::testing::upgrade("1.35.2").spec;
+    for level in [
+        crate::pod_security::Level::Privileged,
+        crate::pod_security::Level::Baseline,
+    ] {
+        let reasons = runner_gate(&spec, &everything_present(&spec, level)).reasons;
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with(&format!(
+                "namespace upchain-system enforces Pod Security {}, not restricted",
+                level.as_str()
+            )),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[0].contains("pod-security.kubernetes.io/enforce=restricted"),
+            "{reasons:?}"
+        );
+    }
 }
 
 #[test]

@@ -206,9 +206,9 @@ pub(super) fn workers_wait_while_an_api_server_is_older_than_their_target() {
 
 fn with_external_etcd_check(mut upgrade: K8sUpgrade) -> K8sUpgrade {
     upgrade.spec.gates.external_etcd_check = Some(
-        serde_json::from_value(serde_json::json!({"namespace": "upchain-system", "template": {"spec": {"template": {"spec": {
-            "restartPolicy": "Never",
-            "containers": [{"name": "check", "image": "etcd-tools", "command": ["etcdctl", "endpoint", "health", "--cluster"]}]}}}}}))
+        serde_json::from_value(serde_json::json!({"namespace": "upchain-system",
+            "template": crate::testing::hook_template(serde_json::json!(
+                {"name": "check", "image": "etcd-tools", "command": ["etcdctl", "endpoint", "health", "--cluster"]}))}))
         .expect("check"),
     );
     upgrade

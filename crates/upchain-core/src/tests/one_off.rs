@@ -247,9 +247,9 @@ pub(super) fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_
 }
 
 pub(super) fn with_hooks(mut upgrade: K8sUpgrade) -> K8sUpgrade {
-    let hook = serde_json::json!({"namespace": "upchain-system", "timeout": "10m", "template": {"spec": {
-        "template": {"spec": {"restartPolicy": "Never",
-            "containers": [{"name": "hook", "image": "registry.example.org/hook:1"}]}}}}});
+    let hook = serde_json::json!({"namespace": "upchain-system", "timeout": "10m",
+        "template": crate::testing::hook_template(
+            serde_json::json!({"name": "hook", "image": "registry.example.org/hook:1"}))});
     upgrade.spec.hooks = Some(
         serde_json::from_value(serde_json::json!({"pre": hook, "post": hook})).expect("hooks"),
     );

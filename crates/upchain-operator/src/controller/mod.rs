@@ -155,6 +155,8 @@ pub struct Settings {
     /// The namespace of the etcd backup CronJob whose Jobs it may create; watched beside
     /// the runner namespace.
     pub snapshot_namespace: Option<String>,
+    /// What the installation decides: every K8sUpgrade is settled within it.
+    pub policy: upchain_core::policy::InstallPolicy,
 }
 
 impl Settings {
@@ -307,7 +309,7 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
     // Decide from the object as it is now, not as the watch cache last saw it: the cache
     // can lag behind our own status write, and an older status would repeat transitions.
     let api: Api<K8sUpgrade> = Api::all(ctx.client.clone());
-    let Some(upgrade) = api
+    let Some(mut upgrade) = api
         .get_opt(&upgrade.name_any())
         .await
         .map_err(read_error("reading the K8sUpgrade"))?
@@ -316,6 +318,10 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         ctx.drain.release(&upgrade.name_any());
         return Ok(Requeue::await_change());
     };
+    // Everything below acts on the spec within the installation's policy; what it asked
+    // beyond that blocks the run through the policy gate.
+    let settled = ctx.settings.policy.settle(&upgrade.spec);
+    upgrade.spec = settled.spec;
     let result = if upgrade.meta().deletion_timestamp.is_some() {
         clean_up(&upgrade, ctx).await
     } else if !upgrade.finalizers().iter().any(|f| f == FINALIZER) {
@@ -324,7 +330,10 @@ async fn reconcile_once(upgrade: Arc<K8sUpgrade>, ctx: &Arc<Context>) -> Result<
         // observe -> decide -> update_status -> apply
         let observed = {
             let nodes = cached_nodes(ctx);
-            observe(&upgrade, &upchain_core::needs(&upgrade, &nodes), nodes, ctx).await?
+            let mut observed =
+                observe(&upgrade, &upchain_core::needs(&upgrade, &nodes), nodes, ctx).await?;
+            observed.gates.policy_refusals = settled.refusals;
+            observed
         };
         let decision = decide(&upgrade, &observed, jiff::Timestamp::now());
         // Gauges first: whoever sees the new status also sees them.
