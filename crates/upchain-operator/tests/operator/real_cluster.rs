@@ -443,6 +443,13 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         assert!(!key.is_empty(), "ssh-keyscan of {node}: {line}");
         known_hosts.push_str(&format!("    {node} {key}\n"));
     }
+    // What the installer gives and the chart has no default for: the runner image's
+    // digest, as the registry (here, the nodes' containerd) reports it, and the nodes'
+    // network.
+    let runner_digest = std::fs::read_to_string(cluster.dir.path().join("images/runner.digest"))
+        .expect("upchain-images wrote the runner's digest");
+    let runner_digest = runner_digest.trim();
+    let node_cidr = &cluster.env["NODE_CIDR"];
     let values = cluster.dir.path().join("values.yaml");
     std::fs::write(
         &values,
@@ -460,7 +467,12 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
              \x20 image: upchain.test/etcd-tools:1\n\
              \x20 persistentVolumeClaim: {{create: true, storageClassName: etcd-backups, size: 1Gi}}\n\
              metrics:\n\
-             \x20 readers: [{{namespace: monitoring, name: prometheus}}]\n",
+             \x20 readers: [{{namespace: monitoring, name: prometheus}}]\n\
+             policy:\n\
+             \x20 runner:\n\
+             \x20   image: {{digest: \"{runner_digest}\"}}\n\
+             networkPolicy:\n\
+             \x20 nodeCIDRs: [\"{node_cidr}\"]\n",
             cluster.env["REPOSITORY_URL"]
         ),
     )
