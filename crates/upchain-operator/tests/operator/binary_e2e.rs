@@ -81,9 +81,12 @@ fn upchain_run_against_upchain_sim_survives_kills_and_finishes() {
     kubectl(&kubeconfig, &["apply", "-f", runner.to_str().unwrap()]);
     kubectl(&kubeconfig, &["apply", "-f", manifests.to_str().unwrap()]);
 
+    let policy = crate::harness::chart_policy(dir.path(), &[]);
     let run = |_: ()| {
         upchain(&[
             "run",
+            "--policy",
+            policy.to_str().unwrap(),
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
             "--metrics-addr",
@@ -165,7 +168,13 @@ fn upchain_run_started_before_its_crd_and_namespace_waits_for_them_and_says_why(
     let dir = tempfile::tempdir().expect("tempdir");
     let (_sim, kubeconfig) = sim(dir.path(), &["--nodes", "1+1"]);
     let log = dir.path().join("upchain.log");
-    let mut operator = Process(crate::harness::upchain_run(&kubeconfig, &log, &[], &[]));
+    let mut operator = Process(crate::harness::upchain_run(
+        &kubeconfig,
+        &log,
+        &[],
+        &[],
+        &[],
+    ));
     let said = |words: &str| {
         std::fs::read_to_string(&log)
             .unwrap_or_default()

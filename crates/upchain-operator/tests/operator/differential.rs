@@ -552,19 +552,33 @@ fn probes() -> Vec<Probe> {
         )
         .setup(),
         post(
-            "a K8sUpgrade whose Jobs would run in kube-system (a CEL rule on `namespace`)",
+            "a K8sUpgrade whose hook runs as a ServiceAccount (a CEL rule inside a kept-as-given template)",
             "/apis/upchain.dev/v1alpha1/k8supgrades",
             json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-                "metadata": {"name": "system"},
-                "spec": {"targetVersion": "1.35.2", "runner": {"namespace": "kube-system"}}}),
+                "metadata": {"name": "hooked"},
+                "spec": {"targetVersion": "1.35.2", "hooks": {"pre": {"namespace": "upchain-system",
+                    "template": {"spec": {"template": {"spec": {"serviceAccountName": "upchain",
+                        "containers": [{"name": "c", "image": "i"}]}}}}}}}}),
         ),
         post(
-            "the same, allowed by allowSystemNamespace",
+            "a K8sUpgrade whose hook mounts a Secret (a CEL rule on each volume)",
             "/apis/upchain.dev/v1alpha1/k8supgrades",
             json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
-                "metadata": {"name": "system"},
-                "spec": {"targetVersion": "1.35.2",
-                    "runner": {"namespace": "kube-system", "allowSystemNamespace": true}}}),
+                "metadata": {"name": "hooked"},
+                "spec": {"targetVersion": "1.35.2", "hooks": {"pre": {"namespace": "upchain-system",
+                    "template": {"spec": {"template": {"spec": {
+                        "volumes": [{"name": "k", "secret": {"secretName": "upchain-ssh"}}],
+                        "containers": [{"name": "c", "image": "i"}]}}}}}}}}),
+        ),
+        post(
+            "the same hook with an emptyDir, and unknown fields kept",
+            "/apis/upchain.dev/v1alpha1/k8supgrades",
+            json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade",
+                "metadata": {"name": "hooked"},
+                "spec": {"targetVersion": "1.35.2", "hooks": {"pre": {"namespace": "upchain-system",
+                    "template": {"spec": {"backoffLimit": 1, "template": {"spec": {
+                        "volumes": [{"name": "k", "emptyDir": {}}],
+                        "containers": [{"name": "c", "image": "i"}]}}}}}}}}),
         ),
         post(
             "a K8sUpgrade with an analysis check and no Prometheus to ask (a CEL rule on gates)",

@@ -34,9 +34,81 @@ pub fn timing(upgrade: Duration, restart: Duration, pod_start: Duration) -> Beha
     }
 }
 
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// helm, as scripts/install-test-tools installs it.
+pub fn helm() -> Command {
+    let tools = std::env::var_os("UPCHAIN_TOOLS").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/upchain/tools")
+        },
+        std::path::PathBuf::from,
+    );
+    let installed = tools.join("bin/helm");
+    let mut helm = Command::new(if installed.is_file() {
+        installed
+    } else {
+        "helm".into()
+    });
+    helm.current_dir(REPO);
+    helm
+}
+
+/// The chart rendered as an installation would: tests/helm/install-values.yaml and
+/// `args` (more values). Its objects, or what helm said when it refused.
+pub fn render_chart(args: &[&str]) -> Result<String, String> {
+    let output = helm()
+        .args([
+            "template",
+            "upchain",
+            "charts/upchain",
+            "--namespace",
+            "upchain-system",
+        ])
+        .args(["-f", "tests/helm/install-values.yaml"])
+        .args(args)
+        .output()
+        .expect("helm is installed by scripts/install-test-tools");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// The installation policy the chart renders with `args`, written into `dir`: what
+/// `upchain run --policy` reads in a Pod the chart made.
+pub fn chart_policy(dir: &Path, args: &[&str]) -> std::path::PathBuf {
+    let mut all = vec!["--show-only", "templates/policy.yaml"];
+    all.extend_from_slice(args);
+    let rendered = render_chart(&all).unwrap_or_else(|e| panic!("helm template: {e}"));
+    let config_map: serde_json::Value = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .find(|v: &serde_json::Value| v["kind"] == "ConfigMap")
+        .expect("the policy ConfigMap");
+    let path = dir.join("policy.json");
+    std::fs::write(
+        &path,
+        config_map["data"]["policy.json"]
+            .as_str()
+            .expect("policy.json"),
+    )
+    .expect("policy file");
+    path
+}
+
 /// `upchain run` against `kubeconfig` with `args`, metrics on a free port, its log (the
-/// operator's info lines) written to `log`.
-pub fn upchain_run(kubeconfig: &Path, log: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
+/// operator's info lines) written to `log`, under the policy the chart renders with
+/// `policy` values (none: an installation's defaults).
+pub fn upchain_run(
+    kubeconfig: &Path,
+    log: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    policy: &[&str],
+) -> Child {
+    let dir = log.parent().expect("the log's directory");
     Command::new(env!("CARGO_BIN_EXE_upchain"))
         .args([
             "--log",
@@ -45,6 +117,8 @@ pub fn upchain_run(kubeconfig: &Path, log: &Path, args: &[&str], envs: &[(&str, 
             "--metrics-addr",
             "127.0.0.1:0",
         ])
+        .arg("--policy")
+        .arg(chart_policy(dir, policy))
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)

@@ -41,33 +41,11 @@ fn images_pin_their_bases_and_run_as_non_root() {
     }
 }
 
-const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
-/// `helm template` of the chart with `args` (such as `-f` or `--set-json`): its objects,
-/// or what helm said when it refused.
+/// `helm template` of the chart as an installation renders it
+/// (tests/helm/install-values.yaml) with `args` (such as `-f` or `--set-json`): its
+/// objects, or what helm said when it refused.
 fn render(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
-    let tools = std::env::var("HOME").unwrap_or_default() + "/.cache/upchain/tools/bin/helm";
-    let helm = if std::path::Path::new(&tools).exists() {
-        tools
-    } else {
-        "helm".to_owned()
-    };
-    let output = std::process::Command::new(helm)
-        .args([
-            "template",
-            "upchain",
-            "charts/upchain",
-            "--namespace",
-            "upchain-system",
-        ])
-        .args(args)
-        .current_dir(REPO)
-        .output()
-        .expect("helm is installed by scripts/install-test-tools");
-    if !output.status.success() {
-        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
-    }
-    let text = String::from_utf8(output.stdout).unwrap();
+    let text = crate::harness::render_chart(args)?;
     Ok(serde_yaml::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &serde_json::Value| !v.is_null())
@@ -188,7 +166,7 @@ fn allow_list(
             &["get"],
         ),
         ("", "", "nodes", "*", &["get", "list", "watch", "patch"]),
-        ("", "", "pods", "*", &["list", "watch", "delete"]),
+        ("", "", "pods", "*", &["list", "watch"]),
         ("", "", "pods/eviction", "*", &["create"]),
         (
             "",
@@ -296,6 +274,7 @@ fn the_chart_grants_nothing_beyond_its_allow_list() {
         "node-upgrade-ssh",
         &[
             ("", "", "secrets", "*", &["list"]),
+            ("", "", "pods", "*", &["delete"]),
             ("", "ceph.rook.io", "cephclusters", "*", &["get", "list"]),
             ("upchain-system", "", "secrets", "slack-webhook", &["get"]),
             ("monitoring", "", "configmaps", "addon-matrix", &["get"]),
@@ -435,7 +414,8 @@ fn metrics_are_served_on_the_pod_ip_over_tls_to_permitted_readers_only() {
     for probe in ["livenessProbe", "readinessProbe"] {
         assert_eq!(container[probe]["httpGet"]["scheme"], "HTTPS", "{probe}");
     }
-    // The reader role is for Prometheus: only /metrics, and bound to no one by default.
+    // The reader role is for Prometheus: only /metrics, bound by default to the Prometheus
+    // Operator's usual accounts, so that a default install's alerts have series.
     let reader = objects
         .iter()
         .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "upchain-metrics-reader")
@@ -444,12 +424,22 @@ fn metrics_are_served_on_the_pod_ip_over_tls_to_permitted_readers_only() {
         reader["rules"],
         serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}])
     );
-    assert!(
-        !objects
-            .iter()
-            .any(|o| o["metadata"]["name"] == "upchain-metrics-reader"
-                && o["kind"] == "ClusterRoleBinding")
-    );
+    for (namespace, name) in [
+        ("monitoring", "prometheus-k8s"),
+        ("monitoring", "kube-prometheus-stack-prometheus"),
+    ] {
+        assert_eq!(
+            grants_to(&objects, namespace, name),
+            [(
+                String::new(),
+                "url".to_owned(),
+                "/metrics".to_owned(),
+                "*".to_owned(),
+                "get".to_owned()
+            )],
+            "{namespace}/{name}"
+        );
+    }
 
     let full = render(&["-f", "tests/helm/full-values.yaml"]).expect("full values render");
     assert_eq!(
@@ -467,7 +457,7 @@ fn metrics_are_served_on_the_pod_ip_over_tls_to_permitted_readers_only() {
         .find(|o| o["kind"] == "Deployment")
         .expect("Deployment");
     assert_eq!(
-        deployment["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"],
+        deployment["spec"]["template"]["spec"]["volumes"][1]["secret"]["secretName"],
         "upchain-metrics-tls"
     );
     let monitor = full
@@ -539,5 +529,114 @@ fn node_jobs_may_reach_only_ssh_on_the_nodes_and_dns() {
             .expect("ports")
             .iter()
             .all(|p| p["port"] == 53)
+    );
+}
+
+#[test]
+fn the_chart_asks_for_what_only_the_installation_knows_and_refuses_root_for_any_address() {
+    let bare = crate::harness::helm()
+        .args([
+            "template",
+            "upchain",
+            "charts/upchain",
+            "--namespace",
+            "upchain-system",
+        ])
+        .output()
+        .expect("helm");
+    assert!(!bare.status.success());
+    let said = String::from_utf8_lossy(&bare.stderr);
+    assert!(
+        said.contains("policy.runner.image.digest is required"),
+        "{said}"
+    );
+    let error = render(&[
+        "--set",
+        "policy.runner.image.digest=",
+        "--set",
+        "policy.runner.image.allowTag=false",
+    ])
+    .expect_err("no digest");
+    assert!(
+        error.contains("policy.runner.image.digest is required"),
+        "{error}"
+    );
+    let error = render(&["--set-json", "networkPolicy.nodeCIDRs=[]"]).expect_err("no CIDRs");
+    assert!(
+        error.contains("networkPolicy.nodeCIDRs is required"),
+        "{error}"
+    );
+    let error = render(&["--set-json", r#"networkPolicy.nodeCIDRs=["0.0.0.0/0"]"#])
+        .expect_err("any address");
+    assert!(error.contains("would let node Jobs"), "{error}");
+    let by_tag = render(&[
+        "--set",
+        "policy.runner.image.digest=",
+        "--set",
+        "policy.runner.image.allowTag=true",
+    ])
+    .expect("an explicit opt-in");
+    let policy = installed_policy(&by_tag);
+    assert_eq!(
+        policy.runner.image,
+        "ghcr.io/upchain-dev/upchain-runner:0.1.0"
+    );
+    assert!(!policy.runner.require_image_digest);
+}
+
+/// The policy the operator reads from the rendered chart.
+fn installed_policy(objects: &[serde_json::Value]) -> upchain_core::policy::InstallPolicy {
+    let config_map = objects
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["metadata"]["name"] == "upchain-policy")
+        .expect("the policy ConfigMap");
+    upchain_core::policy::InstallPolicy::parse(
+        config_map["data"]["policy.json"]
+            .as_str()
+            .expect("policy.json"),
+    )
+    .unwrap_or_else(|e| panic!("the operator refuses the chart's policy: {e}"))
+}
+
+#[test]
+fn the_policy_the_chart_renders_is_one_the_operator_starts_with() {
+    let policy = installed_policy(&default_chart());
+    assert!(upchain_core::policy::is_by_digest(&policy.runner.image));
+    assert!(policy.runner.require_image_digest);
+    assert_eq!(policy.runner.namespace, "upchain-system");
+    assert_eq!(
+        policy.runner.repository_urls,
+        ["https://pkgs.k8s.io/core:/stable:"]
+    );
+    assert!(!policy.drain.allow_force);
+    assert!(!policy.runner.allow_accept_new_host_keys);
+    let full = render(&["-f", "tests/helm/full-values.yaml"]).expect("full values render");
+    let policy = installed_policy(&full);
+    assert_eq!(policy.runner.namespace, "node-upgrades");
+    assert_eq!(policy.runner.ssh_secret.name, "node-upgrade-ssh");
+    assert_eq!(policy.runner.script_config_map.name, "node-upgrade");
+    assert_eq!(policy.runner.repository_urls.len(), 2);
+    assert_eq!(policy.runner.repository_key_urls.len(), 2);
+    assert_eq!(policy.runner.tolerations.len(), 2);
+    assert!(policy.drain.allow_force);
+    // The runner namespace the chart creates enforces restricted; hooks get an account
+    // with no token.
+    let namespace = full
+        .iter()
+        .find(|o| o["kind"] == "Namespace")
+        .expect("the runner namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let hooks = full
+        .iter()
+        .find(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == "upchain-hooks")
+        .expect("the hooks' account");
+    assert_eq!(hooks["metadata"]["namespace"], "node-upgrades");
+    assert_eq!(hooks["automountServiceAccountToken"], false);
+    assert!(
+        grants_to(&full, "node-upgrades", "upchain-hooks").is_empty(),
+        "no RBAC for hooks"
     );
 }

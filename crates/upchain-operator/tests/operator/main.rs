@@ -18,3 +18,4 @@ mod observability;
 mod real_api;
 mod real_cluster;
 mod sim_kubectl;
+mod trust_boundary;

@@ -58,6 +58,15 @@ impl ControlPlane {
 }
 
 pub(crate) fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    try_kubectl(kubeconfig, args, stdin).unwrap_or_else(|said| panic!("kubectl {args:?}: {said}"))
+}
+
+/// kubectl's output, or all it said when it failed (a refusal a test expects).
+pub(crate) fn try_kubectl(
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, String> {
     let mut child = Command::new("kubectl")
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -77,12 +86,11 @@ pub(crate) fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> 
     }
     let out = child.wait_with_output().expect("kubectl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text + &String::from_utf8_lossy(&out.stderr))
+    }
 }
 
 struct Process(Child);
@@ -116,29 +124,20 @@ fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
         ],
         None,
     );
-    let rendered = Command::new("helm")
-        .args([
-            "template",
-            "upchain",
-            "charts/upchain",
-            "--namespace",
-            "upchain-system",
-            "--show-only",
-            "templates/rbac.yaml",
-            "--show-only",
-            "templates/serviceaccount.yaml",
-            "--show-only",
-            "templates/configmap-script.yaml",
-        ])
-        .current_dir(REPO)
-        .output()
-        .expect("helm is on PATH: run scripts/install-test-tools");
-    assert!(rendered.status.success(), "helm template: {rendered:?}");
-    kubectl(
-        admin,
-        &["apply", "-f", "-"],
-        Some(&String::from_utf8_lossy(&rendered.stdout)),
-    );
+    let rendered = crate::harness::render_chart(&[
+        "--show-only",
+        "templates/rbac.yaml",
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/configmap-script.yaml",
+        "--show-only",
+        "templates/policy.yaml",
+        "--show-only",
+        "templates/admission.yaml",
+    ])
+    .unwrap_or_else(|e| panic!("helm template: {e}"));
+    kubectl(admin, &["apply", "-f", "-"], Some(&rendered));
     let runner =
         std::fs::read_to_string(Path::new(REPO).join("deploy/examples/upchain-system.yaml"))
             .expect("runner objects");
@@ -214,7 +213,7 @@ fn field(kubeconfig: &Path, path: &str) -> String {
     )
 }
 
-fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
+pub(crate) fn until(what: &str, within: Duration, check: impl Fn() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -234,15 +233,15 @@ fn small(upgrade_time: Duration) -> PlayerConfig {
 
 /// A real control plane with the node player and the chart's install, ready for
 /// `upchain run` as the chart's ServiceAccount.
-struct RealRun {
+pub(crate) struct RealRun {
     cluster: ControlPlane,
     player: NodePlayer,
-    operator_kubeconfig: PathBuf,
+    pub(crate) operator_kubeconfig: PathBuf,
     operator: Option<Process>,
 }
 
 impl RealRun {
-    async fn start(player: PlayerConfig) -> Option<Self> {
+    pub(crate) async fn start(player: PlayerConfig) -> Option<Self> {
         let cluster = ControlPlane::up(true)?;
         let operator_kubeconfig = tokio::task::block_in_place(|| install_as_the_chart(&cluster));
         let player = NodePlayer::start(cluster.client().await, player)
@@ -256,16 +255,16 @@ impl RealRun {
         })
     }
 
-    fn admin(&self) -> &Path {
+    pub(crate) fn admin(&self) -> &Path {
         self.cluster.kubeconfig()
     }
 
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
         kubectl(self.admin(), args, stdin)
     }
 
     /// Starts (or restarts, after a SIGKILL) `upchain run` as the chart's ServiceAccount.
-    fn run_operator(&mut self) {
+    pub(crate) fn run_operator(&mut self) {
         self.operator = None;
         self.operator = Some(self.spawn_operator("upchain-0", &["--leader-election", "false"]));
     }
@@ -284,6 +283,8 @@ impl RealRun {
                     "--kubeconfig",
                     self.operator_kubeconfig.to_str().expect("utf-8"),
                 ])
+                .arg("--policy")
+                .arg(crate::harness::chart_policy(self.cluster.dir(), &[]))
                 .args(if args.contains(&"--metrics-addr") {
                     &[][..]
                 } else {
@@ -292,8 +293,7 @@ impl RealRun {
                 .args(args)
                 .env("POD_NAME", identity)
                 .env("POD_NAMESPACE", "upchain-system")
-                // As the chart's Deployment sets them: Jobs only where its Roles are.
-                .env("UPCHAIN_RUNNER_NAMESPACE", "upchain-system")
+                // As the chart's Deployment sets it.
                 .env("UPCHAIN_SNAPSHOT_NAMESPACE", "kube-system")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -302,7 +302,7 @@ impl RealRun {
         )
     }
 
-    fn field(&self, path: &str) -> String {
+    pub(crate) fn field(&self, path: &str) -> String {
         field(self.admin(), path)
     }
 
@@ -345,7 +345,7 @@ impl RealRun {
     }
 
     /// Applies K8sUpgrade `name` to 1.35.2, with `extra` spec lines.
-    fn apply_upgrade(&self, name: &str, extra: &str) {
+    pub(crate) fn apply_upgrade(&self, name: &str, extra: &str) {
         self.kubectl(
             &["apply", "-f", "-"],
             Some(&format!(

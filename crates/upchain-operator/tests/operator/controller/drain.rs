@@ -70,7 +70,9 @@ async fn the_drain_preview_names_the_budget_a_drain_waits_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drain_that_times_out_with_force_deletes_what_would_not_leave_and_retries_a_failed_delete()
  {
-    let cluster = cluster(1, 2).await;
+    let mut cluster = cluster(1, 2).await;
+    // Force is the installation's to allow (and it grants pods delete).
+    cluster.install_with(&["--set", "policy.drain.allowForce=true"]);
     // CoreDNS's budget never allows an eviction, and every delete fails for a while.
     cluster
         .sim

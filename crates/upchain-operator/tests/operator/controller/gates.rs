@@ -440,12 +440,9 @@ async fn no_node_starts_outside_the_maintenance_window() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_runner_namespace_blocks_with_what_to_create() {
-    let cluster = cluster(1, 2).await;
-    apply_upgrade(
-        &cluster.client,
-        json!({"targetVersion": "1.35.2", "runner": {"namespace": "node-upgrades"}}),
-    )
-    .await;
+    let mut cluster = cluster(1, 2).await;
+    cluster.install_with(&["--set", "runnerNamespace=node-upgrades"]);
+    apply_upgrade(&cluster.client, json!({"targetVersion": "1.35.2"})).await;
     let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
     assert_eq!(
         blocked.status.expect("status").blocked_reasons,

@@ -74,12 +74,21 @@ struct Cluster {
     client: Client,
     dir: tempfile::TempDir,
     operator: Option<Operator>,
+    /// Chart values of the installation policy the operator runs under (`--set ...`).
+    policy: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `upchain run` as a single replica, without leader election.
     fn start_controller(&mut self) {
         self.operator = Some(self.spawn_operator("single", &["--leader-election", "false"]));
+    }
+
+    /// Restarts the operator under the policy the chart renders with `values`.
+    fn install_with(&mut self, values: &[&str]) {
+        self.operator = None;
+        self.policy = values.iter().map(|v| (*v).to_owned()).collect();
+        self.start_controller();
     }
 
     /// A kubeconfig for the simulated cluster, written once into the test's directory.
@@ -97,7 +106,14 @@ impl Cluster {
             .dir
             .path()
             .join(format!("{identity}-{}.log", fastrand::u32(..)));
-        let child = crate::harness::upchain_run(&kubeconfig, &log, args, &[("POD_NAME", identity)]);
+        let policy: Vec<&str> = self.policy.iter().map(String::as_str).collect();
+        let child = crate::harness::upchain_run(
+            &kubeconfig,
+            &log,
+            args,
+            &[("POD_NAME", identity)],
+            &policy,
+        );
         Operator { child, log }
     }
 
@@ -145,6 +161,7 @@ async fn cluster_with(control_planes: usize, workers: usize, upgrade_time: Durat
         client,
         dir: tempfile::tempdir().expect("tempdir"),
         operator: None,
+        policy: Vec::new(),
     };
     cluster.start_controller();
     cluster
