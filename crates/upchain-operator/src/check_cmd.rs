@@ -11,7 +11,8 @@ use upchain_core::{KubeVersion, Needs, ObservedNode, plan};
 use crate::cli::CheckArgs;
 use crate::error::Error;
 use crate::nodes_file;
-use crate::run_cmd::connect;
+use crate::run_cmd::{connect, read_policy};
+use upchain_core::policy::InstallPolicy;
 
 /// Runs the gates; Ok(true) when every gate passes.
 pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> {
@@ -25,8 +26,23 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         ),
     };
     upgrade.spec.target_version = target.to_string();
-    // As the chart's default installation would settle it.
-    let settled = upchain_core::policy::InstallPolicy::default().settle(&upgrade.spec);
+    // Judged as the operator would: under the installation's policy where there is one.
+    let (policy, judged_under) = if args.policy.exists() {
+        (
+            read_policy(&args.policy)?,
+            args.policy.display().to_string(),
+        )
+    } else {
+        (
+            InstallPolicy::default(),
+            format!(
+                "the chart's default policy ({} does not exist; pass --policy with the \
+                 ConfigMap upchain-policy's policy.json to judge under yours)",
+                args.policy.display()
+            ),
+        )
+    };
+    let settled = policy.settle(&upgrade.spec);
     upgrade.spec = settled.spec;
     let client = connect(args.kubeconfig.as_deref()).await?;
     let nodes: Vec<ObservedNode> = Api::<Node>::all(client.clone())
@@ -91,7 +107,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         .chain(analysis)
         .collect();
     let mut text = format!(
-        "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade):\n",
+        "Gates for a {} upgrade from {} to {target} ({} node(s) to upgrade), under {judged_under}:\n",
         plan.kind.as_str(),
         plan.from_version,
         plan.steps.len()

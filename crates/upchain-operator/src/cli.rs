@@ -67,6 +67,16 @@ pub struct CheckArgs {
     /// Kubeconfig to use; without it, KUBECONFIG, ~/.kube/config or in-cluster.
     #[arg(long, env = "UPCHAIN_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// The installation policy to judge the spec under, as `upchain run` reads it (in the
+    /// operator's Pod, where `kubectl exec deploy/upchain -- upchain check` finds it).
+    /// Without the file: the chart's defaults, and the output says so.
+    #[arg(
+        long,
+        env = "UPCHAIN_POLICY",
+        default_value = "/etc/upchain/policy/policy.json"
+    )]
+    pub policy: PathBuf,
 }
 
 /// Arguments of `upchain demo`.

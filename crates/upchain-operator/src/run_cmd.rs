@@ -16,7 +16,7 @@ use crate::sim_cmd::shutdown_signal;
 
 /// The installation's policy, checked before anything connects: an operator that would
 /// run a tag-pinned image or another namespace's Jobs does not start.
-fn read_policy(path: &std::path::Path) -> Result<InstallPolicy, Error> {
+pub(crate) fn read_policy(path: &std::path::Path) -> Result<InstallPolicy, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::BadInput {
         path: path.to_owned(),
         message: format!(

@@ -30,8 +30,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use upchain_api::{
-    DEFAULT_CONTAINERD_FLOORS, FailedReleasePolicy, GatesSpec, HookKind, HostKeyPolicy,
-    K8sUpgradeSpec, NodeRecord, RunnerSpec, UpgradeKind,
+    DEFAULT_CONTAINERD_FLOORS, FailedReleasePolicy, GatesSpec, K8sUpgradeSpec, NodeRecord,
+    UpgradeKind,
 };
 
 use crate::observe::ObservedNode;

@@ -1,6 +1,8 @@
 //! The runner gate: what the node Jobs need exists.
 
-use super::*;
+use upchain_api::{HookKind, HostKeyPolicy, K8sUpgradeSpec, RunnerSpec};
+
+use super::{Source, Verdict, verdict};
 use crate::pod_security::{self, Level};
 
 /// What exists of what the node Jobs need, as the operator read it (the SSH Secret by

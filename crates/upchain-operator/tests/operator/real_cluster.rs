@@ -505,11 +505,34 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         .current_dir(REPO)
         .output()
         .expect("helm");
-    assert!(
-        install.status.success(),
-        "helm install: {}",
-        String::from_utf8_lossy(&install.stderr)
-    );
+    if !install.status.success() {
+        // What kept the operator from becoming Available, as a person would look for it.
+        let said = |args: &[&str]| {
+            let out = Command::new("kubectl")
+                .args(args)
+                .env("KUBECONFIG", cluster.kubeconfig())
+                .output()
+                .expect("kubectl");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        };
+        panic!(
+            "helm install: {}\n{}\n{}\n{}",
+            String::from_utf8_lossy(&install.stderr),
+            said(&["get", "pods", "-A", "-o", "wide"]),
+            said(&["-n", "upchain-system", "describe", "pods"]),
+            said(&[
+                "-n",
+                "upchain-system",
+                "logs",
+                "-l",
+                "app.kubernetes.io/name=upchain",
+                "--tail",
+                "40",
+                "--prefix",
+            ]),
+        );
+    }
     eprintln!(
         "real cluster: upchain installed at {:.0} s",
         started.elapsed().as_secs_f64()

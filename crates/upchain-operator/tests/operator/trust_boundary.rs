@@ -93,6 +93,26 @@ fn refused_at_admission(run: &RealRun) {
             "may not mount a Secret or a hostPath",
         ),
     ];
+    let runner_fields_gone = [
+        // Once the spec's, now the installation's: kubectl's strict field validation names them.
+        (
+            "  runner: {namespace: kube-system, allowSystemNamespace: true}\n",
+            "unknown field \"spec.runner.allowSystemNamespace\"",
+        ),
+        (
+            "  runner: {requireImageDigest: false}\n",
+            "unknown field \"spec.runner.requireImageDigest\"",
+        ),
+    ];
+    for (extra, expected) in runner_fields_gone {
+        let refused = try_kubectl(
+            run.admin(),
+            &["apply", "-f", "-"],
+            Some(&upgrade("hostile", extra)),
+        )
+        .expect_err("refused");
+        assert!(refused.contains(expected), "{extra}: {refused}");
+    }
     for (extra, expected) in cases {
         let manifest = upgrade("hostile", &hook(&extra));
         let refused = try_kubectl(run.admin(), &["apply", "-f", "-"], Some(&manifest))

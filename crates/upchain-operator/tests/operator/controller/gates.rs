@@ -224,11 +224,40 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("PASS  control-plane"), "{text}");
+    assert!(text.contains("PASS  policy"), "{text}");
+    assert!(text.contains("under the chart's default policy"), "{text}");
     cluster.sim.surroundings().alerts.clear();
     let (code, text) = tokio::task::block_in_place(|| check("1.35.2"));
     assert_eq!(code, Some(0), "{text}");
     let (code, text) = tokio::task::block_in_place(|| check("1.37.0"));
     assert_eq!(code, Some(2), "{text}");
+    // Judged under the installation's policy, as the operator would: its runner
+    // namespace, which does not exist here, is the one checked.
+    let policy = cluster.dir.path().join("policy.json");
+    let mut installed = upchain_core::policy::InstallPolicy::default();
+    installed.runner.namespace = "node-upgrades".to_owned();
+    std::fs::write(&policy, serde_json::to_string(&installed).unwrap()).unwrap();
+    let output = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_upchain"))
+            .args(["check", "--target", "1.35.2", "--spec"])
+            .arg(&spec)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--policy")
+            .arg(&policy)
+            .output()
+            .expect("upchain check runs")
+    });
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("under {}", policy.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("namespace node-upgrades is missing"),
+        "{text}"
+    );
     assert_nothing_cordoned(&cluster);
     assert!(cluster.sim.objects("jobs.batch").is_empty());
 }
