@@ -74,6 +74,8 @@ impl RealCluster {
     fn script(&self, args: &[&str]) -> Output {
         Command::new(format!("{REPO}/scripts/real-cluster"))
             .args(args)
+            // The operator's image is made of the binary the other tiers test.
+            .env("UPCHAIN_OPERATOR_BINARY", env!("CARGO_BIN_EXE_upchain"))
             .stderr(Stdio::inherit())
             .output()
             .expect("scripts/real-cluster runs")
@@ -404,7 +406,8 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         started.elapsed().as_secs_f64()
     );
 
-    // The images, as a user's CI would build them, imported where a registry would serve them.
+    // The images, as a user's CI would build them from the Dockerfiles (the operator's
+    // build stage being the binary under test), imported where a registry would serve them.
     let images = cluster.script(&["upchain-images", &cluster.path()]);
     assert!(images.status.success(), "building upchain's images failed");
 
