@@ -200,12 +200,13 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
         ),
     )
     .unwrap();
-    let check = |target: &str| {
+    let check_with = |target: &str, extra: &[&std::ffi::OsStr]| {
         let output = Command::new(env!("CARGO_BIN_EXE_upchain"))
             .args(["check", "--target", target, "--spec"])
             .arg(&spec)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
+            .args(extra)
             .output()
             .expect("upchain check runs");
         (
@@ -214,6 +215,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
                 + &String::from_utf8_lossy(&output.stderr),
         )
     };
+    let check = |target: &str| check_with(target, &[]);
     let (code, text) = tokio::task::block_in_place(|| check("1.35.2"));
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("BLOCK alerts"), "{text}");
@@ -237,19 +239,10 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     let mut installed = upchain_core::policy::InstallPolicy::default();
     installed.runner.namespace = "node-upgrades".to_owned();
     std::fs::write(&policy, serde_json::to_string(&installed).unwrap()).unwrap();
-    let output = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_upchain"))
-            .args(["check", "--target", "1.35.2", "--spec"])
-            .arg(&spec)
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .arg("--policy")
-            .arg(&policy)
-            .output()
-            .expect("upchain check runs")
+    let (code, text) = tokio::task::block_in_place(|| {
+        check_with("1.35.2", &["--policy".as_ref(), policy.as_os_str()])
     });
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains(&format!("under {}", policy.display())),
         "{text}"
