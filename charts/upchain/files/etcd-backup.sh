@@ -1,7 +1,8 @@
 #!/bin/sh
 # Takes an etcd snapshot from this control-plane node's etcd, reads it back with
 # `etcdutl snapshot status`, keeps it off the node (the mounted volume and, optionally,
-# an S3-compatible bucket), and prints the line upchain verifies before it touches a node:
+# an S3-compatible bucket), and prints a report line; a schedule of its own, beside the
+# snapshot every upgrade run takes through the node step:
 #   upchain-snapshot {"sizeBytes":N,"location":"...","status":{...etcdutl's JSON...}}
 # The chart's example CronJob runs it; docs/gates.md#the-etcd-snapshot explains it.
 #

@@ -8,10 +8,16 @@
 #   upgrade-node.sh run      PARAMS  the upgrade itself, started by launch, under the node lock
 #   upgrade-node.sh prepare  PARAMS  checks that change nothing: OS, packages, disk, plan
 #   upgrade-node.sh rollback VERSION the packages back to VERSION (docs/node-script.md)
+#   upgrade-node.sh etcd-check PARAMS    etcd's members, health, leader, alarms, database
+#                                        and raft progress as this node's etcd sees them;
+#                                        read-only, one `upchain-etcd` line per finding
+#   upgrade-node.sh etcd-snapshot PARAMS a snapshot into a private directory, read back
+#                                        and test-restored; the Job copies it off the node
 #
 # Exit codes (docs/node-script.md; the operator names them in status):
 readonly E_INPUT=2 E_OS=10 E_NOT_FOUND=11 E_LOCK=12 E_PACKAGES=13 E_REPOSITORY=14
 readonly E_KUBEADM=15 E_KUBELET=16 E_VERIFY=17 E_BUSY=18 E_DISK=19 E_PLAN=20 E_LOST=21
+readonly E_ETCD=22 E_SNAPSHOT=23
 set -euo pipefail
 umask 022
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive
@@ -680,11 +686,144 @@ rollback() {
   log "rolled back: kubelet $version; uncordon the node when it is Ready"
 }
 
+# --- etcd: read-only checks and the snapshot ---------------------------------------------
+
+readonly ETCD_MANIFEST="$MANIFESTS/etcd.yaml" SNAPSHOT_ROOT="$STATE_DIR/snapshot"
+
+# A flag of the etcd static Pod (`- --name=value` in its manifest), or $2.
+etcd_flag() {
+  local value
+  value=$(sed -n "s/^[[:space:]]*-[[:space:]]*--$1=//p" "$ETCD_MANIFEST" | head -n 1 | tr -d "\"'\r")
+  echo "${value:-${2:-}}"
+}
+
+# An etcd tool ($1: etcdctl or etcdutl): the one in the running etcd container's image (it
+# matches the server), else one on the node's PATH. Empty when there is none.
+etcd_tool() {
+  local pid dir
+  for pid in $(pgrep -x etcd 2>/dev/null || true); do
+    for dir in /usr/local/bin /usr/bin /bin; do
+      if [ -x "/proc/$pid/root$dir/$1" ]; then
+        echo "/proc/$pid/root$dir/$1"
+        return
+      fi
+    done
+  done
+  command -v "$1" 2>/dev/null || true
+}
+
+# Finds etcdctl and this member's client endpoint and certificates, from the etcd static
+# Pod's own manifest: the member kubeadm runs on this node, as it runs it.
+etcd_setup() {
+  [ -f "$ETCD_MANIFEST" ] ||
+    die $E_ETCD "$ETCD_MANIFEST does not exist: $NODE_NAME runs no etcd member (with external etcd, use spec.gates.externalEtcdCheck); nothing was changed"
+  ETCDCTL=$(etcd_tool etcdctl)
+  [ -n "$ETCDCTL" ] ||
+    die $E_ETCD "no etcdctl: neither the etcd container's image nor $NODE_NAME's PATH has one; install etcd-client on the node; nothing was changed"
+  ETCDUTL=$(etcd_tool etcdutl)
+  ETCD_ENDPOINT=$(etcd_flag advertise-client-urls)
+  ETCD_ENDPOINT=${ETCD_ENDPOINT%%,*}
+  ETCD_CERT=$(etcd_flag cert-file)
+  ETCD_KEY=$(etcd_flag key-file)
+  ETCD_CA=$(etcd_flag trusted-ca-file)
+  local flag
+  for flag in ETCD_ENDPOINT ETCD_CERT ETCD_KEY ETCD_CA; do
+    [ -n "${!flag}" ] || die $E_ETCD "$ETCD_MANIFEST has no ${flag#ETCD_} flag etcdctl could use; nothing was changed"
+  done
+}
+
+etcdctl_() {
+  ETCDCTL_API=3 "$ETCDCTL" --endpoints="$ETCD_ENDPOINT" --cacert="$ETCD_CA" --cert="$ETCD_CERT" \
+    --key="$ETCD_KEY" --dial-timeout=5s --command-timeout=15s "$@"
+}
+
+# etcdutl where the image has it (etcd 3.5 and later), else etcdctl's older commands.
+snapshot_tool() {
+  if [ -n "$ETCDUTL" ]; then ETCDCTL_API=3 "$ETCDUTL" "$@"; else ETCDCTL_API=3 "$ETCDCTL" "$@"; fi
+}
+
+# One `upchain-etcd KIND FIELDS...` line per member, endpoint, health result and alarm,
+# compact enough for the Job's termination message. The operator judges them.
+report_endpoints() {
+  local kind=$1 out
+  out=$(etcdctl_ endpoint status --cluster -w fields 2>&1) || true
+  awk -v kind="$kind" -F' : ' '
+    /^"MemberID"/ {id=$2} /^"DBSize"/ {db=$2} /^"Leader"/ {leader=$2}
+    /^"IsLearner"/ {learner=$2} /^"RaftIndex"/ {index_=$2} /^"RaftAppliedIndex"/ {applied=$2}
+    /^"Endpoint"/ {gsub(/"/, "", $2); print "upchain-etcd " kind " " $2 " " id " " leader " " db " " index_ " " applied " " learner}
+    /^(Failed|Error|\{)/ {print "upchain-etcd error " kind ": " $0}' <<<"$out" | cut -c1-300
+}
+
+etcd_check() {
+  local out line
+  etcd_setup
+  log "checking etcd through $NODE_NAME's member ($ETCD_ENDPOINT)" >&2
+  out=$(etcdctl_ member list -w simple 2>&1) ||
+    die $E_ETCD "etcdctl member list failed: $(head -c 300 <<<"$out")"
+  while IFS= read -r line; do
+    [ -z "$line" ] || echo "upchain-etcd member ${line//, /|}"
+  done <<<"$out"
+  report_endpoints status
+  out=$(etcdctl_ endpoint health --cluster -w fields 2>&1) || true
+  awk -F' : ' '
+    /^"Endpoint"/ {gsub(/"/, "", $2); endpoint=$2} /^"Health"/ {health=$2}
+    /^"Error"/ {print "upchain-etcd health " endpoint " " health " " $2}
+    /^(Failed|Error)/ {print "upchain-etcd error health: " $0}' <<<"$out" | cut -c1-300
+  out=$(etcdctl_ alarm list 2>&1) || echo "upchain-etcd error alarm list: $(head -c 200 <<<"$out")"
+  grep -o 'memberID:[0-9]* alarm:[A-Z0-9]*' <<<"$out" | sed 's/memberID:/upchain-etcd alarm /; s/ alarm:/ /' || true
+  echo "upchain-etcd quota $(etcd_flag quota-backend-bytes 2147483648)"
+  # A second look: every member must reach what the leader had committed at the first.
+  sleep 2
+  report_endpoints later
+}
+
+# The snapshot, into a private directory; read back; restored into a scratch directory,
+# whose revision and key count must equal the snapshot's. The Job copies the file off the
+# node and removes it (docs/gates.md, The etcd snapshot).
+etcd_snapshot() {
+  local dir file status restored sha size
+  etcd_setup
+  install -d -m 0700 "$SNAPSHOT_ROOT"
+  dir="$SNAPSHOT_ROOT/$RUN_ID"
+  rm -rf -- "$dir"
+  install -d -m 0700 "$dir"
+  file="$dir/etcd.db"
+  check_snapshot_space
+  log "saving an etcd snapshot from $ETCD_ENDPOINT" >&2
+  etcdctl_ snapshot save "$file" >&2 || die $E_SNAPSHOT "etcdctl snapshot save failed; nothing was changed"
+  chmod 0600 "$file"
+  status=$(snapshot_tool snapshot status "$file" -w json 2>/dev/null) ||
+    die $E_SNAPSHOT "snapshot status cannot read $file: the snapshot is unusable"
+  snapshot_tool snapshot restore "$file" --data-dir "$dir/restore" --name upchain-restore-check \
+    --initial-cluster upchain-restore-check=http://127.0.0.1:2380 \
+    --initial-advertise-peer-urls http://127.0.0.1:2380 >/dev/null 2>&1 ||
+    die $E_SNAPSHOT "the test restore of $file failed: the snapshot cannot be restored"
+  restored=$(snapshot_tool snapshot status "$dir/restore/member/snap/db" -w json 2>/dev/null) ||
+    die $E_SNAPSHOT "the test restore of $file left no readable database"
+  rm -rf -- "$dir/restore"
+  sha=$(sha256sum "$file" | cut -d' ' -f1)
+  size=$(stat -c %s "$file")
+  echo "upchain-snapshot-file $file $size $sha"
+  echo "upchain-snapshot-status $status"
+  echo "upchain-snapshot-restored $restored"
+}
+
+# The snapshot and its test restore each take about the database's size.
+check_snapshot_space() {
+  local free need db
+  db=0
+  [ ! -d /var/lib/etcd ] || db=$(du -sm /var/lib/etcd | awk '{print $1}')
+  need=$((2 * db + 64))
+  free=$(df -Pm "$SNAPSHOT_ROOT" | awk 'NR == 2 {print $4}')
+  [ "$free" -ge "$need" ] ||
+    die $E_DISK "$SNAPSHOT_ROOT has ${free} MiB free; the snapshot and its test restore need ${need} MiB"
+}
+
 # --- main ---------------------------------------------------------------------------------
 
 command=${1:-}
 case $command in
-  launch | run | prepare)
+  launch | run | prepare | etcd-check | etcd-snapshot)
     [ $# -eq 2 ] || die $E_INPUT "usage: $0 $command PARAMS_FILE"
     PARAMS=$(readlink -f "$2")
     read_params "$PARAMS"
@@ -692,11 +831,13 @@ case $command in
       launch) launch ;;
       run) run_upgrade ;;
       prepare) prepare ;;
+      etcd-check) etcd_check ;;
+      etcd-snapshot) etcd_snapshot ;;
     esac
     ;;
   rollback)
     [ $# -eq 2 ] || die $E_INPUT "usage: $0 rollback VERSION (for example 1.34.2)"
     rollback "$2"
     ;;
-  *) die $E_INPUT "usage: $0 launch|run|prepare PARAMS_FILE, or $0 rollback VERSION" ;;
+  *) die $E_INPUT "usage: $0 launch|run|prepare|etcd-check|etcd-snapshot PARAMS_FILE, or $0 rollback VERSION" ;;
 esac

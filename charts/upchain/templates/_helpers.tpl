@@ -74,6 +74,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
     "tolerations" $runner.tolerations)
   "drain" (dict "allowForce" .Values.policy.drain.allowForce)
   "hooks" (dict "allowed" .Values.policy.hooks.allowed)
+  "snapshot" (dict "persistentVolumeClaim" .Values.policy.snapshot.persistentVolumeClaim)
   | toPrettyJson -}}
 {{- end -}}
 

@@ -93,6 +93,17 @@ pub struct GatesSpec {
     /// the run (retried every recheck interval). Stacked etcd is checked without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_etcd_check: Option<HookSpec>,
+
+    /// Stacked etcd: the largest share of its backend quota a member's database may use
+    /// before a node is started (an upgrade writes to it; at the quota etcd refuses
+    /// writes with a NOSPACE alarm).
+    #[serde(default = "default_etcd_database_quota_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub etcd_database_quota_percent: u32,
+}
+
+fn default_etcd_database_quota_percent() -> u32 {
+    80
 }
 
 /// Silences the operator keeps in Alertmanager while a node is worked on: created when the
@@ -186,6 +197,7 @@ impl Default for GatesSpec {
             analysis: Vec::new(),
             silences: None,
             external_etcd_check: None,
+            etcd_database_quota_percent: default_etcd_database_quota_percent(),
         }
     }
 }
@@ -514,17 +526,18 @@ pub struct NamespacedKeyRef {
     pub key: String,
 }
 
-/// An etcd snapshot taken once before the first node is touched, by a Job made from an
-/// existing CronJob's template (the cluster's own backup job).
+/// An etcd snapshot taken once before the first node is touched, through the node step
+/// on a control-plane node: saved, read back, test-restored, copied to the installation's
+/// destination and its checksum read back from there.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotSpec {
-    /// Namespace of the CronJob.
-    #[schemars(length(min = 1, max = 63))]
-    pub namespace: String,
-    /// Name of the CronJob whose template takes the snapshot.
+    /// The PersistentVolumeClaim (in the runner namespace) the snapshot is copied to, off
+    /// the node. The installation decides it (policy.snapshot.persistentVolumeClaim);
+    /// leave it unset, or give the same value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
-    pub cron_job: String,
+    pub persistent_volume_claim: Option<String>,
     /// How long the snapshot Job may run; past it the run is Blocked.
     #[serde(default = "default_snapshot_timeout")]
     #[schemars(

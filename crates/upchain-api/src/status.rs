@@ -103,6 +103,11 @@ pub struct K8sUpgradeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
 
+    /// The last check of stacked etcd through the node step: before the run, before each
+    /// control-plane node and before the first worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd: Option<EtcdCheckRecord>,
+
     /// This run's prepare checks that run or failed: one Job per node, before any node
     /// is cordoned, that checks over SSH, changing nothing, that the node can be upgraded.
     /// A node that passed carries the `upchain.dev/prepared` annotation instead, and
@@ -429,7 +434,7 @@ pub struct PlannedNode {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotRecord {
-    /// The snapshot Job (namespace/name).
+    /// The snapshot Job's name (in the runner namespace).
     pub job: String,
     /// When it started.
     pub started_at: Time,
@@ -437,7 +442,8 @@ pub struct SnapshotRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
     /// True once the snapshot Job succeeded and reported a snapshot that passed the
-    /// checks: large enough, read back by `etcdutl snapshot status`, copied off the node.
+    /// checks: large enough, read back by `etcdutl snapshot status`, test-restored, copied
+    /// off the node and its checksum read back there.
     #[serde(default)]
     pub verified: bool,
     /// The snapshot file's size in bytes, as the Job reported it.
@@ -452,14 +458,50 @@ pub struct SnapshotRecord {
     /// `etcdutl snapshot status`: the number of keys it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_keys: Option<i64>,
-    /// Where the Job copied it, off the node (a PVC path, an object-store URL).
+    /// Where the Job copied it, off the node (`pvc/<namespace>/<claim>/<file>`), and
+    /// read its checksum back from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The file's SHA-256, as read back from the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The test restore: what `snapshot restore` into a scratch directory gave back,
+    /// compared with the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_check: Option<String>,
+    /// The control-plane node whose etcd member it was taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// 1 for the run's first snapshot Job; a failed one is retried after the gates'
     /// recheck interval under the next number.
     #[serde(default)]
     pub attempt: i32,
     /// What happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One check of stacked etcd's members through the node step.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EtcdCheckRecord {
+    /// The node it was checked before.
+    pub before: String,
+    /// The control-plane node whose member was asked.
+    pub node: String,
+    /// The check Job's name (in the runner namespace).
+    pub job: String,
+    /// Counts the run's etcd check Jobs: each check and each retry takes the next.
+    pub attempt: i32,
+    /// When it started.
+    pub started_at: Time,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// True once etcd passed.
+    #[serde(default)]
+    pub passed: bool,
+    /// What it found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

@@ -220,8 +220,8 @@ fn bad_objects_are_refused_with_a_readable_message() {
             "Unsupported value: \"Funday\"",
         ),
         (
-            json!({"targetVersion": "1.35.2", "snapshot": {"namespace": "kube-system"}}),
-            "cronJob: Required value",
+            json!({"targetVersion": "1.35.2", "snapshot": {"minSizeBytes": 0}}),
+            "spec.snapshot.minSizeBytes: Invalid value",
         ),
     ];
     for (spec, expected) in table {

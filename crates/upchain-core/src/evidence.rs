@@ -32,6 +32,8 @@ pub struct JobEvidence {
     pub started_at: Option<Timestamp>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
+    /// Its termination message (the etcd check's and the snapshot's report).
+    pub report: Option<String>,
     /// The end of its log, or why it could not be read.
     pub log: Result<String, String>,
 }
@@ -65,6 +67,9 @@ pub struct ContainerEnd {
     pub started_at: Option<Timestamp>,
     /// When it finished.
     pub finished_at: Option<Timestamp>,
+    /// Its termination message: what the etcd check and the snapshot report, read from
+    /// the Pod's status (no log needed).
+    pub message: Option<String>,
 }
 
 impl JobPod {
@@ -80,6 +85,7 @@ impl JobPod {
                 exit_code: t.exit_code,
                 started_at: t.started_at.as_ref().map(|t| t.0),
                 finished_at: t.finished_at.as_ref().map(|t| t.0),
+                message: t.message.clone().filter(|m| !m.is_empty()),
             });
         Self {
             name: pod.metadata.name.clone().unwrap_or_default(),
@@ -110,6 +116,7 @@ impl JobEvidence {
             exit_code: end.map(|e| e.exit_code),
             started_at: end.and_then(|e| e.started_at),
             finished_at: end.and_then(|e| e.finished_at),
+            report: end.and_then(|e| e.message.clone()),
             log,
         }
     }
@@ -273,6 +280,7 @@ mod tests {
             exit_code: Some(0),
             started_at: None,
             finished_at: None,
+            report: None,
             log: Ok(log),
         };
         let succeeded = job_result("j", &JobState::Succeeded, Some(&evidence));
@@ -332,6 +340,7 @@ E: Version '1.35.2-1.1' for 'kubeadm' was not found
             exit_code: Some(1),
             started_at: None,
             finished_at: None,
+            report: None,
             log: Err("403 Forbidden".into()),
         };
         let unread = job_result("j", &failed, Some(&evidence));

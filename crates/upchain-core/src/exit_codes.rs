@@ -18,6 +18,12 @@ pub fn meaning(code: i32) -> Option<&'static str> {
         19 => "not enough free disk space",
         20 => "kubeadm upgrade plan does not offer the target version",
         21 => "the upgrade on the node ended without a result (killed or rebooted)",
+        22 => {
+            "etcd could not be reached through the node (no etcd manifest, no etcdctl, or no answer)"
+        }
+        23 => {
+            "the etcd snapshot failed: not saved, not readable, not restorable, or not copied off the node"
+        }
         255 => {
             "SSH failed: the node was unreachable, refused the key, or showed an unknown host key"
         }
@@ -47,7 +53,7 @@ mod tests {
             .flat_map(|l| l.split_whitespace().skip(1))
             .filter_map(|pair| pair.split_once('=')?.1.parse().ok())
             .collect();
-        assert_eq!(declared.len(), 13, "{declared:?}");
+        assert_eq!(declared.len(), 15, "{declared:?}");
         for code in declared {
             assert!(meaning(code).is_some(), "exit {code} has no meaning");
         }

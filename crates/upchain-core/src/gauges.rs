@@ -125,17 +125,35 @@ mod tests {
         assert!(g.in_flight && !g.blocked && !g.stalled);
         assert_eq!(g.phase, Phase::Preflight);
         assert_eq!(g.nodes["Pending"], 2);
+        // etcd passed its check: the prepare checks run.
+        let etcd = preparing
+            .status
+            .etcd
+            .clone()
+            .expect("etcd is checked first");
+        let succeeded = |name: &str, report: Option<String>| crate::observe::ObservedJob {
+            name: name.to_owned(),
+            state: crate::observe::JobState::Succeeded,
+            evidence: None,
+            report,
+        };
+        let etcd_passed = Observed {
+            jobs: vec![succeeded(
+                &etcd.job,
+                Some(crate::etcd::healthy_report(&[("cp-0", "10.0.0.1")])),
+            )],
+            ..observed.clone()
+        };
+        upgrade.status = Some(preparing.status);
+        let preparing = decide(&upgrade, &etcd_passed, at(0));
         // The prepare checks passed: the first node starts.
         let passed = Observed {
             jobs: preparing
                 .status
                 .prepare
                 .iter()
-                .map(|r| crate::observe::ObservedJob {
-                    name: r.job.clone(),
-                    state: crate::observe::JobState::Succeeded,
-                    evidence: None,
-                })
+                .map(|r| succeeded(&r.job, None))
+                .chain(etcd_passed.jobs.clone())
                 .collect(),
             ..observed
         };

@@ -1,11 +1,14 @@
 //! Jobs from the user's templates: the pre- and post-run hooks, run once per run, and the
 //! external etcd check, run before each control-plane node and the first worker.
 
-use k8s_openapi::api::batch::v1::JobTemplateSpec;
+use k8s_openapi::api::batch::v1::{Job, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec};
-use upchain_api::{HookKind, HookSpec, K8sUpgradeSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use upchain_api::{
+    HookKind, HookSpec, K8sUpgradeSpec, UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
+};
 
-use crate::job::bounded_name;
+use crate::job::{Owner, bounded_name};
 use crate::pod_security::{self, Level};
 
 /// The label of hook Pods, which the chart's NetworkPolicy for hooks selects.
@@ -168,6 +171,32 @@ pub fn describe(kind: HookKind) -> &'static str {
         HookKind::Pre => "the pre-run hook Job",
         HookKind::Post => "the post-run hook Job",
         HookKind::EtcdCheck => "the external etcd check Job",
+    }
+}
+
+/// A Job made from a hook's template, labelled as the run's.
+pub fn job_from_template(
+    template: &JobTemplateSpec,
+    owner: Owner<'_>,
+    namespace: &str,
+    name: &str,
+) -> Job {
+    let template_meta = template.metadata.clone().unwrap_or_default();
+    let mut labels = template_meta.labels.unwrap_or_default();
+    labels.insert(UPGRADE_LABEL.to_owned(), bounded_name(&[owner.name]));
+    let mut annotations = template_meta.annotations.unwrap_or_default();
+    annotations.insert(UPGRADE_ANNOTATION.to_owned(), owner.name.to_owned());
+    annotations.insert(UPGRADE_UID_ANNOTATION.to_owned(), owner.uid.to_owned());
+    Job {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
     }
 }
 

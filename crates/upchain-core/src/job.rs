@@ -6,8 +6,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
     KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
@@ -45,6 +45,11 @@ pub enum JobMode {
     Upgrade,
     /// Checks, changing nothing, that the node can be upgraded (before any cordon).
     Prepare,
+    /// Reads etcd's members, health, leader, alarms and progress through the node's member.
+    EtcdCheck,
+    /// Saves, reads back and test-restores an etcd snapshot on the node, and copies it to
+    /// the installation's destination.
+    EtcdSnapshot,
 }
 
 impl JobMode {
@@ -53,6 +58,8 @@ impl JobMode {
         match self {
             Self::Upgrade => "upgrade",
             Self::Prepare => "prepare",
+            Self::EtcdCheck => "etcd-check",
+            Self::EtcdSnapshot => "etcd-snapshot",
         }
     }
 }
@@ -94,7 +101,15 @@ pub struct NodeJob<'a> {
     /// Whether a control-plane node outside the batch exists: by default the Job runs on
     /// one, and only runs on a worker when the cluster's one control-plane node is in it.
     pub control_plane_available: bool,
+    /// The run's start (seconds): etcd Jobs, several per run, carry it in their names.
+    pub run_started: i64,
+    /// Where an etcd snapshot Job copies the snapshot: the installation's
+    /// PersistentVolumeClaim in the runner namespace.
+    pub snapshot_claim: Option<&'a str>,
 }
+
+/// Where the snapshot destination is mounted in the snapshot Job's container.
+const SNAPSHOT_DESTINATION: &str = "/var/lib/upchain/snapshots";
 
 /// A name of at most 63 characters made of lowercase letters, digits and '-': `parts`
 /// joined with '-', shortened with a hash of the whole when too long, so that distinct
@@ -166,6 +181,14 @@ impl NodeJob<'_> {
         match self.mode {
             JobMode::Upgrade => job_name(self.owner, self.node, self.target, self.attempt),
             JobMode::Prepare => prepare_job_name(self.owner, self.node, self.target, self.attempt),
+            JobMode::EtcdCheck | JobMode::EtcdSnapshot => bounded_name(&[
+                self.owner.name,
+                self.mode.as_str(),
+                self.node,
+                &self.run_started.to_string(),
+                &self.attempt.to_string(),
+                &uid_tag(self.owner),
+            ]),
         }
     }
 
@@ -198,7 +221,18 @@ impl NodeJob<'_> {
             ("UPCHAIN_SCRIPT", SCRIPT_PATH.to_owned()),
             ("UPCHAIN_SSH_KEY", SSH_KEY_PATH.to_owned()),
             ("UPCHAIN_KNOWN_HOSTS", KNOWN_HOSTS_PATH.to_owned()),
+            ("UPCHAIN_REPORT", "/dev/termination-log".to_owned()),
         ];
+        if let Some(claim) = self
+            .snapshot_claim
+            .filter(|_| self.mode == JobMode::EtcdSnapshot)
+        {
+            env.push(("SNAPSHOT_DESTINATION", SNAPSHOT_DESTINATION.to_owned()));
+            env.push((
+                "SNAPSHOT_LOCATION",
+                format!("pvc/{}/{claim}", self.runner.namespace),
+            ));
+        }
         // Unset, the node script's defaults apply (the chart's nodeScript.repository).
         let repository = &runner.repository;
         if let Some(mode) = repository.mode {
@@ -293,6 +327,26 @@ impl NodeJob<'_> {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let (affinity, node_selector, tolerations) = self.placement();
+        let snapshot_claim = self
+            .snapshot_claim
+            .filter(|_| self.mode == JobMode::EtcdSnapshot);
+        let mut mounts = vec![
+            mount("script", SCRIPT_PATH),
+            mount("ssh-key", SSH_KEY_PATH),
+            mount("known-hosts", KNOWN_HOSTS_PATH),
+            VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..VolumeMount::default()
+            },
+        ];
+        if snapshot_claim.is_some() {
+            mounts.push(VolumeMount {
+                name: "snapshots".to_owned(),
+                mount_path: SNAPSHOT_DESTINATION.to_owned(),
+                ..VolumeMount::default()
+            });
+        }
         let container = Container {
             name: RUNNER_CONTAINER.to_owned(),
             image: Some(self.runner.image.clone()),
@@ -312,16 +366,7 @@ impl NodeJob<'_> {
                 }),
                 ..SecurityContext::default()
             }),
-            volume_mounts: Some(vec![
-                mount("script", SCRIPT_PATH),
-                mount("ssh-key", SSH_KEY_PATH),
-                mount("known-hosts", KNOWN_HOSTS_PATH),
-                VolumeMount {
-                    name: "tmp".to_owned(),
-                    mount_path: "/tmp".to_owned(),
-                    ..VolumeMount::default()
-                },
-            ]),
+            volume_mounts: Some(mounts),
             ..Container::default()
         };
 
@@ -362,55 +407,67 @@ impl NodeJob<'_> {
                             ..PodSecurityContext::default()
                         }),
                         containers: vec![container],
-                        volumes: Some(vec![
-                            Volume {
-                                name: "script".to_owned(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: self.runner.script_config_map.name.clone(),
-                                    items: Some(vec![key_to_path(
-                                        &self.runner.script_config_map.key,
-                                        "upgrade-node.sh",
-                                    )]),
-                                    default_mode: Some(0o555),
-                                    optional: Some(false),
+                        volumes: Some(
+                            [
+                                Volume {
+                                    name: "script".to_owned(),
+                                    config_map: Some(ConfigMapVolumeSource {
+                                        name: self.runner.script_config_map.name.clone(),
+                                        items: Some(vec![key_to_path(
+                                            &self.runner.script_config_map.key,
+                                            "upgrade-node.sh",
+                                        )]),
+                                        default_mode: Some(0o555),
+                                        optional: Some(false),
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "ssh-key".to_owned(),
+                                    secret: Some(SecretVolumeSource {
+                                        secret_name: Some(self.runner.ssh_secret.name.clone()),
+                                        items: Some(vec![key_to_path(
+                                            &self.runner.ssh_secret.key,
+                                            "id",
+                                        )]),
+                                        default_mode: Some(0o440),
+                                        optional: Some(false),
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "known-hosts".to_owned(),
+                                    config_map: Some(ConfigMapVolumeSource {
+                                        name: self.runner.known_hosts.name.clone(),
+                                        items: Some(vec![key_to_path(
+                                            &self.runner.known_hosts.key,
+                                            "known_hosts",
+                                        )]),
+                                        default_mode: Some(0o444),
+                                        // AcceptNew runs without one.
+                                        optional: Some(
+                                            self.runner.host_key_policy == HostKeyPolicy::AcceptNew,
+                                        ),
+                                    }),
+                                    ..Volume::default()
+                                },
+                                Volume {
+                                    name: "tmp".to_owned(),
+                                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                                    ..Volume::default()
+                                },
+                            ]
+                            .into_iter()
+                            .chain(snapshot_claim.map(|claim| Volume {
+                                name: "snapshots".to_owned(),
+                                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                    claim_name: claim.to_owned(),
+                                    read_only: Some(false),
                                 }),
                                 ..Volume::default()
-                            },
-                            Volume {
-                                name: "ssh-key".to_owned(),
-                                secret: Some(SecretVolumeSource {
-                                    secret_name: Some(self.runner.ssh_secret.name.clone()),
-                                    items: Some(vec![key_to_path(
-                                        &self.runner.ssh_secret.key,
-                                        "id",
-                                    )]),
-                                    default_mode: Some(0o440),
-                                    optional: Some(false),
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "known-hosts".to_owned(),
-                                config_map: Some(ConfigMapVolumeSource {
-                                    name: self.runner.known_hosts.name.clone(),
-                                    items: Some(vec![key_to_path(
-                                        &self.runner.known_hosts.key,
-                                        "known_hosts",
-                                    )]),
-                                    default_mode: Some(0o444),
-                                    // AcceptNew runs without one.
-                                    optional: Some(
-                                        self.runner.host_key_policy == HostKeyPolicy::AcceptNew,
-                                    ),
-                                }),
-                                ..Volume::default()
-                            },
-                            Volume {
-                                name: "tmp".to_owned(),
-                                empty_dir: Some(EmptyDirVolumeSource::default()),
-                                ..Volume::default()
-                            },
-                        ]),
+                            }))
+                            .collect(),
+                        ),
                         ..PodSpec::default()
                     }),
                 },
@@ -484,6 +541,8 @@ mod tests {
             batch,
             mode: JobMode::Upgrade,
             control_plane_available: true,
+            run_started: 0,
+            snapshot_claim: None,
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod analysis;
 pub mod conditions;
 pub mod drain;
+pub mod etcd;
 pub mod evidence;
 pub mod exit_codes;
 pub mod gates;

@@ -129,9 +129,21 @@ pub struct ObservedJob {
     pub state: JobState,
     /// What its Pod left: read once the Job has finished, while its node is Upgrading.
     pub evidence: Option<crate::evidence::JobEvidence>,
+    /// The termination message of the Pod that decided how it ended: the etcd check's
+    /// findings, the snapshot's report.
+    pub report: Option<String>,
 }
 
 impl ObservedJob {
+    /// " (exit N: meaning)" when its Pod's exit code was read, else "".
+    pub fn exit_described(&self) -> String {
+        self.evidence
+            .as_ref()
+            .and_then(|e| e.exit_code)
+            .map(|code| format!(" ({})", crate::exit_codes::describe(code)))
+            .unwrap_or_default()
+    }
+
     /// A Job judged by its Complete and Failed conditions, not by Pod counters.
     pub fn from_job(job: &Job) -> Self {
         let conditions = job
@@ -158,6 +170,7 @@ impl ObservedJob {
             name: job.metadata.name.clone().unwrap_or_default(),
             state,
             evidence: None,
+            report: None,
         }
     }
 
@@ -175,10 +188,16 @@ impl ObservedJob {
             .spec
             .as_ref()
             .is_none_or(|s| s.completions.unwrap_or(1) == 1);
-        let pod_succeeded = pods.into_iter().any(|pod| pod.succeeded);
+        let pods: Vec<&crate::evidence::JobPod> = pods.into_iter().collect();
+        let pod_succeeded = pods.iter().any(|pod| pod.succeeded);
         if observed.state == JobState::Running && one_completion && pod_succeeded {
             observed.state = JobState::Succeeded;
         }
+        observed.report = pods
+            .iter()
+            .max_by_key(|p| p.created)
+            .and_then(|p| p.runner_end.as_ref())
+            .and_then(|end| end.message.clone());
         observed
     }
 }
@@ -397,8 +416,6 @@ pub struct Observed {
     pub operator_pod: Option<PodRef>,
     /// What the gates look at; gathered only when [`crate::needs`] asks for it.
     pub gates: crate::gates::GateInputs,
-    /// The etcd snapshot's CronJob template and Job; gathered while the run needs it.
-    pub snapshot: Option<crate::snapshot::SnapshotInputs>,
     /// The hook Jobs named in status.hooks that are not finished, when they exist.
     pub hook_jobs: Vec<ObservedJob>,
     /// What the postflight looks at; gathered in the Postflight phase.

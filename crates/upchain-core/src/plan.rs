@@ -548,6 +548,8 @@ mod tests {
                 .collect(),
             readyz: Ok(()),
             kubeadm_version: Ok(v(kubeadm)),
+            etcd_external: false,
+            api_servers: Vec::new(),
         }
     }
 

@@ -28,6 +28,19 @@ pub struct InstallPolicy {
     /// The pre- and post-run hooks and the external etcd check.
     #[serde(default)]
     pub hooks: HookPolicy,
+    /// Where etcd snapshots go.
+    #[serde(default)]
+    pub snapshot: SnapshotPolicy,
+}
+
+/// Where the etcd snapshot is copied off the node: whoever installs upchain decides it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SnapshotPolicy {
+    /// A PersistentVolumeClaim in the runner namespace, mounted only in the snapshot Job;
+    /// empty: no destination, and a K8sUpgrade with spec.snapshot is Blocked.
+    #[serde(default)]
+    pub persistent_volume_claim: String,
 }
 
 /// How the node Jobs run; each is root on every node through the SSH key.
@@ -132,6 +145,9 @@ impl Default for InstallPolicy {
             },
             drain: DrainPolicy::default(),
             hooks: HookPolicy::default(),
+            snapshot: SnapshotPolicy {
+                persistent_volume_claim: "upchain-etcd-snapshots".to_owned(),
+            },
         }
     }
 }
@@ -327,6 +343,23 @@ impl InstallPolicy {
                 .collect(),
         };
         runner.tolerations = Some(tolerations);
+        if let Some(snapshot) = settled.snapshot.as_mut() {
+            let installed = &self.snapshot.persistent_volume_claim;
+            match snapshot.persistent_volume_claim.as_ref() {
+                Some(asked) if asked != installed => refusals.push(format!(
+                    "spec.snapshot.persistentVolumeClaim is {asked}, but the installation's \
+                     policy.snapshot.persistentVolumeClaim is {}: remove it (it then takes \
+                     the installation's)",
+                    if installed.is_empty() {
+                        "unset"
+                    } else {
+                        installed
+                    }
+                )),
+                _ => {}
+            }
+            snapshot.persistent_volume_claim = Some(installed.clone()).filter(|c| !c.is_empty());
+        }
         let drain = &mut settled.drain;
         if !self.drain.allow_force {
             if drain.on_timeout == DrainTimeoutAction::Force {

@@ -37,6 +37,12 @@ reasons! {
     DrainPreview,
     /// A gate refuses the run.
     Blocked,
+    /// Stacked etcd is being checked through the node step.
+    CheckingEtcd,
+    /// Stacked etcd passed its check.
+    EtcdHealthy,
+    /// Stacked etcd failed its check: nothing more was started.
+    EtcdUnhealthy,
     /// A step failed.
     Failed,
     /// Every check passes.

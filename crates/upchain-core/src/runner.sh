@@ -3,7 +3,10 @@
 # the node, copies the node script and the run's parameters (one quoted env file) to
 # /var/lib/upchain on the node, then runs the script there: `launch` starts the upgrade
 # detached from this SSH session, or attaches to the one already running for this run,
-# and exits with its result; `prepare` checks and changes nothing.
+# and exits with its result; `prepare` checks and changes nothing; `etcd-check` reads
+# etcd through the node's member; `etcd-snapshot` saves, reads back and test-restores a
+# snapshot there, then copies it to the installation's destination (mounted here) and
+# reads its checksum back. What the operator judges goes to the termination message.
 set -euo pipefail
 
 fail() {
@@ -12,7 +15,7 @@ fail() {
 }
 valid() { [[ ${!1-} =~ $2 ]] || fail "$1 '${!1-}' is not valid: it must match $2"; }
 
-valid MODE '^(upgrade|prepare)$'
+valid MODE '^(upgrade|prepare|etcd-check|etcd-snapshot)$'
 valid TARGET_VERSION '^[0-9]+\.[0-9]+\.[0-9]+$'
 valid NODE_NAME '^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$'
 valid NODE_IP '^[0-9A-Fa-f.:]{2,45}$'
@@ -63,6 +66,52 @@ copy_to_node() {
 echo "upchain: $MODE $NODE_ROLE node $NODE_NAME ($NODE_IP) for $TARGET_VERSION"
 copy_to_node upgrade-node.sh "$UPCHAIN_SCRIPT"
 copy_to_node "params-$MODE.env" "$params"
-command=launch
-if [ "$MODE" = prepare ]; then command=prepare; fi
-ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env"
+report=${UPCHAIN_REPORT:-/dev/termination-log}
+case $MODE in
+  upgrade) command=launch ;;
+  *) command=$MODE ;;
+esac
+if [ "$MODE" = upgrade ] || [ "$MODE" = prepare ]; then
+  ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env"
+  exit 0
+fi
+ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env" | tee "$work/out"
+if [ "$MODE" = etcd-check ]; then
+  grep '^upchain-etcd ' "$work/out" | head -c 4000 >"$report"
+  exit 0
+fi
+
+# etcd-snapshot: the file leaves the node for the destination, and is read back there.
+fail_snapshot() {
+  echo "upchain: $*" >&2
+  exit 23
+}
+line() { sed -n "s/^$1 //p" "$work/out" | tail -n 1; }
+read -r file size sha <<<"$(line upchain-snapshot-file)"
+status=$(line upchain-snapshot-status)
+restored=$(line upchain-snapshot-restored)
+[[ ${file-} =~ ^/var/lib/upchain/snapshot/[A-Za-z0-9._-]+/etcd\.db$ ]] ||
+  fail_snapshot "the node reported no snapshot file"
+[[ $size =~ ^[0-9]+$ && $sha =~ ^[0-9a-f]{64}$ ]] || fail_snapshot "the node reported no size and checksum"
+[[ $status =~ ^\{[^{}]*\}$ && $restored =~ ^\{[^{}]*\}$ ]] ||
+  fail_snapshot "the node reported no readable snapshot status"
+[ -d "${SNAPSHOT_DESTINATION-}" ] ||
+  fail_snapshot "no snapshot destination is mounted at '${SNAPSHOT_DESTINATION-}': set policy.snapshot in the chart"
+name="etcd-$NODE_NAME-$(date -u +%Y%m%dT%H%M%SZ).db"
+target="$SNAPSHOT_DESTINATION/$name"
+# Through a pipe: ssh does not report a failed write to its standard output, cat does.
+if ! ssh_node -n "${sudo}cat $file" 2>"$work/copy.err" | cat >"$target.part" 2>>"$work/copy.err"; then
+  rm -f "$target.part"
+  fail_snapshot "the destination ${SNAPSHOT_LOCATION-} refused the snapshot: $(head -c 300 "$work/copy.err")"
+fi
+mv -f "$target.part" "$target" || fail_snapshot "the destination ${SNAPSHOT_LOCATION-} refused the snapshot"
+sync "$target" 2>/dev/null || true
+read_back=$(sha256sum "$target" | cut -d' ' -f1)
+[ "$read_back" = "$sha" ] || {
+  bytes=$(stat -c %s "$target")
+  rm -f "$target"
+  fail_snapshot "the copy at ${SNAPSHOT_LOCATION-}/$name reads back as sha256 $read_back ($bytes bytes), not $sha ($size bytes): it is not the snapshot, and was removed"
+}
+ssh_node -n "${sudo}rm -rf -- ${file%/etcd.db}" || echo "upchain: warning: the node's copy $file was not removed" >&2
+printf 'upchain-snapshot {"sizeBytes":%s,"sha256":"%s","readBack":"%s","location":"%s","node":"%s","status":%s,"restored":%s}\n' \
+  "$size" "$sha" "$read_back" "${SNAPSHOT_LOCATION-}/$name" "$NODE_NAME" "$status" "$restored" | tee "$report"

@@ -11,7 +11,7 @@ use upchain_core::{KubeVersion, Needs, ObservedNode, plan};
 use crate::cli::CheckArgs;
 use crate::error::Error;
 use crate::nodes_file;
-use crate::run_cmd::{connect, read_policy};
+use crate::run_cmd::{connect_config, read_policy};
 use upchain_core::policy::InstallPolicy;
 
 /// Runs the gates; Ok(true) when every gate passes.
@@ -44,7 +44,9 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
     };
     let settled = policy.settle(&upgrade.spec);
     upgrade.spec = settled.spec;
-    let client = connect(args.kubeconfig.as_deref()).await?;
+    let config = connect_config(args.kubeconfig.as_deref()).await?;
+    let client =
+        kube::Client::try_from(config.clone()).map_err(|e| Error::Connect(e.to_string()))?;
     let nodes: Vec<ObservedNode> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -73,6 +75,7 @@ pub async fn run(args: &CheckArgs, out: &mut impl Write) -> Result<bool, Error> 
         },
         // Run as a person, who may create Jobs wherever their kubeconfig lets them.
         None,
+        Some(&config),
     )
     .await;
     let inputs = upchain_core::gates::GateInputs {

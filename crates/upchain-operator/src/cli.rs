@@ -177,15 +177,6 @@ pub struct RunArgs {
         default_value = "/etc/upchain/policy/policy.json"
     )]
     pub policy: PathBuf,
-
-    /// The namespace of the etcd backup CronJob, whose snapshot Jobs are watched beside
-    /// the runner namespace's (the policy's); empty for none.
-    #[arg(
-        long,
-        env = "UPCHAIN_SNAPSHOT_NAMESPACE",
-        default_value = "kube-system"
-    )]
-    pub snapshot_namespace: String,
 }
 
 /// Arguments of `upchain sim`.

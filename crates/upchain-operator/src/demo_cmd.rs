@@ -74,9 +74,16 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
         format!("Operator metrics: curl -s http://{metrics_addr}/metrics | grep ^k8s_upgrade\n"),
     )?;
     let mut controller_stop = stopped.clone();
+    let settings = Settings {
+        api_server: Some(
+            upchain_operator::install::simulated_cluster_config(&sim.url())
+                .map_err(|e| Error::Demo(e.to_string()))?,
+        ),
+        ..Settings::default()
+    };
     let controller = tokio::spawn(controller::run(
         client.clone(),
-        Settings::default(),
+        settings,
         metrics,
         async move {
             let _ = controller_stop.wait_for(|s| *s).await;
@@ -87,9 +94,8 @@ pub async fn run(args: &DemoArgs, out: &mut impl Write) -> Result<(), Error> {
     // them created, extended and expired.
     let silences =
         json!({"alertmanagerUrl": sim.alertmanager_url(), "extendBy": "2m", "maxDuration": "30m"});
-    // Its etcd snapshot comes from the backup CronJob the simulated cluster has, as the
-    // chart's example installs it.
-    let snapshot = json!({"namespace": "kube-system", "cronJob": "etcd-backup"});
+    // Its etcd snapshot is taken through the node step, to the installation's claim.
+    let snapshot = json!({});
     let object = json!({"apiVersion": "upchain.dev/v1alpha1", "kind": "K8sUpgrade", "metadata": {"name": NAME},
         "spec": {"targetVersion": args.target, "soak": format!("{}s", args.soak_seconds),
                  "snapshot": snapshot, "gates": {"silences": silences}}});

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use futures_util::{AsyncBufReadExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, PodSpec, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret,
+};
 use kube::api::{Api, DynamicObject, GroupVersionKind, ListParams, LogParams};
 use kube::core::Selector;
 use kube::discovery::Scope;
 use kube::{Client, ResourceExt};
 use upchain_api::{HealthCheck, K8sUpgrade};
+use upchain_core::Needs;
 use upchain_core::analysis::Sample;
 use upchain_core::evidence::{JOB_NAME_LABEL, JobPod, deciding_pod};
 use upchain_core::gates::{
@@ -21,8 +23,6 @@ use upchain_core::gates::{
     HelmRelease, ObservedDeployment, ObservedSet, PostflightInputs, RunnerFacts, Source,
 };
 use upchain_core::pod_security::{self, Level};
-use upchain_core::snapshot::SnapshotInputs;
-use upchain_core::{JobState, Needs, ObservedJob};
 
 use crate::paging::list_paged;
 
@@ -34,13 +34,15 @@ const SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 const POD_PAGE_SIZE: u32 = 100;
 
 /// Reads the gates' sources that `needs` asks for. `permitted_namespace` is the one
-/// namespace this operator may create Jobs in, if it is confined to one.
+/// namespace this operator may create Jobs in, if it is confined to one; `api_server` is
+/// how the operator reaches the API server, to ask each one for `/readyz` the same way.
 pub async fn gate_inputs(
     client: &Client,
     http: &reqwest::Client,
     upgrade: &K8sUpgrade,
     needs: &Needs,
     permitted_namespace: Option<&str>,
+    api_server: Option<&kube::Config>,
 ) -> GateInputs {
     let gates = &upgrade.spec.gates;
     let mut inputs = GateInputs::default();
@@ -74,7 +76,7 @@ pub async fn gate_inputs(
         );
     }
     if needs.control_plane {
-        inputs.control_plane = Some(control_plane(client).await);
+        inputs.control_plane = Some(control_plane(client, api_server).await);
     }
     if !needs.preflight {
         return inputs;
@@ -313,16 +315,26 @@ pub async fn analysis_query(
 }
 
 /// The control plane's static Pods (kube-system, tier=control-plane), what the API
-/// server's `/readyz` answers, and the version kubeadm-config records.
-async fn control_plane(client: &Client) -> Source<ControlPlaneObservation> {
+/// server's `/readyz` answers through the Service and each one's at its own address, and
+/// what kubeadm-config records.
+async fn control_plane(
+    client: &Client,
+    api_server: Option<&kube::Config>,
+) -> Source<ControlPlaneObservation> {
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    let kubeadm_version = match config_maps.get_opt("kubeadm-config").await {
-        Ok(config_map) => upchain_core::gates::kubeadm_config_version(config_map.as_ref()),
-        Err(e) => Err(format!(
-            "reading {}: {}",
-            upchain_core::gates::KUBEADM_CONFIG,
-            describe(&e)
-        )),
+    let (kubeadm_version, etcd_external) = match config_maps.get_opt("kubeadm-config").await {
+        Ok(config_map) => (
+            upchain_core::gates::kubeadm_config_version(config_map.as_ref()),
+            upchain_core::gates::kubeadm_config_etcd_external(config_map.as_ref()),
+        ),
+        Err(e) => (
+            Err(format!(
+                "reading {}: {}",
+                upchain_core::gates::KUBEADM_CONFIG,
+                describe(&e)
+            )),
+            false,
+        ),
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let listed = pods
@@ -334,15 +346,62 @@ async fn control_plane(client: &Client) -> Source<ControlPlaneObservation> {
                 describe(&e)
             )
         })?;
+    let asked = listed
+        .items
+        .iter()
+        .filter_map(|pod| Some((pod, api_server?)))
+        .filter_map(|(pod, config)| {
+            let labels = pod.metadata.labels.as_ref()?;
+            (labels.get("component").map(String::as_str) == Some("kube-apiserver")).then_some(())?;
+            let node = pod.spec.as_ref()?.node_name.clone()?;
+            let endpoint = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(upchain_core::gates::ADVERTISE_ANNOTATION))
+                .cloned()
+                .or_else(|| {
+                    let ip = pod.status.as_ref()?.host_ip.clone()?;
+                    Some(format!("{ip}:6443"))
+                })?;
+            Some(async move {
+                let answer = readyz_at(config, &endpoint).await;
+                upchain_core::gates::ApiServerReadyz {
+                    node,
+                    endpoint,
+                    answer,
+                }
+            })
+        });
+    let api_servers = futures_util::future::join_all(asked).await;
     let mut observation = ControlPlaneObservation {
         static_pods: Vec::new(),
         readyz: readyz(client).await,
         kubeadm_version,
+        etcd_external,
+        api_servers,
     };
     for pod in &listed.items {
         observation.add(pod);
     }
     Ok(observation)
+}
+
+/// `/readyz` of the API server at `endpoint` (`host:port`), asked as the operator asks its
+/// own: the same credentials, the same certificate authority, the server's name checked.
+async fn readyz_at(config: &kube::Config, endpoint: &str) -> Source<()> {
+    let scheme = config.cluster_url.scheme_str().unwrap_or("https");
+    let mut config = config.clone();
+    config.cluster_url = format!("{scheme}://{endpoint}")
+        .parse()
+        .map_err(|e| format!("{endpoint} is not an address: {e}"))?;
+    // Whatever name the Service's address was checked under, this server is checked
+    // under the address asked.
+    config.tls_server_name = None;
+    let client = Client::try_from(config).map_err(|e| describe(&e))?;
+    tokio::time::timeout(SOURCE_TIMEOUT, readyz(&client))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", SOURCE_TIMEOUT.as_secs())))
 }
 
 /// `/readyz` passed, or what it answered.
@@ -511,6 +570,7 @@ async fn runner_facts(
             known_hosts_keys: Ok(None),
             permitted_namespace,
             pod_security: Level::Privileged,
+            snapshot_claim: None,
         };
     }
     let found = Api::<Namespace>::all(client.clone())
@@ -536,6 +596,7 @@ async fn runner_facts(
             known_hosts_keys: Ok(None),
             permitted_namespace,
             pod_security: Level::Privileged,
+            snapshot_claim: None,
         };
     }
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &runner.namespace);
@@ -566,6 +627,23 @@ async fn runner_facts(
         .await
         .map(|s| s.is_some())
         .map_err(|e| describe(&e));
+    let claim = upgrade
+        .spec
+        .snapshot
+        .as_ref()
+        .and_then(|s| s.persistent_volume_claim.clone());
+    let snapshot_claim = match claim {
+        Some(claim) => {
+            let exists =
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), &runner.namespace)
+                    .get_metadata_opt(&claim)
+                    .await
+                    .map(|c| c.is_some())
+                    .map_err(|e| describe(&e));
+            Some((claim, exists))
+        }
+        None => None,
+    };
     RunnerFacts {
         namespace,
         script_keys,
@@ -573,71 +651,8 @@ async fn runner_facts(
         known_hosts_keys,
         permitted_namespace,
         pod_security,
+        snapshot_claim,
     }
-}
-
-/// The snapshot CronJob's template (or why it cannot be read, which the core words as a
-/// Blocked reason) and the run's snapshot Job; Err when that Job could not be read.
-pub async fn snapshot_inputs(
-    client: &Client,
-    upgrade: &K8sUpgrade,
-) -> Result<Option<SnapshotInputs>, String> {
-    let Some(spec) = upgrade.spec.snapshot.as_ref() else {
-        return Ok(None);
-    };
-    let cron_jobs: Api<CronJob> = Api::namespaced(client.clone(), &spec.namespace);
-    let template = match cron_jobs.get(&spec.cron_job).await {
-        Ok(cron_job) => cron_job
-            .spec
-            .map(|s| s.job_template)
-            .ok_or_else(|| "the CronJob has no spec".to_owned()),
-        Err(kube::Error::Api(e)) if e.code == 403 => Err(format!(
-            "{} (403): upchain may not read CronJobs in {ns}; with the Helm chart, set \
-             features.snapshotNamespace={ns}",
-            e.message,
-            ns = spec.namespace
-        )),
-        Err(e) => Err(describe(&e)),
-    };
-    let job = match upgrade.status.as_ref().and_then(|s| s.snapshot.as_ref()) {
-        Some(record) => {
-            let jobs: Api<Job> = Api::namespaced(client.clone(), &spec.namespace);
-            jobs.get_opt(&record.job)
-                .await
-                .map_err(|e| {
-                    format!(
-                        "reading the snapshot Job {}/{}: {}",
-                        spec.namespace,
-                        record.job,
-                        describe(&e)
-                    )
-                })?
-                .map(|job| ObservedJob::from_job(&job))
-        }
-        None => None,
-    };
-    // A succeeded Job's report is read until the record says it was verified.
-    let verified = upgrade
-        .status
-        .as_ref()
-        .and_then(|s| s.snapshot.as_ref())
-        .is_some_and(|r| r.verified);
-    let container = template
-        .as_ref()
-        .ok()
-        .and_then(|t| t.spec.as_ref())
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .map(|c| c.name.clone());
-    let log = match (&job, container) {
-        (Some(job), Some(container)) if job.state == JobState::Succeeded && !verified => Some(
-            finished_job_log(client, &spec.namespace, &job.name, &container, Vec::new())
-                .await
-                .and_then(|(_, log)| log),
-        ),
-        _ => None,
-    };
-    Ok(Some(SnapshotInputs { template, job, log }))
 }
 
 /// The Pod that decided how `job` ended (among `known`, from a cache, when the cached copy

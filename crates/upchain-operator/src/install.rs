@@ -2,7 +2,7 @@
 //! the runner namespace with the node script and the SSH Secret
 //! (`deploy/examples/upchain-system.yaml`).
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -37,6 +37,17 @@ pub enum SimClientError {
 /// prerequisites installed: what the demo, the tests and the benchmark start from. It
 /// does not retry on its own, as `upchain run` does not.
 pub async fn simulated_cluster_client(url: &str) -> Result<Client, SimClientError> {
+    let client =
+        Client::try_from(simulated_cluster_config(url)?).map_err(SimClientError::Client)?;
+    crd_and_runner_prerequisites(&client)
+        .await
+        .map_err(SimClientError::Install)?;
+    Ok(client)
+}
+
+/// How [`simulated_cluster_client`] reaches the simulated cluster at `url`; the
+/// controller asks each simulated API server for `/readyz` the same way.
+pub fn simulated_cluster_config(url: &str) -> Result<kube::Config, SimClientError> {
     let uri = url
         .parse()
         .map_err(|e: http::uri::InvalidUri| SimClientError::Url {
@@ -45,11 +56,7 @@ pub async fn simulated_cluster_client(url: &str) -> Result<Client, SimClientErro
         })?;
     let mut config = kube::Config::new(uri);
     config.default_retry = false;
-    let client = Client::try_from(config).map_err(SimClientError::Client)?;
-    crd_and_runner_prerequisites(&client)
-        .await
-        .map_err(SimClientError::Install)?;
-    Ok(client)
+    Ok(config)
 }
 
 /// Applies the K8sUpgrade CRD, then [`RUNNER_PREREQUISITES`], by server-side apply.
@@ -92,6 +99,11 @@ async fn runner_prerequisites(client: &Client) -> Result<(), kube::Error> {
             }
             Some("Secret") => {
                 Api::<Secret>::namespaced(client.clone(), &namespace)
+                    .patch(&name, &params, &Patch::Apply(&object))
+                    .await?;
+            }
+            Some("PersistentVolumeClaim") => {
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
                     .patch(&name, &params, &Patch::Apply(&object))
                     .await?;
             }

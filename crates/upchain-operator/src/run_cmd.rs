@@ -33,7 +33,8 @@ pub(crate) fn read_policy(path: &std::path::Path) -> Result<InstallPolicy, Error
 /// Connects and runs the controller until SIGINT or SIGTERM.
 pub async fn run(args: &RunArgs) -> Result<(), Error> {
     let policy = read_policy(&args.policy)?;
-    let client = connect(args.kubeconfig.as_deref()).await?;
+    let config = connect_config(args.kubeconfig.as_deref()).await?;
+    let client = Client::try_from(config.clone()).map_err(|e| Error::Connect(e.to_string()))?;
     let settings = Settings {
         operator_pod: args.pod_namespace.as_ref().zip(args.pod_name.as_ref()).map(
             |(namespace, name)| upchain_core::PodRef {
@@ -42,8 +43,8 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
             },
         ),
         runner_namespace: Some(policy.runner.namespace.clone()),
-        snapshot_namespace: Some(args.snapshot_namespace.clone()).filter(|n| !n.is_empty()),
         policy,
+        api_server: Some(config),
     };
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -104,9 +105,9 @@ pub async fn run(args: &RunArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// A client for the cluster in `kubeconfig`, or the one KUBECONFIG, ~/.kube/config or
-/// the in-cluster service account name.
-pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, Error> {
+/// The client configuration for the cluster in `kubeconfig`, or the one KUBECONFIG,
+/// ~/.kube/config or the in-cluster service account name.
+pub async fn connect_config(kubeconfig: Option<&std::path::Path>) -> Result<Config, Error> {
     let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig =
@@ -122,5 +123,5 @@ pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, Err
     // A PodDisruptionBudget's 429 must come back to the drain, which rechecks on its own
     // schedule, instead of holding a reconcile in the client's retry loop for minutes.
     config.default_retry = false;
-    Client::try_from(config).map_err(|e| Error::Connect(e.to_string()))
+    Ok(config)
 }

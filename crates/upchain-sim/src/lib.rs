@@ -6,6 +6,7 @@ pub mod admission;
 pub mod clock;
 pub mod control_plane;
 pub mod controllers;
+pub mod node_step;
 pub mod patch;
 pub mod player;
 pub mod registry;

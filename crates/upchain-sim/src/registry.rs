@@ -119,6 +119,15 @@ pub fn builtins() -> Vec<ResourceType> {
         r(
             "",
             "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            true,
+            false,
+            &["pvc"],
+        ),
+        r(
+            "",
+            "v1",
             "ServiceAccount",
             "serviceaccounts",
             true,

@@ -8,6 +8,9 @@ use crate::store::{ApiError, Store};
 
 /// The label kubeadm puts on control-plane nodes.
 pub const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
+/// Where a kube-apiserver mirror Pod says its API server answers (kubeadm's annotation).
+pub const ADVERTISE_ANNOTATION: &str =
+    "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint";
 
 /// Names of the seeded nodes: `cp-1..` then `worker-1..`.
 pub fn node_names(control_planes: usize, workers: usize) -> Vec<String> {
@@ -121,23 +124,6 @@ fn pdb(namespace: &str, name: &str, budget: Value) -> Value {
         "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 }
 
-/// What a good etcd snapshot Job prints last (the chart's example CronJob prints the same).
-pub const GOOD_SNAPSHOT_REPORT: &str = r#"upchain-snapshot {"sizeBytes":4255776,"location":"pvc:etcd-backups/etcd-snapshot.db","status":{"hash":3700725305,"revision":48213,"totalKey":1290,"totalSize":4255776}}"#;
-
-/// The cluster's etcd backup CronJob, as the chart's example installs it; its Pods print
-/// [`GOOD_SNAPSHOT_REPORT`].
-pub fn etcd_backup() -> Value {
-    json!({"apiVersion": "batch/v1", "kind": "CronJob",
-        "metadata": {"name": "etcd-backup", "namespace": "kube-system"},
-        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
-            "metadata": {"annotations": {crate::controllers::LOG_ANNOTATION: GOOD_SNAPSHOT_REPORT}},
-            "spec": {"restartPolicy": "Never", "hostNetwork": true,
-                "nodeSelector": {CONTROL_PLANE_LABEL: ""},
-                "tolerations": [{"key": CONTROL_PLANE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
-                "containers": [{"name": "backup", "image": "registry.k8s.io/etcd:3.5.21-0",
-                    "command": ["/bin/sh", "/scripts/etcd-backup.sh"]}]}}}}}})
-}
-
 /// kubeadm's ClusterConfiguration, as `kubeadm init` and `kubeadm upgrade apply` upload it.
 pub fn cluster_configuration(version: &str) -> String {
     format!(
@@ -150,7 +136,12 @@ pub fn cluster_configuration(version: &str) -> String {
 }
 
 /// Fills a new store with the cluster `config` describes.
-pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(), ApiError> {
+pub fn cluster(
+    store: &mut Store,
+    config: &SimConfig,
+    version: &str,
+    api_server: std::net::SocketAddr,
+) -> Result<(), ApiError> {
     let now = store.clock().rfc3339();
     for namespace in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         store.create_own("v1", "Namespace", json!({"metadata": {"name": namespace}}))?;
@@ -179,10 +170,14 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
                 } else {
                     format!("registry.k8s.io/{component}:{version}")
                 };
+                let mut annotations = json!({"kubernetes.io/config.mirror": format!("{index:032x}"), "kubernetes.io/config.source": "file"});
+                if component == "kube-apiserver" {
+                    annotations[ADVERTISE_ANNOTATION] = json!(api_server.to_string());
+                }
                 store.create_own("v1", "Pod", json!({
                     "metadata": {"name": format!("{component}-{name}"), "namespace": "kube-system",
                         "labels": {"component": component, "tier": "control-plane"},
-                        "annotations": {"kubernetes.io/config.mirror": format!("{index:032x}"), "kubernetes.io/config.source": "file"},
+                        "annotations": annotations,
                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid, "controller": true}]},
                     "spec": {"nodeName": name, "priorityClassName": "system-node-critical",
                         "containers": [{"name": component, "image": image}]},
@@ -197,7 +192,6 @@ pub fn cluster(store: &mut Store, config: &SimConfig, version: &str) -> Result<(
         json!({"metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
             "data": {"ClusterConfiguration": cluster_configuration(version)}}),
     )?;
-    store.create_own("batch/v1", "CronJob", etcd_backup())?;
     if config.filler_pods_per_node > 0 {
         // One Deployment per worker's worth of Pods, as a large cluster has many
         // workloads rather than one huge one.

@@ -104,16 +104,6 @@ impl Sim {
     pub async fn start(config: SimConfig) -> Result<Sim, SimError> {
         let version =
             normalise(&config.version).ok_or_else(|| SimError::Version(config.version.clone()))?;
-        let mut store = Store::new(config.clock.clone(), config.history);
-        seed::cluster(&mut store, &config, &version).map_err(|e| SimError::Seed(e.to_string()))?;
-        let shared = Arc::new(Shared {
-            store: Mutex::new(store),
-            faults: Mutex::new(Faults::none(config.seed)),
-            version: Mutex::new(version),
-            bookmark_interval: config.bookmark_interval,
-            surroundings: Mutex::new(Surroundings::default()),
-            requests: Mutex::new(std::collections::BTreeMap::new()),
-        });
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| SimError::Listen {
@@ -124,6 +114,18 @@ impl Sim {
             addr: config.listen,
             source,
         })?;
+        let mut store = Store::new(config.clock.clone(), config.history);
+        // The API server's mirror Pods say where it answers, as kubeadm's do.
+        seed::cluster(&mut store, &config, &version, addr)
+            .map_err(|e| SimError::Seed(e.to_string()))?;
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            faults: Mutex::new(Faults::none(config.seed)),
+            version: Mutex::new(version),
+            bookmark_interval: config.bookmark_interval,
+            surroundings: Mutex::new(Surroundings::default()),
+            requests: Mutex::new(std::collections::BTreeMap::new()),
+        });
         let (stop, stopped) = watch::channel(false);
         let router = server::router(shared.clone());
         let mut server_stop = stopped.clone();

@@ -1,9 +1,11 @@
 //! The control-plane gate: on every control-plane node the API server, controller manager,
 //! scheduler and (stacked) etcd static Pods are Running and Ready, those of nodes already
-//! upgraded at the target, stacked etcd has a healthy member per control-plane node, and
-//! the API server's `/readyz` (its etcd check included) passes. Checked before the run and
-//! at every node boundary: a control-plane node whose components did not come back never
-//! lets the next one start.
+//! upgraded at the target, and every API server's `/readyz` (its etcd check included)
+//! passes at its own advertise address, not only the one the Service picks. Checked before
+//! the run and at every node boundary: a control-plane node whose components did not come
+//! back never lets the next one start. etcd's members are judged through the node step
+//! (crate::etcd), never by counting Pods; a control-plane node without its etcd mirror Pod,
+//! where kubeadm-config says etcd is stacked, is a finding here.
 //!
 //! It also says which version `kubeadm upgrade apply` last brought the cluster to:
 //! kube-system/kubeadm-config's ClusterConfiguration.kubernetesVersion, cross-checked with
@@ -34,6 +36,35 @@ pub struct ControlPlaneObservation {
     /// kube-system/kubeadm-config's ClusterConfiguration.kubernetesVersion, or why it
     /// could not be read.
     pub kubeadm_version: Source<KubeVersion>,
+    /// kubeadm-config's ClusterConfiguration has `etcd.external`: no member runs on the
+    /// control-plane nodes.
+    pub etcd_external: bool,
+    /// Each control-plane node's API server asked for `/readyz` at its advertise address.
+    pub api_servers: Vec<ApiServerReadyz>,
+}
+
+/// One API server's `/readyz`, asked at its own address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiServerReadyz {
+    /// Its node.
+    pub node: String,
+    /// The address asked (`host:port`).
+    pub endpoint: String,
+    /// Passed, or what it answered.
+    pub answer: Source<()>,
+}
+
+/// Where a kube-apiserver mirror Pod says its API server listens.
+pub const ADVERTISE_ANNOTATION: &str =
+    "kubeadm.kubernetes.io/kube-apiserver.advertise-address.endpoint";
+
+/// True when kubeadm-config's ClusterConfiguration puts etcd outside the cluster.
+pub fn kubeadm_config_etcd_external(config_map: Option<&ConfigMap>) -> bool {
+    config_map
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("ClusterConfiguration"))
+        .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(text).ok())
+        .is_some_and(|doc| doc.get("etcd").and_then(|e| e.get("external")).is_some())
 }
 
 /// Where kubeadm keeps the cluster's configuration.
@@ -178,7 +209,7 @@ pub fn control_plane_gate(
     let upgraded: HashMap<&str, KubeVersion> = upgraded_records()
         .map(|(r, target)| (r.name.as_str(), target))
         .collect();
-    let stacked = observed.static_pods.iter().any(|p| p.component == "etcd");
+    let stacked = !observed.etcd_external;
     let mut reasons = Vec::new();
     match &observed.kubeadm_version {
         Err(error) => reasons.push(error.clone()),
@@ -191,29 +222,28 @@ pub fn control_plane_gate(
     for node in &control_planes {
         if let Some(pinned) = upgraded.get(node) {
             reasons.extend(observed.node_not_at(node, *pinned));
-            continue;
-        }
-        let etcd = stacked.then_some("etcd");
-        for component in COMPONENTS.into_iter().chain(etcd) {
-            match observed.pod(node, component) {
-                None => reasons.push(format!(
-                    "{component} on {node} has no static Pod (kube-system, tier control-plane)"
-                )),
-                Some(pod) if !pod.running => reasons.push(not_ready(pod)),
-                Some(_) => {}
+        } else {
+            for component in COMPONENTS {
+                match observed.pod(node, component) {
+                    None => reasons.push(format!(
+                        "{component} on {node} has no static Pod (kube-system, tier control-plane)"
+                    )),
+                    Some(pod) if !pod.running => reasons.push(not_ready(pod)),
+                    Some(_) => {}
+                }
             }
         }
-    }
-    let healthy_members = control_planes
-        .iter()
-        .filter(|node| observed.pod(node, "etcd").is_some_and(|p| p.running))
-        .count();
-    if stacked && healthy_members < control_planes.len() {
-        reasons.push(format!(
-            "etcd has {healthy_members} healthy member(s) for {} control-plane node(s): taking \
-             another member down for its upgrade risks quorum; bring the member back first",
-            control_planes.len()
-        ));
+        match observed.pod(node, "etcd") {
+            None if stacked => reasons.push(format!(
+                "etcd on {node} has no mirror Pod, but {KUBEADM_CONFIG} says etcd is stacked \
+                 (no etcd.external): its member is gone or its kubelet does not report it; \
+                 see the node's kubelet and /etc/kubernetes/manifests/etcd.yaml there"
+            )),
+            Some(pod) if !pod.running && !upgraded.contains_key(node) => {
+                reasons.push(not_ready(pod));
+            }
+            _ => {}
+        }
     }
     if let Err(answer) = &observed.readyz {
         reasons.push(format!(
@@ -221,22 +251,38 @@ pub fn control_plane_gate(
              --raw '/readyz?verbose'"
         ));
     }
+    for node in &control_planes {
+        match observed.api_servers.iter().find(|a| a.node == *node) {
+            Some(ApiServerReadyz {
+                endpoint,
+                answer: Err(answer),
+                ..
+            }) => reasons.push(format!(
+                "the API server on {node} fails /readyz at {endpoint} ({answer}): the Service \
+                 may still answer from another; see that API server's log"
+            )),
+            Some(_) => {}
+            None if observed.pod(node, "kube-apiserver").is_some() => reasons.push(format!(
+                "the API server on {node} could not be asked for /readyz: its mirror Pod has \
+                 no {ADVERTISE_ANNOTATION} annotation and its Node no InternalIP"
+            )),
+            None => {}
+        }
+    }
     if let Some(target) = workers_next {
         reasons.extend(skew(nodes, observed, target));
     }
-    let members = if stacked {
-        format!(
-            ", {healthy_members}/{} etcd members healthy",
-            control_planes.len()
-        )
-    } else {
-        String::new()
-    };
     verdict(
         "control-plane",
         format!(
-            "{} control-plane node(s): static Pods Running and Ready{members}, /readyz",
-            control_planes.len()
+            "{} control-plane node(s): static Pods Running and Ready, every API server's \
+             /readyz{}",
+            control_planes.len(),
+            if stacked {
+                ", etcd's mirror Pods (its members are checked through the node step)"
+            } else {
+                " (etcd is external)"
+            }
         ),
         reasons,
     )

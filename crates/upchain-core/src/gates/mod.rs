@@ -242,13 +242,24 @@ fn preflight(
 /// snapshot itself is taken and verified after the gates pass.
 fn snapshot_gate(spec: &K8sUpgradeSpec, kind: UpgradeKind, target: KubeVersion) -> Verdict {
     let (evidence, reasons) = match (&spec.snapshot, &spec.snapshot_waiver) {
-        (Some(snapshot), _) => (
-            format!(
-                "CronJob {}/{}: its snapshot is verified before the first node",
-                snapshot.namespace, snapshot.cron_job
+        (Some(snapshot), _) => match &snapshot.persistent_volume_claim {
+            Some(claim) => (
+                format!(
+                    "taken through the node step before the first node, test-restored, and \
+                     copied to PersistentVolumeClaim {claim}"
+                ),
+                Vec::new(),
             ),
-            Vec::new(),
-        ),
+            None => (
+                "no destination".to_owned(),
+                vec![
+                    "spec.snapshot asks for an etcd snapshot, but the installation gives it \
+                     nowhere to go: set policy.snapshot.persistentVolumeClaim in the chart \
+                     values"
+                        .to_owned(),
+                ],
+            ),
+        },
         (None, Some(waiver)) if kind == UpgradeKind::Minor => {
             (format!("waived: {}", waiver.reason), Vec::new())
         }
@@ -256,9 +267,9 @@ fn snapshot_gate(spec: &K8sUpgradeSpec, kind: UpgradeKind, target: KubeVersion) 
             "none configured".to_owned(),
             vec![format!(
                 "a minor upgrade (to {target}) needs a verified etcd snapshot first, as \
-                 kubeadm cannot downgrade the control plane: set spec.snapshot to your etcd \
-                 backup CronJob (the chart ships an example), or waive it with \
-                 spec.snapshotWaiver.reason"
+                 kubeadm cannot downgrade the control plane: set `spec.snapshot: {{}}` (it is \
+                 taken through the node step, to the installation's destination), or waive \
+                 it with spec.snapshotWaiver.reason"
             )],
         ),
         (None, _) => (

@@ -24,6 +24,9 @@ pub struct RunnerFacts {
     /// The Pod Security level the runner namespace enforces (its
     /// `pod-security.kubernetes.io/enforce` label).
     pub pod_security: Level,
+    /// The etcd snapshot's PersistentVolumeClaim and whether it exists; None when the
+    /// spec takes no snapshot.
+    pub snapshot_claim: Option<(String, Source<bool>)>,
 }
 
 /// What the node Jobs need and is missing, each named as a person would create it.
@@ -62,7 +65,25 @@ pub(super) fn runner_missing(runner: &RunnerSpec, facts: &RunnerFacts) -> Vec<St
             Err(error) => missing.push(unreadable(config_map, error)),
         }
     }
+    if let Some(claim) = runner_snapshot_claim(runner, facts) {
+        missing.push(claim);
+    }
     missing
+}
+
+/// The etcd snapshot's destination, when the spec takes a snapshot and it is missing.
+fn runner_snapshot_claim(runner: &RunnerSpec, facts: &RunnerFacts) -> Option<String> {
+    let (claim, exists) = facts.snapshot_claim.as_ref()?;
+    let what = format!(
+        "PersistentVolumeClaim {}/{claim} (the etcd snapshot's destination, \
+         policy.snapshot; the chart creates it with policy.snapshot.createClaim)",
+        runner.namespace
+    );
+    match exists {
+        Ok(true) => None,
+        Ok(false) => Some(what),
+        Err(error) => Some(format!("{what} (could not be read: {error})")),
+    }
 }
 
 /// Why Jobs of this spec would be created where they may not be: hooks run in the runner

@@ -308,8 +308,22 @@ fn missing_runner_prerequisites_refuse_by_name() {
         known_hosts_keys: Ok(Some(vec![runner.known_hosts.key.clone()])),
         permitted_namespace: None,
         pod_security: crate::pod_security::Level::Restricted,
+        snapshot_claim: None,
     };
     assert!(runner_gate(&spec, &present).passed());
+    let no_claim = RunnerFacts {
+        snapshot_claim: Some(("upchain-etcd-snapshots".to_owned(), Ok(false))),
+        ..present.clone()
+    };
+    assert_eq!(
+        runner_gate(&spec, &no_claim).reasons,
+        [
+            "PersistentVolumeClaim upchain-system/upchain-etcd-snapshots (the etcd snapshot's \
+             destination, policy.snapshot; the chart creates it with \
+             policy.snapshot.createClaim) is missing: the node Jobs need it (see spec.runner); \
+             create it"
+        ]
+    );
     let no_known_hosts = RunnerFacts {
         known_hosts_keys: Ok(None),
         ..present.clone()
@@ -363,6 +377,7 @@ fn everything_present(spec: &K8sUpgradeSpec, level: crate::pod_security::Level) 
         known_hosts_keys: Ok(Some(vec![spec.runner.known_hosts.key.clone()])),
         permitted_namespace: Some("upchain-system".to_owned()),
         pod_security: level,
+        snapshot_claim: None,
     }
 }
 
@@ -503,11 +518,27 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
             "startedAt": "2026-11-30T00:00:00Z"}))
         .expect("record")
     };
+    let answers = |cp2: Source<()>| {
+        vec![
+            ApiServerReadyz {
+                node: "cp-1".into(),
+                endpoint: "10.0.0.1:6443".into(),
+                answer: Ok(()),
+            },
+            ApiServerReadyz {
+                node: "cp-2".into(),
+                endpoint: "10.0.0.2:6443".into(),
+                answer: cp2,
+            },
+        ]
+    };
     let observed = |pods: Vec<StaticPod>, readyz: Source<()>| {
         Ok(ControlPlaneObservation {
             static_pods: pods,
             readyz,
             kubeadm_version: Ok(KubeVersion::new(1, 35, 2)),
+            etcd_external: false,
+            api_servers: answers(Ok(())),
         })
     };
     let good = control_plane_gate(
@@ -517,7 +548,7 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
         None,
     );
     assert!(good.passed(), "{:?}", good.reasons);
-    assert!(good.evidence.contains("2/2 etcd members healthy"));
+    assert!(good.evidence.contains("every API server's /readyz"));
 
     // cp-1 was upgraded but its scheduler still runs the old image; etcd on cp-2 is down;
     // /readyz fails.
@@ -531,23 +562,46 @@ fn the_control_plane_gate_names_the_component_the_node_and_what_it_saw() {
         &[done("cp-1")],
         None,
     );
-    assert_eq!(verdict.reasons.len(), 4, "{:#?}", verdict.reasons);
+    assert_eq!(verdict.reasons.len(), 3, "{:#?}", verdict.reasons);
     assert!(verdict.reasons[0].contains(
         "kube-scheduler on cp-1 runs registry.k8s.io/kube-scheduler:v1.34.2, not v1.35.2"
     ));
     assert!(verdict.reasons[1].starts_with("etcd on cp-2 is not Running and Ready (4 restart(s))"));
-    assert!(verdict.reasons[2].contains("etcd has 1 healthy member(s) for 2"));
-    assert!(verdict.reasons[3].contains("/readyz fails (500: [-]etcd failed)"));
+    assert!(verdict.reasons[2].contains("/readyz fails (500: [-]etcd failed)"));
 
-    // External etcd: no etcd static Pods, no member count.
-    let external: Vec<StaticPod> = healthy
+    // Every API server is asked at its own address: the Service's answer is not enough.
+    let mut one_down = observed(healthy.clone(), Ok(())).expect("observed");
+    one_down.api_servers = answers(Err("connection refused".into()));
+    let verdict = control_plane_gate(&nodes, &Ok(one_down), &[done("cp-1")], None);
+    assert_eq!(verdict.reasons.len(), 1, "{:#?}", verdict.reasons);
+    assert!(
+        verdict.reasons[0].starts_with(
+            "the API server on cp-2 fails /readyz at 10.0.0.2:6443 (connection refused)"
+        )
+    );
+
+    // A missing etcd mirror Pod is a finding while kubeadm-config says etcd is stacked,
+    // and nothing to look for when it says external.
+    let no_etcd: Vec<StaticPod> = healthy
         .iter()
-        .filter(|p| p.component != "etcd")
+        .filter(|p| !(p.component == "etcd" && p.node == "cp-2"))
         .cloned()
         .collect();
-    let verdict = control_plane_gate(&nodes, &observed(external, Ok(())), &[done("cp-1")], None);
+    let verdict = control_plane_gate(
+        &nodes,
+        &observed(no_etcd.clone(), Ok(())),
+        &[done("cp-1")],
+        None,
+    );
+    assert_eq!(verdict.reasons.len(), 1, "{:#?}", verdict.reasons);
+    assert!(verdict.reasons[0].starts_with(
+        "etcd on cp-2 has no mirror Pod, but kube-system/kubeadm-config says etcd is stacked"
+    ));
+    let mut external = observed(no_etcd, Ok(())).expect("observed");
+    external.etcd_external = true;
+    let verdict = control_plane_gate(&nodes, &Ok(external), &[done("cp-1")], None);
     assert!(verdict.passed(), "{:?}", verdict.reasons);
-    assert!(!verdict.evidence.contains("etcd"));
+    assert!(verdict.evidence.contains("etcd is external"));
     let unreadable = control_plane_gate(&nodes, &Err("403".into()), &[], None);
     assert!(unreadable.reasons[0].contains("could not be read (403)"));
 

@@ -10,6 +10,7 @@ mod analysis;
 mod budget;
 mod checks;
 mod decision;
+mod etcd;
 mod finalize;
 mod lock;
 mod needs;
@@ -249,6 +250,7 @@ impl<'a> Machine<'a> {
         self.read_the_checks_first()?;
         self.check_gates(first, &plan)?;
         self.wait_for_the_window()?;
+        self.check_etcd_members(&plan)?;
         self.take_the_snapshot(first, &plan)?;
         self.run_the_pre_hook(first)?;
         self.prepare_the_nodes(first, &plan)?;

@@ -17,8 +17,6 @@ pub struct Needs {
     /// The analysis checks (spec.gates.analysis) whose queries to run: those of the
     /// boundary while the next batch may start, those of the soak while a batch soaks.
     pub analysis: Vec<String>,
-    /// The snapshot CronJob and Job.
-    pub snapshot: bool,
     /// The postflight's inputs.
     pub postflight: bool,
     /// The hook Jobs in progress (status.hooks).
@@ -118,6 +116,20 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         .iter()
         .filter(|r| r.completed_at.is_none())
         .collect();
+    // The etcd check and the snapshot under way: their Jobs carry the node they ask.
+    let etcd_jobs: Vec<(String, String)> = status
+        .etcd
+        .iter()
+        .filter(|r| r.completed_at.is_none())
+        .map(|r| (r.node.clone(), r.job.clone()))
+        .chain(
+            status
+                .snapshot
+                .iter()
+                .filter(|r| r.completed_at.is_none())
+                .filter_map(|r| Some((r.node.clone()?, r.job.clone()))),
+        )
+        .collect();
     Needs {
         preflight,
         alerts: spec.gates.prometheus.is_some()
@@ -126,7 +138,6 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
             && !spec.paused
             && (preflight || at_boundary),
         analysis: analysis_to_query(spec, status, preflight, at_boundary),
-        snapshot: spec.snapshot.is_some() && preflight,
         postflight: status.phase == Some(Phase::Postflight),
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
         control_plane: preflight || !status.phase.is_some_and(Phase::is_finished),
@@ -135,6 +146,7 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
             nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])
                 .into_iter()
                 .chain(preparing.iter().map(|r| r.node.clone()))
+                .chain(etcd_jobs.iter().map(|(node, _)| node.clone()))
                 .collect(),
         ),
         evidence_of: status
@@ -143,6 +155,7 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
             .filter(|n| n.step == NodeStep::Upgrading)
             .filter_map(|n| n.job.clone())
             .chain(preparing.iter().map(|r| r.job.clone()))
+            .chain(etcd_jobs.into_iter().map(|(_, job)| job))
             .collect(),
     }
 }

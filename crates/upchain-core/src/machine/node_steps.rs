@@ -414,6 +414,8 @@ impl<'a> Machine<'a> {
                     batch,
                     mode: JobMode::Upgrade,
                     control_plane_available: self.control_plane_available(batch),
+                    run_started: self.run_started(),
+                    snapshot_claim: None,
                 }
                 .render();
                 self.act(Action::CreateJob(Box::new(job)));

@@ -152,14 +152,14 @@ impl<'a> Machine<'a> {
         reason: Reason,
         waiting_for: String,
     ) {
-        let job = crate::snapshot::job_from_template(template, self.owner(), namespace, name);
+        let job = crate::hooks::job_from_template(template, self.owner(), namespace, name);
         self.act(Action::CreateJob(Box::new(job)));
         self.requeue_within(left);
         self.note(reason, waiting_for);
     }
 
     /// The run's start in seconds, which one-off Job names carry (one set per run).
-    fn run_started(&self) -> i64 {
+    pub(super) fn run_started(&self) -> i64 {
         self.status
             .started_at
             .as_ref()
@@ -175,13 +175,14 @@ impl<'a> Machine<'a> {
         .is_some_and(|s| s.verified)
     }
 
-    /// Takes the etcd snapshot: creates the Job from the CronJob's template, waits for it
-    /// within the timeout; a failure blocks the run and is retried after the recheck
-    /// interval under a new attempt.
+    /// Takes the etcd snapshot through the node step, on a control-plane node: creates
+    /// the Job, waits for it within the timeout, and verifies what it reported; a failure
+    /// blocks the run and is retried after the recheck interval under a new attempt.
     pub(super) fn snapshot(&mut self) {
         let Some(spec) = self.spec.snapshot.clone() else {
             return;
         };
+        let namespace = self.spec.runner.namespace.clone();
         let current = of_this_run(
             self.status.snapshot.as_ref(),
             self.status.started_at.as_ref(),
@@ -193,16 +194,13 @@ impl<'a> Machine<'a> {
             NextAttempt::Failed { message, retry_in } => {
                 // A Job given up on for its timeout still runs: it is stopped, so that the
                 // next attempt never runs beside it.
-                let hung = current.as_ref().is_some_and(|record| {
+                if let Some(record) = current.as_ref().filter(|record| {
                     self.observed
-                        .snapshot
-                        .as_ref()
-                        .and_then(|i| i.job.as_ref())
-                        .is_some_and(|j| j.name == record.job && j.state == JobState::Running)
-                });
-                if let (true, Some(record)) = (hung, current.as_ref()) {
+                        .job(&record.job)
+                        .is_some_and(|j| j.state == JobState::Running)
+                }) {
                     self.act(Action::DeleteJob {
-                        namespace: spec.namespace.clone(),
+                        namespace: namespace.clone(),
                         name: record.job.clone(),
                     });
                 }
@@ -210,34 +208,23 @@ impl<'a> Machine<'a> {
                 return self.block(vec![message]);
             }
         };
-        let name = crate::snapshot::snapshot_job_name(self.name(), self.run_started(), attempt);
-        let inputs = self.observed.snapshot.as_ref();
-        let template = match inputs.map(|i| &i.template) {
-            Some(Ok(template)) => {
-                let field = format!("CronJob {}/{} jobTemplate", spec.namespace, spec.cron_job);
-                if let Some(error) = crate::template::job_template_error(template, &field) {
-                    return self.block(vec![format!(
-                        "the etcd snapshot cannot be taken: {error}; fix the CronJob"
-                    )]);
-                }
-                template.clone()
-            }
-            Some(Err(error)) => {
-                return self.block(vec![format!(
-                    "the etcd snapshot cannot be taken: CronJob {}/{} could not be read \
-                     ({error}); fix spec.snapshot or create the CronJob",
-                    spec.namespace, spec.cron_job
-                )]);
-            }
-            // Not gathered yet: the operator reads it on the next pass.
-            None => {
-                self.requeue_within(Duration::from_secs(1));
-                return self.note(Reason::Snapshot, "reading the snapshot CronJob");
-            }
+        // Without a destination the snapshot gate refuses the run.
+        let Some(claim) = spec.persistent_volume_claim.clone() else {
+            return;
         };
+        let Some(node) = self.etcd_node(&[]) else {
+            return self.block(vec![
+                "the etcd snapshot needs a control-plane node with a stacked etcd member, and \
+                 the cluster shows none; with external etcd, use spec.snapshotWaiver and your \
+                 own backups"
+                    .to_owned(),
+            ]);
+        };
+        let job = self.etcd_job(&node, JobMode::EtcdSnapshot, attempt, Some(&claim));
+        let name = job.metadata.name.clone().unwrap_or_default();
         self.unblock();
         self.set_phase(Phase::Snapshot);
-        let job = format!("{}/{name}", spec.namespace);
+        let shown = format!("{namespace}/{name}");
         if current.as_ref().is_none_or(|r| r.job != name) {
             self.status.snapshot = Some(SnapshotRecord {
                 job: name.clone(),
@@ -249,6 +236,9 @@ impl<'a> Machine<'a> {
                 revision: None,
                 total_keys: None,
                 location: None,
+                sha256: None,
+                restore_check: None,
+                node: Some(node.name.clone()),
                 attempt,
                 message: None,
             });
@@ -256,78 +246,88 @@ impl<'a> Machine<'a> {
             self.event(
                 false,
                 Reason::SnapshotStarted,
-                format!("taking an etcd snapshot with Job {job}"),
+                format!(
+                    "taking an etcd snapshot on {} with Job {shown}, to {claim}",
+                    node.name
+                ),
             );
         }
-        let state = inputs
-            .and_then(|i| i.job.as_ref())
-            .filter(|observed| observed.name == name)
-            .map(|observed| &observed.state);
+        let observed = self.observed.job(&name);
         let started = self
             .status
             .snapshot
             .as_ref()
             .map_or(Time(self.now), |r| r.started_at.clone());
-        let outcome = self.job_outcome(state, &started, Duration::from(spec.timeout));
-        let now = Time(self.now);
-        let outcome = match (outcome, inputs.and_then(|i| i.log.as_ref())) {
-            (JobOutcome::Succeeded, None) => {
-                // Its log is read on the next pass.
-                self.requeue_within(Duration::from_secs(1));
-                return self.note(Reason::Snapshot, format!("reading the log of {job}"));
-            }
-            (JobOutcome::Succeeded, Some(Err(error))) => JobOutcome::Failed(format!(
-                "succeeded, but its log could not be read ({error}), so the snapshot is \
-                 unverified"
-            )),
-            (JobOutcome::Succeeded, Some(Ok(log))) => {
-                match crate::snapshot::verify_report(log, spec.min_size_bytes) {
-                    Ok(snapshot) => return self.snapshot_verified_as(snapshot, &job),
+        let outcome = self.job_outcome(
+            observed.map(|j| &j.state),
+            &started,
+            Duration::from(spec.timeout),
+        );
+        let report = observed.and_then(|j| j.report.as_deref());
+        let outcome = match (outcome, report) {
+            (JobOutcome::Succeeded, None) => JobOutcome::Failed(
+                "succeeded, but left no report in its termination message, so the snapshot \
+                 is unverified"
+                    .to_owned(),
+            ),
+            (JobOutcome::Succeeded, Some(report)) => {
+                match crate::snapshot::verify_report(report, spec.min_size_bytes) {
+                    Ok(snapshot) => return self.snapshot_verified_as(snapshot, &shown),
                     Err(problems) => JobOutcome::Failed(format!(
                         "succeeded, but its snapshot is unverified: {problems}"
                     )),
                 }
             }
+            (JobOutcome::Failed(how), _) => JobOutcome::Failed(format!(
+                "{how}{}",
+                observed
+                    .map(crate::observe::ObservedJob::exit_described)
+                    .unwrap_or_default()
+            )),
             (outcome, _) => outcome,
         };
         match outcome {
             JobOutcome::Succeeded => {}
             JobOutcome::Failed(how) => {
                 let check = if how.starts_with("failed") || how.starts_with("succeeded") {
-                    "Check its logs"
+                    "Check its log"
                 } else {
                     "It is deleted; check why it hung"
                 };
                 let why = format!(
-                    "the etcd snapshot Job {job} {how}; no node was touched. {check}; it is \
+                    "the etcd snapshot Job {shown} {how}; no node was touched. {check}; it is \
                      retried every recheck interval"
                 );
                 if let Some(record) = self.status.snapshot.as_mut() {
-                    record.completed_at = Some(now);
+                    record.completed_at = Some(Time(self.now));
                     record.message = Some(why.clone());
                 }
                 self.block(vec![why]);
             }
-            JobOutcome::Running(left) => self.keep_running(
-                &template,
-                &spec.namespace,
-                &name,
-                left,
-                Reason::Snapshot,
-                format!("waiting for the etcd snapshot Job {job}"),
-            ),
+            JobOutcome::Running(left) => {
+                self.act(Action::CreateJob(Box::new(job)));
+                self.requeue_within(left);
+                self.note(
+                    Reason::Snapshot,
+                    format!("waiting for the etcd snapshot Job {shown}"),
+                );
+            }
         }
     }
 
     /// Records the snapshot the Job reported and checked, and lets the run go on.
     fn snapshot_verified_as(&mut self, snapshot: crate::snapshot::VerifiedSnapshot, job: &str) {
         let message = format!(
-            "{} bytes at revision {} ({} keys, hash {}), copied to {}",
+            "{} bytes at revision {} ({} keys, hash {}) from {}, {}; copied to {} and read \
+             back (sha256 {})",
             snapshot.size_bytes,
             snapshot.revision,
             snapshot.total_keys,
             snapshot.hash,
-            snapshot.location
+            snapshot.node,
+            snapshot.restore_check,
+            snapshot.location,
+            snapshot.sha256
         );
         if let Some(record) = self.status.snapshot.as_mut() {
             record.verified = true;
@@ -338,6 +338,8 @@ impl<'a> Machine<'a> {
             record.revision = Some(snapshot.revision);
             record.total_keys = Some(snapshot.total_keys);
             record.location = Some(snapshot.location);
+            record.sha256 = Some(snapshot.sha256);
+            record.restore_check = Some(snapshot.restore_check);
         }
         self.progressed();
         self.event(

@@ -195,9 +195,8 @@ impl<'a> Machine<'a> {
             }
             JobOutcome::Failed(how) => {
                 let evidence = observed.and_then(|j| j.evidence.as_ref());
-                let exit = evidence
-                    .and_then(|e| e.exit_code)
-                    .map(|code| format!(" ({})", crate::exit_codes::describe(code)))
+                let exit = observed
+                    .map(crate::observe::ObservedJob::exit_described)
                     .unwrap_or_default();
                 let last_line = evidence
                     .and_then(|e| e.log.as_ref().ok())
@@ -231,6 +230,8 @@ impl<'a> Machine<'a> {
                     batch: &batch,
                     mode: JobMode::Prepare,
                     control_plane_available: self.control_plane_available(&batch),
+                    run_started: self.run_started(),
+                    snapshot_claim: None,
                 }
                 .render();
                 self.act(Action::CreateJob(Box::new(job)));

@@ -161,6 +161,7 @@ impl<'a> Machine<'a> {
         self.status.upgraded_without_record = 0;
         self.status.hooks.clear();
         self.status.snapshot_waived = None;
+        self.status.etcd = None;
         self.status.prepare.clear();
         self.status.prepared_count = 0;
         self.status.analysis.clear();

@@ -71,24 +71,64 @@ pub(super) fn an_api_server_crash_looping_after_its_upgrade_stops_the_next_contr
 }
 
 #[test]
-pub(super) fn an_unhealthy_etcd_member_blocks_before_anything_is_touched() {
+pub(super) fn etcd_is_checked_through_a_member_before_the_run_each_control_plane_node_and_the_first_worker()
+ {
     let mut world = World::new(three_control_planes());
-    world
-        .crash_looping
-        .insert(("cp-2".to_owned(), "etcd".to_owned()));
+    world.etcd_external = false;
     let mut run = Run::new(quick("1.35.2"), world);
+    let end = run.until(400, &[Phase::Succeeded]);
+    assert_eq!(end, Phase::Succeeded, "{:?}", run.status().blocked_reasons);
+    // One check before each control-plane node (the first also before the run) and one
+    // before the first worker, each through a control-plane node's member.
+    let asked: Vec<&str> = run
+        .world
+        .etcd_jobs
+        .values()
+        .map(|(asked, _)| asked.as_str())
+        .collect();
+    assert_eq!(asked.len(), 4, "{:?}", run.world.etcd_jobs);
+    assert!(
+        asked.iter().all(|node| node.starts_with("cp-")),
+        "{asked:?}"
+    );
+    let record = run.status().etcd.clone().expect("record");
+    assert!(record.passed && record.before == "w-1", "{record:?}");
+}
+
+#[test]
+pub(super) fn an_unhealthy_etcd_blocks_naming_the_member_and_nothing_is_touched() {
+    let mut world = World::new(three_control_planes());
+    world.etcd_external = false;
+    // A member added with `member add` and never started.
+    let members: Vec<(&str, &str)> = vec![
+        ("cp-0", "10.0.0.1"),
+        ("cp-1", "10.0.0.2"),
+        ("cp-2", "10.0.0.3"),
+    ];
+    world.etcd_report = Some(format!(
+        "{}\nupchain-etcd member c25d1bfb7c59b8d2|unstarted||https://10.0.0.9:2380||false",
+        crate::etcd::healthy_report(&members)
+    ));
+    let mut run = Run::new(quick("1.35.2"), world);
+    run.decide_once();
+    run.world.tick(5);
     let blocked = run.decide_once();
     assert_eq!(blocked.status.phase, Some(Phase::Blocked));
     assert!(mutating(&blocked.actions).is_empty(), "nothing touched");
     let reasons = blocked.status.blocked_reasons.join("\n");
     assert!(
-        reasons.contains("etcd on cp-2 is not Running and Ready")
-            && reasons.contains("etcd has 2 healthy member(s) for 3 control-plane node(s)"),
+        reasons.contains("etcd has 4 members, 3 control-plane nodes")
+            && reasons.contains(
+                "c25d1bfb7c59b8d2 (peer https://10.0.0.9:2380) was added but never started"
+            ),
         "{reasons}"
     );
-    // The member recovers: the block clears by itself.
-    run.world.crash_looping.clear();
-    assert_eq!(run.until(300, &[Phase::Succeeded]), Phase::Succeeded);
+    assert!(run.world.nodes.iter().all(|n| !n.unschedulable));
+    let record = blocked.status.etcd.clone().expect("record");
+    assert!(!record.passed && record.completed_at.is_some());
+    // The member is removed: the next check, after the recheck interval, passes.
+    run.world.etcd_report = None;
+    assert_eq!(run.until(400, &[Phase::Succeeded]), Phase::Succeeded);
 }
 
 /// The node Jobs started, as (node, whether it runs `kubeadm upgrade apply`).

@@ -35,13 +35,6 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).expect("valid")
 }
 
-/// The jobTemplate of a cluster's etcd backup CronJob.
-fn backup_template() -> k8s_openapi::api::batch::v1::JobTemplateSpec {
-    serde_json::from_value(serde_json::json!({"spec": {"template": {"spec": {
-        "restartPolicy": "OnFailure", "containers": [{"name": "backup", "image": "etcd"}]}}}}))
-    .expect("template")
-}
-
 /// A PodDisruptionBudget `apps/{app}` over the Pods labelled `app={app}`, allowing no
 /// disruption now, expecting `expected_pods`.
 fn budget_allowing_nothing(app: &str, expected_pods: i32) -> ObservedBudget {

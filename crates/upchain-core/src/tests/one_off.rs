@@ -4,22 +4,41 @@ use super::*;
 
 pub(super) fn with_snapshot(mut upgrade: K8sUpgrade) -> K8sUpgrade {
     upgrade.spec.snapshot = Some(
-        serde_json::from_value(serde_json::json!({"namespace": "kube-system", "cronJob": "etcd-backup", "timeout": "10m"}))
-            .expect("snapshot"),
+        serde_json::from_value(serde_json::json!({
+            "persistentVolumeClaim": "upchain-etcd-snapshots", "timeout": "10m"}))
+        .expect("snapshot"),
     );
     upgrade
 }
 
 #[test]
 pub(super) fn the_snapshot_is_taken_and_verified_before_the_first_node() {
-    let mut run = Run::new(with_snapshot(quick("1.35.2")), World::new(small_cluster()));
+    let mut world = World::new(small_cluster());
+    world.etcd_external = false;
+    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
+    // etcd is checked first, through a control-plane node's member.
+    let check = run.decide_once();
+    let created: Vec<&Action> = mutating(&check.actions);
+    assert!(
+        matches!(created.as_slice(), [Action::CreateJob(job)] if env_of(job, "MODE").as_deref() == Some("etcd-check")),
+        "only the etcd check Job: {created:?}"
+    );
+    run.world.tick(5);
     let first = run.decide_once();
     assert_eq!(first.status.phase, Some(Phase::Snapshot));
+    assert!(first.status.etcd.as_ref().is_some_and(|e| e.passed));
     let created: Vec<&Action> = mutating(&first.actions);
-    assert!(
-        matches!(created.as_slice(), [Action::CreateJob(job)] if job.metadata.namespace.as_deref() == Some("kube-system")),
-        "only the snapshot Job: {created:?}"
+    let [Action::CreateJob(job)] = created.as_slice() else {
+        panic!("only the snapshot Job: {created:?}");
+    };
+    // In the runner namespace, through the node step, the destination mounted.
+    assert_eq!(job.metadata.namespace.as_deref(), Some("upchain-system"));
+    assert_eq!(env_of(job, "MODE").as_deref(), Some("etcd-snapshot"));
+    assert_eq!(
+        env_of(job, "SNAPSHOT_LOCATION").as_deref(),
+        Some("pvc/upchain-system/upchain-etcd-snapshots")
     );
+    assert!(crate::job::excluded_nodes(job).contains(&env_of(job, "NODE_NAME").expect("node")));
     run.world.tick(5);
     let taken = run.decide_once();
     let record = taken.status.snapshot.clone().expect("record");
@@ -74,7 +93,7 @@ pub(super) fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
             .clone();
         let deleted = blocked.actions.iter().any(|a| {
             matches!(a, Action::DeleteJob { namespace, name }
-                if namespace == "kube-system" && *name == first)
+                if namespace == "upchain-system" && *name == first)
         });
         assert_eq!(
             deleted,
@@ -95,41 +114,37 @@ pub(super) fn a_failed_or_hung_snapshot_blocks_and_is_retried() {
             run.world.snapshot_jobs
         );
     }
-    let mut world = World::new(small_cluster());
-    world.snapshot_template = Err("cronjobs.batch \"etcd-backup\" not found".into());
-    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
-    let blocked = run.decide_once();
-    assert!(
-        blocked.status.blocked_reasons[0]
-            .contains("CronJob kube-system/etcd-backup could not be read (cronjobs.batch")
-    );
-    assert!(mutating(&blocked.actions).is_empty());
 }
 
 #[test]
 pub(super) fn a_snapshot_that_is_short_unread_or_left_on_the_node_blocks_and_a_good_one_is_recorded()
  {
+    let good =
+        crate::snapshot::good_report("cp-1", "pvc/upchain-system/upchain-etcd-snapshots/etcd.db");
     let reports = [
         (
-            r#"upchain-snapshot {"sizeBytes":20,"location":"pvc:b/e.db","status":{"hash":1,"revision":2,"totalKey":3}}"#,
+            good.replace(r#""sizeBytes":2109440"#, r#""sizeBytes":20"#),
             "the snapshot is 20 bytes, below spec.snapshot.minSizeBytes (1024)",
         ),
         (
-            r#"upchain-snapshot {"sizeBytes":2109440,"location":"pvc:b/e.db"}"#,
-            "did not report `etcdutl snapshot status`",
+            good.replace(
+                r#""revision":48213,"totalKey":1290,"totalSize":2109440}}"#,
+                r#""revision":48000,"totalKey":1290}}"#,
+            ),
+            "the test restore gave back revision 48000",
         ),
         (
-            r#"upchain-snapshot {"sizeBytes":2109440,"status":{"hash":1,"revision":2,"totalKey":3}}"#,
+            good.replace("pvc/upchain-system/upchain-etcd-snapshots/etcd.db", ""),
             "where the snapshot was copied off the node",
         ),
         (
-            "Snapshot saved at /var/lib/etcd-backup/snapshot.db",
-            "its log has no `upchain-snapshot {...}` line",
+            "Snapshot saved at /var/lib/etcd-backup/snapshot.db".to_owned(),
+            "it reported no `upchain-snapshot {...}` line",
         ),
     ];
     for (log, expected) in reports {
         let mut world = World::new(small_cluster());
-        world.snapshot_log = log.to_owned();
+        world.snapshot_report = Some(log.clone());
         let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
         let blocked = run.until(20, &[Phase::Blocked]);
         assert_eq!(blocked, Phase::Blocked, "{log}");
@@ -150,7 +165,7 @@ pub(super) fn a_snapshot_that_is_short_unread_or_left_on_the_node_blocks_and_a_g
             types::SNAPSHOT_TAKEN
         ));
         // The backup is fixed: the next attempt, after the recheck interval, passes.
-        run.world.snapshot_log = GOOD_SNAPSHOT_REPORT.to_owned();
+        run.world.snapshot_report = None;
         assert_eq!(
             run.until(200, &[Phase::Succeeded, Phase::Failed]),
             Phase::Succeeded
@@ -161,7 +176,17 @@ pub(super) fn a_snapshot_that_is_short_unread_or_left_on_the_node_blocks_and_a_g
         assert_eq!(record.revision, Some(48213));
         assert_eq!(record.total_keys, Some(1290));
         assert_eq!(record.hash.as_deref(), Some("dc949639"));
-        assert_eq!(record.location.as_deref(), Some("pvc:etcd-backups/etcd.db"));
+        assert_eq!(
+            record.location.as_deref(),
+            Some("pvc/upchain-system/upchain-etcd-snapshots/etcd.db")
+        );
+        assert!(
+            record
+                .restore_check
+                .as_deref()
+                .is_some_and(|r| r.contains("revision 48213"))
+        );
+        assert!(record.sha256.is_some());
     }
 }
 
@@ -222,28 +247,6 @@ pub(super) fn a_minor_upgrade_needs_a_snapshot_or_a_waiver_with_its_reason() {
         run.until(200, &[Phase::Succeeded, Phase::Failed]),
         Phase::Succeeded
     );
-}
-
-#[test]
-pub(super) fn a_snapshot_template_the_api_server_would_refuse_blocks_before_any_job() {
-    let mut world = World::new(small_cluster());
-    let mut template = backup_template();
-    template.metadata = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        labels: Some([("backup".to_owned(), "x".repeat(70))].into()),
-        ..Default::default()
-    });
-    world.snapshot_template = Ok(template);
-    let mut run = Run::new(with_snapshot(quick("1.35.2")), world);
-    let blocked = run.decide_once();
-    assert_eq!(blocked.status.phase, Some(Phase::Blocked));
-    let reason = &blocked.status.blocked_reasons[0];
-    assert!(
-        reason
-            .contains("CronJob kube-system/etcd-backup jobTemplate.metadata.labels: label backup=")
-            && reason.ends_with("fix the CronJob"),
-        "{reason}"
-    );
-    assert!(mutating(&blocked.actions).is_empty(), "no Job created");
 }
 
 pub(super) fn with_hooks(mut upgrade: K8sUpgrade) -> K8sUpgrade {

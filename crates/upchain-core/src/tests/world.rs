@@ -3,9 +3,6 @@
 
 use super::*;
 
-/// What a good snapshot Job prints last.
-pub(super) const GOOD_SNAPSHOT_REPORT: &str = r#"upchain-snapshot {"sizeBytes":2109440,"location":"pvc:etcd-backups/etcd.db","status":{"hash":3700725305,"revision":48213,"totalKey":1290}}"#;
-
 /// A model cluster: applies actions the way the API server and kubelets would.
 #[derive(Clone, Debug)]
 pub(super) struct World {
@@ -33,13 +30,20 @@ pub(super) struct World {
     pub(super) others: Vec<OtherUpgrade>,
     pub(super) clock: i64,
     pub(super) gates: crate::gates::GateInputs,
-    /// The snapshot CronJob's template, or why it cannot be read.
-    pub(super) snapshot_template: Result<k8s_openapi::api::batch::v1::JobTemplateSpec, String>,
-    /// Snapshot Jobs and their states; `snapshot_outcome` is what the next one does.
-    pub(super) snapshot_jobs: BTreeMap<String, JobState>,
+    /// Snapshot Jobs: name -> (node asked, state); `snapshot_outcome` is what the next
+    /// one does.
+    pub(super) snapshot_jobs: BTreeMap<String, (String, JobState)>,
     pub(super) snapshot_outcome: Option<JobState>,
-    /// What a snapshot Job prints: by default a good report.
-    pub(super) snapshot_log: String,
+    /// What a snapshot Job reports: by default a good snapshot.
+    pub(super) snapshot_report: Option<String>,
+    /// kubeadm-config says etcd is external: the member check does not run. The core's
+    /// scenarios check stacked etcd where they say so (tests::etcd); elsewhere each check
+    /// would only add a decision before each control-plane node.
+    pub(super) etcd_external: bool,
+    /// etcd check Jobs: name -> (node asked, state).
+    pub(super) etcd_jobs: BTreeMap<String, (String, JobState)>,
+    /// What an etcd check reports: by default a healthy member per control-plane node.
+    pub(super) etcd_report: Option<String>,
     /// PodDisruptionBudgets: one that allows no disruption refuses evictions it covers.
     pub(super) budgets: Vec<ObservedBudget>,
     /// Alertmanager's silences, by ID.
@@ -96,10 +100,12 @@ impl World {
             others: Vec::new(),
             clock: 0,
             gates: Default::default(),
-            snapshot_template: Ok(backup_template()),
             snapshot_jobs: BTreeMap::new(),
             snapshot_outcome: Some(JobState::Succeeded),
-            snapshot_log: GOOD_SNAPSHOT_REPORT.to_owned(),
+            snapshot_report: None,
+            etcd_external: true,
+            etcd_jobs: BTreeMap::new(),
+            etcd_report: None,
             budgets: Vec::new(),
             silences: BTreeMap::new(),
             hook_jobs: BTreeMap::new(),
@@ -164,6 +170,7 @@ impl World {
                                 exit_code: Some(if succeeded { 0 } else { 1 }),
                                 started_at: Some(at(self.clock - 1)),
                                 finished_at: Some(at(self.clock)),
+                                report: None,
                                 log: Ok(format!(
                                     "upgrading {node}\nssh key passphrase: s3cret-value\n{}\n",
                                     if succeeded {
@@ -174,6 +181,7 @@ impl World {
                                 )),
                             }
                         }),
+                    report: None,
                 })
                 .chain(
                     self.prepare_jobs
@@ -185,6 +193,22 @@ impl World {
                             evidence: (*state != JobState::Running
                                 && needs.evidence_of.contains(name))
                             .then(|| prepare_evidence(node, state)),
+                            report: None,
+                        }),
+                )
+                .chain(
+                    self.etcd_jobs
+                        .iter()
+                        .map(|(name, (node, state))| (name, node, state, self.etcd_report()))
+                        .chain(self.snapshot_jobs.iter().map(|(name, (node, state))| {
+                            (name, node, state, self.snapshot_report(node))
+                        }))
+                        .filter(|(_, node, _, _)| job_nodes.contains(node))
+                        .map(|(name, _, state, report)| ObservedJob {
+                            name: name.clone(),
+                            state: state.clone(),
+                            evidence: None,
+                            report: (*state == JobState::Succeeded).then_some(report),
                         }),
                 )
                 .collect(),
@@ -199,24 +223,6 @@ impl World {
             budgets: self.budgets.clone(),
             operator_pod: None,
             gates,
-            snapshot: Some({
-                let job = status.and_then(|s| s.snapshot.as_ref()).and_then(|s| {
-                    Some(ObservedJob {
-                        name: s.job.clone(),
-                        state: self.snapshot_jobs.get(&s.job)?.clone(),
-                        evidence: None,
-                    })
-                });
-                let log = job
-                    .as_ref()
-                    .filter(|j| j.state == JobState::Succeeded)
-                    .map(|_| Ok(self.snapshot_log.clone()));
-                crate::snapshot::SnapshotInputs {
-                    template: self.snapshot_template.clone(),
-                    job,
-                    log,
-                }
-            }),
             postflight: Some(Default::default()),
             hook_jobs: status
                 .iter()
@@ -228,6 +234,7 @@ impl World {
                         name: name.to_owned(),
                         state: self.hook_jobs.get(name)?.clone(),
                         evidence: None,
+                        report: None,
                     })
                 })
                 .collect(),
@@ -259,12 +266,52 @@ impl World {
                 });
             }
         }
+        let api_servers = self
+            .nodes
+            .iter()
+            .filter(|n| n.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL))
+            .map(|n| crate::gates::ApiServerReadyz {
+                node: n.name.clone(),
+                endpoint: format!("{}:6443", n.internal_ip.clone().unwrap_or_default()),
+                answer: if n.ready {
+                    Ok(())
+                } else {
+                    Err("connection refused".to_owned())
+                },
+            })
+            .collect();
         crate::gates::ControlPlaneObservation {
             static_pods,
             readyz: Ok(()),
+            etcd_external: self.etcd_external,
+            api_servers,
             kubeadm_version: KubeVersion::parse_reported(&self.kubeadm_version)
                 .map_err(|e| e.to_string()),
         }
+    }
+
+    /// What an etcd check reports now.
+    fn etcd_report(&self) -> String {
+        self.etcd_report.clone().unwrap_or_else(|| {
+            let members: Vec<(&str, String)> = self
+                .nodes
+                .iter()
+                .filter(|n| n.labels.contains_key(upchain_api::CONTROL_PLANE_LABEL))
+                .enumerate()
+                // One address per member, whatever the fixtures' Nodes say.
+                .map(|(i, n)| (n.name.as_str(), format!("10.0.0.{}", i + 1)))
+                .collect();
+            let members: Vec<(&str, &str)> =
+                members.iter().map(|(n, a)| (*n, a.as_str())).collect();
+            crate::etcd::healthy_report(&members)
+        })
+    }
+
+    /// What a snapshot of `node`'s member reports.
+    fn snapshot_report(&self, node: &str) -> String {
+        self.snapshot_report.clone().unwrap_or_else(|| {
+            crate::snapshot::good_report(node, "pvc/upchain-system/upchain-etcd-snapshots/etcd.db")
+        })
     }
 
     pub(super) fn node_mut(&mut self, name: &str) -> &mut ObservedNode {
@@ -330,14 +377,19 @@ impl World {
                     }
                 }
                 Action::CreateJob(job)
-                    if job
-                        .metadata
-                        .name
-                        .as_ref()
-                        .is_some_and(|n| n.contains("etcd-snapshot")) =>
+                    if matches!(
+                        env_of(job, "MODE").as_deref(),
+                        Some("etcd-snapshot" | "etcd-check")
+                    ) =>
                 {
                     let name = job.metadata.name.clone().expect("named");
-                    self.snapshot_jobs.entry(name).or_insert(JobState::Running);
+                    let node = env_of(job, "NODE_NAME").expect("NODE_NAME");
+                    let jobs = if env_of(job, "MODE").as_deref() == Some("etcd-check") {
+                        &mut self.etcd_jobs
+                    } else {
+                        &mut self.snapshot_jobs
+                    };
+                    jobs.entry(name).or_insert((node, JobState::Running));
                 }
                 Action::CreateJob(job)
                     if !job
@@ -388,6 +440,7 @@ impl World {
                     self.jobs.remove(name);
                     self.prepare_jobs.remove(name);
                     self.snapshot_jobs.remove(name);
+                    self.etcd_jobs.remove(name);
                 }
                 Action::Event(_) | Action::Notify(_) => {}
             }
@@ -416,10 +469,15 @@ impl World {
             }
         }
         if let Some(outcome) = &self.snapshot_outcome {
-            for state in self.snapshot_jobs.values_mut() {
+            for (_, state) in self.snapshot_jobs.values_mut() {
                 if *state == JobState::Running {
                     *state = outcome.clone();
                 }
+            }
+        }
+        for (_, state) in self.etcd_jobs.values_mut() {
+            if *state == JobState::Running {
+                *state = JobState::Succeeded;
             }
         }
         let running: Vec<String> = self
@@ -540,7 +598,7 @@ impl Run {
 }
 
 /// A value of a rendered Job's container environment.
-fn env_of(job: &k8s_openapi::api::batch::v1::Job, key: &str) -> Option<String> {
+pub(super) fn env_of(job: &k8s_openapi::api::batch::v1::Job, key: &str) -> Option<String> {
     job.spec.as_ref()?.template.spec.as_ref()?.containers[0]
         .env
         .iter()
@@ -556,6 +614,7 @@ fn prepare_evidence(node: &str, state: &JobState) -> crate::evidence::JobEvidenc
         exit_code: Some(if ready { 0 } else { 11 }),
         started_at: None,
         finished_at: None,
+        report: None,
         log: Ok(if ready {
             format!("upchain[{node}]: ready\n")
         } else {

@@ -152,22 +152,18 @@ pub struct Settings {
     /// The one namespace the operator may create node and hook Jobs in (its Role's); None:
     /// any, and Jobs are watched cluster-wide.
     pub runner_namespace: Option<String>,
-    /// The namespace of the etcd backup CronJob whose Jobs it may create; watched beside
-    /// the runner namespace.
-    pub snapshot_namespace: Option<String>,
     /// What the installation decides: every K8sUpgrade is settled within it.
     pub policy: upchain_core::policy::InstallPolicy,
+    /// How the operator reaches the API server: each control-plane node's API server is
+    /// asked for `/readyz` the same way, at its own address.
+    pub api_server: Option<kube::Config>,
 }
 
 impl Settings {
-    /// Where the operator's Jobs are watched: the runner and snapshot namespaces, or
-    /// everywhere when it is not confined.
+    /// Where the operator's Jobs are watched: the runner namespace, or everywhere when it
+    /// is not confined.
     fn job_namespaces(&self) -> Option<Vec<String>> {
-        let runner = self.runner_namespace.clone()?;
-        let mut namespaces = vec![runner];
-        namespaces.extend(self.snapshot_namespace.clone());
-        namespaces.dedup();
-        Some(namespaces)
+        Some(vec![self.runner_namespace.clone()?])
     }
 }
 

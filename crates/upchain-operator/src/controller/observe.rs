@@ -36,6 +36,11 @@ pub(super) async fn observe_jobs(
         .filter(|j| j.state != JobState::Running && needs.evidence_of.contains(&j.name))
     {
         job.evidence = job_evidence(&ctx.client, namespace, &job.name, pods_of(&job.name)).await;
+        // The Job's end can be seen before the watched Pod's: its report is read from the
+        // Pod as the API server has it then.
+        if job.report.is_none() {
+            job.report = job.evidence.as_ref().and_then(|e| e.report.clone());
+        }
     }
     Ok(jobs)
 }
@@ -81,15 +86,9 @@ pub(super) async fn observe(
             upgrade,
             needs,
             ctx.settings.runner_namespace.as_deref(),
+            ctx.settings.api_server.as_ref(),
         )
         .await,
-        snapshot: if needs.snapshot {
-            gather::snapshot_inputs(&ctx.client, upgrade)
-                .await
-                .map_err(Error::Gather)?
-        } else {
-            None
-        },
         postflight: if needs.postflight {
             Some(
                 gather::postflight_inputs(&ctx.client)

@@ -186,10 +186,20 @@ async fn until_succeeded(client: &Client, within: Duration, what: &str) {
     }
 }
 
-fn spawn_controller(client: &Client) -> tokio::task::JoinHandle<()> {
+/// The controller's settings for the simulated cluster `sim`.
+fn settings(sim: &Sim) -> Settings {
+    Settings {
+        api_server: Some(
+            upchain_operator::install::simulated_cluster_config(&sim.url()).expect("the sim's URL"),
+        ),
+        ..Settings::default()
+    }
+}
+
+fn spawn_controller(cluster: &Cluster) -> tokio::task::JoinHandle<()> {
     tokio::spawn(controller::run(
-        client.clone(),
-        Settings::default(),
+        cluster.client.clone(),
+        settings(&cluster.sim),
         Arc::new(Metrics::default()),
         std::future::pending(),
     ))
@@ -206,14 +216,14 @@ async fn killed_at_random_instants_the_operator_still_converges_safely() {
         let cluster = cluster(3, workers, run == 0).await;
         let what = format!("run {run} (maxUnavailable {max_unavailable})");
         apply(&cluster.client, max_unavailable).await;
-        let mut operator = spawn_controller(&cluster.client);
+        let mut operator = spawn_controller(&cluster);
         // Killed without warning at random instants, again and again, until it finishes.
         while phase(&cluster.client).await != Some(Phase::Succeeded) {
             tokio::time::sleep(Duration::from_millis(rng.u64(50..700))).await;
             operator.abort();
             let _ = (&mut operator).await;
             kills += 1;
-            operator = spawn_controller(&cluster.client);
+            operator = spawn_controller(&cluster);
             assert!(kills < 10_000, "{what}: no convergence");
         }
         until_succeeded(&cluster.client, Duration::from_secs(60), &what).await;
@@ -235,7 +245,7 @@ async fn leaders_fail_over_again_and_again_and_the_run_converges() {
     let replica = |n: usize| {
         tokio::spawn(controller::run_with_leader_election(
             cluster.client.clone(),
-            Settings::default(),
+            settings(&cluster.sim),
             Arc::new(Metrics::default()),
             LeaseSettings {
                 name: "upchain-leader".into(),
@@ -288,7 +298,7 @@ async fn an_api_server_that_fails_conflicts_lags_and_drops_watches_does_not_stop
         faults.drop_watches_after = Some(Duration::from_secs(3));
     }
     apply(&cluster.client, 2).await;
-    let operator = spawn_controller(&cluster.client);
+    let operator = spawn_controller(&cluster);
     until_succeeded(&cluster.client, Duration::from_secs(240), "faults").await;
     operator.abort();
     *cluster.sim.faults() = upchain_sim::server::Faults::none(0);

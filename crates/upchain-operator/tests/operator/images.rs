@@ -214,17 +214,14 @@ fn allow_list(
         ("RUNNER", "", "pods/log", "*", &["get"]),
         ("RUNNER", "", "configmaps", "*", &["get"]),
         ("RUNNER", "", "secrets", "SSH", &["get"]),
-        ("kube-system", "", "configmaps", "kubeadm-config", &["get"]),
-        ("kube-system", "batch", "cronjobs", "*", &["get"]),
         (
-            "kube-system",
-            "batch",
-            "jobs",
-            "*",
-            &["get", "list", "watch", "create", "patch", "delete"],
+            "RUNNER",
+            "",
+            "persistentvolumeclaims",
+            "upchain-etcd-snapshots",
+            &["get"],
         ),
-        ("kube-system", "", "pods", "*", &["list", "watch"]),
-        ("kube-system", "", "pods/log", "*", &["get"]),
+        ("kube-system", "", "configmaps", "kubeadm-config", &["get"]),
     ];
     always
         .iter()
@@ -329,8 +326,13 @@ fn the_default_chart_grants_what_documented_features_read_and_probes_time_out() 
                 })
         })
     };
-    // spec.snapshot's CronJob, where kubeadm clusters keep it.
-    assert!(grants("Role", Some("kube-system"), "cronjobs", "get"));
+    // Nothing in kube-system beyond reading: no Job, CronJob or log there.
+    for resource in ["jobs", "cronjobs", "pods/log"] {
+        assert!(
+            !grants("Role", Some("kube-system"), resource, "get"),
+            "{resource}"
+        );
+    }
     // The start-up check of the installed CRD.
     assert!(grants(
         "ClusterRole",

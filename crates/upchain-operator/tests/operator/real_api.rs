@@ -141,11 +141,14 @@ fn install_as_the_chart(cluster: &ControlPlane) -> PathBuf {
     let runner =
         std::fs::read_to_string(Path::new(REPO).join("deploy/examples/upchain-system.yaml"))
             .expect("runner objects");
-    // The chart installed the real node script; the example's placeholder is not needed.
+    // The chart installed the real node script and the snapshot's claim; the example's
+    // are not needed.
     let keys: Vec<&str> = runner
         .split("\n---\n")
         .filter(|doc| {
-            !doc.contains("name: upchain-node-upgrade") && !doc.contains("kind: Namespace")
+            !doc.contains("name: upchain-node-upgrade")
+                && !doc.contains("kind: Namespace")
+                && !doc.contains("kind: PersistentVolumeClaim")
         })
         .collect();
     kubectl(admin, &["apply", "-f", "-"], Some(&keys.join("\n---\n")));
@@ -241,9 +244,24 @@ pub(crate) struct RealRun {
 }
 
 impl RealRun {
-    pub(crate) async fn start(player: PlayerConfig) -> Option<Self> {
+    pub(crate) async fn start(mut player: PlayerConfig) -> Option<Self> {
         let cluster = ControlPlane::up(true)?;
         let operator_kubeconfig = tokio::task::block_in_place(|| install_as_the_chart(&cluster));
+        // The API server's mirror Pods say where it answers, as kubeadm's do.
+        let server = kubectl(
+            cluster.kubeconfig(),
+            &[
+                "config",
+                "view",
+                "-o",
+                "jsonpath={.clusters[0].cluster.server}",
+            ],
+            None,
+        );
+        player.api_server = server
+            .trim()
+            .strip_prefix("https://")
+            .map(|s| s.trim_end_matches('/').to_owned());
         let player = NodePlayer::start(cluster.client().await, player)
             .await
             .expect("the node player registers the nodes");
@@ -293,8 +311,6 @@ impl RealRun {
                 .args(args)
                 .env("POD_NAME", identity)
                 .env("POD_NAMESPACE", "upchain-system")
-                // As the chart's Deployment sets it.
-                .env("UPCHAIN_SNAPSHOT_NAMESPACE", "kube-system")
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -344,15 +360,25 @@ impl RealRun {
         }
     }
 
-    /// Applies K8sUpgrade `name` to 1.35.2, with `extra` spec lines.
+    /// Applies K8sUpgrade `name` to 1.35.2 without an etcd snapshot, with `extra` spec
+    /// lines.
     pub(crate) fn apply_upgrade(&self, name: &str, extra: &str) {
+        self.apply_spec(
+            name,
+            &format!(
+                "  snapshotWaiver: {{reason: the test control plane's etcd is disposable}}\n{extra}"
+            ),
+        );
+    }
+
+    /// Applies K8sUpgrade `name` to 1.35.2, with `lines` in its spec.
+    pub(crate) fn apply_spec(&self, name: &str, lines: &str) {
         self.kubectl(
             &["apply", "-f", "-"],
             Some(&format!(
                 "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata: {{name: {name}}}\n\
                  spec:\n  targetVersion: 1.35.2\n  soak: 0s\n  \
-                 gates: {{quietPeriod: 0s, recheckInterval: 5s}}\n  \
-                 snapshotWaiver: {{reason: the test control plane's etcd is disposable}}\n{extra}"
+                 gates: {{quietPeriod: 0s, recheckInterval: 5s}}\n{lines}"
             )),
         );
     }
@@ -421,7 +447,8 @@ async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_
         // Someone else cordoned worker-3: the nodes gate blocks, and describe says why.
         run.kubectl(&["cordon", "worker-3"], None);
         run.run_operator();
-        run.apply_upgrade("to-1-35", "");
+        // With the etcd snapshot, under the chart's default values: no waiver.
+        run.apply_spec("to-1-35", "  snapshot: {}\n");
         run.wait_for_phase("Blocked", Duration::from_secs(60));
         let described = run.kubectl(&["describe", "k8su", "to-1-35"], None);
         assert!(
@@ -443,6 +470,24 @@ async fn the_chain_with_budgets_a_blocked_gate_and_operator_kills_on_a_real_api_
             run.run_operator();
         }
         run.wait_for_phase("Succeeded", Duration::from_secs(240));
+        // The snapshot and the etcd checks went through the node step in the runner
+        // namespace; the operator may not create a Job in kube-system.
+        assert_eq!(run.field(".status.snapshot.verified"), "true");
+        assert!(
+            run.field(".status.snapshot.location")
+                .starts_with("pvc/upchain-system/upchain-etcd-snapshots/"),
+            "{}",
+            run.field(".status.snapshot")
+        );
+        assert_eq!(run.field(".status.etcd.passed"), "true");
+        let can_i = try_kubectl(
+            &run.operator_kubeconfig,
+            &["auth", "can-i", "create", "jobs", "-n", "kube-system"],
+            None,
+        );
+        // can-i exits 1 when the answer is no.
+        let (Ok(said) | Err(said)) = can_i;
+        assert_eq!(said.trim(), "no", "create jobs -n kube-system");
         let nodes = run.kubectl(&["get", "nodes", "--no-headers"], None);
         for line in nodes.lines() {
             assert!(

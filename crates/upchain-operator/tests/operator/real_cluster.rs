@@ -465,32 +465,36 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
              \x20 repository:\n\
              \x20   url: \"{}\"\n\
              \x20 knownHosts: |\n{known_hosts}\
-             etcdBackup:\n\
-             \x20 enabled: true\n\
-             \x20 image: upchain.test/etcd-tools:1\n\
-             \x20 persistentVolumeClaim: {{create: true, storageClassName: etcd-backups, size: 1Gi}}\n\
              metrics:\n\
              \x20 readers: [{{namespace: monitoring, name: prometheus}}]\n\
              policy:\n\
              \x20 runner:\n\
              \x20   image: {{digest: \"{runner_digest}\"}}\n\
+             \x20 snapshot: {{storageClassName: upchain-snapshots, size: 1Gi}}\n\
              networkPolicy:\n\
              \x20 nodeCIDRs: [\"{node_cidr}\"]\n",
             cluster.env["REPOSITORY_URL"]
         ),
     )
     .unwrap();
-    // This cluster has no storage of its own: the backups' volume is a directory on the
-    // control-plane node (a real cluster's would be network storage).
+    // This cluster has no storage of its own: the snapshots' volume is a directory on the
+    // node the snapshot Job lands on (a real cluster's would be network storage), made
+    // writable for the runner's user, as a volume with fsGroup would be.
+    for node in cluster.nodes() {
+        cluster.on_node(
+            &node,
+            "install -d -o 65532 -g 65532 -m 0750 /var/lib/upchain-snapshots",
+        );
+    }
     kubectl(
         &cluster.kubeconfig(),
         &["apply", "-f", "-"],
         Some(
-            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: etcd-backups}\n\
+            "apiVersion: v1\nkind: PersistentVolume\nmetadata: {name: upchain-snapshots}\n\
              spec:\n  capacity: {storage: 1Gi}\n  accessModes: [ReadWriteOnce]\n\
-             \x20 storageClassName: etcd-backups\n\
-             \x20 claimRef: {namespace: kube-system, name: etcd-backups}\n\
-             \x20 hostPath: {path: /var/lib/etcd-backups, type: DirectoryOrCreate}\n",
+             \x20 storageClassName: upchain-snapshots\n\
+             \x20 claimRef: {namespace: upchain-system, name: upchain-etcd-snapshots}\n\
+             \x20 hostPath: {path: /var/lib/upchain-snapshots, type: Directory}\n",
         ),
     );
     let install = Command::new("helm")
@@ -767,13 +771,27 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
         );
     }
     let metrics = scrape_metrics(&cluster);
+    // The snapshot went through the node step: saved on the control-plane node, test-
+    // restored, copied to the claim and read back; etcd was checked member by member.
     let snapshot = &upgrade["status"]["snapshot"];
     assert!(
         snapshot["sizeBytes"].as_u64().unwrap_or(0) > 1024
             && snapshot["location"]
                 .as_str()
-                .is_some_and(|l| l.starts_with("pvc:etcd-backups/")),
+                .is_some_and(|l| l.starts_with("pvc/upchain-system/upchain-etcd-snapshots/"))
+            && snapshot["restoreCheck"]
+                .as_str()
+                .is_some_and(|r| r.contains("as in the snapshot"))
+            && snapshot["sha256"].as_str().is_some_and(|s| s.len() == 64),
         "the etcd snapshot: {snapshot}"
+    );
+    let etcd_check = &upgrade["status"]["etcd"];
+    assert!(
+        etcd_check["passed"] == true
+            && etcd_check["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(&format!("1 voting member(s) ({control_plane})"))),
+        "the etcd check: {etcd_check}"
     );
     let run = [("upgrade", UPGRADE)];
     for (gauge, value) in [
@@ -813,7 +831,8 @@ fn a_real_kubeadm_cluster_is_upgraded_by_upchain_installed_from_its_chart() {
          {} budget samples, none violated; {node_jobs} node Jobs, none on the node it upgraded; \
          {} records; blocked at {refused_at:.0} s with nothing cordoned while {lacking}'s repository \
          lacked the target, then on once it had it; the runner Pod killed at {runner_killed:.0} s during kubeadm upgrade apply, \
-         which ran once; the leader killed at {operator_killed:.0} s mid-drain; the etcd snapshot taken by the chart's backup Job ({} bytes at {}); \
+         which ran once; the leader killed at {operator_killed:.0} s mid-drain; the etcd snapshot taken through the node step, test-restored and read back ({} bytes at {}); \
+         etcd checked member by member before the run and each node; \
          RunStarted, SnapshotTaken and Succeeded Events; /metrics over TLS with a reader's token",
         run_length.as_secs_f64(),
         samples.budget_samples,

@@ -398,24 +398,16 @@ fn allow_list() -> BTreeSet<Grant> {
         ("pods/log", "", &["get"]),
         ("configmaps", "", &["get"]),
         ("secrets", "upchain-ssh", &["get"]),
+        ("persistentvolumeclaims", "upchain-etcd-snapshots", &["get"]),
         (
             "leases.coordination.k8s.io",
             "",
             &["get", "list", "watch", "create", "update", "patch"],
         ),
     ];
-    // Until the snapshot moves into the node step, its Job is made in kube-system from
-    // the installer's CronJob.
-    let system: &[(&str, &str, &[&str])] = &[
-        ("configmaps", "kubeadm-config", &["get"]),
-        ("cronjobs.batch", "", &["get"]),
-        (
-            "jobs.batch",
-            "",
-            &["get", "list", "watch", "create", "patch", "delete"],
-        ),
-        ("pods/log", "", &["get"]),
-    ];
+    // In kube-system, only reading: the etcd check and the snapshot go through the node
+    // step, in the runner namespace.
+    let system: &[(&str, &str, &[&str])] = &[("configmaps", "kubeadm-config", &["get"])];
     let mut allowed = BTreeSet::new();
     for namespace in ["upchain-system", "kube-system", "default"] {
         let mut add = |rules: &[(&str, &str, &[&str])]| {

@@ -7,8 +7,57 @@ use super::*;
 /// (an injected sidecar may come first).
 pub(super) fn upgrade_env(pod: &Value) -> Option<(String, String)> {
     node_job_env(pod)
-        .filter(|(mode, ..)| mode != "prepare")
+        .filter(|(mode, ..)| mode == "upgrade")
         .map(|(_, node, version)| (node, version))
+}
+
+/// `(NODE_NAME, snapshot)` of an etcd check (false) or snapshot (true) Pod.
+fn etcd_env(pod: &Value) -> Option<(String, bool)> {
+    node_job_env(pod)
+        .filter(|(mode, ..)| mode.starts_with("etcd-"))
+        .map(|(mode, node, _)| (node, mode == "etcd-snapshot"))
+}
+
+/// The value of `key` in the environment of the Pod's first container that sets it (the
+/// node Job's; an injected sidecar may come first).
+pub(crate) fn job_env(pod: &Value, key: &str) -> Option<String> {
+    pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
+        c["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == key)
+            .and_then(|e| e["value"].as_str())
+            .map(str::to_owned)
+    })
+}
+
+/// What the node step reports for an etcd Pod: the control-plane Nodes' members, or a
+/// snapshot of `node`'s copied to the Pod's destination.
+fn etcd_report(store: &Store, pod: &Value, node: &str, snapshot: bool) -> String {
+    if snapshot {
+        let location = job_env(pod, "SNAPSHOT_LOCATION").unwrap_or_default();
+        return crate::node_step::snapshot_report(node, &location);
+    }
+    let members: Vec<(String, String)> = store
+        .type_by_id("nodes")
+        .map(|nodes| {
+            let all = crate::selector::Selector::default();
+            store.list(&nodes, None, &all, &all)
+        })
+        .into_iter()
+        .flatten()
+        .filter(|n| n["metadata"]["labels"][crate::seed::CONTROL_PLANE_LABEL].is_string())
+        .map(|n| {
+            (
+                text(&n, &["metadata", "name"]).to_owned(),
+                n["status"]["addresses"][0]["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    crate::node_step::etcd_report(&members)
 }
 
 /// Whether a node's upgrade Pod runs `kubeadm upgrade apply` (FIRST_CONTROL_PLANE).
@@ -119,12 +168,35 @@ pub(super) fn finish_pod(
     finish_pod_with(store, namespace, pod, if succeeded { 0 } else { 1 }, stamp);
 }
 
+/// Puts `report` in a Pod status's node Job container's termination message, as the
+/// runner writes /dev/termination-log.
+pub(crate) fn put_report(status: &mut Value, report: &str) {
+    if let Some(containers) = status["containerStatuses"].as_array_mut() {
+        for container in containers.iter_mut().filter(|c| c["name"] == "upgrade") {
+            container["state"]["terminated"]["message"] = json!(report);
+        }
+    }
+}
+
 /// Ends a Pod's container with `exit_code`.
 pub(super) fn finish_pod_with(
     store: &mut Store,
     namespace: &str,
     pod: &str,
     exit_code: i64,
+    stamp: &str,
+) {
+    finish_pod_reporting(store, namespace, pod, exit_code, None, stamp);
+}
+
+/// Ends a Pod's container with `exit_code` and, in the same status write as a kubelet
+/// makes it, `report` as the node Job container's termination message.
+fn finish_pod_reporting(
+    store: &mut Store,
+    namespace: &str,
+    pod: &str,
+    exit_code: i64,
+    report: Option<&str>,
     stamp: &str,
 ) {
     let succeeded = exit_code == 0;
@@ -145,6 +217,9 @@ pub(super) fn finish_pod_with(
     let mut next = object.clone();
     let phase = if succeeded { "Succeeded" } else { "Failed" };
     next["status"] = pod_status(&object, phase, Some(exit_code), &node, stamp);
+    if let Some(report) = report {
+        put_report(&mut next["status"], report);
+    }
     let _ = store.write_own(next, true);
 }
 
@@ -330,6 +405,12 @@ pub(super) fn kubelets(
             .is_some_and(|owners| owners.iter().any(|o| o["kind"] == "Job"));
         let outcome = pod["metadata"]["annotations"][OUTCOME_ANNOTATION].as_str();
         let timer = match (upgrade_env(&pod), prepare_env(&pod)) {
+            _ if etcd_env(&pod).is_some() => etcd_env(&pod).map(|(node, snapshot)| Timer::Etcd {
+                namespace: namespace(&pod).to_owned(),
+                pod: name(&pod).to_owned(),
+                node,
+                snapshot,
+            }),
             (Some((target_node, version)), _) => Some(Timer::Restart {
                 namespace: namespace(&pod).to_owned(),
                 pod: name(&pod).to_owned(),
@@ -502,6 +583,38 @@ pub(super) fn fire_timers(store: &mut Store, state: &mut State, now: Timestamp) 
                 };
                 store.append_log(&namespace, &pod, &log);
                 finish_pod_with(store, &namespace, &pod, if ready { 0 } else { 11 }, &stamp);
+            }
+            Timer::Etcd {
+                namespace,
+                pod,
+                node,
+                snapshot,
+            } => {
+                let Some(object) = store
+                    .type_by_id("pods")
+                    .and_then(|pods| store.get(&pods, &namespace, &pod).ok())
+                else {
+                    continue;
+                };
+                if snapshot && state.snapshot_refused {
+                    let location = job_env(&object, "SNAPSHOT_LOCATION").unwrap_or_default();
+                    store.append_log(
+                        &namespace,
+                        &pod,
+                        &format!(
+                            "upchain: the destination {location} refused the snapshot: cat: \
+                             write error: No space left on device\n"
+                        ),
+                    );
+                    finish_pod_with(store, &namespace, &pod, 23, &stamp);
+                    continue;
+                }
+                let report = match (&state.etcd_report, snapshot) {
+                    (Some(report), false) => report.clone(),
+                    _ => etcd_report(store, &object, &node, snapshot),
+                };
+                store.append_log(&namespace, &pod, &format!("{report}\n"));
+                finish_pod_reporting(store, &namespace, &pod, 0, Some(&report), &stamp);
             }
             Timer::Finish {
                 namespace,

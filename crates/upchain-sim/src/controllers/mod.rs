@@ -11,7 +11,7 @@ use disruption::*;
 use jobs::*;
 pub use kubelet::set_unready;
 use kubelet::*;
-pub(crate) use kubelet::{pod_status, record_kubeadm_version};
+pub(crate) use kubelet::{job_env, pod_status, put_report, record_kubeadm_version};
 pub use scheduler::could_schedule;
 use scheduler::*;
 use workloads::*;
@@ -100,7 +100,14 @@ enum Timer {
         node: String,
         version: String,
     },
-    /// Another Job's Pod (such as an etcd snapshot) runs to its end.
+    /// An etcd check or snapshot Pod ends with its report.
+    Etcd {
+        namespace: String,
+        pod: String,
+        node: String,
+        snapshot: bool,
+    },
+    /// Another Job's Pod (a hook) runs to its end.
     Finish {
         namespace: String,
         pod: String,
@@ -128,6 +135,10 @@ pub struct State {
     /// Nodes whose prepare Job finds no target packages (exit code 11), as when the
     /// node's repository or mirror lacks them.
     pub unprepared: BTreeSet<String>,
+    /// What the etcd check reports instead of a healthy member per control-plane node.
+    pub etcd_report: Option<String>,
+    /// The snapshot destination refuses the upload: snapshot Jobs exit 23.
+    pub snapshot_refused: bool,
     /// (node, component) control-plane static Pods that crash-loop once their node is
     /// upgraded.
     pub crash_looping_after_upgrade: BTreeSet<(String, String)>,
@@ -166,6 +177,8 @@ impl State {
             never_return: BTreeSet::new(),
             failing_jobs: BTreeMap::new(),
             unprepared: BTreeSet::new(),
+            etcd_report: None,
+            snapshot_refused: false,
             crash_looping_after_upgrade: BTreeSet::new(),
             kubeadm_config_stale: false,
             extra_log_lines: BTreeMap::new(),

@@ -185,8 +185,12 @@ impl Kubelets {
             return Ok(());
         }
         *self.load.entry(node_name.clone()).or_default() += 1;
-        let upgrades_node =
-            env(value, "NODE_NAME").filter(|_| env(value, "MODE").as_deref() != Some("prepare"));
+        let upgrades_node = crate::controllers::job_env(value, "NODE_NAME").filter(|_| {
+            matches!(
+                crate::controllers::job_env(value, "MODE").as_deref(),
+                None | Some("upgrade")
+            )
+        });
         self.record
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -213,7 +217,7 @@ impl Kubelets {
             if !node_ready(node) {
                 return Ok(());
             }
-            self.set_pod_status(&slot, value, "Running", None, node)
+            self.set_pod_status(&slot, value, "Running", None, node, None)
                 .await?;
             return Ok(());
         }
@@ -222,12 +226,24 @@ impl Kubelets {
             return Ok(());
         }
         match (
-            env(value, "NODE_NAME"),
-            env(value, "TARGET_VERSION"),
-            env(value, "MODE"),
+            crate::controllers::job_env(value, "NODE_NAME"),
+            crate::controllers::job_env(value, "TARGET_VERSION"),
+            crate::controllers::job_env(value, "MODE"),
         ) {
-            (Some(target_node), Some(version), mode) if mode.as_deref() != Some("prepare") => {
-                if env(value, "FIRST_CONTROL_PLANE").as_deref() == Some("true") {
+            (Some(asked), _, Some(mode)) if mode.starts_with("etcd-") => {
+                let report = self
+                    .etcd_report(value, &asked, mode == "etcd-snapshot")
+                    .await?;
+                self.set_pod_status(&slot, value, "Succeeded", Some(0), node, Some(&report))
+                    .await?;
+                self.finished_upgrades.insert(slot);
+            }
+            (Some(target_node), Some(version), mode)
+                if matches!(mode.as_deref(), None | Some("upgrade")) =>
+            {
+                if crate::controllers::job_env(value, "FIRST_CONTROL_PLANE").as_deref()
+                    == Some("true")
+                {
                     self.apply_kubeadm(&version).await?;
                 }
                 let until = later(self.config.upgrade_time);
@@ -255,6 +271,7 @@ impl Kubelets {
                     if code == 0 { "Succeeded" } else { "Failed" },
                     Some(code),
                     node,
+                    None,
                 )
                 .await?;
                 self.finished_upgrades.insert(slot);
@@ -347,7 +364,7 @@ impl Kubelets {
             .ok()
             .and_then(|n| serde_json::to_value(n).ok())
             .unwrap_or(Value::Null);
-        self.set_pod_status(slot, &value, phase, Some(exit_code), &node)
+        self.set_pod_status(slot, &value, phase, Some(exit_code), &node, None)
             .await
     }
 
@@ -428,6 +445,8 @@ impl Kubelets {
         Ok(())
     }
 
+    /// Posts the Pod's status: `phase`, its containers ended with `exit_code` (running
+    /// when None), and `report` as the node Job container's termination message.
     async fn set_pod_status(
         &self,
         slot: &(String, String),
@@ -435,9 +454,13 @@ impl Kubelets {
         phase: &str,
         exit_code: Option<i64>,
         node: &Value,
+        report: Option<&str>,
     ) -> Result<(), PlayerError> {
         let stamp = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let status = crate::controllers::pod_status(pod, phase, exit_code, node, &stamp);
+        let mut status = crate::controllers::pod_status(pod, phase, exit_code, node, &stamp);
+        if let Some(report) = report {
+            crate::controllers::put_report(&mut status, report);
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &slot.0);
         match pods
             .patch_status(
@@ -455,6 +478,41 @@ impl Kubelets {
                 slot.0, slot.1
             ))(e)),
         }
+    }
+
+    /// What the node step reports for an etcd Pod: the control-plane Nodes' members, or a
+    /// snapshot of `asked`'s member copied to the Pod's destination.
+    async fn etcd_report(
+        &self,
+        pod: &Value,
+        asked: &str,
+        snapshot: bool,
+    ) -> Result<String, PlayerError> {
+        if snapshot {
+            let location =
+                crate::controllers::job_env(pod, "SNAPSHOT_LOCATION").unwrap_or_default();
+            return Ok(crate::node_step::snapshot_report(asked, &location));
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let listed = nodes
+            .list(&kube::api::ListParams::default().labels(seed::CONTROL_PLANE_LABEL))
+            .await
+            .map_err(api_error("listing the control-plane Nodes".to_owned()))?;
+        let members: Vec<(String, String)> = listed
+            .items
+            .iter()
+            .map(|n| {
+                let address = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .and_then(|a| a.first())
+                    .map(|a| a.address.clone())
+                    .unwrap_or_default();
+                (n.name_any(), address)
+            })
+            .collect();
+        Ok(crate::node_step::etcd_report(&members))
     }
 
     /// A terminating Pod ends after its grace period, as its kubelet would end it.
@@ -484,16 +542,4 @@ fn later(after: Duration) -> Timestamp {
         .ok()
         .and_then(|d| now.checked_add(d).ok())
         .unwrap_or(now)
-}
-
-/// An environment variable of the Pod's first container that sets it.
-fn env(pod: &Value, key: &str) -> Option<String> {
-    pod["spec"]["containers"].as_array()?.iter().find_map(|c| {
-        c["env"]
-            .as_array()?
-            .iter()
-            .find(|e| e["name"] == key)
-            .and_then(|e| e["value"].as_str())
-            .map(str::to_owned)
-    })
 }

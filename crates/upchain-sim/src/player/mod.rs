@@ -72,6 +72,9 @@ pub struct PlayerConfig {
     pub honour_grace_period: bool,
     /// Nodes whose upgrade Pods fail (exit 15, kubeadm failed), leaving the node as it was.
     pub failing_nodes: BTreeSet<String>,
+    /// Where the API server answers (`host:port`): the API servers' mirror Pods say so,
+    /// as kubeadm's do, and upchain asks each one for `/readyz` there.
+    pub api_server: Option<String>,
 }
 
 impl Default for PlayerConfig {
@@ -85,6 +88,7 @@ impl Default for PlayerConfig {
             tick: Duration::from_millis(100),
             honour_grace_period: false,
             failing_nodes: BTreeSet::new(),
+            api_server: None,
         }
     }
 }
@@ -179,7 +183,13 @@ impl NodePlayer {
                 .await
                 .map_err(api_error(format!("posting node {name}'s status")))?;
         }
-        seed_kubeadm(&client, &names[..config.control_planes], &config.version).await?;
+        seed_kubeadm(
+            &client,
+            &names[..config.control_planes],
+            &config.version,
+            config.api_server.as_deref(),
+        )
+        .await?;
         let record = Arc::new(Mutex::new(Record::default()));
         let (nodes, node_watch) = watched::<Node>(&client, cordon_recorder(record.clone())).await;
         let (pods, pod_watch) = watched::<Pod>(&client, |_| {}).await;
@@ -235,6 +245,7 @@ async fn seed_kubeadm(
     client: &Client,
     control_planes: &[String],
     version: &str,
+    api_server: Option<&str>,
 ) -> Result<(), PlayerError> {
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> =
         Api::namespaced(client.clone(), "kube-system");
@@ -261,10 +272,15 @@ async fn seed_kubeadm(
             } else {
                 format!("registry.k8s.io/{component}:{version}")
             };
+            let mut annotations =
+                json!({"kubernetes.io/config.mirror": "0", "kubernetes.io/config.source": "file"});
+            if let Some(endpoint) = api_server.filter(|_| component == "kube-apiserver") {
+                annotations[seed::ADVERTISE_ANNOTATION] = json!(endpoint);
+            }
             let pod: Pod = serde_json::from_value(json!({
                 "metadata": {"name": format!("{component}-{node}"), "namespace": "kube-system",
                     "labels": {"component": component, "tier": "control-plane"},
-                    "annotations": {"kubernetes.io/config.mirror": "0", "kubernetes.io/config.source": "file"},
+                    "annotations": annotations,
                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": uid, "controller": true}]},
                 "spec": {"nodeName": node, "priorityClassName": "system-node-critical",
                     "tolerations": [{"operator": "Exists", "effect": "NoExecute"}],

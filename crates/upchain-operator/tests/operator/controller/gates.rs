@@ -195,7 +195,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     std::fs::write(
         &spec,
         format!(
-            "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: x\nspec:\n  targetVersion: 1.35.2\n  snapshot: {{namespace: kube-system, cronJob: etcd-backup}}\n  gates:\n    prometheus:\n      url: {}\n",
+            "apiVersion: upchain.dev/v1alpha1\nkind: K8sUpgrade\nmetadata:\n  name: x\nspec:\n  targetVersion: 1.35.2\n  snapshot: {{}}\n  gates:\n    prometheus:\n      url: {}\n",
             cluster.sim.prometheus_url()
         ),
     )
@@ -222,7 +222,7 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
     assert!(text.contains("alert KubeNodeNotReady is firing"), "{text}");
     assert!(text.contains("PASS  nodes"), "{text}");
     assert!(
-        text.contains("PASS  snapshot         CronJob kube-system/etcd-backup"),
+        text.contains("PASS  snapshot         taken through the node step"),
         "{text}"
     );
     assert!(text.contains("PASS  control-plane"), "{text}");
@@ -256,73 +256,77 @@ async fn upchain_check_explains_a_blocked_cluster_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_blocks() {
-    let cluster = cluster(1, 2).await;
-    let cron_jobs: Api<k8s_openapi::api::batch::v1::CronJob> =
-        Api::namespaced(cluster.client.clone(), "kube-system");
-    let apply_cron_job = |outcome: &'static str, report: &'static str| {
-        let cron_jobs = cron_jobs.clone();
-        async move {
-            cron_jobs
-                .patch(
-                    "etcd-backup",
-                    &PatchParams::apply("test").force(),
-                    &Patch::Apply(etcd_backup(outcome, report)),
-                )
-                .await
-                .expect("CronJob")
-        }
-    };
-    apply_cron_job("fail", "").await;
+async fn etcd_is_checked_and_the_snapshot_taken_through_the_node_step_and_failures_block() {
+    let cluster = cluster(3, 2).await;
+    // A member added and never started: the check names it, nothing is touched.
+    let members: Vec<String> = (1..=3)
+        .map(|i| format!("upchain-etcd member {i:x}|started|cp-{i}|https://10.0.0.{i}:2380|https://10.0.0.{i}:2379|false"))
+        .collect();
+    cluster.sim.behaviour().etcd_report = Some(format!(
+        "{}\nupchain-etcd member c25d1bfb7c59b8d2|unstarted||https://10.0.0.9:2380||false",
+        members.join("\n")
+    ));
+    cluster.sim.behaviour().snapshot_refused = true;
     apply_upgrade(
         &cluster.client,
         json!({"targetVersion": "1.35.2", "soak": "0s", "gates": {"recheckInterval": "5s"},
-               "snapshot": {"namespace": "kube-system", "cronJob": "etcd-backup", "timeout": "1m"}}),
+               "snapshot": {"timeout": "1m"}}),
     )
     .await;
     let blocked = wait_for_phase(&cluster, Phase::Blocked, Duration::from_secs(30)).await;
     let status = blocked.status.expect("status");
+    let reasons = status.blocked_reasons.join("\n");
     assert!(
-        status.blocked_reasons[0].contains("etcd snapshot Job kube-system/to-1-35-etcd-snapshot-")
-            && status.blocked_reasons[0].contains("failed (BackoffLimitExceeded"),
-        "{:?}",
-        status.blocked_reasons
+        reasons.contains("etcd has 4 members, 3 control-plane nodes")
+            && reasons.contains(
+                "c25d1bfb7c59b8d2 (peer https://10.0.0.9:2380) was added but never started"
+            ),
+        "{reasons}"
     );
-    assert!(status.nodes.is_empty(), "no node was started");
+    assert!(
+        status.nodes.is_empty() && status.snapshot.is_none(),
+        "nothing started"
+    );
+    assert_nothing_cordoned(&cluster);
+
+    // The member is removed; the snapshot's destination refuses the upload: still Blocked,
+    // by the snapshot, which says why.
+    cluster.sim.behaviour().etcd_report = None;
+    wait_for(&cluster, "the refused snapshot", |s| {
+        s.phase == Some(Phase::Blocked)
+            && s.blocked_reasons.iter().any(|r| {
+                r.contains("the etcd snapshot Job upchain-system/to-1-35-etcd-snapshot-")
+                    && r.contains("exit 23")
+            })
+    })
+    .await;
     let exposition = cluster.operator.as_ref().expect("operator").metrics();
     assert!(exposition.contains("k8s_upgrade_snapshot_taken{upgrade=\"to-1-35\"} 0"));
     assert_nothing_cordoned(&cluster);
 
-    // The Job now succeeds, but reports a snapshot too small to be one: still Blocked.
-    apply_cron_job(
-        "succeed",
-        r#"upchain-snapshot {"sizeBytes":20,"location":"pvc:etcd-backups/e.db","status":{"hash":1,"revision":1,"totalKey":1}}"#,
-    )
-    .await;
-    wait_for(&cluster, "a short snapshot refused", |s| {
-        s.phase == Some(Phase::Blocked)
-            && s.blocked_reasons.iter().any(|r| {
-                r.contains("succeeded, but its snapshot is unverified: the snapshot is 20 bytes")
-            })
-    })
-    .await;
-    assert_nothing_cordoned(&cluster);
-
-    // The backup is repaired; the next attempt succeeds and the run goes on by itself.
-    apply_cron_job("succeed", upchain_sim::seed::GOOD_SNAPSHOT_REPORT).await;
-    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(90)).await;
+    // The destination has room again; the next attempt succeeds and the run goes on.
+    cluster.sim.behaviour().snapshot_refused = false;
+    let done = wait_for_phase(&cluster, Phase::Succeeded, Duration::from_secs(120)).await;
     let status = done.status.expect("status");
     let snapshot = status.snapshot.expect("snapshot record");
-    assert!(snapshot.verified && snapshot.attempt >= 3, "{snapshot:?}");
-    assert_eq!(snapshot.size_bytes, Some(4_255_776));
-    assert_eq!(snapshot.revision, Some(48213));
-    assert_eq!(snapshot.total_keys, Some(1290));
-    assert_eq!(
-        snapshot.location.as_deref(),
-        Some("pvc:etcd-backups/etcd-snapshot.db")
+    assert!(snapshot.verified && snapshot.attempt >= 2, "{snapshot:?}");
+    assert_eq!(snapshot.revision, Some(91234));
+    assert_eq!(snapshot.total_keys, Some(2210));
+    assert!(
+        snapshot
+            .location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("pvc/upchain-system/upchain-etcd-snapshots/etcd-cp-")),
+        "{snapshot:?}"
     );
+    assert!(snapshot.restore_check.is_some() && snapshot.sha256.is_some());
     let first_node = status.nodes.first().expect("a node").started_at.0;
     assert!(snapshot.completed_at.expect("completed").0 <= first_node);
+    let etcd = status.etcd.expect("etcd record");
+    assert!(
+        etcd.passed && etcd.before.starts_with("worker-"),
+        "{etcd:?}"
+    );
     assert!(
         status
             .conditions
@@ -336,6 +340,16 @@ async fn the_etcd_snapshot_is_verified_before_the_first_node_and_a_failed_one_bl
     );
     assert_every_node_upgraded(&cluster);
     assert_no_job_ran_on_its_node(&cluster);
+    // The etcd Jobs never ran on the node whose member they asked.
+    for job in cluster.sim.objects("jobs.batch") {
+        let name = job["metadata"]["name"].as_str().unwrap_or_default();
+        if name.contains("-etcd-") {
+            let excluded = upchain_core::job::excluded_nodes(
+                &serde_json::from_value(job.clone()).expect("a Job"),
+            );
+            assert!(!excluded.is_empty(), "{name}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -669,8 +683,27 @@ async fn an_unhealthy_etcd_member_blocks_the_run_before_anything_is_touched() {
     cluster.sim.crash_loop_static_pod("cp-2", "etcd");
     let reasons = blocked_from_the_start(&cluster).await;
     assert!(
-        reasons.contains("etcd on cp-2 is not Running and Ready")
-            && reasons.contains("etcd has 2 healthy member(s) for 3 control-plane node(s)"),
+        reasons.contains("etcd on cp-2 is not Running and Ready"),
+        "{reasons}"
+    );
+    assert_nothing_cordoned(&cluster);
+
+    // A control-plane node without its etcd mirror Pod, where kubeadm-config says etcd is
+    // stacked, is a finding, never a sign of external etcd.
+    let cluster = super::cluster(2, 1).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(cluster.client.clone(), "kube-system");
+    pods.delete(
+        "etcd-cp-2",
+        &kube::api::DeleteParams::default().grace_period(0),
+    )
+    .await
+    .expect("the mirror Pod deleted");
+    let reasons = blocked_from_the_start(&cluster).await;
+    assert!(
+        reasons.contains(
+            "etcd on cp-2 has no mirror Pod, but kube-system/kubeadm-config says etcd is stacked"
+        ),
         "{reasons}"
     );
     assert_nothing_cordoned(&cluster);

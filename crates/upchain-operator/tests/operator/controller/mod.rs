@@ -390,20 +390,6 @@ fn helm_release(revision: u32, status: &str) -> k8s_openapi::api::core::v1::Secr
     .unwrap()
 }
 
-/// The cluster's etcd backup CronJob; `outcome` is how the simulator ends its Pods, and
-/// `report` what they print last.
-fn etcd_backup(outcome: &str, report: &str) -> serde_json::Value {
-    json!({
-        "apiVersion": "batch/v1", "kind": "CronJob",
-        "metadata": {"name": "etcd-backup", "namespace": "kube-system"},
-        "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
-            "metadata": {"annotations": {upchain_sim::controllers::OUTCOME_ANNOTATION: outcome,
-                                         upchain_sim::controllers::LOG_ANNOTATION: report}},
-            "spec": {"restartPolicy": "Never", "containers": [{"name": "backup", "image": "registry.k8s.io/etcd:3.5.21-0",
-                     "command": ["etcdctl", "snapshot", "save", "/backup/snapshot.db"]}]}}}}}
-    })
-}
-
 /// A CephCluster custom resource, as Rook serves it, reporting `health`.
 async fn ceph_cluster(client: &Client, health: &str) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

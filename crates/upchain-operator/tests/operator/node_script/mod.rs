@@ -16,6 +16,7 @@ use upchain_core::job::{JobMode, NodeJob, Owner};
 use upchain_core::version::KubeVersion;
 
 mod cases;
+mod etcd;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const OLD: &str = "1.34.3";
@@ -272,6 +273,8 @@ impl Node {
             batch: &batch,
             mode,
             control_plane_available: true,
+            run_started: 0,
+            snapshot_claim: Some("snapshots"),
         }
         .render()
     }
