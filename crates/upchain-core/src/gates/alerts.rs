@@ -1,6 +1,6 @@
 //! The alert gate: no firing Prometheus alert outside the ignore pattern.
 
-use super::*;
+use super::{Source, Verdict, unreachable, verdict};
 
 /// An alert from Prometheus's `/api/v1/alerts`.
 #[derive(Clone, Debug, PartialEq, Eq)]

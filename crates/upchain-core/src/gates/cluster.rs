@@ -1,7 +1,13 @@
 //! The node gate and the quiet period: every node Ready, none under pressure or cordoned
 //! by someone else, no Ready transition within the quiet period.
 
-use super::*;
+use std::collections::HashSet;
+use std::time::Duration;
+
+use upchain_api::NodeRecord;
+
+use super::{Verdict, human, verdict};
+use crate::observe::ObservedNode;
 
 /// The node gate, checked before the first change and again before every batch: every
 /// node Ready, none under Memory, Disk or PID pressure, none cordoned by someone else.

@@ -1,7 +1,14 @@
 //! Compatibility before a minor upgrade: deprecated APIs the target removes, containerd
 //! below the target's floor, addons above their supported ceiling.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use upchain_api::DEFAULT_CONTAINERD_FLOORS;
+
+use super::{Source, Verdict, image_tag, unreachable, verdict};
+use crate::observe::ObservedNode;
+use crate::version::KubeVersion;
 
 /// The `apiserver_requested_deprecated_apis` series on one line of the API server's
 /// Prometheus text exposition, when it has a positive value. Line by line, so the

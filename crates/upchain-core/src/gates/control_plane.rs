@@ -14,10 +14,12 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use upchain_api::{CONTROL_PLANE_LABEL, NodeStep};
+use upchain_api::{CONTROL_PLANE_LABEL, NodeRecord, NodeStep};
 
-use super::*;
+use super::{Source, Verdict, unreachable, verdict};
 use crate::gates::postflight::{StaticPod, image_tag};
+use crate::observe::ObservedNode;
+use crate::version::KubeVersion;
 
 /// The components kubeadm runs as static Pods on every control-plane node, besides etcd.
 pub const COMPONENTS: [&str; 3] = [

@@ -1,6 +1,10 @@
 //! The Helm gate: no release mid-operation or failed.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use upchain_api::FailedReleasePolicy;
+
+use super::{Source, Verdict, unreachable, verdict};
 
 /// The latest revision of each release (Helm keeps one Secret per revision).
 pub fn latest_revisions(revisions: impl IntoIterator<Item = HelmRelease>) -> Vec<HelmRelease> {

@@ -23,16 +23,9 @@ pub use postflight::*;
 pub use runner::*;
 pub use workloads::*;
 
-use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
-use serde::Deserialize;
-use upchain_api::{
-    DEFAULT_CONTAINERD_FLOORS, FailedReleasePolicy, GatesSpec, K8sUpgradeSpec, NodeRecord,
-    UpgradeKind,
-};
+use upchain_api::{GatesSpec, K8sUpgradeSpec, NodeRecord, UpgradeKind};
 
 use crate::observe::ObservedNode;
 use crate::version::KubeVersion;

@@ -1,6 +1,9 @@
 //! The postflight: control-plane static Pods at the target image, Pods ready.
 
-use super::*;
+use k8s_openapi::api::core::v1::Pod;
+
+use super::{Verdict, verdict};
+use crate::version::KubeVersion;
 
 /// The tag of an image reference (`repo/name:v1.2.3@sha256:...` -> `v1.2.3`).
 pub fn image_tag(image: &str) -> Option<&str> {

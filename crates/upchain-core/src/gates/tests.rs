@@ -1,3 +1,7 @@
+use std::collections::BTreeMap;
+
+use upchain_api::FailedReleasePolicy;
+
 use super::*;
 use crate::testing::NodeFixture;
 use k8s_openapi::api::core::v1::ConfigMap;

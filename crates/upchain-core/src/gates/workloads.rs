@@ -1,7 +1,9 @@
 //! The workloads gate: every Deployment, StatefulSet and DaemonSet updated, ready and
 //! available.
 
-use super::*;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+
+use super::{Source, Verdict, unreachable, verdict};
 
 /// A Deployment, reduced to what the workloads gate needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

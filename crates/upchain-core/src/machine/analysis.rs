@@ -2,10 +2,15 @@
 //! blocks, as a gate does) and while a batch soaks (a failure stops the run with the
 //! batch in service).
 
-use upchain_api::{AnalysisCheck, AnalysisRecord, AnalysisStage, AnalysisVerdict};
+use std::ops::ControlFlow;
+use std::time::Duration;
 
-use super::*;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{AnalysisCheck, AnalysisRecord, AnalysisStage, AnalysisVerdict, Phase};
+
+use super::{Machine, STOP};
 use crate::analysis;
+use crate::reason::Reason;
 
 impl<'a> Machine<'a> {
     /// Measures `check` at `stage` when it is due and its query was read; returns when it

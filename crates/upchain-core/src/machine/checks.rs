@@ -1,7 +1,18 @@
 //! The checks at a node boundary: gate verdicts, health checks, and the Pods a drain
 //! would lose.
 
-use super::*;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{GateRecord, Phase};
+
+use super::{Machine, STOP};
+use crate::drain::drain_progress;
+use crate::gates;
+use crate::plan::Plan;
+use crate::reason::Reason;
+use crate::window::{WindowState, window_state};
 
 impl<'a> Machine<'a> {
     /// Why a node of the next batch may not be drained yet: Pods whose eviction would

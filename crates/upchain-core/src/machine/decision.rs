@@ -1,7 +1,14 @@
 //! What a decision is made of: the actions the operator carries out, the Events and
 //! notifications it publishes, and the next status.
 
-use super::*;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use upchain_api::K8sUpgradeStatus;
+
+use crate::observe::PodRef;
+use crate::reason::Reason;
 
 /// Something the operator must do to the cluster, or record.
 #[derive(Clone, Debug, PartialEq)]

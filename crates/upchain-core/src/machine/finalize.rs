@@ -1,6 +1,9 @@
 //! Deletion of a K8sUpgrade: running node Jobs finish, cordoned nodes are released.
 
-use super::*;
+use upchain_api::{K8sUpgrade, NodeRecord};
+
+use super::decision::Action;
+use crate::observe::{JobState, Observed};
 
 /// What deleting a K8sUpgrade requires before its finalizer may be removed.
 #[derive(Clone, Debug, Default, PartialEq)]

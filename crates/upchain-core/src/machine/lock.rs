@@ -1,6 +1,12 @@
 //! One upgrade at a time: the lock is the running K8sUpgrade itself.
 
-use super::*;
+use std::ops::ControlFlow;
+
+use upchain_api::{K8sUpgrade, K8sUpgradeStatus, NodeStep, Phase};
+
+use super::{Machine, STOP, WAIT_POLL};
+use crate::observe::OtherUpgrade;
+use crate::reason::Reason;
 
 /// True when this status holds the one-upgrade-per-cluster lock: a run is under way,
 /// blocked, or failed with nodes touched.

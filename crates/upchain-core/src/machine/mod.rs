@@ -27,7 +27,6 @@ pub use decision::{Action, Decision, Event, Notification, NotifyKind};
 pub use finalize::{Finalization, finalize};
 pub use lock::holds_lock;
 pub use needs::{JobsToRead, Needs, needs, woken_by_nodes};
-use one_off::HookProgress;
 pub use silences::{record_silences, silence_failed_event, silenced_event};
 
 use std::collections::HashMap;
@@ -35,23 +34,15 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use upchain_api::{
-    APPROVE_ANNOTATION, Approval, DrainTimeoutAction, GateRecord, HookKind, HookRecord, K8sUpgrade,
-    K8sUpgradeSpec, K8sUpgradeStatus, NodeRecord, NodeRole, NodeStep, Phase, RETRY_ANNOTATION,
-    RunRecord, SilenceRecord, SnapshotRecord,
-};
+use upchain_api::{K8sUpgrade, K8sUpgradeSpec, K8sUpgradeStatus, NodeStep, Phase, SnapshotRecord};
 
-use crate::conditions::{self, Desired, types};
-use crate::drain::drain_progress;
-use crate::gates;
-use crate::job::{JobMode, NodeJob, Owner, job_name, untagged_job_name};
-use crate::observe::{JobState, Observed, ObservedNode, OtherUpgrade, PodRef, pod_names};
-use crate::plan::{Plan, plan};
+use crate::conditions::{self, types};
+use crate::job::Owner;
+use crate::observe::{Observed, ObservedNode};
+use crate::plan::Plan;
 use crate::reason::Reason;
 use crate::version::KubeVersion;
-use crate::window::{WindowState, window_state};
 
 /// How often a drain re-checks its Pods while they leave.
 pub const DRAIN_POLL: Duration = Duration::from_secs(5);

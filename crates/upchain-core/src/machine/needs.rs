@@ -1,8 +1,12 @@
 //! The observation contract: what the operator must read for the next decision.
 
-use upchain_api::{AnalysisStage, PrepareRecord};
+use upchain_api::{
+    AnalysisStage, K8sUpgrade, K8sUpgradeSpec, K8sUpgradeStatus, NodeStep, Phase, PrepareRecord,
+};
 
-use super::*;
+use crate::observe::ObservedNode;
+use crate::plan::plan;
+use crate::version::KubeVersion;
 
 /// Everything the operator must read for the next decision besides the Nodes it caches:
 /// the operator only fetches what this says, and the decision gets nothing else.

@@ -1,6 +1,19 @@
 //! One node's steps: start, drain, upgrade Job, rejoin, soak, done or failed.
 
-use super::*;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{DrainTimeoutAction, NodeRecord, NodeRole, NodeStep, Phase};
+
+use super::decision::Action;
+use super::{DRAIN_POLL, Machine, STOP, budget};
+use crate::drain::drain_progress;
+use crate::job::{JobMode, NodeJob, job_name, untagged_job_name};
+use crate::observe::{JobState, pod_names};
+use crate::plan::Plan;
+use crate::reason::Reason;
+use crate::version::KubeVersion;
 
 /// How a draining node's message starts while budgets hold it.
 pub(super) const WAITING_ON_BUDGETS: &str = "waiting on PodDisruptionBudget(s)";

@@ -1,7 +1,19 @@
 //! One-off Jobs of a run, made from the user's templates: the etcd snapshot and the
 //! pre- and post-run hooks.
 
-use super::*;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{HookKind, HookRecord, NodeRole, Phase, RETRY_ANNOTATION, SnapshotRecord};
+
+use super::decision::Action;
+use super::{Machine, STOP, of_this_run};
+use crate::gates;
+use crate::job::JobMode;
+use crate::observe::JobState;
+use crate::plan::Plan;
+use crate::reason::Reason;
 
 /// Whether a hook lets the run go on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

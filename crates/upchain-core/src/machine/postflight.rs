@@ -1,6 +1,17 @@
 //! The postflight: every node at the target, the control plane at its image, Pods ready.
 
-use super::*;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{HookKind, Phase, RunRecord};
+
+use super::one_off::HookProgress;
+use super::{HISTORY_LIMIT, Machine, STOP, WAIT_POLL};
+use crate::gates;
+use crate::plan::Plan;
+use crate::reason::Reason;
+use crate::version::KubeVersion;
 
 impl<'a> Machine<'a> {
     pub(super) fn postflight(&mut self) {

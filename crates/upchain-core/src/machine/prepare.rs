@@ -10,11 +10,20 @@
 //! for a reason that was knowable at its start. The cost is time before the first node
 //! (nodes / concurrency × one check, about 15 s each).
 
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use upchain_api::PrepareRecord;
 
+use super::decision::Action;
 use super::one_off::{JobOutcome, NextAttempt, OneOffRecord};
-use super::*;
-use crate::job::prepare_job_name;
+use super::{Machine, STOP};
+use crate::job::{JobMode, NodeJob, prepare_job_name};
+use crate::observe::Observed;
+use crate::plan::Plan;
+use crate::reason::Reason;
+use crate::version::KubeVersion;
 
 /// Where a node's prepare check stands after this decision.
 enum Check {

@@ -1,6 +1,20 @@
 //! A run's life: start, approval, retry, a failed node, and the run record.
 
-use super::*;
+use std::ops::ControlFlow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use upchain_api::{
+    APPROVE_ANNOTATION, Approval, HookKind, NodeRecord, NodeStep, Phase, RETRY_ANNOTATION,
+    RunRecord,
+};
+
+use super::decision::Action;
+use super::{HISTORY_LIMIT, Machine, STOP};
+use crate::conditions;
+use crate::conditions::types;
+use crate::plan::{Plan, plan};
+use crate::reason::Reason;
+use crate::version::KubeVersion;
 
 impl<'a> Machine<'a> {
     /// spec.approval Manual: shows the plan and the checks' verdicts and waits, changing

@@ -1,6 +1,14 @@
 //! Alertmanager silences for the nodes in progress.
 
-use super::*;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use upchain_api::{K8sUpgradeStatus, SilenceRecord};
+
+use super::Machine;
+use super::decision::{Action, Event};
+use crate::gates;
+use crate::reason::Reason;
 
 /// Records in `status` the silences the operator placed in Alertmanager for the decision's
 /// `Action::Silence`s (the ID is Alertmanager's, known only once it answered).

@@ -1,9 +1,15 @@
 //! The end of every decision: conditions, progress, stall, notifications, and the
 //! Events that say what changed.
 
-use upchain_api::HostKeyPolicy;
+use std::time::Duration;
 
-use super::*;
+use upchain_api::{HostKeyPolicy, K8sUpgradeStatus, NodeRecord, NodeStep, Phase};
+
+use super::decision::Decision;
+use super::{DONE_RECORDS_KEPT, Machine, PLAN_SHOWN, State, budget, of_this_run};
+use crate::conditions;
+use crate::conditions::{Desired, types};
+use crate::reason::Reason;
 
 /// Drops the oldest Done records past [`DONE_RECORDS_KEPT`], counting those of this run's
 /// target in `upgradedWithoutRecord`.

@@ -1,7 +1,19 @@
 //! Apply: the decision's status by server-side apply on /status, then its actions,
 //! each idempotent (cordon, evict, delete, Job, silence, Event, notification).
 
-use super::*;
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, EvictParams, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use serde_json::json;
+use tracing::{info, warn};
+use upchain_api::{FIELD_MANAGER, FINALIZER, K8sUpgrade, PREPARED_ANNOTATION, SilenceRecord};
+use upchain_core::{Action, PodRef};
+
+use super::events::publish;
+use super::{Context, Error, write_error};
 
 pub(super) async fn write_status(
     upgrade: &K8sUpgrade,

@@ -5,12 +5,23 @@
 //! moves, not at the next poll. Wakes from budgets alone are spaced out, more and more
 //! while no Pod leaves, so a budget that flaps cannot keep the operator busy.
 
-use std::collections::BTreeMap;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::warn;
+use upchain_api::K8sUpgrade;
+use upchain_core::{ObservedBudget, ObservedPod};
 
-use super::*;
+use super::Error;
 
 /// The first spacing of wakes from budget changes; it doubles with each such wake while
 /// no Pod leaves, up to `MAX_GAP`.

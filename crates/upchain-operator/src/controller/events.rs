@@ -1,7 +1,15 @@
 //! Events on K8sUpgrades, through kube-runtime's recorder, bounded to what the API
 //! server stores.
 
-use super::*;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tracing::{info, warn};
+use upchain_api::K8sUpgrade;
+
+use super::Context;
 
 /// Events published before the recorder is replaced by a fresh one.
 pub(super) const EVENTS_PER_RECORDER: usize = 256;

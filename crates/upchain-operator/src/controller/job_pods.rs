@@ -6,10 +6,20 @@
 //! node until the Jobs' TTL, thousands at 5,000 nodes, and even pruned a `Pod` is kilobytes
 //! of empty fields and maps. The cache keeps a `JobPod` of each, by namespace and Job.
 
-use futures_util::Stream;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tracing::warn;
+use upchain_api::{K8sUpgrade, UPGRADE_ANNOTATION, UPGRADE_LABEL};
 use upchain_core::evidence::{JOB_NAME_LABEL, JobPod};
 
-use super::*;
+use super::apis_in;
 
 /// Pods by namespace and Job name.
 type PodsByJob = HashMap<(String, String), Vec<JobPod>>;
@@ -137,6 +147,8 @@ fn upsert(cache: &mut PodsByJob, pod: &Pod) -> JobPod {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn pod(name: &str, phase: &str) -> Pod {

@@ -1,6 +1,13 @@
 //! Leader election: only the replica holding the Lease acts.
 
-use super::*;
+use std::future::Future;
+use std::sync::Arc;
+
+use kube::Client;
+use tracing::{info, warn};
+
+use super::{Settings, run};
+use crate::metrics::Metrics;
 
 /// The coordination.k8s.io Lease replicas compete for.
 #[derive(Clone, Debug)]

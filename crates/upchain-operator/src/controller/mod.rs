@@ -12,13 +12,13 @@ mod lease;
 mod node_cache;
 mod observe;
 
-use apply::*;
+use apply::{add_finalizer, carry_out, set_finalizers, write_status};
 use drain_watch::DrainWatch;
-use events::*;
+use events::Events;
 use job_pods::JobPods;
 pub use lease::{LeaseSettings, run_with_leader_election};
 use node_cache::NodeCache;
-use observe::*;
+use observe::{cached_nodes, observe};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,29 +27,16 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action as Requeue, Error as ControllerError};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{info, instrument, warn};
-use upchain_api::{
-    FIELD_MANAGER, FINALIZER, K8sUpgrade, NODE_LABEL, PREPARED_ANNOTATION, SilenceRecord,
-    UPGRADE_ANNOTATION, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION,
-};
-use upchain_core::evidence::{JobEvidence, JobPod};
-use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
+use upchain_api::{FINALIZER, K8sUpgrade, UPGRADE_ANNOTATION, UPGRADE_LABEL};
 
-use crate::gather;
 use crate::metrics::Metrics;
-use upchain_core::{
-    Action, JobState, JobsToRead, Needs, Observed, ObservedBudget, ObservedJob, ObservedNode,
-    ObservedPod, OtherUpgrade, PodRef, decide, finalize, holds_lock, woken_by_nodes,
-};
+use upchain_core::{Needs, PodRef, decide, finalize, holds_lock, woken_by_nodes};
 
 /// Errors of one reconcile; each is retried with backoff.
 #[derive(Debug, thiserror::Error)]

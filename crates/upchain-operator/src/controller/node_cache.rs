@@ -10,16 +10,23 @@
 //! decoding each whole was most of the operator's allocations, 500 times a second.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{
-    NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 use serde::Deserialize;
+use tracing::warn;
+use upchain_core::ObservedNode;
 
-use super::*;
+use crate::metrics::Metrics;
 
 /// A Node as the watch decodes it: what [`ObservedNode::from_node`] reads, and the
 /// metadata the watch itself needs. Every other field is skipped unread.
@@ -308,6 +315,8 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::expect_used)]
+
+    use serde_json::json;
 
     use super::*;
 

@@ -1,7 +1,21 @@
 //! Observe: what the next decision needs, read fresh (Jobs, Pods, budgets) or from the
 //! caches (Nodes), and the gate sources through `gather`. Nothing here decides.
 
-use super::*;
+use std::sync::Arc;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use tracing::warn;
+use upchain_api::{K8sUpgrade, NODE_LABEL, UPGRADE_LABEL, UPGRADE_UID_ANNOTATION};
+use upchain_core::evidence::{JobEvidence, JobPod};
+use upchain_core::job::{RUNNER_CONTAINER, bounded_name};
+use upchain_core::{
+    JobState, JobsToRead, Needs, Observed, ObservedJob, ObservedNode, OtherUpgrade,
+};
+
+use super::{Context, Error, read_error};
+use crate::gather;
 
 /// The run's Jobs that `needs` names, read fresh: a Job created by the last reconcile must
 /// be seen by the next, or the node would get a second one.

@@ -1,6 +1,13 @@
 //! The disruption controller: PodDisruptionBudgets' status.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::{deleting, namespace, terminal};
+use crate::selector::{label_selector_matches, labels_of};
+use crate::store::{Key, Store, pod_ready};
 
 pub(super) fn int_or_percent(value: &Value, total: usize, round_up: bool) -> Option<usize> {
     if let Some(n) = value.as_u64() {

@@ -1,7 +1,14 @@
 //! The Job controller: a Pod per attempt, Complete and Failed conditions, deadlines and
 //! TTLs.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use super::workloads::pod_from_template;
+use super::{State, controlled_pods, deleting, name, namespace, phase, terminal, text, uid};
+use crate::store::{Key, Store};
 
 pub(super) fn after(since: &str, seconds: i64) -> Option<Timestamp> {
     since

@@ -1,7 +1,17 @@
 //! The kubelets: Pods start and finish, node-upgrade Pods take their node down and bring
 //! it back at the target, timers fire.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use super::{
+    LOG_ANNOTATION, OUTCOME_ANNOTATION, State, Timer, deleting, name, namespace, phase,
+    set_node_ready, text, uid,
+};
+use crate::store::{Key, Store, node_ready};
 
 /// `(NODE_NAME, TARGET_VERSION)` of a node-upgrade Pod, from whichever container has them
 /// (an injected sidecar may come first).

@@ -7,28 +7,26 @@ mod kubelet;
 mod scheduler;
 mod workloads;
 
-use disruption::*;
-use jobs::*;
+use disruption::disruption_budgets;
+use jobs::jobs;
 pub use kubelet::set_unready;
-use kubelet::*;
+use kubelet::{fire_timers, heartbeats, kubelets};
 pub(crate) use kubelet::{job_env, pod_status, put_report, record_kubeadm_version};
 pub use scheduler::could_schedule;
-use scheduler::*;
-use workloads::*;
+use scheduler::schedule;
+use workloads::{daemonsets, workloads};
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
-use crate::selector::{label_selector_matches, labels_of, requirement_matches};
 use crate::server::Shared;
-use crate::store::{Key, Store, node_ready, pod_ready};
+use crate::store::{Key, Store};
 
 /// How simulated nodes behave when an upgrade Job runs on their behalf.
 #[derive(Clone, Debug)]
@@ -364,6 +362,8 @@ pub fn reconcile(store: &mut Store, state: &mut State) {
 
 #[cfg(test)]
 mod tests {
+    use super::disruption::int_or_percent;
+    use super::scheduler::affinity_allows;
     use super::*;
 
     #[test]

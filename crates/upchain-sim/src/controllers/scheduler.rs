@@ -1,7 +1,17 @@
 //! The scheduler: Ready, schedulable nodes, node selectors, required affinity and taints,
 //! least loaded first.
 
-use super::*;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::kubelet::upgrade_env;
+use super::workloads::{taints_tolerated, tolerates};
+use super::{Placement, State, deleting, name, namespace, terminal};
+use crate::selector::{labels_of, requirement_matches};
+use crate::store::{Key, Store, node_ready};
 
 pub(super) fn affinity_allows(pod: &Value, node: &Value) -> bool {
     let labels = &node["metadata"]["labels"];

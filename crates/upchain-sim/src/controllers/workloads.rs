@@ -1,7 +1,14 @@
 //! The workload controllers: Deployments and StatefulSets keep their replicas,
 //! DaemonSets put a Pod on every node whose taints they tolerate.
 
-use super::*;
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::{
+    changed_of, controlled_pods, deleting, name, namespace, owner_reference, phase, terminal, text,
+};
+use crate::store::{Key, Store};
 
 pub(super) fn pod_from_template(
     owner: &Value,

@@ -1,7 +1,21 @@
 //! The kubelets and the scheduler the player plays: each pass binds pending Pods, runs
 //! bound ones, ends terminating ones and moves the upgrade Jobs' nodes along.
 
-use super::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::{PlayerConfig, PlayerError, Record, STATIC_COMPONENTS, api_error};
+use crate::controllers::{OUTCOME_ANNOTATION, Placement, could_schedule};
+use crate::seed;
 use crate::store::node_ready;
 
 /// A Pod by (namespace, name).

@@ -1,7 +1,10 @@
 //! Faults injected into the simulated API server: errors, conflicts, latency, dropped
 //! watches.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::store::ApiError;
 
 /// The request verbs faults can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -7,27 +7,23 @@ mod surroundings;
 mod watch;
 
 pub use faults::{Faults, Verb};
-use serve::*;
-use surroundings::*;
+use serve::serve;
 pub use surroundings::{Silence, Surroundings};
-use watch::*;
+use surroundings::{alertmanager, api_server_metrics, prometheus_alerts};
+use watch::start_watch;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::registry::ResourceType;
-use crate::selector::Selector;
-use crate::store::{ApiError, Change, ChangeType, PatchType, Propagation, Store};
+use crate::store::{ApiError, Store};
 use crate::table;
 
 /// What the server shares between requests.

@@ -1,6 +1,15 @@
 //! One API request on a resolved type: get, list, create, update, patch, delete, evict.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, header};
+use serde_json::{Value, json};
+
+use super::faults::Verb;
+use super::{Shared, Target, list_kind, parse_body};
+use crate::selector::Selector;
+use crate::store::{ApiError, PatchType, Propagation};
 
 pub(super) fn serve(
     shared: &Shared,

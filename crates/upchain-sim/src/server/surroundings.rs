@@ -1,7 +1,14 @@
 //! What the simulator serves besides the API: Prometheus's alerts and the API server's
 //! metrics, Alertmanager's silences, and a webhook receiver.
 
-use super::*;
+use std::sync::MutexGuard;
+
+use axum::body::Bytes;
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::{Shared, json_response};
 
 /// What the simulated cluster serves besides its API: a Prometheus alerts API
 /// (`/prometheus/api/v1/alerts`), an Alertmanager silences API (`/alertmanager/api/v2`),

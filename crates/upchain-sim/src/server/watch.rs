@@ -1,6 +1,20 @@
 //! Watches: history replay from a resourceVersion, bookmarks, selector moves, 410 Gone.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Shared, Target, error_response};
+use crate::selector::Selector;
+use crate::store::{ApiError, Change, ChangeType};
 
 pub(super) fn event_line(event_type: &str, object: &Value) -> Bytes {
     let mut line = json!({"type": event_type, "object": object}).to_string();

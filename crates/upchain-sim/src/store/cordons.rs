@@ -1,7 +1,10 @@
 //! Side effects of a commit: the cordon record the tests check invariants against, the
 //! core v1 view of Events, and the types CRDs register.
 
-use super::*;
+use serde_json::Value;
+
+use super::{ChangeType, Store, meta};
+use crate::registry::ResourceType;
 
 /// The cluster at the instant a node was cordoned.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! What the store answers: changes, API errors as a real server words them, patch
 //! types and deletion propagation.
 
-use super::*;
+use serde_json::{Value, json};
 
 /// Watch events kept for clients that resume from an older resourceVersion.
 pub const DEFAULT_HISTORY: usize = 10_000;

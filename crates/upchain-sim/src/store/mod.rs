@@ -13,7 +13,7 @@ mod write;
 
 pub use cordons::{CordonMoment, NodeState, node_ready};
 pub use errors::*;
-use owners::*;
+use owners::OwnerIndex;
 pub use pods::pod_ready;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -23,11 +23,10 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use crate::admission;
 use crate::clock::Clock;
-use crate::patch::{self, Ownership, PatchError};
+use crate::patch::{Ownership, PatchError};
 use crate::registry::{Registry, ResourceType};
-use crate::selector::{Selector, label_selector_matches, labels_of};
+use crate::selector::Selector;
 
 /// Object coordinates within one type.
 type Slot = (String, String);

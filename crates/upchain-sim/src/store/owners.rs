@@ -1,6 +1,11 @@
 //! Deletion: finalizers, propagation, and owner-reference garbage collection.
 
-use super::*;
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::{Value, json};
+
+use super::{ApiError, ChangeType, Key, Propagation, Slot, Store, meta, owner_uids};
+use crate::registry::ResourceType;
 
 /// Who owns whom, kept up to date on every commit so that garbage collection looks only
 /// at the objects a change concerns instead of scanning the whole store.

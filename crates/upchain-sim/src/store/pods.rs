@@ -1,7 +1,10 @@
 //! Pods leaving: graceful deletion and eviction against PodDisruptionBudgets, as the API
 //! server does them.
 
-use super::*;
+use serde_json::{Value, json};
+
+use super::{ApiError, ChangeType, Propagation, Store, meta};
+use crate::selector::{Selector, label_selector_matches, labels_of};
 
 /// The seconds a Pod gets to stop when nobody says otherwise (the API's default).
 const DEFAULT_GRACE_SECONDS: i64 = 30;

@@ -1,7 +1,15 @@
 //! Writes: admission, create, update, patch (merge, strategic, JSON, server-side apply),
 //! and the cluster's own writes.
 
-use super::*;
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, ChangeType, MAX_OBJECT_BYTES, PatchType, Propagation, Store, meta, patch_error,
+    secret_string_data, spec_part, strip_nulls_in_metadata, suffix,
+};
+use crate::patch::Ownership;
+use crate::registry::ResourceType;
+use crate::{admission, patch};
 
 impl Store {
     /// Admission of a custom resource against its CRD's schema: defaults applied, OpenAPI
