@@ -402,6 +402,11 @@ mod tests {
         )
     }
 
+    /// Whether judging `report` finds a problem that says `text`.
+    fn finds(report: &str, text: &str) -> bool {
+        judged(report).iter().any(|p| p.contains(text))
+    }
+
     #[test]
     fn a_healthy_cluster_passes() {
         assert_eq!(judged(&healthy()), Vec::<String>::new());
@@ -449,32 +454,16 @@ mod tests {
             "|cp-2|https://10.0.0.2:2380|https://10.0.0.2:2379|false",
             "|cp-2|https://10.0.0.2:2380|https://10.0.0.2:2379|true",
         );
-        assert!(
-            judged(&learner)
-                .iter()
-                .any(|p| p.contains("cp-2 is a learner"))
-        );
+        assert!(finds(&learner, "cp-2 is a learner"));
         let alarm = format!("{}\nupchain-etcd alarm 4097 NOSPACE", healthy());
-        assert!(
-            judged(&alarm)
-                .iter()
-                .any(|p| p.contains("cp-2 has alarm NOSPACE"))
-        );
+        assert!(finds(&alarm, "cp-2 has alarm NOSPACE"));
         let full = healthy().replace("quota 2147483648", "quota 5000000");
-        assert!(
-            judged(&full)
-                .iter()
-                .any(|p| p.contains("over 80% of its quota"))
-        );
+        assert!(finds(&full, "over 80% of its quota"));
         let lagging = healthy().replace(
             "later https://10.0.0.3:2379 4098 4096 4194304 104",
             "later https://10.0.0.3:2379 4098 4096 4194304 90",
         );
-        assert!(
-            judged(&lagging)
-                .iter()
-                .any(|p| p.contains("cp-3 is not keeping up"))
-        );
+        assert!(finds(&lagging, "cp-3 is not keeping up"));
     }
 
     #[test]
@@ -483,20 +472,15 @@ mod tests {
             "health https://10.0.0.2:2379 true ",
             "health https://10.0.0.2:2379 false context deadline exceeded",
         );
-        assert!(
-            judged(&unhealthy)
-                .iter()
-                .any(|p| p.contains("cp-2 (https://10.0.0.2:2379) is unhealthy: context deadline"))
-        );
+        assert!(finds(
+            &unhealthy,
+            "cp-2 (https://10.0.0.2:2379) is unhealthy: context deadline"
+        ));
         let split = healthy().replace(
             "status https://10.0.0.3:2379 4098 4096",
             "status https://10.0.0.3:2379 4098 4098",
         );
-        assert!(
-            judged(&split)
-                .iter()
-                .any(|p| p.contains("disagree on the leader"))
-        );
+        assert!(finds(&split, "disagree on the leader"));
     }
 
     #[test]

@@ -95,6 +95,19 @@ impl<'a> Machine<'a> {
         matches!(&self.observed.gates.control_plane, Some(Ok(cp)) if cp.etcd_external)
     }
 
+    /// The node an etcd check (stacked or external) is due before: the next batch's first
+    /// node when it is a control-plane node or the first worker; none once a worker has
+    /// begun, or when nothing is left.
+    pub(super) fn etcd_check_due_before(&self, plan: &Plan) -> Option<String> {
+        let next = plan.next_batch().next()?;
+        let workers_begun = self
+            .status
+            .nodes
+            .iter()
+            .any(|n| n.role == NodeRole::Worker && n.name != next.name);
+        (next.role == NodeRole::ControlPlane || !workers_begun).then(|| next.name.clone())
+    }
+
     /// Before the run, before each control-plane node and before the first worker: the
     /// etcd check must pass for that node, or the run is Blocked naming each member and
     /// what is wrong with it.
@@ -102,18 +115,9 @@ impl<'a> Machine<'a> {
         if self.etcd_is_external() {
             return ControlFlow::Continue(());
         }
-        let Some(next) = plan.next_batch().next() else {
+        let Some(before) = self.etcd_check_due_before(plan) else {
             return ControlFlow::Continue(());
         };
-        let workers_begun = self
-            .status
-            .nodes
-            .iter()
-            .any(|n| n.role == NodeRole::Worker && n.name != next.name);
-        if next.role == NodeRole::Worker && workers_begun {
-            return ControlFlow::Continue(());
-        }
-        let before = next.name.clone();
         // status.etcd is cleared when a run starts: what it holds is this run's.
         let previous = self.status.etcd.clone();
         let current = previous.clone().filter(|r| r.before == before);

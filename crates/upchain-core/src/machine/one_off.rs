@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use upchain_api::{HookKind, HookRecord, NodeRole, Phase, RETRY_ANNOTATION, SnapshotRecord};
+use upchain_api::{HookKind, HookRecord, Phase, RETRY_ANNOTATION, SnapshotRecord};
 
 use super::decision::Action;
 use super::{Machine, STOP, of_this_run};
@@ -494,29 +494,10 @@ impl<'a> Machine<'a> {
     /// spec.gates.externalEtcdCheck: before each control-plane node and before the first
     /// worker, the check Job must have succeeded for that node.
     pub(super) fn check_the_external_etcd(&mut self, plan: &Plan) -> ControlFlow<()> {
-        let Some(next) = plan.next_batch().next() else {
+        let Some(before) = self.etcd_check_due_before(plan) else {
             return ControlFlow::Continue(());
         };
-        // The last check ran before a worker (a node with no control-plane record) once the
-        // workers have begun.
-        let workers_begun = self
-            .status
-            .hooks
-            .iter()
-            .filter(|h| h.kind == HookKind::EtcdCheck && h.succeeded)
-            .filter_map(|h| h.before.as_deref())
-            .any(|before| {
-                self.status
-                    .nodes
-                    .iter()
-                    .find(|n| n.name == before)
-                    .is_none_or(|n| n.role == NodeRole::Worker)
-                    && before != next.name
-            });
-        if next.role == NodeRole::Worker && workers_begun {
-            return ControlFlow::Continue(());
-        }
-        match self.hook_before(HookKind::EtcdCheck, Some(&next.name)) {
+        match self.hook_before(HookKind::EtcdCheck, Some(&before)) {
             HookProgress::Done => ControlFlow::Continue(()),
             HookProgress::Waiting => STOP,
         }
