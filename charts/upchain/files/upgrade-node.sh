@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# upchain's node-upgrade script. The node Job copies it to /var/lib/upchain on the node,
-# copies the run's parameters beside it as one quoted env file, and runs it as root:
+# upchain's node-upgrade script. The node Job copies it and the run's parameters (one
+# quoted env file) to /var/lib/upchain/incoming on the node and runs it from there as root.
+# Only a launch that holds the node keeps them, as upgrade-node.sh and params-<RUN_ID>.env;
+# every other command, and a refused launch, removes its copies: nothing else is left.
 #
 #   upgrade-node.sh launch   PARAMS  start the upgrade detached from the SSH session (or
 #                                    attach to the one already running for the same run),
@@ -17,7 +19,7 @@
 # Exit codes (docs/node-script.md; the operator names them in status):
 readonly E_INPUT=2 E_OS=10 E_NOT_FOUND=11 E_LOCK=12 E_PACKAGES=13 E_REPOSITORY=14
 readonly E_KUBEADM=15 E_KUBELET=16 E_VERIFY=17 E_BUSY=18 E_DISK=19 E_PLAN=20 E_LOST=21
-readonly E_ETCD=22 E_SNAPSHOT=23
+readonly E_ETCD=22 E_SNAPSHOT=23 E_OLDER=24
 set -euo pipefail
 umask 022
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive
@@ -25,6 +27,7 @@ export LC_ALL=C DEBIAN_FRONTEND=noninteractive
 readonly STATE_DIR=/var/lib/upchain
 readonly STATE="$STATE_DIR/state" LOG="$STATE_DIR/run.log"
 readonly RUN_LOCK="$STATE_DIR/run.lock" LAUNCH_LOCK="$STATE_DIR/launch.lock"
+readonly INCOMING="$STATE_DIR/incoming" DONE="$STATE_DIR/done"
 readonly PACKAGES=(kubeadm kubelet kubectl)
 readonly APT_SOURCES=/etc/apt/sources.list.d/kubernetes.list
 readonly APT_KEYRING=/etc/apt/keyrings/kubernetes-apt-keyring.asc
@@ -56,9 +59,9 @@ parse_params() {
   while IFS= read -r line || [ -n "$line" ]; do
     [[ $line =~ ^([A-Z_]+)=\'([^\']*)\'$ ]] || die $E_INPUT "malformed parameter line: $line"
     case ${BASH_REMATCH[1]} in
-      RUN_ID | TARGET_VERSION | UPGRADE_KIND | NODE_NAME | NODE_ROLE | FIRST_CONTROL_PLANE | \
+      RUN_ID | TARGET_VERSION | UPGRADE_KIND | NODE_NAME | NODE_ROLE | FIRST_CONTROL_PLANE | REATTACH | \
         REPOSITORY | REPOSITORY_URL | REPOSITORY_KEY_URL | \
-        LOCK_TIMEOUT | MIN_FREE_MIB | KUBELET_TIMEOUT)
+        LOCK_TIMEOUT | MIN_FREE_MIB | KUBELET_TIMEOUT | KUBELET_SETTLE)
         printf -v "${BASH_REMATCH[1]}" '%s' "${BASH_REMATCH[2]}"
         ;;
       *) die $E_INPUT "unknown parameter ${BASH_REMATCH[1]}" ;;
@@ -70,10 +73,15 @@ parse_params() {
 apply_defaults() {
   : "${RUN_ID:=manual}"
   : "${FIRST_CONTROL_PLANE:=false}"
+  # A Job sent after the last one lost its SSH session: it reports the run, never starts one
+  # over a run that ended without a result.
+  : "${REATTACH:=false}"
   : "${LOCK_TIMEOUT:=300}"
   : "${MIN_FREE_MIB:=1024}"
   # How long systemd gets to report the restarted kubelet active.
   : "${KUBELET_TIMEOUT:=60}"
+  # How long the restarted kubelet must stay active, without a restart, to count as up.
+  : "${KUBELET_SETTLE:=30}"
   # The defaults below are the Helm chart's nodeScript values (templates/configmap-script.yaml).
   # Leave CoreDNS (image and Corefile) alone when kubeadm upgrades the control plane.
   : "${SKIP_COREDNS_PHASE:=false}"
@@ -97,6 +105,7 @@ validate_params() {
   matches NODE_ROLE '^(control-plane|worker)$'
   matches UPGRADE_KIND '^(patch|minor)$'
   matches FIRST_CONTROL_PLANE '^(true|false)$'
+  matches REATTACH '^(true|false)$'
   matches SKIP_COREDNS_PHASE '^(true|false)$'
   matches IGNORE_PREFLIGHT_ERRORS '^([A-Za-z0-9-]+(,[A-Za-z0-9-]+)*)?$'
   matches RUN_ID '^[A-Za-z0-9._-]{1,128}$'
@@ -108,6 +117,7 @@ validate_params() {
   matches LOCK_TIMEOUT '^[0-9]{1,5}$'
   matches MIN_FREE_MIB '^[0-9]{1,7}$'
   matches KUBELET_TIMEOUT '^[0-9]{1,4}$'
+  matches KUBELET_SETTLE '^[0-9]{1,4}$'
   if [ "$FIRST_CONTROL_PLANE" = true ] && [ "$NODE_ROLE" != control-plane ]; then
     die $E_INPUT "FIRST_CONTROL_PLANE is true for a $NODE_ROLE node"
   fi
@@ -153,57 +163,121 @@ repository_key_url() {
   fi
 }
 
-# Runs a package command, exiting with E_LOCK when the package lock stayed taken and
-# E_PACKAGES on any other failure.
-package_command() {
-  local out status=0
-  out=$(mktemp)
-  "$@" >"$out" 2>&1 || status=$?
-  cat "$out"
-  if [ $status -ne 0 ]; then
-    if grep -qiE 'could not get lock|unable to acquire|lock.*held|waiting for process' "$out"; then
-      rm -f "$out"
-      die $E_LOCK "the package lock stayed taken for ${LOCK_TIMEOUT}s: $*"
+# --- the package managers' locks ----------------------------------------------------------
+
+# Every package-manager call goes through package_call: one bound (LOCK_TIMEOUT) for
+# whichever lock another process holds, apt's, dpkg's, dnf 4's or yum's, its holder named
+# in the log every few seconds; exit 12 when the bound passes, 13 on any other failure.
+readonly APT_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock
+  /var/cache/apt/archives/lock)
+readonly RPM_LOCKS=(/var/lib/dnf/rpmdb_lock.pid /var/cache/dnf/metadata_lock.pid
+  /var/cache/dnf/download_lock.pid /var/run/dnf.pid /run/dnf.pid /var/run/yum.pid /run/yum.pid)
+readonly LOCK_LOG_EVERY=5
+
+# "PID (command)" of a process, or "PID" where /proc does not say.
+describe_pid() {
+  local comm
+  comm=$(cat "/proc/$1/comm" 2>/dev/null || true)
+  echo "$1${comm:+ ($comm)}"
+}
+
+# Who holds a package lock now, or nothing: dnf and yum write their pid into their lock
+# files; apt and dpkg take fcntl locks, which /proc/locks lists by inode.
+package_lock_holder() {
+  local file pid inode
+  for file in "${RPM_LOCKS[@]}"; do
+    [ -f "$file" ] || continue
+    pid=$(tr -dc 0-9 <"$file" 2>/dev/null || true)
+    if [ -n "$pid" ] && [ "$pid" != $$ ] && kill -0 "$pid" 2>/dev/null; then
+      echo "$(describe_pid "$pid") on $file"
+      return
     fi
-    rm -f "$out"
-    die $E_PACKAGES "failed: $*"
+  done
+  [ -r /proc/locks ] || return 0
+  for file in "${APT_LOCKS[@]}"; do
+    inode=$(stat -c %i "$file" 2>/dev/null) || continue
+    pid=$(awk -v inode=":$inode" '$2 != "->" && substr($6, length($6) - length(inode) + 1) == inode {print $5; exit}' /proc/locks)
+    if [ -n "$pid" ] && [ "$pid" -gt 0 ] 2>/dev/null; then
+      echo "$(describe_pid "$pid") on $file"
+      return
+    fi
+  done
+}
+
+# The holder a package command's own lock message names, or nothing when it met no lock.
+lock_holder_in() {
+  local pid holder
+  grep -qiE 'could not get lock|unable to acquire|lock.*(held|locked)|waiting for process' "$1" || return 0
+  # apt names the holder's command itself: "It is held by process 1234 (unattended-upgr)".
+  holder=$(grep -oE 'held by process [0-9]+( \([^)]*\))?' "$1" | head -n 1)
+  if [ -n "$holder" ]; then
+    echo "${holder#held by process }"
+    return
   fi
-  rm -f "$out"
+  pid=$(grep -oiE '(with pid|pid) [0-9]+' "$1" | grep -oE '[0-9]+$' | head -n 1)
+  if [ -n "$pid" ]; then describe_pid "$pid"; else echo "another process"; fi
 }
 
-apt_get() { package_command apt-get -q -y -o DPkg::Lock::Timeout="$LOCK_TIMEOUT" "$@"; }
-
-# dpkg does not wait for its lock: retry within LOCK_TIMEOUT.
-dpkg_repair() {
-  local deadline=$((SECONDS + LOCK_TIMEOUT)) out
-  while ! out=$(dpkg --configure -a 2>&1); do
-    if ! grep -qi lock <<<"$out"; then
-      echo "$out"
-      die $E_PACKAGES "dpkg --configure -a failed"
+package_call() {
+  local out deadline=$((SECONDS + LOCK_TIMEOUT)) next_log=0 holder status
+  out=$(mktemp)
+  while :; do
+    holder=$(package_lock_holder)
+    if [ -z "$holder" ]; then
+      status=0
+      run_package_command "$deadline" "$out" "$@" || status=$?
+      if [ $status -eq 0 ]; then
+        cat "$out"
+        rm -f "$out"
+        return 0
+      fi
+      holder=$(lock_holder_in "$out")
+      if [ -z "$holder" ]; then
+        cat "$out"
+        rm -f "$out"
+        die $E_PACKAGES "failed: $*"
+      fi
     fi
-    [ $SECONDS -lt "$deadline" ] || die $E_LOCK "the dpkg lock stayed taken for ${LOCK_TIMEOUT}s"
-    sleep 2
-  done
-  [ -z "$out" ] || echo "$out"
-}
-
-# dnf and yum wait for their lock without a bound: wait here, bounded, while one runs.
-rpm_wait_for_lock() {
-  local deadline=$((SECONDS + LOCK_TIMEOUT)) file pid
-  for file in /var/run/dnf.pid /run/dnf.pid /var/run/yum.pid; do
-    while [ -f "$file" ] && pid=$(cat "$file" 2>/dev/null) && [ -n "$pid" ] &&
-      kill -0 "$pid" 2>/dev/null; do
-      [ $SECONDS -lt "$deadline" ] ||
-        die $E_LOCK "the package lock ($file, pid $pid) stayed taken for ${LOCK_TIMEOUT}s"
-      sleep 2
-    done
+    if [ $SECONDS -ge $deadline ]; then
+      cat "$out"
+      rm -f "$out"
+      die $E_LOCK "the package lock stayed taken for ${LOCK_TIMEOUT}s (held by $holder): $*"
+    fi
+    if [ $SECONDS -ge $next_log ]; then
+      # To stderr: some callers keep the command's own output out of the log.
+      log "waiting for the package lock (held by $holder): $1" >&2
+      next_log=$((SECONDS + LOCK_LOG_EVERY))
+    fi
+    sleep 1
   done
 }
 
-rpm_pkg() {
-  rpm_wait_for_lock
-  package_command "$PKG" -y -q --disableexcludes=kubernetes "$@"
+# Runs one package command into $2. dnf and yum wait for their lock without a bound: one
+# found waiting past the deadline is stopped, as it has changed nothing yet.
+run_package_command() {
+  local deadline=$1 out=$2 pid
+  shift 2
+  "$@" >"$out" 2>&1 </dev/null &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $SECONDS -ge "$deadline" ] && grep -qi 'waiting for process with pid' "$out"; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.5
+  done
+  wait "$pid"
 }
+
+# apt and dpkg are told not to wait: package_call does, within its bound, and says who for.
+apt_get() { package_call apt-get -q -y -o DPkg::Lock::Timeout=0 "$@"; }
+
+repair_packages() {
+  if [ "$FAMILY" = apt ]; then package_call dpkg --configure -a; else package_call true; fi
+}
+
+rpm_pkg() { package_call "$PKG" -y -q --disableexcludes=kubernetes "$@"; }
 
 has_versionlock() { [ "$FAMILY" = rpm ] && "$PKG" -q versionlock list >/dev/null 2>&1; }
 
@@ -276,61 +350,72 @@ refresh_index() {
   if [ "$FAMILY" = apt ]; then
     apt_get update
   else
-    rpm_wait_for_lock
-    package_command "$PKG" -q makecache --disableexcludes=kubernetes
+    package_call "$PKG" -q makecache --disableexcludes=kubernetes
   fi
 }
 
 unhold() {
   if [ "$FAMILY" = apt ]; then
-    package_command apt-mark unhold "$@"
+    package_call apt-mark unhold "$@" >/dev/null
   elif has_versionlock; then
-    "$PKG" -q versionlock delete "$@" >/dev/null 2>&1 || true
+    package_call "$PKG" -q versionlock delete "$@" >/dev/null
   fi
 }
 
 hold() {
   if [ "$FAMILY" = apt ]; then
-    apt-mark hold "$@" >/dev/null
+    package_call apt-mark hold "$@" >/dev/null
   elif has_versionlock; then
-    "$PKG" -q versionlock add "$@" >/dev/null
+    package_call "$PKG" -q versionlock add "$@" >/dev/null
   fi
 }
 
-# Holds every installed Kubernetes package again: run on every exit path.
-hold_installed() {
-  local package installed=()
+# The Kubernetes packages present in any state, half-installed or half-configured ones
+# (a dpkg killed mid-way) included: each must be held again.
+present_packages() {
+  local package
   for package in "${PACKAGES[@]}"; do
-    [ -z "$(installed_version "$package")" ] || installed+=("$package")
+    if [ "$FAMILY" = apt ]; then
+      dpkg-query -W -f='${db:Status-Abbrev}\n' "$package" 2>/dev/null | grep -q '^.[^nc]' || continue
+    else
+      rpm -q "$package" >/dev/null 2>&1 || continue
+    fi
+    echo "$package"
   done
-  [ ${#installed[@]} -eq 0 ] || hold "${installed[@]}" ||
-    echo "upchain[$NODE_NAME]: warning: could not hold ${installed[*]} again" >&2
+}
+
+# Holds every present Kubernetes package again: run on every exit path. In a subshell, so
+# that a lock timeout here cannot end the caller's own exit handling.
+hold_present() {
+  local present
+  present=$(present_packages | tr '\n' ' ')
+  [ -n "${present// /}" ] || return 0
+  # shellcheck disable=SC2086 # one word per package
+  (hold $present) || echo "upchain[$NODE_NAME]: warning: could not hold $present again" >&2
 }
 
 # True when version $1 is older than $2.
 older() { [ "$1" != "$2" ] && [ "$(printf '%s\n' "$1" "$2" | sort -V | head -n 1)" = "$1" ]; }
 
-# Installs packages at $VERSION (up or down), leaving them held.
+# install_at VERSION up|down PACKAGE...: installs the packages at VERSION, leaving them
+# held. Only a rollback passes `down`: an upgrade never installs an older package.
 install_at() {
-  local version=$1 package exact specs=()
-  shift
+  local version=$1 direction=$2 package exact specs=() downgrade=()
+  shift 2
   for package in "$@"; do
     exact=$(available_version "$package" "$version")
     [ -n "$exact" ] || die $E_NOT_FOUND "$package $version is not in the configured repository ($(repository_url "$([ "$FAMILY" = apt ] && echo deb || echo rpm)")); nothing was installed"
     if [ "$FAMILY" = apt ]; then specs+=("$package=$exact"); else specs+=("$package-${exact#*:}"); fi
   done
+  [ "$direction" = up ] || downgrade=(--allow-downgrades)
   unhold "$@"
   if [ "$FAMILY" = apt ]; then
-    apt_get install --allow-change-held-packages --allow-downgrades \
+    apt_get install --allow-change-held-packages "${downgrade[@]}" \
       -o Dpkg::Options::=--force-confold "${specs[@]}"
+  elif [ "$direction" = down ]; then
+    rpm_pkg downgrade "${specs[@]}"
   else
-    local installed_any=false
-    for package in "$@"; do [ -z "$(installed_version "$package")" ] || installed_any=true; done
-    if $installed_any && older "$version" "$(installed_version "$1")"; then
-      rpm_pkg downgrade "${specs[@]}"
-    else
-      rpm_pkg install "${specs[@]}"
-    fi
+    rpm_pkg install "${specs[@]}"
   fi
   hold "$@"
 }
@@ -346,7 +431,7 @@ ensure_packages() {
     return
   fi
   step "install ${missing[*]}"
-  install_at "$TARGET_VERSION" "${missing[@]}"
+  install_at "$TARGET_VERSION" up "${missing[@]}"
 }
 
 # --- the run's record on the node ---------------------------------------------------------
@@ -373,22 +458,53 @@ step() {
   state STEP "$1"
 }
 
-# Marks that a step finished for the target, so that a later attempt skips it.
-done_marker() { echo "$STATE_DIR/done/$1-$TARGET_VERSION"; }
+# Done markers say which steps this run finished, so that a later attempt of the same run
+# skips them. They are keyed by run, a rollback clears them, and each is trusted only while
+# the node agrees (kubeadm_done, kubelet_restarted).
+done_marker() { echo "$DONE/$RUN_ID/$1"; }
 mark_done() {
-  mkdir -p "$STATE_DIR/done"
-  : >"$(done_marker "$1")"
+  mkdir -p "$DONE/$RUN_ID"
+  date +%s >"$(done_marker "$1")"
 }
 
 run_is_going() { ! flock -n "$RUN_LOCK" true; }
 
 # --- launch: start or attach --------------------------------------------------------------
 
+# The copies a Job brought (the script and its parameters, in $INCOMING): a launch that
+# holds the node adopts them, anything else removes them.
+discard_incoming() {
+  case $SCRIPT in "$INCOMING"/*) rm -f -- "$SCRIPT" "$PARAMS" ;; esac
+}
+
+adopt_incoming() {
+  case $SCRIPT in "$INCOMING"/*) ;; *) return 0 ;; esac
+  mv -f "$SCRIPT" "$STATE_DIR/upgrade-node.sh"
+  mv -f "$PARAMS" "$STATE_DIR/params-$RUN_ID.env"
+  # The newest run's parameters are the ones a rollback reads; older runs' go.
+  find "$STATE_DIR" -maxdepth 1 -name 'params-*.env' ! -name "params-$RUN_ID.env" -delete
+  SCRIPT="$STATE_DIR/upgrade-node.sh"
+  PARAMS="$STATE_DIR/params-$RUN_ID.env"
+}
+
+# An upgrade never takes a node back: the target must not be older than any Kubernetes
+# package the node has. A rollback is its own command.
+refuse_older_target() {
+  local package installed
+  detect_os
+  for package in kubelet kubeadm; do
+    installed=$(installed_version "$package")
+    [ -n "$installed" ] || continue
+    if older "$TARGET_VERSION" "$installed"; then
+      die $E_OLDER "$NODE_NAME has $package $installed, newer than the target $TARGET_VERSION: upchain does not downgrade a node (see docs/node-script.md, Rollback); nothing was changed"
+    fi
+  done
+}
+
 launch() {
-  local pid status code
   mkdir -p "$STATE_DIR"
   exec 9>>"$LAUNCH_LOCK"
-  flock -w 60 9 || die $E_BUSY "another Job is starting an upgrade on this node"
+  flock -w 60 9 || die $E_BUSY "another Job is starting an upgrade on this node; nothing was changed"
   if run_is_going; then
     [ "$(state_of RUN_ID)" = "$RUN_ID" ] ||
       die $E_BUSY "upgrade run $(state_of RUN_ID) holds this node; nothing was changed"
@@ -397,15 +513,33 @@ launch() {
     log "this upgrade already finished on this node"
     cat "$LOG" 2>/dev/null || true
     exit 0
+  elif [ "$REATTACH" = true ] && [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ "$(state_of STATUS)" != starting ]; then
+    log "re-attached after a lost session: the run already ended"
+    exec 9>&-
+    follow_run
   else
+    refuse_older_target
     if [ "$(state_of RUN_ID)" = "$RUN_ID" ] && [ "$(state_of STATUS)" = running ]; then
       log "the previous attempt ended without a result (step $(state_of STEP)); starting again"
     fi
+    adopt_incoming
     start_detached
   fi
   exec 9>&-
+  follow_run
+}
+
+# Follows the run's log until the run ends and exits with its result. The follower (tail)
+# can die while the run goes on: the run's lock and state file are what say it ended.
+follow_run() {
+  local pid status code
   pid=$(state_of PID)
   tail -n +1 -F --pid="$pid" "$LOG" 2>/dev/null || true
+  if run_is_going; then
+    log "the log follower stopped; waiting for the run (pid $pid) by its state file"
+    while run_is_going; do sleep 1; done
+    tail -n 20 "$LOG" 2>/dev/null || true
+  fi
   status=$(state_of STATUS)
   code=$(state_of EXIT_CODE)
   case $status in
@@ -418,19 +552,18 @@ launch() {
 # Starts `run` where it outlives the SSH session: a transient systemd unit where systemd
 # runs, a new session otherwise. Returns once the run holds the node lock.
 start_detached() {
-  local self deadline
-  self=$(readlink -f "$0")
+  local deadline
   [ "$(state_of RUN_ID)" = "$RUN_ID" ] || state VERSION_BEFORE ""
   state RUN_ID "$RUN_ID" STATUS starting STEP start EXIT_CODE "" PID ""
   if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null; then
     log "starting the upgrade as systemd unit upchain-node-upgrade-$RUN_ID"
     systemd-run --quiet --collect --unit="upchain-node-upgrade-$RUN_ID-$(date +%s)" \
       --description="upchain node upgrade to $TARGET_VERSION" \
-      /bin/bash "$self" run "$PARAMS"
+      /bin/bash "$SCRIPT" run "$PARAMS"
   else
     log "starting the upgrade in its own session"
     # Without the launch lock: the run must not hold it for its whole life.
-    setsid -f /bin/bash "$self" run "$PARAMS" </dev/null >/dev/null 2>&1 9>&-
+    setsid -f /bin/bash "$SCRIPT" run "$PARAMS" </dev/null >/dev/null 2>&1 9>&-
   fi
   deadline=$((SECONDS + 30))
   until [ "$(state_of STATUS)" != starting ] && run_is_going; do
@@ -445,7 +578,7 @@ start_detached() {
 finish_run() {
   local code=$?
   trap - EXIT
-  [ -n "${FAMILY:-}" ] && hold_installed
+  [ -z "${FAMILY:-}" ] || hold_present
   if [ $code -eq 0 ]; then
     state STATUS succeeded EXIT_CODE 0 VERSION_AFTER "$(kubelet_version)" FINISHED_AT "$(date -u +%FT%TZ)"
   else
@@ -456,11 +589,14 @@ finish_run() {
 }
 
 # record_start STEP TARGET BEFORE: the run (holding the run lock) on record in the state
-# file; its end is recorded on every exit path.
+# file; its end is recorded on every exit path, a stop by signal included.
 record_start() {
   state RUN_ID "$RUN_ID" STATUS running PID $$ STEP "$1" EXIT_CODE "" TARGET "$2" \
     VERSION_BEFORE "$3" VERSION_AFTER "" STARTED_AT "$(date -u +%FT%TZ)" FINISHED_AT ""
   trap finish_run EXIT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
 }
 
 kubelet_version() {
@@ -484,7 +620,7 @@ run_upgrade() {
   detect_os
   check_role
   step repair
-  if [ "$FAMILY" = apt ]; then dpkg_repair; else rpm_wait_for_lock; fi
+  repair_packages
   if [ "$UPGRADE_KIND" = minor ]; then
     step "repository v$MINOR"
     configure_repository
@@ -492,8 +628,8 @@ run_upgrade() {
   step "refresh package index"
   refresh_index
   ensure_packages kubeadm
-  if [ -e "$(done_marker kubeadm)" ]; then
-    log "kubeadm already upgraded this node to $TARGET_VERSION"
+  if kubeadm_done; then
+    log "kubeadm already upgraded this node to $TARGET_VERSION in this run"
   else
     upgrade_kubeadm_configuration
     mark_done kubeadm
@@ -504,6 +640,22 @@ run_upgrade() {
   verify
   reclaim_backups
   log "done: $NODE_NAME runs kubelet $TARGET_VERSION"
+}
+
+# The static Pod manifests name the target's images.
+manifests_at_target() {
+  local component
+  for component in kube-apiserver kube-controller-manager kube-scheduler; do
+    grep -qE "image: .*/$component:v${TARGET_VERSION//./\\.}\$" "$MANIFESTS/$component.yaml" 2>/dev/null ||
+      return 1
+  done
+}
+
+# kubeadm's step of this run is trusted as done only where the node shows it: on a
+# control-plane node, the manifests at the target. `kubeadm upgrade node` on a worker is
+# quick and safe to repeat, so a worker's marker is never taken as proof.
+kubeadm_done() {
+  [ -e "$(done_marker kubeadm)" ] && [ "$NODE_ROLE" = control-plane ] && manifests_at_target
 }
 
 upgrade_kubeadm_configuration() {
@@ -531,36 +683,61 @@ ignored_preflight_errors() {
   [ -z "$ignored" ] || echo "--ignore-preflight-errors=$ignored"
 }
 
+# When systemd last started the kubelet (seconds since the epoch), or nothing.
+kubelet_started_at() {
+  local since
+  since=$(systemctl show -p ActiveEnterTimestamp --value kubelet 2>/dev/null || true)
+  [ -n "$since" ] && date -d "$since" +%s 2>/dev/null
+}
+
+# This run's restart is trusted only while the kubelet that runs is the target's and was
+# started at or after it: a kubelet restarted since is not ours to skip.
+kubelet_restarted() {
+  local marker started
+  marker=$(cat "$(done_marker kubelet-restart)" 2>/dev/null) || return 1
+  [ "$(kubelet_version)" = "$TARGET_VERSION" ] && systemctl is-active --quiet kubelet || return 1
+  started=$(kubelet_started_at) || return 1
+  [ "$started" -ge "$marker" ]
+}
+
 restart_kubelet() {
-  if [ -e "$(done_marker kubelet-restart)" ] && [ "$(kubelet_version)" = "$TARGET_VERSION" ] &&
-    systemctl is-active --quiet kubelet; then
-    log "kubelet already restarted at $TARGET_VERSION"
+  if kubelet_restarted; then
+    log "kubelet already restarted at $TARGET_VERSION in this run"
     return
   fi
   step "restart kubelet"
   systemctl daemon-reload
-  systemctl restart kubelet || die $E_KUBELET "systemctl restart kubelet failed"
+  # The marker's time is taken before the restart, so the kubelet's start is never older.
   mark_done kubelet-restart
+  systemctl restart kubelet || die $E_KUBELET "systemctl restart kubelet failed"
 }
 
-# The node reports success only when it runs what was asked.
+# The node reports success only when it runs what was asked, and keeps running it: the
+# kubelet must stay active, without a restart, for KUBELET_SETTLE seconds.
 verify() {
-  local deadline=$((SECONDS + KUBELET_TIMEOUT)) version component
+  local deadline=$((SECONDS + KUBELET_TIMEOUT)) version started settled
   version=$(kubelet_version)
   [ "$version" = "$TARGET_VERSION" ] ||
     die $E_VERIFY "kubelet --version says ${version:-nothing}, not $TARGET_VERSION"
+  if [ "$NODE_ROLE" = control-plane ]; then
+    manifests_at_target ||
+      die $E_VERIFY "the static Pod manifests in $MANIFESTS do not all run v$TARGET_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler); the next attempt runs kubeadm again"
+    log "verified: the static Pods run v$TARGET_VERSION"
+  fi
   until systemctl is-active --quiet kubelet; do
     [ $SECONDS -lt $deadline ] ||
       die $E_KUBELET "the kubelet unit is $(systemctl is-active kubelet || true) ${KUBELET_TIMEOUT}s after its restart"
     sleep 1
   done
-  if [ "$NODE_ROLE" = control-plane ]; then
-    for component in kube-apiserver kube-controller-manager kube-scheduler; do
-      grep -qE "image: .*/$component:v${TARGET_VERSION//./\\.}\$" "$MANIFESTS/$component.yaml" ||
-        die $E_VERIFY "$MANIFESTS/$component.yaml does not run $component v$TARGET_VERSION"
-    done
-    log "verified: the static Pods run v$TARGET_VERSION"
-  fi
+  started=$(kubelet_started_at || true)
+  settled=$((SECONDS + KUBELET_SETTLE))
+  log "kubelet $version is active; watching it for ${KUBELET_SETTLE}s"
+  while [ $SECONDS -lt $settled ]; do
+    sleep 1
+    if ! systemctl is-active --quiet kubelet || [ "$(kubelet_started_at || true)" != "$started" ]; then
+      die $E_KUBELET "the kubelet stopped or restarted within ${KUBELET_SETTLE}s of its restart (unit $(systemctl is-active kubelet || true), restarts $(systemctl show -p NRestarts --value kubelet 2>/dev/null || echo unknown)): see journalctl -u kubelet"
+    fi
+  done
   log "verified: kubelet $version is active"
 }
 
@@ -600,7 +777,7 @@ prepare() {
       echo "deb [signed-by=$tmp/key.asc] $(repository_url deb) /" >"$tmp/sources.list"
       opts+=(-o Dir::Etc::SourceList="$tmp/sources.list" -o Dir::Etc::SourceParts="$tmp/none")
     fi
-    package_command apt-get -q "${opts[@]}" update
+    package_call apt-get -q -o DPkg::Lock::Timeout=0 "${opts[@]}" update
   else
     opts=(--setopt=cachedir="$tmp/cache")
     if [ "$REPOSITORY" = managed ]; then
@@ -641,10 +818,10 @@ check_plan() {
   exact=$(available_version kubeadm "$TARGET_VERSION" "$@")
   mkdir -p "$tmp/kubeadm"
   if [ "$FAMILY" = apt ]; then
-    (cd "$tmp/archives" && package_command apt-get -q "$@" download "kubeadm=$exact")
+    (cd "$tmp/archives" && package_call apt-get -q "$@" download "kubeadm=$exact")
     dpkg-deb -x "$tmp"/archives/kubeadm_*.deb "$tmp/kubeadm"
   else
-    package_command "$PKG" -q "$@" --disableexcludes=kubernetes download --destdir "$tmp/archives" "kubeadm-${exact#*:}"
+    package_call "$PKG" -q "$@" --disableexcludes=kubernetes download --destdir "$tmp/archives" "kubeadm-${exact#*:}"
     (cd "$tmp/kubeadm" && rpm2cpio "$tmp"/archives/kubeadm-*.rpm | cpio -idm --quiet)
   fi
   # shellcheck disable=SC2046 # one flag or none
@@ -655,9 +832,11 @@ check_plan() {
 # --- rollback: packages back to an older version ------------------------------------------
 
 rollback() {
-  local version=${1:-} installed previous_params="$STATE_DIR/params-upgrade.env"
-  # The last upgrade's parameters: a mirror stays the mirror.
-  if [ -f "$previous_params" ]; then parse_params "$previous_params"; fi
+  local version=${1:-} installed previous
+  # The last upgrade's parameters (a launch keeps only its own): a mirror stays the mirror.
+  for previous in "$STATE_DIR"/params-*.env; do
+    [ ! -f "$previous" ] || parse_params "$previous"
+  done
   TARGET_VERSION=$version
   NODE_NAME=$(uname -n)
   apply_defaults
@@ -673,13 +852,15 @@ rollback() {
   mkdir -p "$STATE_DIR"
   exec 8>>"$RUN_LOCK"
   flock -n 8 || die $E_BUSY "an upgrade run holds this node"
+  # No step of an earlier upgrade counts as done once the node has gone back.
+  rm -rf -- "$DONE"
   # On record, so that a Job arriving meanwhile is refused rather than attached.
   RUN_ID="rollback-$version"
   record_start rollback "$version" "$installed"
   log "rolling back kubeadm, kubelet and kubectl from $installed to $version"
   configure_repository
   refresh_index
-  install_at "$version" "${PACKAGES[@]}"
+  install_at "$version" down "${PACKAGES[@]}"
   systemctl daemon-reload
   systemctl restart kubelet || die $E_KUBELET "systemctl restart kubelet failed"
   [ "$(kubelet_version)" = "$version" ] || die $E_VERIFY "kubelet --version says $(kubelet_version)"
@@ -825,8 +1006,12 @@ command=${1:-}
 case $command in
   launch | run | prepare | etcd-check | etcd-snapshot)
     [ $# -eq 2 ] || die $E_INPUT "usage: $0 $command PARAMS_FILE"
+    SCRIPT=$(readlink -f "$0")
     PARAMS=$(readlink -f "$2")
+    trap discard_incoming EXIT
     read_params "$PARAMS"
+    # Read once, the parameters' copy can go; bash reads this script from its open file.
+    [ "$command" = launch ] || discard_incoming
     case $command in
       launch) launch ;;
       run) run_upgrade ;;

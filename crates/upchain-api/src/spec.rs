@@ -314,6 +314,13 @@ pub struct RunnerSpec {
     #[schemars(range(min = 0, max = 3600))]
     pub package_lock_timeout_seconds: i32,
 
+    /// How long a restarted kubelet must stay active, without restarting, before the node
+    /// script calls the node upgraded: a kubelet that crashes a few seconds after its
+    /// start fails the node here, not after its uncordon.
+    #[serde(default = "default_kubelet_settle_seconds")]
+    #[schemars(range(min = 0, max = 600))]
+    pub kubelet_settle_seconds: i32,
+
     /// Free space /var/lib needs before a node is upgraded (control-plane nodes also need
     /// the size of /var/lib/etcd, which kubeadm backs up).
     #[serde(default = "default_min_free_disk_mib")]
@@ -404,6 +411,10 @@ fn default_package_lock_timeout_seconds() -> i32 {
     300
 }
 
+fn default_kubelet_settle_seconds() -> i32 {
+    30
+}
+
 fn default_min_free_disk_mib() -> i32 {
     1024
 }
@@ -431,6 +442,7 @@ impl Default for RunnerSpec {
             node_selector: None,
             tolerations: None,
             package_lock_timeout_seconds: default_package_lock_timeout_seconds(),
+            kubelet_settle_seconds: default_kubelet_settle_seconds(),
             min_free_disk_mib: default_min_free_disk_mib(),
             prepare_concurrency: default_prepare_concurrency(),
         }

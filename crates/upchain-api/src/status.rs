@@ -340,9 +340,17 @@ pub struct NodeRecord {
     /// Upgrade Jobs created for this node in this run.
     #[serde(default)]
     pub attempts: i32,
-    /// Upgrade Jobs that failed since the run started or was last retried.
+    /// Upgrade Jobs that failed since the run started or was last retried, and spent an
+    /// attempt (of spec.runner.attempts).
     #[serde(default)]
     pub failures: i32,
+    /// Jobs sent again after a lost SSH session (exit 255), which spend no attempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reattaches: i32,
+    /// Jobs tried again after a pause because another process held the node (a package
+    /// lock, another run), which spend no attempt.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub paused_retries: i32,
     /// The node's current (or last) upgrade Job, in runner.namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,

@@ -98,6 +98,9 @@ pub struct NodeJob<'a> {
     pub batch: &'a [String],
     /// Upgrade the node, or only check it.
     pub mode: JobMode,
+    /// An upgrade Job sent after the last one lost its SSH session: it attaches to the run
+    /// on the node or reports how it ended, and never starts the run over.
+    pub reattach: bool,
     /// Whether a control-plane node outside the batch exists: by default the Job runs on
     /// one, and only runs on a worker when the cluster's one control-plane node is in it.
     pub control_plane_available: bool,
@@ -207,6 +210,7 @@ impl NodeJob<'_> {
             ("NODE_IP", self.node_ip.to_owned()),
             ("NODE_ROLE", self.role.as_str().to_owned()),
             ("FIRST_CONTROL_PLANE", self.first_control_plane.to_string()),
+            ("REATTACH", self.reattach.to_string()),
             ("SSH_USER", runner.ssh_user.clone()),
             ("SSH_PORT", runner.ssh_port.to_string()),
             (
@@ -218,6 +222,7 @@ impl NodeJob<'_> {
                 runner.package_lock_timeout_seconds.to_string(),
             ),
             ("MIN_FREE_MIB", runner.min_free_disk_mib.to_string()),
+            ("KUBELET_SETTLE", runner.kubelet_settle_seconds.to_string()),
             ("UPCHAIN_SCRIPT", SCRIPT_PATH.to_owned()),
             ("UPCHAIN_SSH_KEY", SSH_KEY_PATH.to_owned()),
             ("UPCHAIN_KNOWN_HOSTS", KNOWN_HOSTS_PATH.to_owned()),
@@ -540,6 +545,7 @@ mod tests {
             attempt: 1,
             batch,
             mode: JobMode::Upgrade,
+            reattach: false,
             control_plane_available: true,
             run_started: 0,
             snapshot_claim: None,
@@ -649,6 +655,7 @@ mod tests {
         assert_eq!(env(&rendered, "MODE").as_deref(), Some("upgrade"));
         let prepare = NodeJob {
             mode: JobMode::Prepare,
+            reattach: false,
             ..job(&runner, "w-1", &[])
         }
         .render();

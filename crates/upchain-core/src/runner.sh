@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The node Job's command (docs/node-script.md). It checks every value before any reaches
 # the node, copies the node script and the run's parameters (one quoted env file) to
-# /var/lib/upchain on the node, then runs the script there: `launch` starts the upgrade
-# detached from this SSH session, or attaches to the one already running for this run,
-# and exits with its result; `prepare` checks and changes nothing; `etcd-check` reads
-# etcd through the node's member; `etcd-snapshot` saves, reads back and test-restores a
-# snapshot there, then copies it to the installation's destination (mounted here) and
-# reads its checksum back. What the operator judges goes to the termination message.
+# /var/lib/upchain/incoming on the node under a name of this Job's own, then runs the
+# script there: `launch` starts the upgrade detached from this SSH session, or attaches to
+# the one already running for this run, and exits with its result; `prepare` checks and
+# changes nothing; `etcd-check` reads etcd through the node's member; `etcd-snapshot`
+# saves, reads back and test-restores a snapshot there, then copies it to the
+# installation's destination (mounted here) and reads its checksum back. What the
+# operator judges goes to the termination message.
 set -euo pipefail
 
 fail() {
@@ -25,9 +26,15 @@ valid SSH_PORT '^[0-9]{1,5}$'
 valid HOST_KEY_POLICY '^(Strict|AcceptNew)$'
 
 work=$(mktemp -d)
+# The copy of the SSH key goes on every exit; a stop by signal exits through here too.
+trap 'rm -rf -- "$work"' EXIT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+trap 'exit 130' INT
 params="$work/params.env"
-for key in RUN_ID TARGET_VERSION UPGRADE_KIND NODE_NAME NODE_ROLE FIRST_CONTROL_PLANE \
-  REPOSITORY REPOSITORY_URL REPOSITORY_KEY_URL LOCK_TIMEOUT MIN_FREE_MIB KUBELET_TIMEOUT; do
+for key in RUN_ID TARGET_VERSION UPGRADE_KIND NODE_NAME NODE_ROLE FIRST_CONTROL_PLANE REATTACH \
+  REPOSITORY REPOSITORY_URL REPOSITORY_KEY_URL LOCK_TIMEOUT MIN_FREE_MIB KUBELET_TIMEOUT \
+  KUBELET_SETTLE; do
   value=${!key-}
   [ -n "$value" ] || continue
   case $value in *"'"* | *$'\n'*) fail "$key must not contain quotes or line breaks" ;; esac
@@ -36,19 +43,27 @@ done
 
 install -m 0600 "$UPCHAIN_SSH_KEY" "$work/id"
 known_hosts="$work/known_hosts"
+: >"$known_hosts"
 if [ -s "$UPCHAIN_KNOWN_HOSTS" ]; then cp "$UPCHAIN_KNOWN_HOSTS" "$known_hosts"; fi
-if [ "$HOST_KEY_POLICY" = Strict ]; then
-  checking=yes
-  [ -s "$known_hosts" ] ||
-    fail "no known host keys: put the nodes' keys in the ConfigMap of spec.runner.knownHosts"
-else
-  checking=accept-new
-  echo "upchain: warning: host keys are not checked (spec.runner.hostKeyPolicy AcceptNew)" >&2
+report=${UPCHAIN_REPORT:-/dev/termination-log}
+# Keys are always checked. Under AcceptNew a node whose key is not known yet is asked for
+# it, without a login, and the run stops until someone confirms it in the known hosts.
+if ! ssh-keygen -F "$NODE_NAME" -f "$known_hosts" >/dev/null 2>&1; then
+  [ "$HOST_KEY_POLICY" = AcceptNew ] ||
+    fail "no known host key for $NODE_NAME: put the node's key in the ConfigMap of spec.runner.knownHosts (one line: $NODE_NAME <type> <key>)"
+  keys=$(ssh-keyscan -T 20 -p "$SSH_PORT" "$NODE_IP" 2>/dev/null | awk -v name="$NODE_NAME" '$1 !~ /^#/ && NF >= 3 {print name, $2, $3}')
+  [ -n "$keys" ] || { echo "upchain: $NODE_NAME ($NODE_IP:$SSH_PORT) showed no SSH host key" >&2; exit 255; }
+  while IFS= read -r key; do echo "upchain-host-key $key"; done <<<"$keys" >"$report"
+  echo "upchain: $NODE_NAME's SSH host key is not confirmed yet; nothing ran on the node. It showed:" >&2
+  ssh-keygen -lf - <<<"$keys" >&2 || true
+  echo "upchain: if these are $NODE_NAME's keys, add these lines to the known hosts (the ConfigMap of policy.runner.knownHosts) and the run goes on:" >&2
+  echo "$keys" >&2
+  exit 25
 fi
 
 # Known hosts name a node by its Kubernetes name, whatever address it is reached at.
 ssh_node() {
-  ssh -i "$work/id" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking="$checking" \
+  ssh -i "$work/id" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=yes \
     -o UserKnownHostsFile="$known_hosts" -o GlobalKnownHostsFile=/dev/null \
     -o HostKeyAlias="$NODE_NAME" -o ConnectTimeout=30 -o ServerAliveInterval=30 \
     -o ServerAliveCountMax=6 -o LogLevel=ERROR "$SSH_USER@$NODE_IP" "$@"
@@ -57,25 +72,26 @@ ssh_node() {
 sudo="sudo -n "
 if [ "$SSH_USER" = root ]; then sudo=""; fi
 dir=/var/lib/upchain
-# Written aside and renamed: a run already going keeps reading the file it started with.
-# The aside name carries the remote shell's pid: two Jobs copying at once do not collide.
+# Copied under this Job's own name: the script keeps or removes its copies (a launch that
+# holds the node adopts them; anything else leaves nothing behind).
+tag="$(date +%s)-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 copy_to_node() {
-  ssh_node "${sudo}sh -c 'mkdir -p $dir && chmod 0700 $dir && cat >$dir/.$1.\$\$ && mv -f $dir/.$1.\$\$ $dir/$1'" <"$2"
+  ssh_node "${sudo}sh -c 'mkdir -p $dir/incoming && chmod 0700 $dir && cat >$dir/incoming/$1'" <"$2"
 }
 
 echo "upchain: $MODE $NODE_ROLE node $NODE_NAME ($NODE_IP) for $TARGET_VERSION"
-copy_to_node upgrade-node.sh "$UPCHAIN_SCRIPT"
-copy_to_node "params-$MODE.env" "$params"
-report=${UPCHAIN_REPORT:-/dev/termination-log}
+copy_to_node "upgrade-node-$tag.sh" "$UPCHAIN_SCRIPT"
+copy_to_node "params-$tag.env" "$params"
 case $MODE in
   upgrade) command=launch ;;
   *) command=$MODE ;;
 esac
+on_node="${sudo}/bin/bash $dir/incoming/upgrade-node-$tag.sh $command $dir/incoming/params-$tag.env"
 if [ "$MODE" = upgrade ] || [ "$MODE" = prepare ]; then
-  ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env"
+  ssh_node -n "$on_node"
   exit 0
 fi
-ssh_node -n "${sudo}/bin/bash $dir/upgrade-node.sh $command $dir/params-$MODE.env" | tee "$work/out"
+ssh_node -n "$on_node" | tee "$work/out"
 if [ "$MODE" = etcd-check ]; then
   grep '^upchain-etcd ' "$work/out" | head -c 4000 >"$report"
   exit 0

@@ -486,6 +486,8 @@ mod tests {
             cordoned: false,
             attempts: 1,
             failures: 0,
+            reattaches: 0,
+            paused_retries: 0,
             job: None,
             started_at: Time(at(finished - 60)),
             finished_at: Some(Time(at(finished))),

@@ -83,6 +83,7 @@ impl<'a> Machine<'a> {
             attempt,
             batch: &batch,
             mode,
+            reattach: false,
             control_plane_available: self.control_plane_available(&batch),
             run_started: self.run_started(),
             snapshot_claim,

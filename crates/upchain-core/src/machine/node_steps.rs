@@ -9,6 +9,7 @@ use upchain_api::{DrainTimeoutAction, NodeRecord, NodeRole, NodeStep, Phase};
 use super::decision::Action;
 use super::{DRAIN_POLL, Machine, STOP, budget};
 use crate::drain::drain_progress;
+use crate::exit_codes::{self, Retry};
 use crate::job::{JobMode, NodeJob, job_name, untagged_job_name};
 use crate::observe::{JobState, pod_names};
 use crate::plan::Plan;
@@ -41,6 +42,8 @@ impl<'a> Machine<'a> {
                 cordoned: true,
                 attempts: 0,
                 failures: 0,
+                reattaches: 0,
+                paused_retries: 0,
                 job: None,
                 started_at: now.clone(),
                 finished_at: None,
@@ -408,8 +411,21 @@ impl<'a> Machine<'a> {
                 job.evidence.as_ref(),
             ));
         }
+        // How the node's last Job ended decides what this one is: one sent after a lost
+        // session only re-attaches; one after the node was held waits out the pause first.
+        let previous = record
+            .job_result
+            .as_ref()
+            .filter(|r| r.job != name)
+            .map(|r| exit_codes::retry(r.exit_code));
         match observed.map(|j| &j.state) {
             None => {
+                if previous == Some(Retry::AfterPause) {
+                    let waited = self.elapsed(&record.step_started_at);
+                    if waited < exit_codes::RETRY_PAUSE {
+                        return self.requeue_within(exit_codes::RETRY_PAUSE - waited);
+                    }
+                }
                 let node_ip = self
                     .node(&record.name)
                     .and_then(|n| n.internal_ip.clone())
@@ -426,6 +442,7 @@ impl<'a> Machine<'a> {
                     attempt: record.attempts,
                     batch,
                     mode: JobMode::Upgrade,
+                    reattach: previous == Some(Retry::Reattach),
                     control_plane_available: self.control_plane_available(batch),
                     run_started: self.run_started(),
                     snapshot_claim: None,
@@ -447,38 +464,85 @@ impl<'a> Machine<'a> {
                 );
             }
             Some(JobState::Failed { reason, message }) => {
-                let failures = record.failures + 1;
-                self.status.nodes[index].failures = failures;
-                let exit = self.status.nodes[index]
+                let code = self.status.nodes[index]
                     .job_result
                     .as_ref()
-                    .and_then(|r| r.exit_code)
-                    .map(|code| format!("{}; ", crate::exit_codes::describe(code)))
+                    .and_then(|r| r.exit_code);
+                let exit = code
+                    .map(|code| format!("{}; ", exit_codes::describe(code)))
                     .unwrap_or_default();
                 let detail = format!("upgrade Job {name} failed ({exit}{reason}: {message})");
-                if failures < self.spec.runner.attempts {
-                    self.status.nodes[index].attempts += 1;
-                    self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
-                    self.node_event(
-                        true,
-                        Reason::JobFailed,
-                        &record.name,
-                        format!(
-                            "{detail}; retrying ({} of {} attempts used)",
-                            failures, self.spec.runner.attempts
-                        ),
-                    );
-                } else {
-                    self.fail_node(
-                        index,
-                        format!(
-                            "{detail} after {failures} attempt(s); the node is left cordoned. \
-                             See kubectl -n {} logs job/{name}",
-                            self.spec.runner.namespace
-                        ),
-                    );
-                }
+                self.after_failed_job(index, &name, exit_codes::retry(code), detail);
             }
+        }
+    }
+
+    /// A failed upgrade Job is followed by its exit's class: a lost session re-attaches
+    /// and a node held by another process is tried again after a pause, each a few times
+    /// without spending an attempt; an upgrade that failed spends one; what only a person
+    /// can fix is never retried.
+    fn after_failed_job(&mut self, index: usize, job: &str, retry: Retry, detail: String) {
+        let record = self.status.nodes[index].clone();
+        let free = match retry {
+            Retry::Reattach if record.reattaches < exit_codes::MAX_REATTACHES => {
+                self.status.nodes[index].reattaches += 1;
+                Some(format!(
+                    "{detail}; a new Job attaches to the run on the node, which may go on \
+                     (re-attach {} of {}, no attempt spent)",
+                    record.reattaches + 1,
+                    exit_codes::MAX_REATTACHES
+                ))
+            }
+            Retry::AfterPause if record.paused_retries < exit_codes::MAX_PAUSED_RETRIES => {
+                self.status.nodes[index].paused_retries += 1;
+                Some(format!(
+                    "{detail}; trying again in {}s (try {} of {} after a pause, no attempt spent)",
+                    exit_codes::RETRY_PAUSE.as_secs(),
+                    record.paused_retries + 1,
+                    exit_codes::MAX_PAUSED_RETRIES
+                ))
+            }
+            _ => None,
+        };
+        if let Some(message) = free {
+            self.status.nodes[index].attempts += 1;
+            self.enter(index, NodeStep::Upgrading, Some(message.clone()));
+            self.node_event(true, Reason::JobFailed, &record.name, message);
+            return;
+        }
+        let namespace = &self.spec.runner.namespace;
+        if retry == Retry::Never {
+            return self.fail_node(
+                index,
+                format!(
+                    "{detail}; retrying cannot help until the node, the repository or the spec \
+                     is fixed, so the node is left cordoned. See kubectl -n {namespace} logs \
+                     job/{job}, fix what it says, then retry with the upchain.dev/retry annotation"
+                ),
+            );
+        }
+        let failures = record.failures + 1;
+        self.status.nodes[index].failures = failures;
+        if failures < self.spec.runner.attempts {
+            self.status.nodes[index].attempts += 1;
+            self.enter(index, NodeStep::Upgrading, Some(detail.clone()));
+            self.node_event(
+                true,
+                Reason::JobFailed,
+                &record.name,
+                format!(
+                    "{detail}; retrying ({} of {} attempts used)",
+                    failures, self.spec.runner.attempts
+                ),
+            );
+        } else {
+            self.fail_node(
+                index,
+                format!(
+                    "{detail} after {failures} attempt(s); the node is left cordoned. \
+                     See kubectl -n {namespace} logs job/{job}"
+                ),
+            );
         }
     }
 

@@ -238,6 +238,7 @@ impl<'a> Machine<'a> {
                     attempt: record.attempt,
                     batch: &batch,
                     mode: JobMode::Prepare,
+                    reattach: false,
                     control_plane_available: self.control_plane_available(&batch),
                     run_started: self.run_started(),
                     snapshot_claim: None,

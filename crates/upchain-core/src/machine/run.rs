@@ -89,6 +89,8 @@ impl<'a> Machine<'a> {
                 record.step = NodeStep::Draining;
                 record.step_started_at = now.clone();
                 record.failures = 0;
+                record.reattaches = 0;
+                record.paused_retries = 0;
                 record.finished_at = None;
                 record.drain_preview = None;
                 record.message =

@@ -123,6 +123,106 @@ pub(super) fn a_failing_job_is_retried_then_fails_the_run_until_the_retry_annota
     assert_eq!(record.attempts, 3);
 }
 
+fn w1(run: &Run) -> upchain_api::NodeRecord {
+    run.status()
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .cloned()
+        .expect("w-1")
+}
+
+#[test]
+pub(super) fn lost_ssh_sessions_re_attach_without_spending_an_attempt() {
+    let mut world = World::new(small_cluster());
+    world.failing.insert("w-1".into(), 2);
+    world.failing_exit.insert("w-1".into(), 255);
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.runner.attempts = 2;
+    let mut run = Run::new(upgrade, world);
+    let mut reattach_jobs = 0;
+    while run.status_or_default().phase != Some(Phase::Succeeded) {
+        let decision = run.decide_once();
+        for action in &decision.actions {
+            if let Action::CreateJob(job) = action
+                && env_of(job, "NODE_NAME").as_deref() == Some("w-1")
+                && env_of(job, "REATTACH").as_deref() == Some("true")
+            {
+                reattach_jobs += 1;
+            }
+        }
+        run.wait_as_asked(&decision, 30);
+        assert!(run.world.clock < 100_000, "{:?}", run.status().phase);
+    }
+    let record = w1(&run);
+    assert_eq!(
+        (record.attempts, record.failures, record.reattaches),
+        (3, 0, 2)
+    );
+    assert_eq!(
+        reattach_jobs, 2,
+        "each Job after a lost session only re-attaches"
+    );
+}
+
+#[test]
+pub(super) fn a_held_package_lock_is_tried_again_after_a_pause_without_spending_an_attempt() {
+    let mut world = World::new(small_cluster());
+    world.failing.insert("w-1".into(), 1);
+    world.failing_exit.insert("w-1".into(), 12);
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.runner.attempts = 1;
+    let mut run = Run::new(upgrade, world);
+    let mut failed_at = None;
+    let mut next_job_at = None;
+    while run.status_or_default().phase != Some(Phase::Succeeded) {
+        let decision = run.decide_once();
+        let record = run.status().nodes.iter().find(|n| n.name == "w-1").cloned();
+        if failed_at.is_none() && record.as_ref().is_some_and(|r| r.paused_retries == 1) {
+            failed_at = Some(run.world.clock);
+        }
+        let creates_w1 = decision.actions.iter().any(|a| {
+            matches!(a, Action::CreateJob(job) if env_of(job, "NODE_NAME").as_deref() == Some("w-1"))
+        });
+        if failed_at.is_some() && next_job_at.is_none() && creates_w1 {
+            next_job_at = Some(run.world.clock);
+        }
+        run.wait_as_asked(&decision, 30);
+        assert!(run.world.clock < 100_000, "{:?}", run.status().phase);
+    }
+    let (failed_at, next_job_at) = (failed_at.expect("failed"), next_job_at.expect("retried"));
+    assert!(
+        next_job_at - failed_at >= 60,
+        "{failed_at} -> {next_job_at}"
+    );
+    let record = w1(&run);
+    assert_eq!((record.failures, record.paused_retries), (0, 1));
+}
+
+#[test]
+pub(super) fn an_exit_only_a_person_can_fix_fails_the_node_at_once() {
+    for code in [10, 11, 24, 25] {
+        let mut world = World::new(small_cluster());
+        world.failing.insert("w-1".into(), 1);
+        world.failing_exit.insert("w-1".into(), code);
+        let mut run = Run::new(quick("1.35.2"), world);
+        assert_eq!(
+            run.until(200, &[Phase::Failed]),
+            Phase::Failed,
+            "exit {code}"
+        );
+        let record = w1(&run);
+        assert_eq!(
+            (record.attempts, record.step),
+            (1, NodeStep::Failed),
+            "exit {code}"
+        );
+        let message = record.message.unwrap_or_default();
+        assert!(message.contains("retrying cannot help"), "{message}");
+        assert!(run.world.node_mut("w-1").unschedulable);
+    }
+}
+
 #[test]
 pub(super) fn a_node_that_never_returns_stalls_then_fails_and_nothing_else_is_drained() {
     let mut world = World::new(small_cluster());

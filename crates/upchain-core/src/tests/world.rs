@@ -12,6 +12,8 @@ pub(super) struct World {
     pub(super) jobs: BTreeMap<String, (String, String, JobState)>,
     /// Nodes whose next Jobs fail, with how many failures are left.
     pub(super) failing: BTreeMap<String, u32>,
+    /// The exit code a failing node's Jobs end with (1 where unset).
+    pub(super) failing_exit: BTreeMap<String, i32>,
     /// Nodes that never come back Ready after their Job.
     pub(super) never_return: BTreeSet<String>,
     /// Nodes whose Job succeeds but whose kubelet stays at its old version.
@@ -90,6 +92,7 @@ impl World {
             pods,
             jobs: BTreeMap::new(),
             failing: BTreeMap::new(),
+            failing_exit: BTreeMap::new(),
             never_return: BTreeSet::new(),
             stays_old: BTreeSet::new(),
             crash_looping: BTreeSet::new(),
@@ -167,7 +170,11 @@ impl World {
                         .then(|| {
                             let succeeded = *state == JobState::Succeeded;
                             crate::evidence::JobEvidence {
-                                exit_code: Some(if succeeded { 0 } else { 1 }),
+                                exit_code: Some(if succeeded {
+                                    0
+                                } else {
+                                    self.failing_exit.get(node).copied().unwrap_or(1)
+                                }),
                                 started_at: Some(at(self.clock - 1)),
                                 finished_at: Some(at(self.clock)),
                                 report: None,

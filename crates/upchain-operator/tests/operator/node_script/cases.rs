@@ -129,38 +129,6 @@ fn an_interrupted_dpkg_is_repaired_by_the_next_attempt() {
 }
 
 #[test]
-fn a_package_lock_held_by_another_process_fails_with_its_own_code() {
-    let node = Node::start(Family::Debian, Role::Worker);
-    let before = node.repository();
-    // apt and dpkg lock with fcntl: hold it the same way from outside.
-    let lock = node.path("/var/lib/dpkg/lock-frontend");
-    let mut holder = Command::new("python3")
-        .arg("-c")
-        .arg("import fcntl,sys,time;f=open(sys.argv[1],'a');fcntl.lockf(f,fcntl.LOCK_EX);print('locked',flush=True);time.sleep(120)")
-        .arg(&lock)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let finished = node.run_job(JobMode::Upgrade, &[]);
-    let _ = holder.kill();
-    let _ = holder.wait();
-    assert_eq!(finished.code, Some(12), "{}", finished.output);
-    assert!(
-        finished.output.contains("lock stayed taken"),
-        "{}",
-        finished.output
-    );
-    assert_untouched(&node, &before);
-    assert!(node.held().contains("kubelet"));
-}
-
-#[test]
 fn the_prepare_check_changes_nothing_and_catches_a_missing_package() {
     let node = Node::start(Family::Debian, Role::FirstControlPlane);
     let before = node.repository();
@@ -223,7 +191,7 @@ fn an_unknown_os_is_refused_before_anything_changes() {
 }
 
 #[test]
-fn a_host_key_mismatch_is_refused_and_accept_new_is_an_explicit_choice() {
+fn a_host_key_mismatch_or_an_unknown_node_is_refused() {
     let node = Node::start(Family::Debian, Role::Worker);
     node.write_known_hosts("stranger");
     let finished = node.run_job(JobMode::Upgrade, &[]);
@@ -238,20 +206,11 @@ fn a_host_key_mismatch_is_refused_and_accept_new_is_an_explicit_choice() {
     let empty = node.run_job(JobMode::Upgrade, &[]);
     assert_eq!(empty.code, Some(2), "{}", empty.output);
     assert!(
-        empty.output.contains("no known host keys"),
+        empty.output.contains("no known host key for"),
         "{}",
         empty.output
     );
-    let accepted = node.run_job(
-        JobMode::Upgrade,
-        &[("HOST_KEY_POLICY", HostKeyPolicy::AcceptNew.as_str())],
-    );
-    assert!(
-        accepted.output.contains("host keys are not checked"),
-        "{}",
-        accepted.output
-    );
-    assert_upgraded(&node, &accepted);
+    assert!(!node.exists("/var/lib/upchain"), "nothing reached the node");
 }
 
 #[test]
@@ -318,16 +277,6 @@ fn a_kubelet_that_does_not_come_back_fails_with_its_own_code_and_packages_stay_h
     assert_eq!(finished.code, Some(16), "{}", finished.output);
     assert!(node.state().contains("EXIT_CODE=16"), "{}", node.state());
     assert!(node.held().contains("kubelet"));
-}
-
-#[test]
-fn systemd_run_detaches_the_upgrade_where_systemd_runs() {
-    let node = Node::start(Family::Debian, Role::Worker);
-    std::fs::create_dir_all(node.path("/run/systemd/system")).unwrap();
-    let finished = node.run_job(JobMode::Upgrade, &[]);
-    assert_upgraded(&node, &finished);
-    let units = node.calls("systemd-run --unit=upchain-node-upgrade-to-1-35-");
-    assert_eq!(units.len(), 1, "{:?}", node.calls("systemd-run"));
 }
 
 #[test]

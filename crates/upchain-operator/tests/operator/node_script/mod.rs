@@ -17,6 +17,7 @@ use upchain_core::version::KubeVersion;
 
 mod cases;
 mod etcd;
+mod second_pass;
 
 const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 const OLD: &str = "1.34.3";
@@ -52,7 +53,8 @@ enum Role {
     Worker,
 }
 
-/// One node: a root file system and the sshd whose root login enters it.
+/// One node: a root file system and the sshd whose root login enters it: the host's sshd
+/// chrooted into the root, or, for a booted node, the node's own under its own systemd.
 struct Node {
     name: String,
     family: Family,
@@ -61,10 +63,21 @@ struct Node {
     conf: tempfile::TempDir,
     port: u16,
     sshd: Child,
+    booted: bool,
 }
 
 impl Node {
     fn start(family: Family, role: Role) -> Self {
+        Self::create(family, role, false)
+    }
+
+    /// A Debian node booted by its own systemd in a container (systemd-nspawn): the real
+    /// systemctl, systemd-run and kubelet unit.
+    fn boot(role: Role) -> Self {
+        Self::create(Family::Debian, role, true)
+    }
+
+    fn create(family: Family, role: Role, booted: bool) -> Self {
         let sandbox = sandbox();
         let conf = tempfile::tempdir().unwrap();
         let name = format!(
@@ -79,9 +92,10 @@ impl Node {
         // sshd's ChrootDirectory wants root-owned components nobody else may write.
         let root = sandbox.join("nodes").join(&name);
         std::fs::create_dir_all(&root).unwrap();
-        let tar = match family {
-            Family::Debian => "debian.tar",
-            Family::Rhel => "rhel.tar",
+        let tar = match (family, booted) {
+            (Family::Debian, false) => "debian.tar",
+            (Family::Debian, true) => "debian-systemd.tar",
+            (Family::Rhel, _) => "rhel.tar",
         };
         run_ok(
             Command::new("tar")
@@ -116,31 +130,18 @@ impl Node {
             );
         }
         let port = free_port();
-        let config = conf.path().join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {conf}/host\nPidFile {conf}/sshd.pid\n\
-                 AuthorizedKeysFile {conf}/client.pub\nPermitRootLogin prohibit-password\n\
-                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-                 StrictModes no\nChrootDirectory {root}\n",
-                conf = conf.path().display(),
-                root = root.display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all("/run/sshd").unwrap();
-        let sshd = Command::new("/usr/sbin/sshd")
-            .arg("-D")
-            .arg("-f")
-            .arg(&config)
-            .arg("-E")
-            .arg(conf.path().join("sshd.log"))
-            .spawn()
-            .expect("sshd starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let sshd = if booted {
+            boot_with_sshd(&name, &root, conf.path(), port)
+        } else {
+            chrooted_sshd(&root, conf.path(), port)
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "sshd did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not listen on {port}: {}",
+                std::fs::read_to_string(conf.path().join("boot.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let node = Self {
@@ -151,9 +152,23 @@ impl Node {
             conf,
             port,
             sshd,
+            booted,
         };
         node.write_known_hosts("host");
         node
+    }
+
+    /// A command run on the node over SSH, as root, inside whatever runs there.
+    fn ssh(&self, command: &str) -> Output {
+        Command::new("ssh")
+            .arg("-i")
+            .arg(self.conf.path().join("client"))
+            .args(["-p", &self.port.to_string()])
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+            .args(["root@127.0.0.1", command])
+            .output()
+            .unwrap()
     }
 
     /// known_hosts naming the node by its Kubernetes name, with the key in `key`.pub.
@@ -249,6 +264,7 @@ impl Node {
         let mut runner = RunnerSpec {
             ssh_port: i32::from(self.port),
             package_lock_timeout_seconds: 3,
+            kubelet_settle_seconds: 0,
             ..RunnerSpec::default()
         };
         runner.repository.url = Some("file:///srv/repo/core:/stable:".to_owned());
@@ -272,6 +288,7 @@ impl Node {
             attempt: 1,
             batch: &batch,
             mode,
+            reattach: false,
             control_plane_available: true,
             run_started: 0,
             snapshot_claim: Some("snapshots"),
@@ -357,11 +374,83 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if self.booted {
+            // The container's init ends everything in its PID namespace.
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.sshd.id()))
+                    .unwrap_or_default();
+            for pid in children.split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
         let _ = self.sshd.kill();
         let _ = self.sshd.wait();
         self.kill_processes_inside();
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// The host's sshd, its root logins chrooted into the node's root.
+fn chrooted_sshd(root: &Path, conf: &Path, port: u16) -> Child {
+    let config = conf.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {conf}/host\nPidFile {conf}/sshd.pid\n\
+             AuthorizedKeysFile {conf}/client.pub\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nChrootDirectory {root}\n",
+            conf = conf.display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all("/run/sshd").unwrap();
+    Command::new("/usr/sbin/sshd")
+        .arg("-D")
+        .arg("-f")
+        .arg(&config)
+        .arg("-E")
+        .arg(conf.join("sshd.log"))
+        .spawn()
+        .expect("sshd starts")
+}
+
+/// Boots the node's root with systemd-nspawn (sharing the host's network), its own sshd
+/// configured with the test's host key, port and client key.
+fn boot_with_sshd(name: &str, root: &Path, conf: &Path, port: u16) -> Child {
+    let ssh = root.join("etc/ssh");
+    std::fs::copy(conf.join("host"), ssh.join("upchain_host_key")).unwrap();
+    std::fs::write(
+        ssh.join("sshd_config.d/upchain.conf"),
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey /etc/ssh/upchain_host_key\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        conf.join("client.pub"),
+        root.join("root/.ssh/authorized_keys"),
+    )
+    .unwrap();
+    let log = std::fs::File::create(conf.join("boot.log")).unwrap();
+    Command::new("systemd-nspawn")
+        .args([
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--console=passive",
+        ])
+        .arg(format!("--machine={name}"))
+        .arg("--directory")
+        .arg(root)
+        .arg("--boot")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("systemd-nspawn starts")
 }
 
 /// The processes whose root directory is `root`.
@@ -399,6 +488,29 @@ impl JobRun {
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// Another process holding a lock file as apt and dpkg do (fcntl), until it is killed;
+/// returns once it holds it.
+fn hold_lock(path: &Path) -> Child {
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl,sys,time;f=open(sys.argv[1],'a');fcntl.lockf(f,fcntl.LOCK_EX);\
+             print('locked',flush=True);time.sleep(600)",
+        )
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    holder
 }
 
 fn free_port() -> u16 {
