@@ -257,7 +257,7 @@ fn dnf_4_lock_files_are_waited_for_within_the_bound_naming_their_holder() {
         "/var/cache/dnf/metadata_lock.pid",
     ] {
         let node = Node::start(Family::Rhel, Role::Worker);
-        let mut holder = Command::new("sleep").arg("600").spawn().unwrap();
+        let holder = Command::new("sleep").arg("600").spawn().unwrap();
         let path = node.path(lock);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, holder.id().to_string()).unwrap();
