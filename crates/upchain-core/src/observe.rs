@@ -420,6 +420,10 @@ pub struct Observed {
     pub hook_jobs: Vec<ObservedJob>,
     /// What the postflight looks at; gathered in the Postflight phase.
     pub postflight: Option<crate::gates::PostflightInputs>,
+    /// When each node [`crate::Needs::heartbeats_of`] names last renewed its Lease in
+    /// kube-node-lease (Unix seconds), or why it could not be read. The kubelet renews it
+    /// every 10 s; the Ready condition's own heartbeat moves only every few minutes.
+    pub heartbeats: BTreeMap<String, Result<i64, String>>,
 }
 
 impl Observed {

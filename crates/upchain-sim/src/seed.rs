@@ -156,6 +156,13 @@ pub fn cluster(
             "Node",
             node(name, index, control_plane, version, &now),
         )?;
+        // The kubelet's Lease, made when it registers its node; its heartbeats renew it.
+        store.create_own(
+            "coordination.k8s.io/v1",
+            "Lease",
+            json!({"metadata": {"name": name, "namespace": "kube-node-lease"},
+                   "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}}),
+        )?;
         // Every kubeadm control-plane node runs these, workloads or not.
         if control_plane {
             let uid = created["metadata"]["uid"].clone();

@@ -22,6 +22,11 @@ pub(super) const WAITING_ON_BUDGETS: &str = "waiting on PodDisruptionBudget(s)";
 pub(super) const WAITING_ON_HELD: &str = "the drain holds back Pods it may not evict:";
 /// How a draining node's message begins while it deletes single replicas budgets hold.
 pub(super) const DELETING_BLOCKED: &str = "deleting single-replica Pod(s)";
+/// kube-controller-manager's `--node-monitor-grace-period` default: a kubelet silent for
+/// longer is down, whatever its Ready condition still says.
+const NODE_MONITOR_GRACE: Duration = Duration::from_secs(50);
+/// How often a node waiting only for a fresh heartbeat is looked at again.
+const HEARTBEAT_POLL: Duration = Duration::from_secs(5);
 
 impl<'a> Machine<'a> {
     pub(super) fn start_batch(&mut self, plan: &Plan) {
@@ -103,15 +108,22 @@ impl<'a> Machine<'a> {
                     }
                     _ => Vec::new(),
                 };
-                let verified = node.ready && at_target && components.is_empty();
+                let stale = self.stale_heartbeat(&record.name);
+                let verified = node.ready && at_target && components.is_empty() && stale.is_none();
                 if verified && node.unschedulable {
                     self.act(Action::Uncordon {
                         node: record.name.clone(),
                     });
-                } else if !node.unschedulable {
-                    self.status.nodes[index].cordoned = false;
+                } else if !verified && !node.unschedulable {
+                    // Uncordoned and then not Ready (in its soak, or by hand): cordoned
+                    // again until it is verified.
+                    self.act(Action::Cordon {
+                        node: record.name.clone(),
+                    });
+                    self.status.nodes[index].cordoned = true;
                 }
                 if verified && !node.unschedulable {
+                    self.status.nodes[index].cordoned = false;
                     self.enter(index, NodeStep::Soaking, None);
                     self.node_event(
                         false,
@@ -122,17 +134,18 @@ impl<'a> Machine<'a> {
                     return;
                 }
                 // Say what it waits for, so that a node held here explains itself.
-                let waiting = match (node.ready && at_target, components.is_empty()) {
-                    (false, _) => format!(
+                let waiting = match (node.ready && at_target, components.is_empty(), &stale) {
+                    (false, _, _) => format!(
                         "waiting for the node to be Ready with kubelet {} (kubelet reports {}, \
                          Ready={})",
                         record.target_version, node.kubelet_version, node.ready
                     ),
-                    (true, false) => format!(
+                    (true, false, _) => format!(
                         "waiting for its control-plane components: {}",
                         components.join("; ")
                     ),
-                    (true, true) => "uncordoning".to_owned(),
+                    (true, true, Some(stale)) => format!("waiting for a fresh heartbeat: {stale}"),
+                    (true, true, None) => "uncordoning".to_owned(),
                 };
                 if record.message.as_deref() != Some(&waiting) {
                     self.status.nodes[index].message = Some(waiting);
@@ -159,20 +172,30 @@ impl<'a> Machine<'a> {
                         ),
                     );
                 }
+                // A Lease renewal wakes nothing: look again soon while that is all it waits on.
+                if node.ready && at_target && components.is_empty() && stale.is_some() {
+                    self.requeue_within(HEARTBEAT_POLL);
+                }
                 self.requeue_within(timeout - waited);
             }
             NodeStep::Soaking => {
                 if !(node.ready && at_target) {
+                    // Rejoining cordons it again: no workload lands on it until it is
+                    // verified, and it fails after the rejoin timeout if it is not.
                     self.enter(
                         index,
                         NodeStep::Rejoining,
-                        Some("left Ready while soaking".to_owned()),
+                        Some("left Ready while soaking; cordoned again".to_owned()),
                     );
                     return self.node_event(
                         true,
                         Reason::NodeNotReady,
                         &record.name,
-                        format!("{} left Ready while soaking", record.name),
+                        format!(
+                            "{} left Ready while soaking; cordoned again until it rejoins (within \
+                             spec.rejoinTimeout)",
+                            record.name
+                        ),
                     );
                 }
                 let soak = Duration::from(self.spec.soak);
@@ -203,6 +226,28 @@ impl<'a> Machine<'a> {
                 self.requeue_within(soak - soaked);
             }
             NodeStep::Done | NodeStep::Failed => {}
+        }
+    }
+
+    /// Why the node's heartbeat does not count as fresh, or None when it does: its Lease
+    /// must have been renewed within the node monitor grace period, or a Ready condition
+    /// may be what the node controller has not yet had time to mark Unknown.
+    fn stale_heartbeat(&self, node: &str) -> Option<String> {
+        match self.observed.heartbeats.get(node) {
+            Some(Ok(renewed)) => {
+                let age = self.now.as_second() - renewed;
+                (age > NODE_MONITOR_GRACE.as_secs() as i64).then(|| {
+                    format!(
+                        "its Lease kube-node-lease/{node} was last renewed {age}s ago, more \
+                         than the node monitor grace period ({}s): its kubelet may be down",
+                        NODE_MONITOR_GRACE.as_secs()
+                    )
+                })
+            }
+            Some(Err(error)) => Some(format!(
+                "its Lease kube-node-lease/{node} could not be read ({error})"
+            )),
+            None => Some(format!("its Lease kube-node-lease/{node} was not read yet")),
         }
     }
 

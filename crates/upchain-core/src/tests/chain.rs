@@ -545,3 +545,75 @@ pub(super) fn stalled_means_no_progress_for_the_timeout_and_clears_when_progress
     let resumed = run.decide_once();
     assert!(!stalled(&resumed.status), "{:?}", resumed.status.conditions);
 }
+
+#[test]
+pub(super) fn a_node_that_leaves_ready_while_soaking_is_cordoned_again_and_fails_after_the_rejoin_timeout()
+ {
+    let mut run = Run::new(quick("1.35.2"), World::new(small_cluster()));
+    while w1_step(&run) != Some(NodeStep::Soaking) {
+        let decision = run.decide_once();
+        run.wait_as_asked(&decision, 5);
+        assert!(run.world.clock < 100_000);
+    }
+    assert!(
+        !run.world.node_mut("w-1").unschedulable,
+        "uncordoned to soak"
+    );
+    run.world.node_mut("w-1").ready = false;
+    let decision = run.decide_once();
+    assert_eq!(
+        w1_step(&run),
+        Some(NodeStep::Rejoining),
+        "{:?}",
+        decision.actions
+    );
+    assert!(run.world.node_mut("w-1").unschedulable, "cordoned again");
+    assert_eq!(run.until(200, &[Phase::Failed]), Phase::Failed);
+    let record = w1(&run);
+    assert_eq!(record.step, NodeStep::Failed);
+    assert!(
+        record
+            .message
+            .unwrap_or_default()
+            .contains("did not come back Ready"),
+    );
+    assert!(run.world.node_mut("w-1").unschedulable, "left cordoned");
+}
+
+fn w1_step(run: &Run) -> Option<NodeStep> {
+    run.status_or_default()
+        .nodes
+        .iter()
+        .find(|n| n.name == "w-1")
+        .map(|n| n.step)
+}
+
+#[test]
+pub(super) fn a_node_whose_kubelet_went_silent_is_not_uncordoned_on_a_stale_ready() {
+    let mut world = World::new(small_cluster());
+    world.silent.insert("w-1".into());
+    let mut upgrade = quick("1.35.2");
+    upgrade.spec.rejoin_timeout = std::time::Duration::from_secs(300).into();
+    let mut run = Run::new(upgrade, world);
+    while w1_step(&run) != Some(NodeStep::Rejoining) {
+        let decision = run.decide_once();
+        run.wait_as_asked(&decision, 5);
+        assert!(run.world.clock < 100_000);
+    }
+    let decision = run.decide_once();
+    assert!(run.world.node_mut("w-1").ready, "Ready still says True");
+    assert!(
+        run.world.node_mut("w-1").unschedulable,
+        "{:?}",
+        decision.actions
+    );
+    let message = w1(&run).message.unwrap_or_default();
+    assert!(
+        message.contains("waiting for a fresh heartbeat"),
+        "{message}"
+    );
+    assert!(message.contains("kube-node-lease/w-1"), "{message}");
+    // Its kubelet renews the Lease again: uncordoned, and the run goes on.
+    run.world.silent.clear();
+    assert_eq!(run.until(200, &[Phase::Succeeded]), Phase::Succeeded);
+}

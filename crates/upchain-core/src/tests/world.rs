@@ -16,6 +16,9 @@ pub(super) struct World {
     pub(super) failing_exit: BTreeMap<String, i32>,
     /// Nodes that never come back Ready after their Job.
     pub(super) never_return: BTreeSet<String>,
+    /// Nodes whose kubelet stopped renewing its Lease while its Ready condition still says
+    /// True (the node controller has not marked it Unknown yet).
+    pub(super) silent: BTreeSet<String>,
     /// Nodes whose Job succeeds but whose kubelet stays at its old version.
     pub(super) stays_old: BTreeSet<String>,
     /// (node, component) static Pods that crash-loop.
@@ -93,6 +96,7 @@ impl World {
             jobs: BTreeMap::new(),
             failing: BTreeMap::new(),
             failing_exit: BTreeMap::new(),
+            silent: BTreeSet::new(),
             never_return: BTreeSet::new(),
             stays_old: BTreeSet::new(),
             crash_looping: BTreeSet::new(),
@@ -157,7 +161,23 @@ impl World {
                 .collect(),
             crate::JobsToRead::OfNodes(nodes) => nodes.clone(),
         };
+        // A kubelet that runs renews its Lease every 10 s.
+        let heartbeats = needs
+            .heartbeats_of
+            .iter()
+            .map(|name| {
+                let renews = self.nodes.iter().any(|n| &n.name == name && n.ready)
+                    && !self.silent.contains(name);
+                let renewed = if renews {
+                    self.clock - 5
+                } else {
+                    self.clock - 300
+                };
+                (name.clone(), Ok(at(renewed).as_second()))
+            })
+            .collect();
         Observed {
+            heartbeats,
             nodes: self.nodes.clone().into(),
             jobs: self
                 .jobs

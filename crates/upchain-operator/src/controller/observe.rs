@@ -1,9 +1,11 @@
 //! Observe: what the next decision needs, read fresh (Jobs, Pods, budgets) or from the
 //! caches (Nodes), and the gate sources through `gather`. Nothing here decides.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use tracing::warn;
@@ -15,6 +17,9 @@ use upchain_core::{
 };
 
 use super::{Context, Error, read_error};
+
+/// Where each kubelet renews its node's Lease.
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 use crate::gather;
 
 /// The run's Jobs that `needs` names, read fresh: a Job created by the last reconcile must
@@ -77,12 +82,13 @@ pub(super) async fn observe(
     // from the drain's watches, which also wake this K8sUpgrade when they change.
     let (pods, budgets) = if needs.pods_of.is_empty() {
         ctx.drain.release(&name);
-        (std::collections::BTreeMap::new(), Vec::new())
+        (BTreeMap::new(), Vec::new())
     } else {
         let pods = ctx.drain.pods(&name, &needs.pods_of).await?;
         (pods, ctx.drain.budgets().await?)
     };
     Ok(Observed {
+        heartbeats: heartbeats(&ctx.client, &needs.heartbeats_of).await,
         budgets,
         hook_jobs: if needs.hooks {
             hook_jobs(upgrade, ctx).await?
@@ -113,6 +119,29 @@ pub(super) async fn observe(
             None
         },
     })
+}
+
+/// When each named node's kubelet last renewed its Lease in kube-node-lease, read fresh:
+/// the one heartbeat that moves every few seconds.
+async fn heartbeats(client: &Client, nodes: &[String]) -> BTreeMap<String, Result<i64, String>> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NODE_LEASE_NAMESPACE);
+    let mut renewed = BTreeMap::new();
+    for node in nodes {
+        let read = match leases.get_opt(node).await {
+            Ok(Some(lease)) => lease
+                .spec
+                .and_then(|s| s.renew_time)
+                .map(|t| t.0.as_second())
+                .ok_or_else(|| "it has no renewTime".to_owned()),
+            Ok(None) => Err("it does not exist: the kubelet has not registered".to_owned()),
+            Err(error) => Err(format!(
+                "{error}; the operator needs get on leases in {NODE_LEASE_NAMESPACE} (the chart \
+                 grants it)"
+            )),
+        };
+        renewed.insert(node.clone(), read);
+    }
+    renewed
 }
 
 /// The hook Jobs that status.hooks says are running, read by name.

@@ -222,6 +222,13 @@ fn allow_list(
             &["get"],
         ),
         ("kube-system", "", "configmaps", "kubeadm-config", &["get"]),
+        (
+            "kube-node-lease",
+            "coordination.k8s.io",
+            "leases",
+            "*",
+            &["get"],
+        ),
     ];
     always
         .iter()

@@ -293,11 +293,18 @@ fn node_writes_are_cordons_and_upchain_annotations_only(run: &RealRun) {
 /// One grant: namespace ("" for the cluster-wide view), resource or URL, name, verb.
 type Grant = (String, String, String, String);
 
-/// What `kubectl auth can-i --list` says the ServiceAccount may do in the runner, system
-/// and an unrelated namespace.
+/// The runner, system, node-lease and an unrelated namespace.
+const NAMESPACES: [&str; 4] = [
+    "upchain-system",
+    "kube-system",
+    "kube-node-lease",
+    "default",
+];
+
+/// What `kubectl auth can-i --list` says the ServiceAccount may do in [`NAMESPACES`].
 fn granted(kubeconfig: &std::path::Path) -> BTreeSet<Grant> {
     let mut grants = BTreeSet::new();
-    for namespace in ["upchain-system", "kube-system", "default"] {
+    for namespace in NAMESPACES {
         let listed = kubectl(
             kubeconfig,
             &["auth", "can-i", "--list", "-n", namespace],
@@ -408,8 +415,10 @@ fn allow_list() -> BTreeSet<Grant> {
     // In kube-system, only reading: the etcd check and the snapshot go through the node
     // step, in the runner namespace.
     let system: &[(&str, &str, &[&str])] = &[("configmaps", "kubeadm-config", &["get"])];
+    // In kube-node-lease, reading the kubelets' heartbeats.
+    let node_leases: &[(&str, &str, &[&str])] = &[("leases.coordination.k8s.io", "", &["get"])];
     let mut allowed = BTreeSet::new();
-    for namespace in ["upchain-system", "kube-system", "default"] {
+    for namespace in NAMESPACES {
         let mut add = |rules: &[(&str, &str, &[&str])]| {
             for (resource, name, verbs) in rules {
                 for verb in *verbs {
@@ -429,6 +438,7 @@ fn allow_list() -> BTreeSet<Grant> {
         match namespace {
             "upchain-system" => add(runner),
             "kube-system" => add(system),
+            "kube-node-lease" => add(node_leases),
             _ => {}
         }
     }

@@ -330,8 +330,34 @@ pub(super) fn heartbeats(store: &mut Store, state: &mut State, now: Timestamp) {
                 condition["lastHeartbeatTime"] = json!(stamp);
             }
         });
+        renew_lease(store, &node, now);
     }
 }
+
+/// The node's Lease in kube-node-lease, renewed as a real kubelet renews it.
+fn renew_lease(store: &mut Store, node: &str, now: Timestamp) {
+    let Some(leases) = store.type_by_id("leases.coordination.k8s.io") else {
+        return;
+    };
+    let renewed = jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", now).unwrap_or_default();
+    match store.get(&leases, NODE_LEASE_NAMESPACE, node) {
+        Ok(mut lease) => {
+            lease["spec"]["renewTime"] = json!(renewed);
+            let _ = store.write_own(lease, false);
+        }
+        Err(_) => {
+            let lease = json!({
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": node, "namespace": NODE_LEASE_NAMESPACE},
+                "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": renewed},
+            });
+            let _ = store.create_own("coordination.k8s.io/v1", "Lease", lease);
+        }
+    }
+}
+
+const NODE_LEASE_NAMESPACE: &str = "kube-node-lease";
 
 pub(super) fn kubelets(
     store: &mut Store,
