@@ -651,11 +651,23 @@ manifests_at_target() {
   done
 }
 
+# The version kube-system/kubeadm-config records, read with the node's admin.conf (the
+# first control-plane node has one), or nothing where it cannot be read.
+kubeadm_config_version() {
+  [ -f /etc/kubernetes/admin.conf ] || return 0
+  kubectl --kubeconfig=/etc/kubernetes/admin.conf -n kube-system get configmap kubeadm-config \
+    -o jsonpath='{.data.ClusterConfiguration}' 2>/dev/null | sed -n 's/^kubernetesVersion: *//p' || true
+}
+
 # kubeadm's step of this run is trusted as done only where the node shows it: on a
-# control-plane node, the manifests at the target. `kubeadm upgrade node` on a worker is
+# control-plane node, the manifests at the target and, after `kubeadm upgrade apply`,
+# kubeadm-config recording it where it can be read. `kubeadm upgrade node` on a worker is
 # quick and safe to repeat, so a worker's marker is never taken as proof.
 kubeadm_done() {
-  [ -e "$(done_marker kubeadm)" ] && [ "$NODE_ROLE" = control-plane ] && manifests_at_target
+  [ -e "$(done_marker kubeadm)" ] && [ "$NODE_ROLE" = control-plane ] && manifests_at_target || return 1
+  if [ "$FIRST_CONTROL_PLANE" = true ] && [ -f /etc/kubernetes/admin.conf ]; then
+    [ "$(kubeadm_config_version)" = "v$TARGET_VERSION" ] || return 1
+  fi
 }
 
 upgrade_kubeadm_configuration() {

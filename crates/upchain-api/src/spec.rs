@@ -285,9 +285,10 @@ pub struct RunnerSpec {
     pub known_hosts: KeyRef,
 
     /// `Strict` (default) checks every node's host key against `knownHosts`. `AcceptNew`
-    /// trusts whatever key a node shows first and sets the HostKeysVerified condition to
-    /// False: anyone who can answer on a node's address then gets the SSH key's session.
-    /// Only where the installation allows it (`policy.runner.allowAcceptNewHostKeys`).
+    /// checks the keys `knownHosts` holds just as strictly; a node it has no line for is
+    /// asked for its keys without a login, and the run stops with their fingerprints and
+    /// the line to add, until a person confirms them. HostKeysVerified is False while it is
+    /// chosen. Only where the installation allows it (`policy.runner.allowAcceptNewHostKeys`).
     #[serde(default)]
     pub host_key_policy: HostKeyPolicy,
 

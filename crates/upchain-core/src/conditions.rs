@@ -17,7 +17,8 @@ pub mod types {
     pub const STALLED: &str = "Stalled";
     /// True once the etcd snapshot is verified for this run.
     pub const SNAPSHOT_TAKEN: &str = "SnapshotTaken";
-    /// False when the node Jobs accept any SSH host key (spec.runner.hostKeyPolicy).
+    /// False when the node Jobs are not given every node's SSH host key but ask for unknown
+    /// ones (spec.runner.hostKeyPolicy AcceptNew).
     pub const HOST_KEYS_VERIFIED: &str = "HostKeysVerified";
 }
 

@@ -115,7 +115,7 @@ reasons! {
     PrepareFailed,
     /// Every node passed its prepare check.
     NodesPrepared,
-    /// spec.runner.hostKeyPolicy AcceptNew: the nodes' host keys are not checked.
+    /// spec.runner.hostKeyPolicy AcceptNew: unknown host keys are asked for, to be confirmed.
     HostKeysUnchecked,
     /// A run started.
     RunStarted,

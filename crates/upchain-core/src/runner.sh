@@ -46,11 +46,15 @@ known_hosts="$work/known_hosts"
 : >"$known_hosts"
 if [ -s "$UPCHAIN_KNOWN_HOSTS" ]; then cp "$UPCHAIN_KNOWN_HOSTS" "$known_hosts"; fi
 report=${UPCHAIN_REPORT:-/dev/termination-log}
-# Keys are always checked. Under AcceptNew a node whose key is not known yet is asked for
-# it, without a login, and the run stops until someone confirms it in the known hosts.
-if ! ssh-keygen -F "$NODE_NAME" -f "$known_hosts" >/dev/null 2>&1; then
-  [ "$HOST_KEY_POLICY" = AcceptNew ] ||
-    fail "no known host key for $NODE_NAME: put the node's key in the ConfigMap of spec.runner.knownHosts (one line: $NODE_NAME <type> <key>)"
+# Keys are always checked. Under AcceptNew a node with no line yet (and no host CA) is
+# asked for its keys, without a login, and the run stops until someone confirms them.
+known() {
+  ssh-keygen -F "$NODE_NAME" -f "$known_hosts" >/dev/null 2>&1 || grep -q '^@cert-authority' "$known_hosts"
+}
+if [ "$HOST_KEY_POLICY" = Strict ]; then
+  [ -s "$known_hosts" ] ||
+    fail "no known host keys: put the nodes' keys in the ConfigMap of spec.runner.knownHosts"
+elif ! known; then
   keys=$(ssh-keyscan -T 20 -p "$SSH_PORT" "$NODE_IP" 2>/dev/null | awk -v name="$NODE_NAME" '$1 !~ /^#/ && NF >= 3 {print name, $2, $3}')
   [ -n "$keys" ] || { echo "upchain: $NODE_NAME ($NODE_IP:$SSH_PORT) showed no SSH host key" >&2; exit 255; }
   while IFS= read -r key; do echo "upchain-host-key $key"; done <<<"$keys" >"$report"

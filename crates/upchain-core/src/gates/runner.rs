@@ -57,7 +57,7 @@ pub(super) fn runner_missing(runner: &RunnerSpec, facts: &RunnerFacts) -> Vec<St
         let known = &runner.known_hosts;
         let config_map = format!("ConfigMap {namespace}/{}", known.name);
         let what = "the nodes' SSH host keys, or set spec.runner.hostKeyPolicy AcceptNew to \
-                    trust any key";
+                    be shown each node's key to confirm";
         match &facts.known_hosts_keys {
             Ok(Some(keys)) if keys.contains(&known.key) => {}
             Ok(Some(_)) => missing.push(format!("key {} of {config_map} ({what})", known.key)),

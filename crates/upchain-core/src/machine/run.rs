@@ -192,8 +192,8 @@ impl<'a> Machine<'a> {
             self.event(
                 true,
                 Reason::HostKeysUnchecked,
-                "spec.runner.hostKeyPolicy is AcceptNew: the node Jobs will not check the \
-                 nodes' SSH host keys"
+                "spec.runner.hostKeyPolicy is AcceptNew: a node whose SSH host key is not in \
+                 the known hosts stops the run until a person confirms the key it shows"
                     .to_owned(),
             );
         }

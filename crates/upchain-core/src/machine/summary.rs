@@ -183,9 +183,10 @@ impl<'a> Machine<'a> {
             HostKeyPolicy::AcceptNew => Desired::no(
                 types::HOST_KEYS_VERIFIED,
                 Reason::HostKeysUnchecked,
-                "spec.runner.hostKeyPolicy is AcceptNew: node Jobs trust whatever host key a \
-                 node shows, so whoever answers at a node's address gets a root session. Put \
-                 the nodes' keys in spec.runner.knownHosts and set hostKeyPolicy Strict",
+                "spec.runner.hostKeyPolicy is AcceptNew: a node whose host key the known hosts \
+                 do not hold stops the run with the key it shows, for a person to confirm and \
+                 add. Put the nodes' keys in spec.runner.knownHosts and set hostKeyPolicy \
+                 Strict to have every key given rather than asked for",
             ),
         };
         conditions::set(conditions, host_keys, generation, now);
