@@ -42,8 +42,20 @@ fn incoming(node: &Node) -> Vec<String> {
 
 #[test]
 fn two_runs_racing_the_launch_never_downgrade_and_the_loser_leaves_nothing() {
+    // 20 rounds, on four nodes at once: each node's rounds follow one another.
+    std::thread::scope(|scope| {
+        for node in 0..4 {
+            scope.spawn(move || race_rounds(node * 5..node * 5 + 5));
+        }
+    });
+}
+
+/// On one node, a Job for the newer target and, 50 ms later, one of another run for the
+/// older target, once per round.
+fn race_rounds(rounds: std::ops::Range<usize>) {
     let node = Node::start(Family::Debian, Role::Worker);
-    for round in 0..20 {
+    let first_round = rounds.start;
+    for round in rounds {
         let newer = node.job(JobMode::Upgrade, NEW, &format!("uid-new-{round}"));
         let older = node.job(JobMode::Upgrade, OLD, &format!("uid-old-{round}"));
         let before = node.installed("kubelet");
@@ -70,7 +82,7 @@ fn two_runs_racing_the_launch_never_downgrade_and_the_loser_leaves_nothing() {
             "round {round}: {}",
             loser.output
         );
-        if round > 0 && loser.code == Some(24) {
+        if round > first_round && loser.code == Some(24) {
             assert!(
                 loser.output.contains("does not downgrade"),
                 "{}",
@@ -227,35 +239,39 @@ fn ended_on_the_lock(finished: &Finished, lock: &str, mut holder: Child) {
 
 #[test]
 fn every_apt_and_dpkg_lock_is_waited_for_within_one_bound_naming_its_holder() {
-    // The lists lock, met by apt-get update.
-    meets_a_held_lock(Family::Debian, "/var/lib/apt/lists/lock", None);
-    // dpkg's frontend lock from the start: met by the repair (dpkg --configure -a).
-    meets_a_held_lock(Family::Debian, "/var/lib/dpkg/lock-frontend", None);
-    // Taken right after the index refresh: met by apt-mark before kubeadm is installed.
-    meets_a_held_lock(
-        Family::Debian,
-        "/var/lib/dpkg/lock-frontend",
-        Some("update"),
-    );
-    // Taken while kubeadm runs: met by apt-mark and apt-get for the kubelet, after kubeadm.
-    let after_kubeadm = meets_a_held_lock(
-        Family::Debian,
-        "/var/lib/dpkg/lock-frontend",
-        Some("kubeadm"),
-    );
-    assert!(
-        after_kubeadm.output.contains("kubelet"),
-        "{}",
-        after_kubeadm.output
-    );
+    // Each on a node of its own, all at once.
+    std::thread::scope(|scope| {
+        // The lists lock, met by apt-get update.
+        scope.spawn(|| meets_a_held_lock(Family::Debian, "/var/lib/apt/lists/lock", None));
+        // dpkg's frontend lock from the start: met by the repair (dpkg --configure -a).
+        scope.spawn(|| meets_a_held_lock(Family::Debian, "/var/lib/dpkg/lock-frontend", None));
+        // Taken right after the index refresh: met by apt-mark before kubeadm is installed.
+        scope.spawn(|| {
+            meets_a_held_lock(
+                Family::Debian,
+                "/var/lib/dpkg/lock-frontend",
+                Some("update"),
+            )
+        });
+        // Taken while kubeadm runs: met by apt-mark and apt-get for the kubelet, after it.
+        scope.spawn(|| {
+            let after_kubeadm = meets_a_held_lock(
+                Family::Debian,
+                "/var/lib/dpkg/lock-frontend",
+                Some("kubeadm"),
+            );
+            assert!(
+                after_kubeadm.output.contains("kubelet"),
+                "{}",
+                after_kubeadm.output
+            );
+        });
+    });
 }
 
 #[test]
 fn dnf_4_lock_files_are_waited_for_within_the_bound_naming_their_holder() {
-    for lock in [
-        "/var/lib/dnf/rpmdb_lock.pid",
-        "/var/cache/dnf/metadata_lock.pid",
-    ] {
+    let held = |lock: &str| {
         let node = Node::start(Family::Rhel, Role::Worker);
         let holder = Command::new("sleep").arg("600").spawn().unwrap();
         let path = node.path(lock);
@@ -265,7 +281,12 @@ fn dnf_4_lock_files_are_waited_for_within_the_bound_naming_their_holder() {
         ended_on_the_lock(&finished, lock, holder);
         assert!(finished.output.contains(lock), "{}", finished.output);
         assert_eq!(node.installed("kubelet"), OLD);
-    }
+    };
+    // Each on a node of its own, both at once.
+    std::thread::scope(|scope| {
+        scope.spawn(|| held("/var/lib/dnf/rpmdb_lock.pid"));
+        scope.spawn(|| held("/var/cache/dnf/metadata_lock.pid"));
+    });
 }
 
 #[test]
