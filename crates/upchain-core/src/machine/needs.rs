@@ -34,8 +34,9 @@ pub struct Needs {
     /// and the next batch's when it may start, so the decision that starts a node records
     /// its drain preview and cordons it in one go.
     pub pods_of: Vec<String>,
-    /// The nodes whose heartbeat (their Lease in kube-node-lease) to read: those that may
-    /// be uncordoned by this decision, Upgrading or Rejoining.
+    /// The nodes whose heartbeat (their Lease in kube-node-lease) to read: those Rejoining,
+    /// the only ones a decision uncordons. A node whose Job just ended is Rejoining at the
+    /// next decision, which reads it; none is read while its Job runs.
     pub heartbeats_of: Vec<String>,
     /// Which of the run's node Jobs to read.
     pub jobs: JobsToRead,
@@ -149,7 +150,7 @@ pub fn needs(upgrade: &K8sUpgrade, nodes: &[ObservedNode]) -> Needs {
         hooks: status.hooks.iter().any(|h| h.completed_at.is_none()),
         control_plane: preflight || !status.phase.is_some_and(Phase::is_finished),
         pods_of: pods_to_read(upgrade, status, at_boundary, nodes),
-        heartbeats_of: nodes_at(&[NodeStep::Upgrading, NodeStep::Rejoining]),
+        heartbeats_of: nodes_at(&[NodeStep::Rejoining]),
         jobs: JobsToRead::OfNodes(
             nodes_at(&[NodeStep::Draining, NodeStep::Upgrading])
                 .into_iter()
